@@ -1,0 +1,221 @@
+"""The TOML configuration: loaded once, validated up front, every error naming file and key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from policies.units import Duration, Size
+from probes.base import StrictModel
+from probes.settings import (
+    CustomMigrations,
+    HttpProbeSettings,
+    MigrationPreset,
+    MigrationsProbeSettings,
+    PostgresProbeSettings,
+    ProcessProbeSettings,
+    PrometheusProbeSettings,
+    SqlCheck,
+    SystemProbeSettings,
+)
+
+DEFAULT_PATH = Path("/etc/rollbackd/rollbackd.toml")
+ENV_VAR = "ROLLBACKD_CONFIG"
+BUILTIN_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``str()`` is the one line an operator reads."""
+
+
+class DaemonSettings(StrictModel):
+    state_dir: Path = Path("/var/lib/rollbackd")
+    interval: Duration = Field(default=5.0, ge=0.2, le=3600)
+    listen: str = "127.0.0.1:9797"
+    policy: str = "builtin:visionforge"
+    mode: Literal["auto", "approve", "dry-run"] = "auto"
+    history: Duration = Field(default=7200.0, gt=0, description="how long samples are kept")
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class SystemdControl(StrictModel):
+    adapter: Literal["systemd"]
+    unit: str = Field(pattern=r"^[A-Za-z0-9@_.:\\-]+\.service$")
+
+
+class CommandControl(StrictModel):
+    adapter: Literal["command"]
+    start: list[str] = Field(min_length=1)
+    stop: list[str] = Field(min_length=1)
+    cwd: Path | None = None
+
+
+class ProcessControl(StrictModel):
+    adapter: Literal["process"]
+    pidfile: Path
+    start: list[str] = Field(min_length=1)
+    stop_timeout: Duration = 30.0
+
+
+class GitCode(StrictModel):
+    adapter: Literal["git"]
+    dir: Path
+    install: list[str] | None = None
+
+
+class SymlinkCode(StrictModel):
+    adapter: Literal["symlink"]
+    current: Path
+    releases: Path
+
+
+Control = Annotated[SystemdControl | CommandControl | ProcessControl, Field(discriminator="adapter")]
+Code = Annotated[GitCode | SymlinkCode, Field(discriminator="adapter")]
+
+
+class AppSettings(StrictModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    control: Control | None = None
+    code: Code | None = None
+    config_files: list[Path] = Field(default_factory=list)
+
+
+class DatabaseSettings(StrictModel):
+    dsn: str = Field(min_length=1)
+    maintenance_db: str = "postgres"
+    migrations: MigrationPreset | CustomMigrations | None = None
+    expected_tables: list[str] = Field(default_factory=list)
+    checks: list[SqlCheck] = Field(default_factory=list)
+    connect_timeout: Duration = Field(default=5.0, ge=2.0)
+
+
+class BackupSettings(StrictModel):
+    dir: Path = Path("/var/backups/rollbackd")
+    format: Literal["custom", "directory"] = "custom"
+    jobs: int = Field(default=2, ge=1, le=64)
+    min_free: Size = 5 * 1000**3
+    keep: int = Field(default=10, ge=1)
+
+
+class ProbesSettings(StrictModel):
+    http: list[HttpProbeSettings] = Field(default_factory=list)
+    postgres: PostgresProbeSettings = PostgresProbeSettings()
+    migrations: MigrationsProbeSettings = MigrationsProbeSettings()
+    process: ProcessProbeSettings | None = None
+    system: SystemProbeSettings | None = None
+    prometheus: list[PrometheusProbeSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ProbesSettings:
+        for kind, items in (("http", self.http), ("prometheus", self.prometheus)):
+            names = [p.name for p in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate probes.{kind} name {dupes[0]!r}")
+        signals = [p.signal for p in self.prometheus]
+        dupes = sorted({s for s in signals if signals.count(s) > 1})
+        if dupes:
+            raise ValueError(f"two probes.prometheus entries feed the signal {dupes[0]!r}")
+        return self
+
+
+class Config(StrictModel):
+    daemon: DaemonSettings = DaemonSettings()
+    app: AppSettings | None = None
+    database: DatabaseSettings | None = None
+    backups: BackupSettings = BackupSettings()
+    probes: ProbesSettings = ProbesSettings()
+
+    @property
+    def app_name(self) -> str:
+        return self.app.name if self.app else "app"
+
+    def policy_path(self) -> Path:
+        """The policy file in force: ``builtin:NAME`` is bundled, anything else is a path."""
+        ref = self.daemon.policy
+        if ref.startswith("builtin:"):
+            return BUILTIN_POLICY_DIR / f"{ref.removeprefix('builtin:')}.toml"
+        return Path(ref)
+
+
+def resolve_path(given: str | Path | None) -> Path:
+    """``--config`` wins, then ``$ROLLBACKD_CONFIG``, then the default path."""
+    if given:
+        return Path(given)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else DEFAULT_PATH
+
+
+_UNION_TAGS = {"systemd", "command", "process", "git", "symlink"}
+
+
+def _real_keys(loc: tuple[int | str, ...]) -> list[int | str]:
+    """Drop what pydantic adds to a location for unions (member names, discriminator tags)."""
+    keys: list[int | str] = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part[:1].isupper()):
+            continue
+        if part in _UNION_TAGS and keys and keys[-1] in {"control", "code"}:
+            continue
+        keys.append(part)
+    return keys
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in _real_keys(loc):
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text or "(top level)"
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    errors = error.errors()
+    # With unions, the deepest location is the member the user meant to write.
+    first = max(errors, key=lambda e: len(_real_keys(tuple(e["loc"]))))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    return f"{path}: {_key_path(tuple(first['loc']))}: {message}"
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config is not UTF-8: {exc.reason}") from None
+    return parse_config(text, path)

@@ -1,0 +1,42 @@
+"""The contract every probe follows, and the strict settings base they share with the config."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.samples import Reading
+from policies.units import Duration
+
+
+class StrictModel(BaseModel):
+    """A settings model that rejects unknown keys, so a misspelt key is an error, not a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProbeSettings(StrictModel):
+    """Settings every probe has: a name unique within its kind, and a timeout per measurement."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    timeout: Duration = Field(default=3.0, gt=0)
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """Something that measures a fixed set of signals.
+
+    ``measure`` returns a value or ``None`` for each signal in ``signals``; raising means
+    the probe itself failed (counted as such) and all its signals are unknown for that tick.
+    """
+
+    kind: ClassVar[str]
+    name: str
+    timeout: float
+
+    def signals(self) -> list[str]: ...
+
+    async def measure(self) -> Reading: ...
+
+    async def aclose(self) -> None: ...

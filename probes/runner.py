@@ -1,0 +1,53 @@
+"""One tick: every probe measured concurrently, each within its own timeout and the tick's bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from policies.samples import Reading
+from probes.base import Probe
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """What one probe produced in one tick; on failure every signal it owns is unknown."""
+
+    probe: Probe
+    reading: Reading
+    duration: float
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def measure_one(probe: Probe, bound: float) -> ProbeOutcome:
+    """Measure ``probe``; a timeout or an exception becomes a failed outcome, never a raise."""
+    started = time.monotonic()
+    limit = min(probe.timeout, bound)
+    error: str | None = None
+    reading: Reading = {}
+    try:
+        async with asyncio.timeout(limit):
+            reading = await probe.measure()
+    except TimeoutError:
+        error = f"timed out after {limit:g}s"
+    except Exception as exc:  # a probe must never take the daemon down
+        error = f"{type(exc).__name__}: {exc}".strip()
+    duration = time.monotonic() - started
+    expected = probe.signals()
+    if error is not None:
+        reading = dict.fromkeys(expected)
+    else:
+        # A probe returning fewer signals than it declared left them unmeasured.
+        reading = {name: reading.get(name) for name in expected}
+    return ProbeOutcome(probe=probe, reading=reading, duration=duration, error=error)
+
+
+async def run_tick(probes: Sequence[Probe], bound: float) -> list[ProbeOutcome]:
+    """Measure all ``probes`` at once; the tick takes at most ``bound`` seconds (plus scheduling)."""
+    return list(await asyncio.gather(*(measure_one(p, bound) for p in probes)))
