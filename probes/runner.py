@@ -24,6 +24,15 @@ class ProbeOutcome:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def probe_id(self) -> str:
+        return probe_id(self.probe)
+
+
+def probe_id(probe: Probe) -> str:
+    """The probe's label in metrics and logs: ``postgres``, ``http.api``, ``prometheus.p95``."""
+    return probe.kind if probe.name == probe.kind else f"{probe.kind}.{probe.name}"
+
 
 async def measure_one(probe: Probe, bound: float) -> ProbeOutcome:
     """Measure ``probe``; a timeout or an exception becomes a failed outcome, never a raise."""
@@ -49,5 +58,5 @@ async def measure_one(probe: Probe, bound: float) -> ProbeOutcome:
 
 
 async def run_tick(probes: Sequence[Probe], bound: float) -> list[ProbeOutcome]:
-    """Measure all ``probes`` at once; the tick takes at most ``bound`` seconds (plus scheduling)."""
+    """Measure all ``probes`` at once; the tick takes at most ``bound`` seconds (and scheduling)."""
     return list(await asyncio.gather(*(measure_one(p, bound) for p in probes)))

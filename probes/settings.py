@@ -46,7 +46,7 @@ class HttpProbeSettings(ProbeSettings):
     url: HttpUrl
     method: Literal["GET", "HEAD"] = "GET"
     timeout: Duration = Field(default=2.0, gt=0)
-    window: Duration = Field(default=60.0, gt=0, description="sliding window for ratios and quantiles")
+    window: Duration = Field(default=60.0, gt=0, description="sliding window of ratios, quantiles")
     requests: int = Field(default=1, ge=1, le=20, description="requests per tick")
 
 
@@ -78,11 +78,11 @@ class PostgresProbeSettings(StrictModel):
     timeout: Duration = Field(default=3.0, gt=0)
     statement_timeout: Duration = Field(default=2.0, gt=0)
     lock_timeout: Duration = Field(default=1.0, gt=0)
-    blocked_after: Duration = Field(default=30.0, gt=0, description="a lock wait longer is blocked")
+    blocked_after: Duration = Field(default=30.0, gt=0, description="lock waits longer are blocked")
 
 
 class MigrationsProbeSettings(StrictModel):
-    """``[probes.migrations]``: the migration tool's state; on when ``database.migrations`` is set."""
+    """``[probes.migrations]``: the migration tool's state; on when a tool is configured."""
 
     enabled: bool = True
     timeout: Duration = Field(default=3.0, gt=0)

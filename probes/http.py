@@ -1,0 +1,176 @@
+"""HTTP probe: requests to one URL, kept in a sliding window for error ratio and latency quantiles.
+
+A failed request (refused, reset, timed out) and a 5xx are errors: they are measurements of a
+broken application, not a blind probe. A 4xx is the application answering, so it is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import httpx
+
+from policies.samples import Reading
+from probes.settings import HttpProbeSettings
+
+QUANTILES: tuple[tuple[str, float], ...] = (
+    ("latency_p50", 0.50),
+    ("latency_p95", 0.95),
+    ("latency_p99", 0.99),
+)
+HTTP_AGGREGATE_SIGNALS: tuple[str, ...] = (
+    "http.up",
+    "http.error_ratio",
+    *(f"http.{suffix}" for suffix, _ in QUANTILES),
+)
+
+MAX_REDIRECTS = 3
+# The runner cancels a probe at its ``timeout``; the requests' own timeout must fire first so
+# that a slow server is recorded as an error (a measurement) rather than as a failed probe.
+RUNNER_GRACE = 0.5
+# Hard cap on remembered requests, whatever window and rate the config asks for.
+MAX_RECORDS = 20_000
+
+
+def quantile(values: Iterable[float], q: float) -> float | None:
+    """The ``q``-quantile by linear interpolation between closest ranks (numpy's default).
+
+    ``None`` for no values: a quantile of nothing is unknown, not zero.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} is outside [0, 1]")
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    fraction = position - low
+    return ordered[low] + (ordered[high] - ordered[low]) * fraction
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request: when it finished (monotonic), whether it was an error, and its latency.
+
+    ``latency`` is ``None`` when no response arrived: a refused connection has no latency
+    worth putting into the quantiles.
+    """
+
+    at: float
+    error: bool
+    latency: float | None
+    responded_ok: bool
+
+
+class HttpProbe:
+    """Requests ``settings.url`` ``settings.requests`` times per tick with one shared client."""
+
+    kind: ClassVar[str] = "http"
+
+    def __init__(self, settings: HttpProbeSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.timeout = settings.timeout + RUNNER_GRACE
+        self._url = str(settings.url)
+        self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
+        self._up: float | None = None
+        self._client = httpx.AsyncClient(
+            timeout=settings.timeout,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            # Proxy variables of the daemon's environment must not reroute health checks.
+            trust_env=False,
+            headers={"User-Agent": "rollbackd-http-probe"},
+        )
+
+    def _signal(self, suffix: str) -> str:
+        return f"http.{self.name}.{suffix}"
+
+    def signals(self) -> list[str]:
+        return [self._signal("up"), self._signal("error_ratio"),
+                *(self._signal(suffix) for suffix, _ in QUANTILES)]
+
+    async def measure(self) -> Reading:
+        records = await asyncio.gather(
+            *(self._request() for _ in range(self.settings.requests))
+        )
+        self._records.extend(records)
+        # The tick's verdict on reachability: did the application answer at all (below 500)?
+        self._up = 1.0 if any(r.responded_ok for r in records) else 0.0
+        return self.reading()
+
+    def reading(self, now: float | None = None) -> Reading:
+        """Per-probe signals from the current window, without making a request."""
+        window = self.window(now)
+        values = _window_values(window)
+        return {
+            self._signal("up"): self._up,
+            self._signal("error_ratio"): values["error_ratio"],
+            **{self._signal(suffix): values[suffix] for suffix, _ in QUANTILES},
+        }
+
+    @property
+    def up(self) -> float | None:
+        """Reachability as of the latest tick; ``None`` before the first one."""
+        return self._up
+
+    def window(self, now: float | None = None) -> list[RequestRecord]:
+        """The requests that finished within the last ``settings.window`` seconds."""
+        horizon = (time.monotonic() if now is None else now) - self.settings.window
+        while self._records and self._records[0].at < horizon:
+            self._records.popleft()
+        return list(self._records)
+
+    async def _request(self) -> RequestRecord:
+        started = time.monotonic()
+        try:
+            # httpx's timeout is per phase (connect, each read); this bounds the whole request
+            # so that a server dripping bytes slowly still counts as too slow.
+            async with asyncio.timeout(self.settings.timeout):
+                response = await self._client.request(self.settings.method, self._url)
+        except (httpx.HTTPError, TimeoutError, OSError):
+            return RequestRecord(at=time.monotonic(), error=True, latency=None,
+                                 responded_ok=False)
+        finished = time.monotonic()
+        server_error = response.status_code >= 500
+        return RequestRecord(at=finished, error=server_error, latency=finished - started,
+                             responded_ok=not server_error)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _window_values(records: Sequence[RequestRecord]) -> dict[str, float | None]:
+    """Error ratio and latency quantiles over ``records``; unknown when there are none."""
+    latencies = [r.latency for r in records if r.latency is not None]
+    values: dict[str, float | None] = {
+        "error_ratio": sum(r.error for r in records) / len(records) if records else None,
+    }
+    for suffix, q in QUANTILES:
+        values[suffix] = quantile(latencies, q)
+    return values
+
+
+def aggregate_http(
+    probes: Sequence[HttpProbe], now: float | None = None
+) -> dict[str, float | None]:
+    """``http.*`` over all probes: the worst ``up``, and ratios/quantiles over all their windows.
+
+    ``http.up`` is the minimum of the probes' known values (one URL down makes the app down)
+    and unknown only when no probe knows; the rest pool every request in every window.
+    """
+    known_up = [p.up for p in probes if p.up is not None]
+    pooled = [record for probe in probes for record in probe.window(now)]
+    values = _window_values(pooled)
+    return {
+        "http.up": min(known_up) if known_up else None,
+        "http.error_ratio": values["error_ratio"],
+        **{f"http.{suffix}": values[suffix] for suffix, _ in QUANTILES},
+    }
