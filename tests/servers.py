@@ -135,7 +135,8 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.1, what: str
             last = predicate()  # type: ignore[operator]
         except Exception as exc:  # the thing we wait for may not be up yet
             last = exc
-        if last:
-            return
+        else:
+            if last:
+                return
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
