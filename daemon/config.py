@@ -89,7 +89,9 @@ class SymlinkCode(StrictModel):
     releases: Path
 
 
-Control = Annotated[SystemdControl | CommandControl | ProcessControl, Field(discriminator="adapter")]
+Control = Annotated[
+    SystemdControl | CommandControl | ProcessControl, Field(discriminator="adapter")
+]
 Code = Annotated[GitCode | SymlinkCode, Field(discriminator="adapter")]
 
 

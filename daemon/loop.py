@@ -1,0 +1,244 @@
+"""The main loop: probe, keep samples, export, say the state in words; signals only set flags."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import signal
+import socket
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load_config
+from daemon.http import build_app
+from daemon.logs import get_logger
+from daemon.metrics import Metrics
+from daemon.notify import Notifier
+from daemon.probeset import ProbeSet, build_probes
+from daemon.status import describe
+from policies.samples import Sample
+from policies.windows import SignalWindows
+from probes.runner import ProbeOutcome, probe_id
+
+STOP_GRACE = 5.0
+"""Seconds the HTTP server gets to finish in-flight requests at shutdown."""
+
+
+class ListenError(Exception):
+    """The HTTP listener cannot be bound; ``str()`` is the operator's one line."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM, SIGINT and SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.log = get_logger().bind(app=config.app_name)
+        self.notifier = notifier or Notifier.from_env()
+        self.metrics = Metrics()
+        self.windows = SignalWindows(max_age=config.daemon.history)
+        self.probes: ProbeSet = build_probes(config)
+        self.metrics.track(self._probe_ids(), self.probes.signals())
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload_requested = False
+        self._stop_reason = ""
+        self._last_progress = time.monotonic()
+        self._ready = False
+        self._failing: dict[str, str] = {}
+        self._status_line = f"{config.app_name}: starting"
+        self._notify_failing = False
+        self._warn_about_slow_probes()
+
+    # -- what the HTTP endpoints read -------------------------------------------------------
+
+    @property
+    def status_line(self) -> str:
+        return self._status_line
+
+    def is_alive(self) -> bool:
+        # A cycle is bounded by the interval; allow two of them plus slack before calling it stuck.
+        return time.monotonic() - self._last_progress < 2 * self.config.daemon.interval + 10
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    # -- signal handlers: they only set flags ------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, listener: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        server = _EmbeddedServer(uvicorn.Config(
+            build_app(self, self.metrics.registry), log_config=None, access_log=False,
+            lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
+        ))
+        server_task = asyncio.create_task(server.serve(sockets=[listener]))
+        watchdog_task = asyncio.create_task(self._watchdog())
+        self.log.info(
+            "started", version=__version__, config=str(self.config_path),
+            listen=self.config.daemon.listen, interval=self.config.daemon.interval,
+            mode=self.config.daemon.mode, probes=self._probe_ids(),
+        )
+        self._notified(self.notifier.ready())
+        try:
+            await self._loop()
+        finally:
+            self._notified(self.notifier.stopping())
+            self.log.info("stopping", reason=self._stop_reason)
+            watchdog_task.cancel()
+            server.should_exit = True
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(server_task, STOP_GRACE + 1)
+            await self.probes.aclose()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        self.log.info("stopped")
+        return 0
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload()
+            started = time.monotonic()
+            self._last_progress = started
+            cycle = asyncio.create_task(self.cycle())
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({cycle, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not cycle.done():  # stopping: don't wait for slow probes
+                cycle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cycle
+                break
+            cycle.result()
+            self._last_progress = time.monotonic()
+            await self._sleep(started + self.config.daemon.interval - time.monotonic())
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        if self._stop.is_set() or self._reload_requested:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+
+    async def cycle(self) -> None:
+        started = time.monotonic()
+        # Leave a fifth of the interval for bookkeeping so cycles never pile up.
+        outcomes, values = await self.probes.tick(bound=self.config.daemon.interval * 0.8)
+        now = time.time()
+        self.windows.add(Sample(name, value, now) for name, value in sorted(values.items()))
+        self._log_probe_changes(outcomes)
+        self._status_line = describe(self.config.app_name, outcomes, values)
+        duration = time.monotonic() - started
+        self.metrics.record_tick(outcomes, values, duration, now)
+        self.log.info("cycle", status=self._status_line, duration=round(duration, 4))
+        self._notified(self.notifier.status(self._status_line))
+        self._ready = True
+
+    def _log_probe_changes(self, outcomes: list[ProbeOutcome]) -> None:
+        for outcome in outcomes:
+            probe = outcome.probe_id
+            if outcome.error is not None and self._failing.get(probe) != outcome.error:
+                self.log.warning("probe failed", probe=probe, error=outcome.error)
+                self._failing[probe] = outcome.error
+            elif outcome.ok and probe in self._failing:
+                del self._failing[probe]
+                self.log.info("probe recovered", probe=probe)
+
+    async def reload(self) -> bool:
+        """Re-read the config; an invalid one is rejected and the one in force stays."""
+        self._notified(self.notifier.reloading())
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            self.log.error("reload rejected; keeping the configuration in force", error=str(exc))
+            return False
+        finally:
+            self._notified(self.notifier.ready())
+        for key in ("listen", "state_dir"):
+            if getattr(new.daemon, key) != getattr(self.config.daemon, key):
+                self.log.warning("setting changes only on restart", key=f"daemon.{key}")
+        old = self.probes
+        self.probes = build_probes(new)
+        await old.aclose()
+        self.config = new
+        self.windows.max_age = new.daemon.history
+        self.metrics.track(self._probe_ids(), self.probes.signals())
+        self._warn_about_slow_probes()
+        self.metrics.reloads.labels("success").inc()
+        self.log.info("reloaded", config=str(self.config_path), probes=self._probe_ids())
+        return True
+
+    def _notified(self, sent: bool) -> None:
+        """Log when talking to systemd starts failing and when it works again, not every cycle."""
+        if not sent and not self._notify_failing:
+            self.log.warning("cannot notify systemd", error=str(self.notifier.last_error))
+        elif sent and self._notify_failing:
+            self.log.info("notifying systemd again")
+        self._notify_failing = not sent
+
+    def _warn_about_slow_probes(self) -> None:
+        # A probe gets at most 80 % of the interval; a longer timeout turns slowness into failure.
+        bound = self.config.daemon.interval * 0.8
+        for probe in self.probes.probes:
+            if probe.timeout > bound:
+                self.log.warning(
+                    "probe timeout exceeds the tick; a slow answer will count as a probe failure",
+                    probe=probe_id(probe), timeout=probe.timeout, tick_bound=bound,
+                )
+
+    def _probe_ids(self) -> list[str]:
+        return [probe_id(p) for p in self.probes.probes]
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            if self.is_alive():
+                self._notified(self.notifier.watchdog())
+            else:
+                self.log.error("main loop stalled; withholding the watchdog ping")

@@ -1,0 +1,105 @@
+"""The Prometheus exposition: every known series initialised, failures as their own counters."""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from daemon import __version__
+from probes.runner import ProbeOutcome
+
+
+class Metrics:
+    """rollbackd_* series on a registry of their own (one per daemon; tests build several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        # Keep the standard process and platform series, as every Prometheus client does.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        r = self.registry
+        self.build_info = Gauge(
+            "rollbackd_build_info", "rollbackd version; always 1", ["version", "python"], registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.probe_up = Gauge(
+            "rollbackd_probe_up", "1 when the probe's last measurement succeeded", ["probe"],
+            registry=r,
+        )
+        self.probe_duration = Gauge(
+            "rollbackd_probe_duration_seconds", "How long the probe's last measurement took",
+            ["probe"], registry=r,
+        )
+        self.probe_runs = Counter(
+            "rollbackd_probe_runs_total", "Measurements attempted per probe", ["probe"], registry=r
+        )
+        self.probe_failures = Counter(
+            "rollbackd_probe_failures_total", "Measurements that failed or timed out per probe",
+            ["probe"], registry=r,
+        )
+        self.signal = Gauge(
+            "rollbackd_signal", "Latest value of each signal; NaN while it is unknown", ["signal"],
+            registry=r,
+        )
+        self.paused = Gauge("rollbackd_paused", "1 while rollbackd is paused", registry=r)
+        self.cycles = Counter("rollbackd_cycles_total", "Main loop cycles completed", registry=r)
+        self.cycle_duration = Gauge(
+            "rollbackd_cycle_duration_seconds", "How long the last main loop cycle took",
+            registry=r,
+        )
+        self.last_cycle = Gauge(
+            "rollbackd_last_cycle_timestamp_seconds", "When the last main loop cycle ended",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "rollbackd_config_reloads_total", "Configuration reloads by outcome", ["outcome"],
+            registry=r,
+        )
+        for outcome in ("success", "failure"):
+            self.reloads.labels(outcome)
+        self._probes: set[str] = set()
+        self._signals: set[str] = set()
+
+    def track(self, probes: Iterable[str], signals: Iterable[str]) -> None:
+        """Initialise the series of the configured probes and signals; drop those no longer in."""
+        wanted_probes, wanted_signals = set(probes), set(signals)
+        for metric in (self.probe_up, self.probe_duration, self.probe_runs, self.probe_failures):
+            _sync_children(metric, self._probes, wanted_probes)
+        _sync_children(self.signal, self._signals, wanted_signals, initial=math.nan)
+        self._probes, self._signals = wanted_probes, wanted_signals
+
+    def record_tick(self, outcomes: Iterable[ProbeOutcome], signals: Mapping[str, float | None],
+                    duration: float, ended_at: float) -> None:
+        for outcome in outcomes:
+            probe = outcome.probe_id
+            self.probe_runs.labels(probe).inc()
+            if not outcome.ok:
+                self.probe_failures.labels(probe).inc()
+            self.probe_up.labels(probe).set(1 if outcome.ok else 0)
+            self.probe_duration.labels(probe).set(outcome.duration)
+        for name, value in signals.items():
+            self.signal.labels(name).set(math.nan if value is None else value)
+        self.cycles.inc()
+        self.cycle_duration.set(duration)
+        self.last_cycle.set(ended_at)
+
+
+def _sync_children(metric: Gauge | Counter, present: set[str], wanted: set[str],
+                   initial: float | None = None) -> None:
+    for stale in present - wanted:
+        metric.remove(stale)
+    for name in wanted - present:
+        child = metric.labels(name)
+        if initial is not None and isinstance(child, Gauge):
+            child.set(initial)
