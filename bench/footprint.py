@@ -31,7 +31,7 @@ CPU_TARGET = 0.02
 def config(tmp: Path, app_url: str, dsn: str) -> Path:
     path = tmp / "rollbackd.toml"
     probes = "".join(
-        f'\n[[probes.http]]\nname = "{name}"\nurl = "{app_url}{route}"\n'
+        f'\n[[probes.http]]\nname = "{name}"\nurl = "{app_url}{route}"\ntimeout = "300ms"\n'
         for name, route in (("health", "/health"), ("users", "/api/users"), ("stats", "/api/stats"))
     )
     path.write_text(f"""\
@@ -45,6 +45,9 @@ log_format = "json"
 [database]
 dsn = "{dsn}"
 expected_tables = ["users", "images", "audit_log"]
+
+[probes.postgres]
+timeout = "800ms"
 {probes}""")
     return path
 

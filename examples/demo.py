@@ -21,7 +21,8 @@ from tests.servers import PgCluster, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def demo_config(state: Path, app_url: str, dsn: str, pidfile: Path, listen: str) -> str:
+def demo_config(workdir: Path, app_url: str, dsn: str, pidfile: Path, listen: str) -> str:
+    state = workdir / "state"
     return f"""\
 [daemon]
 state_dir = "{state}"
@@ -41,23 +42,41 @@ expected_tables = ["users", "images", "audit_log"]
 dir = "{state / 'backups'}"
 min_free = "100MB"
 
+# Every probe must answer within 80 % of the 2 s interval.
+[probes.postgres]
+timeout = "1.5s"
+
+[probes.migrations]
+timeout = "1.5s"
+
 [[probes.http]]
 name = "health"
 url = "{app_url}/health"
+timeout = "1s"
 window = "30s"
 
 [[probes.http]]
 name = "users"
 url = "{app_url}/api/users"
+timeout = "1s"
 window = "30s"
 
 [probes.process]
 name = "app"
 pidfile = "{pidfile}"
+timeout = "1s"
 
 [probes.system]
-paths = ["{state}"]
+paths = ["{workdir}"]
+timeout = "1s"
 """
+
+
+def echo(proc: Proc, shown: int) -> int:
+    """Print what ``proc`` wrote since ``shown`` characters; return the new count."""
+    output = proc.output()
+    print(output[shown:], end="", flush=True)
+    return len(output)
 
 
 def main() -> int:
@@ -95,7 +114,7 @@ def main() -> int:
         except httpx.HTTPError:
             pass
         config = workdir / "rollbackd.toml"
-        config.write_text(demo_config(workdir / "state", app_url, dsn, pidfile,
+        config.write_text(demo_config(workdir, app_url, dsn, pidfile,
                                       f"127.0.0.1:{port}"))
         print(f"demo: VisionForge at {app_url} (migrations in {APP_DIR / 'migrations'})")
         print(f"demo: rollbackd at http://127.0.0.1:{port}/metrics, config {config}")
@@ -111,16 +130,15 @@ def main() -> int:
         while not stop and daemon.running():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            output = daemon.output()
-            print(output[shown:], end="", flush=True)
-            shown = len(output)
+            shown = echo(daemon, shown)
             time.sleep(0.5)
-        return 0 if daemon.running() or stop or deadline else 1
+        failed = not daemon.running() and not stop
+        daemon.close()
+        echo(daemon, shown)
+        return 1 if failed else 0
     finally:
         for proc in reversed(procs):
             proc.close()
-        if procs:
-            print(procs[-1].output()[-500:] if not procs[-1].running() else "", end="")
         cluster.destroy()
         print("demo: stopped everything it started", flush=True)
 
