@@ -1,0 +1,213 @@
+"""The journal: SQLite in WAL mode under the state directory, the daemon's durable memory.
+
+Deploys, the events the decision engine consumes (deploys, migrations, alerts) and the
+decisions it took are appended here, so a restarted daemon knows what happened before it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deploys (
+    id INTEGER PRIMARY KEY,
+    app TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'succeeded', 'failed')),
+    code_version TEXT,
+    restore_point TEXT,
+    restore_point_verified INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    incident INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    scenario TEXT NOT NULL,
+    action TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_t ON events (t);
+"""
+
+BUSY_TIMEOUT = 5.0
+"""Seconds a writer waits for another process's transaction (CLI and daemon share the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deploy:
+    id: int
+    app: str
+    version: str
+    started_at: float
+    ended_at: float | None
+    status: str
+    code_version: str | None
+    restore_point: str | None
+    restore_point_verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEvent:
+    id: int
+    t: float
+    payload: dict[str, Any]
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written; ``str()`` names the file."""
+
+
+class Journal:
+    FILE = "journal.sqlite3"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> Journal:
+        return cls(state_dir / cls.FILE)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot write the journal: {exc}") from None
+
+    # -- deploys ---------------------------------------------------------------------------
+
+    def begin_deploy(self, app: str, version: str, t: float, *, code_version: str | None = None,
+                     restore_point: str | None = None, verified: bool = False) -> Deploy:
+        """Record a deploy and the ``deploy begin`` event the decision engine reads."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO deploys (app, version, started_at, code_version, restore_point,"
+                " restore_point_verified) VALUES (?, ?, ?, ?, ?, ?)",
+                (app, version, t, code_version, restore_point, int(verified)),
+            )
+            deploy_id = int(cur.lastrowid or 0)
+            self._insert_event(db, t, {"type": "deploy", "phase": "begin", "version": version,
+                                       "deploy": deploy_id, "verified": verified})
+        deploy = self.deploy(deploy_id)
+        assert deploy is not None
+        return deploy
+
+    def end_deploy(self, deploy_id: int, status: str, t: float) -> Deploy:
+        with self._transaction() as db:
+            row = db.execute("SELECT version, status FROM deploys WHERE id = ?",
+                             (deploy_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"{self.path}: no deploy {deploy_id}")
+            if row["status"] != "running":
+                raise JournalError(f"deploy {deploy_id} already ended ({row['status']})")
+            db.execute("UPDATE deploys SET status = ?, ended_at = ? WHERE id = ?",
+                       (status, t, deploy_id))
+            self._insert_event(db, t, {"type": "deploy", "phase": "end", "status": status,
+                                       "version": row["version"], "deploy": deploy_id})
+        deploy = self.deploy(deploy_id)
+        assert deploy is not None
+        return deploy
+
+    def deploy(self, deploy_id: int) -> Deploy | None:
+        row = self._db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
+        return _deploy(row) if row else None
+
+    def latest_deploy(self, app: str | None = None) -> Deploy | None:
+        query = "SELECT * FROM deploys"
+        args: tuple[str, ...] = ()
+        if app is not None:
+            query += " WHERE app = ?"
+            args = (app,)
+        query += " ORDER BY started_at DESC, id DESC LIMIT 1"
+        row = self._db.execute(query, args).fetchone()
+        return _deploy(row) if row else None
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_event(self, t: float, payload: Mapping[str, Any]) -> int:
+        with self._transaction() as db:
+            return self._insert_event(db, t, payload)
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, t: float, payload: Mapping[str, Any]) -> int:
+        cur = db.execute("INSERT INTO events (t, type, payload) VALUES (?, ?, ?)",
+                         (t, str(payload["type"]), json.dumps(payload, sort_keys=True)))
+        return int(cur.lastrowid or 0)
+
+    def events_after(self, event_id: int, limit: int = 10_000) -> list[JournalEvent]:
+        rows = self._db.execute(
+            "SELECT id, t, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", (event_id, limit)
+        ).fetchall()
+        return [JournalEvent(int(r["id"]), float(r["t"]), json.loads(r["payload"])) for r in rows]
+
+    def events_since(self, t: float) -> list[JournalEvent]:
+        rows = self._db.execute(
+            "SELECT id, t, payload FROM events WHERE t >= ? ORDER BY t, id", (t,)
+        ).fetchall()
+        return [JournalEvent(int(r["id"]), float(r["t"]), json.loads(r["payload"])) for r in rows]
+
+    def last_event_id(self) -> int:
+        row = self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        return int(row[0])
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def add_decision(self, decision: Mapping[str, Any]) -> int:
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO decisions (t, incident, kind, scenario, action, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (decision["t"], decision["incident"], decision["kind"], decision["scenario"],
+                 decision["action"], json.dumps(decision, sort_keys=True)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT payload FROM decisions ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [json.loads(r["payload"]) for r in reversed(rows)]
+
+
+def _deploy(row: sqlite3.Row) -> Deploy:
+    return Deploy(
+        id=int(row["id"]), app=row["app"], version=row["version"],
+        started_at=float(row["started_at"]),
+        ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
+        status=row["status"], code_version=row["code_version"],
+        restore_point=row["restore_point"],
+        restore_point_verified=bool(row["restore_point_verified"]),
+    )
