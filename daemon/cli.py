@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -13,8 +12,11 @@ import click
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, load_config, resolve_path
+from daemon.config import Config, ConfigError, load_config, load_policy, resolve_path
 from daemon.logs import configure_logging
+from policies.catalogue import is_event_fed
+from policies.engine import Decision
+from policies.policy import Policy, PolicyError, blind_rule, parse_policy, resolve_ref
 from policies.units import format_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,15 +62,24 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None) -> None:
     """Run the daemon: probe, export metrics, notify systemd (the systemd service's ExecStart)."""
+    from daemon.journal import Journal, JournalError
     from daemon.loop import Daemon, ListenError, bind_listener
 
     path, config = _load(ctx, config_file)
+    try:
+        policy = load_policy(config, path)
+    except ConfigError as exc:
+        fail(str(exc))
     configure_logging(config.daemon.log_format)
+    try:
+        journal = Journal.in_state_dir(config.daemon.state_dir)
+    except JournalError as exc:
+        fail(f"{path}: daemon.state_dir: {exc}")
     try:
         listener = bind_listener(config.daemon.listen_host, config.daemon.listen_port)
     except ListenError as exc:
         fail(f"{path}: daemon.listen: {exc}")
-    daemon = Daemon(path, config)
+    daemon = Daemon(path, config, policy, journal)
     sys.exit(asyncio.run(daemon.run(listener)))
 
 
@@ -104,33 +115,22 @@ def _probe_rows(config: Config) -> list[tuple[str, str]]:
     return rows
 
 
-def _policy_rules(config: Config, path: Path) -> list[dict[str, Any]]:
-    policy = config.policy_path()
-    try:
-        data = tomllib.loads(policy.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"{path}: daemon.policy: cannot read {policy}: {exc.strerror or exc}")
-    except tomllib.TOMLDecodeError as exc:
-        fail(f"{policy}: not valid TOML: {exc}")
-    rules = data.get("rule", [])
-    if not isinstance(rules, list) or not rules:
-        fail(f"{policy}: no [[rule]] tables")
-    return rules
-
-
 @cli.command()
 @config_option
 @click.pass_context
 def check(ctx: click.Context, config_file: Path | None) -> None:
     """Validate the config and the policy, and print what would run."""
     path, config = _load(ctx, config_file)
-    rules = _policy_rules(config, path)
+    try:
+        policy = load_policy(config, path)
+    except ConfigError as exc:
+        fail(str(exc))
     d = config.daemon
     click.echo(f"config    {path}: valid")
     click.echo(f"app       {config.app_name}")
     click.echo(f"daemon    listen {d.listen}, every {format_duration(d.interval)}, mode {d.mode}, "
                f"state in {d.state_dir}")
-    click.echo(f"policy    {config.policy_path()} ({d.policy}): {len(rules)} rules")
+    click.echo(f"policy    {config.policy_path()} ({d.policy}): {len(policy.rules)} rules")
     rows = _probe_rows(config)
     click.echo(f"probes    {len(rows)}")
     width = max((len(name) for name, _ in rows), default=0)
@@ -138,6 +138,94 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
         click.echo(f"  {name.ljust(width)}  {target}")
     if not rows:
         click.echo("  (none configured: rollbackd would see nothing)")
+    click.echo("")
+    print_matrix(policy, d.mode)
+    fed = asyncio.run(_fed_signals(config))
+    for rule in policy.rules:
+        missing = sorted(s for s in rule.signals if s not in fed and not is_event_fed(s))
+        if missing:
+            click.echo(f"warning   rule {rule.scenario} cannot fire: nothing configured feeds "
+                       + ", ".join(missing))
+
+
+async def _fed_signals(config: Config) -> set[str]:
+    from daemon.probeset import build_probes
+
+    probes = build_probes(config)
+    try:
+        return set(probes.signals())
+    finally:
+        await probes.aclose()
+
+
+def print_matrix(policy: Policy, mode: str) -> None:
+    """The effective decision matrix, as the procedures' table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="decision matrix", title_justify="left")
+    for column in ("scenario", "condition", "for", "severity", "action", "timeline", "mode"):
+        table.add_column(column)
+    for rule in policy.rules:
+        timeline = "next release" if rule.timeline is None else format_duration(rule.timeline)
+        table.add_row(rule.scenario, rule.when, format_duration(rule.for_), rule.severity,
+                      rule.action, timeline, policy.mode_for(rule.action, mode))
+    blind = blind_rule(policy.guards)
+    table.add_row(blind.scenario, blind.when, "0s", blind.severity, blind.action, "-",
+                  policy.mode_for(blind.action, mode))
+    Console(width=160, highlight=False, soft_wrap=True).print(table)
+
+
+@cli.command()
+@click.option("--policy", "policy_ref", required=True,
+              help="Policy file, or builtin:NAME for a bundled one.")
+@click.option("--replay", "replay_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="JSON Lines replay.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="jsonl",
+              show_default=True)
+@click.option("--mode", type=click.Choice(["auto", "approve", "dry-run"]), default="auto",
+              show_default=True, help="The daemon mode to simulate.")
+def simulate(policy_ref: str, replay_file: Path, fmt: str, mode: str) -> None:
+    """Replay recorded signals and events through the decision engine; print its decisions."""
+    from policies.replay import ReplayError, parse_replay, run, to_jsonl
+
+    path = resolve_ref(policy_ref)
+    try:
+        policy = parse_policy(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        fail(f"{path}: cannot read policy: {exc.strerror or exc}")
+    except PolicyError as exc:
+        fail(str(exc))
+    try:
+        with replay_file.open(encoding="utf-8") as handle:
+            lines = parse_replay(handle)
+    except OSError as exc:
+        fail(f"{replay_file}: cannot read replay: {exc.strerror or exc}")
+    except (ReplayError, UnicodeDecodeError) as exc:
+        fail(f"{replay_file}: {exc}")
+    decisions = run(policy, lines, mode)
+    if fmt == "jsonl":
+        out = sys.stdout
+        for decision in decisions:
+            out.write(to_jsonl(decision) + "\n")
+        return
+    _print_decisions(list(decisions))
+
+
+def _print_decisions(decisions: list[Decision]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("t", "kind", "incident", "scenario", "severity", "action", "requested",
+                   "timeline", "mode", "reason"):
+        table.add_column(column)
+    for d in decisions:
+        timeline = "next release" if d.timeline_s is None else format_duration(d.timeline_s)
+        table.add_row(format_duration(d.t) if d.t else "0s", d.kind, str(d.incident), d.scenario,
+                      d.severity, d.action, d.requested_action, timeline, d.mode, d.reason)
+    Console(width=200, highlight=False, soft_wrap=True).print(table)
+    click.echo(f"{len(decisions)} decisions")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from policies.policy import Policy, PolicyError, parse_policy, resolve_ref
 from policies.units import Duration, Size
 from probes.base import StrictModel
 from probes.settings import (
@@ -25,7 +26,6 @@ from probes.settings import (
 
 DEFAULT_PATH = Path("/etc/rollbackd/rollbackd.toml")
 ENV_VAR = "ROLLBACKD_CONFIG"
-BUILTIN_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 
 
 class ConfigError(Exception):
@@ -117,6 +117,9 @@ class BackupSettings(StrictModel):
     jobs: int = Field(default=2, ge=1, le=64)
     min_free: Size = 5 * 1000**3
     keep: int = Field(default=10, ge=1)
+    timeout: Duration = Field(default=3600.0, gt=0, description="bound on one backup or verify")
+    lock_wait_timeout: Duration = Field(
+        default=30.0, gt=0, description="pg_dump --lock-wait-timeout: waits for table locks")
 
 
 class ProbesSettings(StrictModel):
@@ -154,10 +157,11 @@ class Config(StrictModel):
 
     def policy_path(self) -> Path:
         """The policy file in force: ``builtin:NAME`` is bundled, anything else is a path."""
-        ref = self.daemon.policy
-        if ref.startswith("builtin:"):
-            return BUILTIN_POLICY_DIR / f"{ref.removeprefix('builtin:')}.toml"
-        return Path(ref)
+        return resolve_ref(self.daemon.policy)
+
+    def declared_signals(self) -> list[str]:
+        """Signals the configuration names itself, which rules may use: Prometheus queries."""
+        return [p.signal for p in self.probes.prometheus]
 
 
 def resolve_path(given: str | Path | None) -> Path:
@@ -221,3 +225,18 @@ def load_config(path: Path) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: config is not UTF-8: {exc.reason}") from None
     return parse_config(text, path)
+
+
+def load_policy(config: Config, config_path: Path) -> Policy:
+    """The policy the config names, parsed and checked; errors are :class:`ConfigError`."""
+    path = config.policy_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{config_path}: daemon.policy: cannot read {path}: {exc.strerror or exc}"
+        ) from None
+    try:
+        return parse_policy(text, str(path), config.declared_signals())
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None

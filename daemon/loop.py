@@ -7,6 +7,7 @@ import contextlib
 import errno
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -14,13 +15,16 @@ from pathlib import Path
 import uvicorn
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.http import build_app
+from daemon.journal import Journal, JournalError
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.notify import Notifier
 from daemon.probeset import ProbeSet, build_probes
 from daemon.status import describe
+from policies.engine import Decision, Engine
+from policies.policy import Policy
 from policies.samples import Sample
 from policies.windows import SignalWindows
 from probes.runner import ProbeOutcome, probe_id
@@ -57,12 +61,19 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config_path: Path, config: Config, policy: Policy, journal: Journal,
+                 notifier: Notifier | None = None) -> None:
         self.config_path = config_path
         self.config = config
+        self.policy = policy
+        self.journal = journal
         self.log = get_logger().bind(app=config.app_name)
         self.notifier = notifier or Notifier.from_env()
         self.metrics = Metrics()
+        self.metrics.track_policy(policy)
+        self.engine = Engine(policy, config.daemon.mode)
+        self._event_cursor = self._catch_up(time.time())
+        self._last_step = 0.0
         self.windows = SignalWindows(max_age=config.daemon.history)
         self.probes: ProbeSet = build_probes(config)
         self.metrics.track(self._probe_ids(), self.probes.signals())
@@ -169,12 +180,49 @@ class Daemon:
         now = time.time()
         self.windows.add(Sample(name, value, now) for name, value in sorted(values.items()))
         self._log_probe_changes(outcomes)
-        self._status_line = describe(self.config.app_name, outcomes, values)
+        self._decide(now, values)
+        self._status_line = describe(self.config.app_name, outcomes, values, self.engine)
         duration = time.monotonic() - started
         self.metrics.record_tick(outcomes, values, duration, now)
         self.log.info("cycle", status=self._status_line, duration=round(duration, 4))
         self._notified(self.notifier.status(self._status_line))
         self._ready = True
+
+    def _catch_up(self, now: float) -> int:
+        """Feed the engine the journal's recent events, so a restart remembers the last deploy."""
+        horizon = now - self.policy.guards.rollback_window - self.policy.baseline.window
+        for event in self.journal.events_since(horizon):
+            self.engine.record(event.t, event.payload)
+        return self.journal.last_event_id()
+
+    def _decide(self, now: float, values: dict[str, float | None]) -> None:
+        """One engine step: this cycle's samples, the events journaled since the last one."""
+        now = max(now, self._last_step)  # the wall clock may step back; the engine may not
+        self.engine.observe(now, values)
+        try:
+            events = self.journal.events_after(self._event_cursor)
+        except sqlite3.Error as exc:
+            self.log.error("cannot read the journal; its events wait", error=str(exc))
+            events = []
+        for event in events:
+            self.engine.record(max(event.t, self._last_step), event.payload)
+            self._event_cursor = event.id
+        decisions = self.engine.decide(now)
+        self._last_step = now
+        for decision in decisions:
+            self._journal_decision(decision)
+        incident = self.engine.incident
+        self.metrics.record_decisions(self.policy, self.engine.firing(), decisions,
+                                      incident[1] if incident else None)
+
+    def _journal_decision(self, decision: Decision) -> None:
+        record = decision.as_dict()
+        # Until the runbook executor exists, a decision is recorded as what would be done.
+        self.log.warning("decision", executed=False, **record)
+        try:
+            self.journal.add_decision(record)
+        except JournalError as exc:
+            self.log.error("cannot journal a decision", error=str(exc), decision=record)
 
     def _log_probe_changes(self, outcomes: list[ProbeOutcome]) -> None:
         for outcome in outcomes:
@@ -191,6 +239,7 @@ class Daemon:
         self._notified(self.notifier.reloading())
         try:
             new = load_config(self.config_path)
+            policy = load_policy(new, self.config_path)
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.log.error("reload rejected; keeping the configuration in force", error=str(exc))
@@ -200,6 +249,14 @@ class Daemon:
         for key in ("listen", "state_dir"):
             if getattr(new.daemon, key) != getattr(self.config.daemon, key):
                 self.log.warning("setting changes only on restart", key=f"daemon.{key}")
+        if policy != self.policy or new.daemon.mode != self.config.daemon.mode:
+            # Timers and the open incident start afresh under a new policy; say so.
+            self.log.warning("policy changed; rule timers restart", policy=policy.path,
+                             open_incident=self.engine.incident is not None)
+            self.policy = policy
+            self.engine = Engine(policy, new.daemon.mode)
+            self._event_cursor = self._catch_up(self._last_step or time.time())
+            self.metrics.track_policy(policy)
         old = self.probes
         self.probes = build_probes(new)
         await old.aclose()

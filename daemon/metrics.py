@@ -16,6 +16,8 @@ from prometheus_client import (
 )
 
 from daemon import __version__
+from policies.engine import Decision
+from policies.policy import SEVERITY_RANK, Policy, blind_rule
 from probes.runner import ProbeOutcome
 
 
@@ -68,6 +70,20 @@ class Metrics:
         )
         for outcome in ("success", "failure"):
             self.reloads.labels(outcome)
+        self.rule_firing = Gauge(
+            "rollbackd_rule_firing", "1 while a policy rule fires", ["scenario", "severity"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "rollbackd_decisions_total", "Decisions taken, by scenario and the action taken",
+            ["scenario", "action"], registry=r,
+        )
+        self.incident_open = Gauge(
+            "rollbackd_incident_open", "1 while an incident of this severity is open",
+            ["severity"], registry=r,
+        )
+        for severity in SEVERITY_RANK:
+            self.incident_open.labels(severity)
         self._probes: set[str] = set()
         self._signals: set[str] = set()
 
@@ -78,6 +94,26 @@ class Metrics:
             _sync_children(metric, self._probes, wanted_probes)
         _sync_children(self.signal, self._signals, wanted_signals, initial=math.nan)
         self._probes, self._signals = wanted_probes, wanted_signals
+
+    def track_policy(self, policy: Policy) -> None:
+        """Initialise the series of every rule, so that a rule that never fired reads 0."""
+        self.rule_firing.clear()
+        for rule in (*policy.rules, blind_rule(policy.guards)):
+            self.rule_firing.labels(rule.scenario, rule.severity)
+            for action in {rule.action, "page"}:
+                self.decisions.labels(rule.scenario, action)
+
+    def record_decisions(self, policy: Policy, firing: Mapping[str, bool],
+                         decisions: Iterable[Decision], incident_severity: str | None) -> None:
+        for rule in (*policy.rules, blind_rule(policy.guards)):
+            self.rule_firing.labels(rule.scenario, rule.severity).set(
+                1 if firing.get(rule.scenario) else 0
+            )
+        for decision in decisions:
+            if decision.kind != "resolve":
+                self.decisions.labels(decision.scenario, decision.action).inc()
+        for severity in SEVERITY_RANK:
+            self.incident_open.labels(severity).set(1 if severity == incident_severity else 0)
 
     def record_tick(self, outcomes: Iterable[ProbeOutcome], signals: Mapping[str, float | None],
                     duration: float, ended_at: float) -> None:

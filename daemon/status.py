@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from policies.engine import Engine
 from probes.runner import ProbeOutcome
 
 Signals = Mapping[str, float | None]
@@ -61,9 +62,23 @@ def _migrations(signals: Signals) -> str | None:
     return f"migrations clean{at}"
 
 
-def describe(app: str, outcomes: Sequence[ProbeOutcome], signals: Signals) -> str:
+def _engine(engine: Engine | None) -> str | None:
+    if engine is None:
+        return None
+    firing = [name for name, on in engine.firing().items() if on]
+    incident = engine.incident
+    if incident is None and not firing:
+        return None
+    text = f"incident {incident[0]} open ({incident[1]})" if incident else "no incident"
+    text += ", firing: " + ", ".join(firing) if firing else ""
+    return text + (" [PAUSED]" if engine.paused else "")
+
+
+def describe(app: str, outcomes: Sequence[ProbeOutcome], signals: Signals,
+             engine: Engine | None = None) -> str:
     """E.g. ``visionforge: app up, errors 0.0%, p95 12ms; database up (1ms); 6/6 probes ok``."""
-    parts = [text for text in (_http(signals), _database(signals), _migrations(signals)) if text]
+    parts = [text for text in (_engine(engine), _http(signals), _database(signals),
+                               _migrations(signals)) if text]
     failing = [o for o in outcomes if not o.ok]
     probes = f"{len(outcomes) - len(failing)}/{len(outcomes)} probes ok"
     if failing:

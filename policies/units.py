@@ -51,7 +51,7 @@ def parse_size(text: str) -> int:
 
 def format_duration(seconds: float) -> str:
     """The shortest spelling of a duration, for summaries and logs."""
-    if seconds < 1:
+    if 0 < seconds < 1:
         return f"{seconds * 1000:g}ms"
     parts: list[str] = []
     rest = seconds

@@ -1,0 +1,401 @@
+"""The decision engine: rules evaluated over samples and events, arbitrated into incidents.
+
+Pure: time, samples and events come in as arguments; decisions come out. The daemon and
+``rollbackd simulate`` drive the same object the same way, so a replay of what the daemon saw
+gives the decisions the daemon took.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies import catalogue
+from policies.expr import baseline_signals, evaluate, longest_window
+from policies.policy import (
+    MONITORING_BLIND,
+    ROLLBACKS,
+    Policy,
+    Rule,
+    blind_rule,
+)
+from policies.units import format_duration
+
+Event = Mapping[str, Any]
+DECISION_KINDS = ("open", "escalate", "attach", "resolve")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    t: float
+    kind: str
+    incident: int
+    scenario: str
+    severity: str
+    action: str
+    requested_action: str
+    timeline_s: int | None
+    mode: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The replay contract's object, keys in the contract's order."""
+        return {
+            "t": self.t, "kind": self.kind, "incident": self.incident, "scenario": self.scenario,
+            "severity": self.severity, "action": self.action,
+            "requested_action": self.requested_action, "timeline_s": self.timeline_s,
+            "mode": self.mode, "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class _RuleState:
+    rule: Rule
+    last: bool | None = False
+    last_t: float | None = None
+    true_for: float = 0.0
+    false_for: float = 0.0
+    firing: bool = False
+
+    def advance(self, t: float, value: bool | None) -> None:
+        """Move the ``for`` and ``clear_for`` timers to ``t``.
+
+        The time since the previous step counts towards the value seen at that step; a
+        definite value resets the opposite timer; an unknown value holds both.
+        """
+        elapsed = 0.0 if self.last_t is None else t - self.last_t
+        if self.last is True:
+            self.true_for += elapsed
+        elif self.last is False:
+            self.false_for += elapsed
+        if value is True:
+            self.false_for = 0.0
+        elif value is False:
+            self.true_for = 0.0
+        self.last, self.last_t = value, t
+
+
+@dataclass(slots=True)
+class _Incident:
+    id: int
+    rule: Rule
+    action: str
+    mode: str
+    opened_at: float
+    attached: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Deploy:
+    t: float
+    version: str
+    verified: bool
+
+
+class Engine:
+    """One application's decision engine. Feed it with :meth:`observe` and :meth:`record`, then
+    call :meth:`decide` once per time step; :meth:`step` does all three."""
+
+    def __init__(self, policy: Policy, mode: str = "auto") -> None:
+        self.policy = policy
+        self.mode = mode
+        self._states = [_RuleState(r) for r in policy.rules]
+        self._blind = _RuleState(blind_rule(policy.guards))
+        self._now = 0.0
+        self._probe_values: dict[str, float | None] = {}
+        self._probed: set[str] = set()
+        self._unknown_since: dict[str, float] = {}
+        self._last_change: dict[str, float] = {}
+        self._migration_event: float = 0.0
+        self._alerts: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+        self._alert_counts: dict[str, float] = {}
+        self._deploy: _Deploy | None = None
+        self._at_deploy: dict[str, float | None] = {}
+        self._deploy_baselines: dict[str, float | None] = {}
+        self._rule_signals = policy.signals()
+        self._baselined = frozenset().union(
+            *(baseline_signals(r.condition) for r in policy.rules if r.condition is not None)
+        )
+        windows = [longest_window(r.condition) for r in policy.rules if r.condition is not None]
+        self._windowed = frozenset(
+            s for r in policy.rules if r.condition is not None and longest_window(r.condition) > 0
+            for s in r.signals
+        ) | self._baselined
+        b = policy.baseline
+        self._retention = max([*windows, b.window + b.gap, 0.0]) + 1.0
+        self._history: dict[str, deque[tuple[float, float]]] = {s: deque() for s in self._windowed}
+        self._incident: _Incident | None = None
+        self._incidents = 0
+        self._auto_rollbacks: deque[float] = deque()
+        self._paused = False
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def observe(self, t: float, samples: Mapping[str, float | None]) -> None:
+        """Probe readings at ``t``; ``None`` means the probe could not measure."""
+        self._now = t
+        for name, value in samples.items():
+            before = self.value(name)
+            self._probed.add(name)
+            self._probe_values[name] = value
+            self._track_change(name, before, t)
+
+    def record(self, t: float, event: Event) -> None:
+        """An event at ``t``: deploy, migration, alert, pause or resume (the replay contract)."""
+        self._now = t
+        kind = event.get("type")
+        if kind == "deploy":
+            self._record_deploy(t, event)
+        elif kind == "migration":
+            before = self.value(catalogue.MIGRATION_FAILED)
+            self._migration_event = 1.0 if event.get("status") == "failed" else 0.0
+            self._track_change(catalogue.MIGRATION_FAILED, before, t)
+        elif kind == "alert":
+            self._record_alert(t, event)
+        elif kind == "pause":
+            self._paused = True
+        elif kind == "resume":
+            self._paused = False
+
+    def _record_deploy(self, t: float, event: Event) -> None:
+        if event.get("phase") != "begin":
+            return
+        # The baseline is anchored before the deploy: freeze it now, from what came before.
+        self._deploy_baselines = {s: self._median(s, t - self.policy.baseline.window, t)
+                                  for s in self._baselined}
+        self._at_deploy = {s: self.value(s) for s in self._rule_signals}
+        self._deploy = _Deploy(t, str(event.get("version", "")), bool(event.get("verified", True)))
+        before = self.value(catalogue.MIGRATION_FAILED)
+        self._migration_event = 0.0
+        self._track_change(catalogue.MIGRATION_FAILED, before, t)
+
+    def _record_alert(self, t: float, event: Event) -> None:
+        labels = {str(k): str(v) for k, v in dict(event.get("labels", {})).items()}
+        key = tuple(sorted(labels.items()))
+        if event.get("status") == "firing":
+            self._alerts[key] = labels
+        else:
+            self._alerts.pop(key, None)
+        counts: dict[str, float] = {}
+        for alert in self._alerts.values():
+            for name in (f"alert.{alert.get('alertname', '')}",
+                         f"alert.severity_{alert.get('severity', '')}"):
+                counts[name] = counts.get(name, 0.0) + 1.0
+        for name in set(counts) | set(self._alert_counts):
+            before = self._alert_counts.get(name, 0.0)
+            if counts.get(name, 0.0) != before:
+                self._last_change[name] = t
+        self._alert_counts = counts
+
+    def _track_change(self, name: str, before: float | None, t: float) -> None:
+        after = self.value(name)
+        if after != before and after is not None:
+            self._last_change[name] = t
+        if after is None:
+            self._unknown_since.setdefault(name, t)
+        else:
+            self._unknown_since.pop(name, None)
+
+    # -- the expression context --------------------------------------------------------------
+
+    def value(self, signal: str) -> float | None:
+        if signal.startswith(catalogue.EVENT_FED_PREFIX):
+            return self._alert_counts.get(signal, 0.0)
+        if signal == catalogue.MIGRATION_FAILED:
+            # The deploy wrapper's failure report stands even when the tool's table says nothing.
+            if self._migration_event:
+                return 1.0
+            if signal not in self._probed:
+                return 0.0
+        return self._probe_values.get(signal)
+
+    def window(self, signal: str, seconds: float) -> Sequence[float]:
+        history = self._history.get(signal)
+        if not history:
+            return ()
+        horizon = self._now - seconds
+        return [v for t, v in history if t > horizon]
+
+    def baseline(self, signal: str) -> float | None:
+        if self._deploy is not None:
+            return self._deploy_baselines.get(signal)
+        end = self._now - self.policy.baseline.gap
+        return self._median(signal, end - self.policy.baseline.window, end, inclusive=True)
+
+    def changed(self, signal: str) -> bool | None:
+        if self._deploy is None:
+            return None
+        now, then = self.value(signal), self._at_deploy.get(signal)
+        if now is None or then is None:
+            return None
+        return now != then
+
+    def age(self, signal: str) -> float | None:
+        since = self._last_change.get(signal)
+        return None if since is None else self._now - since
+
+    def _median(self, signal: str, start: float, end: float,
+                inclusive: bool = False) -> float | None:
+        history = self._history.get(signal)
+        if not history:
+            return None
+        times = [t for t, _ in history]
+        lo = bisect.bisect_left(times, start)
+        hi = bisect.bisect_right(times, end) if inclusive else bisect.bisect_left(times, end)
+        points = [v for _, v in list(history)[lo:hi]]
+        if len(points) < self.policy.baseline.min_points:
+            return None
+        return float(statistics.median(points))
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def step(self, t: float, samples: Mapping[str, float | None],
+             events: Sequence[Event] = ()) -> list[Decision]:
+        self.observe(t, samples)
+        for event in events:
+            self.record(t, event)
+        return self.decide(t)
+
+    def decide(self, t: float) -> list[Decision]:
+        """Evaluate every rule at ``t`` and arbitrate; returns the decisions taken, in order."""
+        self._now = t
+        self._remember(t)
+        newly: list[Rule] = []
+        for state in [*self._states, self._blind]:
+            value = self._blindness(t) if state is self._blind else self._evaluate(state.rule)
+            state.advance(t, value)
+            if not state.firing and value is True and state.true_for >= state.rule.for_:
+                state.firing = True
+                newly.append(state.rule)
+            elif state.firing and value is False and state.false_for >= state.rule.clear_for:
+                state.firing = False
+        newly.sort(key=lambda r: r.rank, reverse=True)  # stable: policy order breaks ties
+        decisions = [d for rule in newly if (d := self._arbitrate(t, rule)) is not None]
+        resolved = self._maybe_resolve(t)
+        if resolved is not None:
+            decisions.append(resolved)
+        return decisions
+
+    def _evaluate(self, rule: Rule) -> bool | None:
+        assert rule.condition is not None
+        result = evaluate(rule.condition, self)
+        return result if isinstance(result, bool) or result is None else bool(result)
+
+    def _blindness(self, t: float) -> bool:
+        limit = self.policy.guards.blind_after
+        return any(
+            t - since > limit
+            for signal, since in self._unknown_since.items()
+            if signal in self._rule_signals and signal in self._probed
+        )
+
+    def _remember(self, t: float) -> None:
+        horizon = t - self._retention
+        for signal, history in self._history.items():
+            value = self.value(signal)
+            if value is not None:
+                history.append((t, value))
+            while history and history[0][0] < horizon:
+                history.popleft()
+
+    def _arbitrate(self, t: float, rule: Rule) -> Decision | None:
+        incident = self._incident
+        if incident is None:
+            self._incidents += 1
+            action, mode, reason = self._guard(t, rule)
+            self._incident = _Incident(self._incidents, rule, action, mode, t, [rule.scenario])
+            return self._decision(t, "open", self._incidents, rule, action, mode, reason)
+        if rule.scenario in incident.attached:
+            return None  # already evidence of this incident
+        incident.attached.append(rule.scenario)
+        if rule.rank > incident.rule.rank:
+            action, mode, reason = self._guard(t, rule)
+            reason = f"escalated from {incident.rule.scenario}: {reason}"
+            incident.rule, incident.action, incident.mode = rule, action, mode
+            return self._decision(t, "escalate", incident.id, rule, action, mode, reason)
+        reason = (f"attached to incident {incident.id} as evidence; it ranks below "
+                  f"{incident.rule.scenario}")
+        return self._decision(t, "attach", incident.id, rule, incident.action, incident.mode,
+                              reason)
+
+    def _guard(self, t: float, rule: Rule) -> tuple[str, str, str]:
+        """The action actually taken for ``rule``, its mode, and why."""
+        why = f"{rule.when} held for {format_duration(rule.for_)}"
+        if rule.scenario == MONITORING_BLIND:
+            blind = sorted(s for s, since in self._unknown_since.items()
+                           if s in self._rule_signals and s in self._probed
+                           and t - since > self.policy.guards.blind_after)
+            why = "no measurement for " + ", ".join(blind) + "; rollbackd never rolls back blind"
+        if self._paused:
+            mode = "dry-run"
+            action = "page" if rule.action in ROLLBACKS else rule.action
+            return action, mode, f"paused: nothing is executed; {why}"
+        mode = self.policy.mode_for(rule.action, self.mode)
+        if rule.action not in ROLLBACKS:
+            return rule.action, mode, why
+        refusal = self._rollback_refusal(t, mode)
+        if refusal is not None:
+            return "page", mode, f"{refusal}; {why}"
+        if mode == "auto":
+            self._auto_rollbacks.append(t)
+        return rule.action, mode, why
+
+    def _rollback_refusal(self, t: float, mode: str) -> str | None:
+        guards = self.policy.guards
+        deploy = self._deploy
+        if deploy is None or t - deploy.t > guards.rollback_window:
+            return (f"no deploy recorded within {format_duration(guards.rollback_window)}: "
+                    "nothing to roll back to")
+        if not deploy.verified:
+            return f"deploy {deploy.version} has no verified restore point"
+        if self.value("db.up") == 0:
+            return "database unreachable: a restore cannot run"
+        while self._auto_rollbacks and t - self._auto_rollbacks[0] >= guards.cooldown:
+            self._auto_rollbacks.popleft()
+        if mode == "auto" and len(self._auto_rollbacks) >= guards.max_auto_rollbacks:
+            return (f"rate limit: {guards.max_auto_rollbacks} automatic rollback(s) per "
+                    f"{format_duration(guards.cooldown)} already used")
+        return None
+
+    def _maybe_resolve(self, t: float) -> Decision | None:
+        incident = self._incident
+        if incident is None:
+            return None
+        states = {s.rule.scenario: s for s in [*self._states, self._blind]}
+        if any(states[name].firing for name in incident.attached):
+            return None
+        self._incident = None
+        return self._decision(
+            t, "resolve", incident.id, incident.rule, incident.action, incident.mode,
+            "every rule of the incident has been clear for its clear_for",
+        )
+
+    @staticmethod
+    def _decision(t: float, kind: str, incident: int, rule: Rule, action: str, mode: str,
+                  reason: str) -> Decision:
+        return Decision(
+            t=float(t), kind=kind, incident=incident,
+            scenario=rule.scenario, severity=rule.severity, action=action,
+            requested_action=rule.action,
+            timeline_s=None if rule.timeline is None else int(rule.timeline), mode=mode,
+            reason=reason,
+        )
+
+    # -- what the daemon exports -------------------------------------------------------------
+
+    def firing(self) -> dict[str, bool]:
+        return {s.rule.scenario: s.firing for s in [*self._states, self._blind]}
+
+    @property
+    def incident(self) -> tuple[int, str] | None:
+        """The open incident's id and severity."""
+        i = self._incident
+        return None if i is None else (i.id, i.rule.severity)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused

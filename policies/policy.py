@@ -1,0 +1,205 @@
+"""Policy files: the decision matrix as TOML rules, validated and parsed once at load.
+
+A policy is rejected as a whole when anything in it is wrong; every error names the file,
+the rule and, for conditions, the column.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from policies import catalogue
+from policies.expr import Expr, ExprError, parse_condition, render, signals_of
+from policies.samples import SIGNAL_NAME
+from policies.units import Duration, parse_duration
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+BUILTIN_PREFIX = "builtin:"
+
+Severity = Literal["critical", "high", "medium", "low"]
+Action = Literal[
+    "immediate_rollback", "planned_rollback", "selective_rollback", "evaluate", "fix_forward",
+    "page",
+]
+Mode = Literal["auto", "approve", "dry-run"]
+
+SEVERITY_RANK: Mapping[str, int] = {"critical": 3, "high": 2, "medium": 1, "low": 0}
+ACTION_RANK: Mapping[str, int] = {
+    "immediate_rollback": 5, "planned_rollback": 4, "selective_rollback": 3, "evaluate": 2,
+    "page": 1, "fix_forward": 0,
+}
+MODE_STRICTNESS: Mapping[str, int] = {"auto": 0, "approve": 1, "dry-run": 2}
+ROLLBACKS = frozenset({"immediate_rollback", "planned_rollback", "selective_rollback"})
+NEXT_RELEASE = "next release"
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used; ``str()`` is one line naming file, rule and column."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaselineSettings(_Strict):
+    window: Duration = Field(default=1800.0, gt=0)
+    gap: Duration = Field(default=600.0, ge=0)
+    min_points: int = Field(default=10, ge=1)
+
+
+class GuardSettings(_Strict):
+    rollback_window: Duration = Field(default=6 * 3600.0, gt=0)
+    max_auto_rollbacks: int = Field(default=1, ge=0)
+    cooldown: Duration = Field(default=3600.0, gt=0)
+    blind_after: Duration = Field(default=120.0, gt=0)
+
+
+class _RuleFile(_Strict):
+    scenario: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)
+    when: str = Field(min_length=1)
+    for_: Duration = Field(default=0.0, ge=0, alias="for")
+    clear_for: Duration = Field(default=300.0, ge=0)
+    severity: Severity
+    action: Action
+    timeline: str
+    runbook: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timeline")
+    @classmethod
+    def _timeline(cls, value: str) -> str:
+        if value != NEXT_RELEASE:
+            parse_duration(value)
+        return value
+
+
+class _PolicyFile(_Strict):
+    baseline: BaselineSettings = BaselineSettings()
+    guards: GuardSettings = GuardSettings()
+    modes: dict[Action, Mode] = Field(default_factory=dict)
+    # Extra signal names a rule may use, e.g. those of Prometheus query probes.
+    signals: list[str] = Field(default_factory=list)
+    rule: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    scenario: str
+    when: str
+    condition: Expr | None  # None only for built-in rules evaluated by the engine itself
+    for_: float
+    clear_for: float
+    severity: str
+    action: str
+    timeline: float | None  # None = "next release"
+    runbook: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return SEVERITY_RANK[self.severity], ACTION_RANK[self.action]
+
+    @property
+    def signals(self) -> frozenset[str]:
+        return signals_of(self.condition) if self.condition is not None else frozenset()
+
+
+MONITORING_BLIND = "monitoring_blind"
+
+
+def blind_rule(guards: GuardSettings) -> Rule:
+    """The built-in rule that pages when signals the policy needs have been unknown too long."""
+    return Rule(
+        scenario=MONITORING_BLIND, when=f"a probed signal unknown for more than "
+        f"{guards.blind_after:g}s", condition=None, for_=0.0, clear_for=0.0, severity="high",
+        action="page", timeline=None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    path: str
+    rules: tuple[Rule, ...]
+    baseline: BaselineSettings
+    guards: GuardSettings
+    modes: Mapping[str, str]
+    extra_signals: frozenset[str]
+
+    def mode_for(self, action: str, global_mode: str) -> str:
+        """The stricter of the daemon's mode and the policy's mode for this action."""
+        local = self.modes.get(action, "auto")
+        return max(global_mode, local, key=lambda m: MODE_STRICTNESS[m])
+
+    def signals(self) -> frozenset[str]:
+        return frozenset().union(*(r.signals for r in self.rules))
+
+
+def resolve_ref(ref: str) -> Path:
+    """``builtin:NAME`` is a bundled policy; anything else is a path."""
+    if ref.startswith(BUILTIN_PREFIX):
+        return BUILTIN_DIR / f"{ref.removeprefix(BUILTIN_PREFIX)}.toml"
+    return Path(ref)
+
+
+def _where(loc: Iterable[int | str]) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top level)"
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    if err["type"] == "missing":
+        message = "required key is missing"
+    return f"{_where(err['loc'])}: {message.removeprefix('Value error, ')}"
+
+
+def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str]) -> Rule:
+    name = data.get("scenario")
+    label = f"rule {name!r}" if isinstance(name, str) else f"rule #{index + 1}"
+    try:
+        spec = _RuleFile.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{path}: {label}: {_first_error(exc)}") from None
+    try:
+        condition = parse_condition(spec.when, lambda s: catalogue.is_known(s, extra))
+    except ExprError as exc:
+        raise PolicyError(
+            f"{path}: {label} (when, column {exc.column}): {exc.message}"
+        ) from None
+    timeline = None if spec.timeline == NEXT_RELEASE else parse_duration(spec.timeline)
+    return Rule(
+        scenario=spec.scenario, when=render(condition), condition=condition, for_=spec.for_,
+        clear_for=spec.clear_for, severity=spec.severity, action=spec.action,
+        timeline=timeline, runbook=spec.runbook, labels=dict(spec.labels),
+    )
+
+
+def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Policy:
+    """Parse and check a policy; ``extra_signals`` are names the configuration feeds (e.g. its
+    Prometheus query probes) that a rule may use besides the catalogue's."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        spec = _PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{path}: {_first_error(exc)}") from None
+    bad = [s for s in spec.signals if not SIGNAL_NAME.fullmatch(s)]
+    if bad:
+        raise PolicyError(f"{path}: signals: {bad[0]!r} is not a dotted lowercase signal name")
+    extra = frozenset(spec.signals) | frozenset(extra_signals)
+    rules = tuple(_rule(r, i, path, extra) for i, r in enumerate(spec.rule))
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.scenario in seen or rule.scenario == MONITORING_BLIND:
+            raise PolicyError(f"{path}: rule {rule.scenario!r}: scenario is not unique")
+        seen.add(rule.scenario)
+    return Policy(path=path, rules=rules, baseline=spec.baseline, guards=spec.guards,
+                  modes={str(k): str(v) for k, v in spec.modes.items()}, extra_signals=extra)

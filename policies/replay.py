@@ -1,0 +1,125 @@
+"""The replay contract of ``rollbackd simulate``: JSON Lines in, the engine's decisions out."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.engine import Decision, Engine
+from policies.policy import Policy
+from policies.samples import SIGNAL_NAME
+
+EVENT_FIELDS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "deploy": {"phase": ("begin", "end")},
+    "migration": {"status": ("failed", "succeeded")},
+    "alert": {"status": ("firing", "resolved")},
+    "pause": {},
+    "resume": {},
+}
+
+
+class ReplayError(ValueError):
+    """A malformed replay line; ``str()`` is ``line N: what is wrong``."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayLine:
+    t: float
+    signals: Mapping[str, float | None] | None
+    event: Mapping[str, Any] | None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _signals(raw: Any, line: int) -> dict[str, float | None]:
+    if not isinstance(raw, dict):
+        raise ReplayError(line, '"signals" must be an object of name: number or null')
+    values: dict[str, float | None] = {}
+    for name, value in raw.items():
+        if not SIGNAL_NAME.fullmatch(name) and not name.startswith("alert."):
+            raise ReplayError(line, f"{name!r} is not a signal name (e.g. http.error_ratio)")
+        if value is not None and not _number(value):
+            raise ReplayError(line, f"signal {name}: expected a number or null, got {value!r}")
+        values[name] = None if value is None else float(value)
+    return values
+
+
+def _event(raw: Any, line: int) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ReplayError(line, '"event" must be an object')
+    kind = raw.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_FIELDS:
+        raise ReplayError(line, f"event type {kind!r} is not one of {', '.join(EVENT_FIELDS)}")
+    for key, allowed in EVENT_FIELDS[kind].items():
+        if raw.get(key) not in allowed:
+            raise ReplayError(line, f"{kind} event: {key} must be one of {', '.join(allowed)}")
+    if kind == "alert":
+        labels = raw.get("labels")
+        if not isinstance(labels, dict) or not isinstance(labels.get("alertname"), str):
+            raise ReplayError(line, "alert event: labels must be an object with an alertname")
+    return raw
+
+
+def parse_line(text: str, line: int) -> ReplayLine | None:
+    """One replay line; ``None`` for a blank line."""
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReplayError(line, f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise ReplayError(line, "expected a JSON object")
+    t = data.get("t")
+    if not isinstance(t, int | float) or not _number(t) or t < 0:
+        raise ReplayError(line, '"t" must be a number of seconds >= 0')
+    extra = set(data) - {"t", "signals", "event"}
+    if extra:
+        raise ReplayError(line, f"unknown key {sorted(extra)[0]!r}")
+    if ("signals" in data) == ("event" in data):
+        raise ReplayError(line, 'a line has either "signals" or "event"')
+    if "signals" in data:
+        return ReplayLine(float(t), _signals(data["signals"], line), None)
+    return ReplayLine(float(t), None, _event(data["event"], line))
+
+
+def parse_replay(lines: Iterable[str]) -> list[ReplayLine]:
+    """Every line checked before anything runs, so a bad line costs no partial output."""
+    parsed: list[ReplayLine] = []
+    for number, text in enumerate(lines, start=1):
+        line = parse_line(text, number)
+        if line is None:
+            continue
+        if parsed and line.t < parsed[-1].t:
+            raise ReplayError(number, f"t={line.t:g} is earlier than the line before")
+        parsed.append(line)
+    return parsed
+
+
+def run(policy: Policy, lines: Iterable[ReplayLine], mode: str = "auto") -> Iterator[Decision]:
+    """Feed the engine line by line; it decides once per distinct ``t``, after all its lines."""
+    engine = Engine(policy, mode)
+    current: float | None = None
+    for line in lines:
+        if current is not None and line.t != current:
+            yield from engine.decide(current)
+        current = line.t
+        if line.signals is not None:
+            engine.observe(line.t, line.signals)
+        elif line.event is not None:
+            engine.record(line.t, line.event)
+    if current is not None:
+        yield from engine.decide(current)
+
+
+def to_jsonl(decision: Decision) -> str:
+    return json.dumps(decision.as_dict())

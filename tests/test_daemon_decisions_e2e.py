@@ -1,0 +1,152 @@
+"""End to end: the decision engine inside `rollbackd run`, fed by real probes and the journal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.journal import Journal
+from tests.processes import Proc, daemon_url, migrate, scrape, set_faults, start_app, start_daemon
+from tests.servers import free_port, wait_for
+
+FAST_POLICY = """\
+[guards]
+blind_after = "30s"
+
+[[rule]]
+scenario = "migration_failed"
+when = "migration.failed == 1"
+severity = "critical"
+action = "immediate_rollback"
+timeline = "15m"
+
+[[rule]]
+scenario = "app_compromised"
+when = "http.up == 0 or http.error_ratio > 0.25"
+for = "2s"
+clear_for = "2s"
+severity = "high"
+action = "planned_rollback"
+timeline = "30m"
+"""
+
+
+@pytest.fixture
+def app(pg_db: str) -> Iterator[tuple[str, str]]:
+    result = migrate(pg_db)
+    assert result.returncode == 0, result.stderr
+    proc, url = start_app(pg_db)
+    yield pg_db, url
+    proc.close()
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, app: tuple[str, str]) -> Path:
+    dsn, app_url = app
+    policy = tmp_path / "policy.toml"
+    policy.write_text(FAST_POLICY)
+    config = tmp_path / "rollbackd.toml"
+    config.write_text(f"""\
+[daemon]
+state_dir = "{tmp_path / 'state'}"
+interval = "1s"
+listen = "127.0.0.1:{free_port()}"
+mode = "dry-run"
+policy = "{policy}"
+log_format = "json"
+
+[database]
+dsn = "{dsn}"
+migrations = "knex"
+
+[probes.postgres]
+timeout = "800ms"
+
+[probes.migrations]
+timeout = "800ms"
+
+[[probes.http]]
+name = "health"
+url = "{app_url}/health"
+timeout = "300ms"
+window = "2s"
+""")
+    return config
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    return scrape(url).get((name, tuple(sorted(labels.items()))))
+
+
+def test_an_app_failing_after_a_recorded_deploy_fires_the_rule_and_decides_a_rollback(
+    daemon_config: Path, app: tuple[str, str], tmp_path: Path
+) -> None:
+    _, app_url = app
+    journal = Journal.in_state_dir(tmp_path / "state")
+    journal.begin_deploy("visionforge", "v2", time.time(), restore_point="rp-1", verified=True)
+    daemon: Proc = start_daemon(daemon_config)
+    try:
+        url = daemon_url(daemon_config)
+        firing = {"scenario": "app_compromised", "severity": "high"}
+        decided = {"scenario": "app_compromised", "action": "planned_rollback"}
+        assert metric(url, "rollbackd_rule_firing", **firing) == 0
+        assert metric(url, "rollbackd_decisions_total", **decided) == 0
+
+        set_faults(app_url, error_ratio=1.0)
+        wait_for(lambda: metric(url, "rollbackd_rule_firing", **firing) == 1, 15,
+                 what="app_compromised firing")
+        wait_for(lambda: metric(url, "rollbackd_decisions_total", **decided) == 1, 5,
+                 what="a planned_rollback decision")
+        assert metric(url, "rollbackd_incident_open", severity="high") == 1
+        [opened] = [d for d in journal.decisions() if d["kind"] == "open"]
+        assert opened["scenario"] == "app_compromised" and opened["mode"] == "dry-run"
+        assert opened["requested_action"] == "planned_rollback"
+        assert '"executed": false' in daemon.output()
+
+        set_faults(app_url, error_ratio=0.0)
+        wait_for(lambda: metric(url, "rollbackd_incident_open", severity="high") == 0, 15,
+                 what="the incident to resolve")
+        assert metric(url, "rollbackd_rule_firing", **firing) == 0
+        assert [d["kind"] for d in journal.decisions()] == ["open", "resolve"]
+    finally:
+        daemon.close()
+        journal.close()
+
+
+def test_without_a_recorded_deploy_the_same_failure_only_pages(
+    daemon_config: Path, app: tuple[str, str]
+) -> None:
+    _, app_url = app
+    daemon = start_daemon(daemon_config)
+    try:
+        url = daemon_url(daemon_config)
+        set_faults(app_url, error_ratio=1.0)
+        paged = {"scenario": "app_compromised", "action": "page"}
+        wait_for(lambda: metric(url, "rollbackd_decisions_total", **paged) == 1, 15,
+                 what="a page instead of a rollback")
+        assert metric(url, "rollbackd_decisions_total", scenario="app_compromised",
+                      action="planned_rollback") == 0
+        assert "nothing to roll back to" in daemon.output()
+    finally:
+        daemon.close()
+
+
+def test_a_failed_migration_journaled_by_the_deploy_wrapper_is_an_immediate_rollback(
+    daemon_config: Path, tmp_path: Path
+) -> None:
+    daemon = start_daemon(daemon_config)
+    journal = Journal.in_state_dir(tmp_path / "state")
+    try:
+        url = daemon_url(daemon_config)
+        journal.begin_deploy("visionforge", "v2", time.time(), restore_point="rp", verified=True)
+        journal.add_event(time.time(), {"type": "migration", "status": "failed", "version": "v2"})
+        decided = {"scenario": "migration_failed", "action": "immediate_rollback"}
+        wait_for(lambda: metric(url, "rollbackd_decisions_total", **decided) == 1, 10,
+                 what="an immediate rollback decision")
+        assert metric(url, "rollbackd_incident_open", severity="critical") == 1
+    finally:
+        daemon.close()
+        journal.close()
