@@ -150,3 +150,23 @@ def test_a_failed_migration_journaled_by_the_deploy_wrapper_is_an_immediate_roll
     finally:
         daemon.close()
         journal.close()
+
+
+def test_sighup_with_a_broken_policy_keeps_the_policy_in_force(
+    daemon_config: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    daemon = start_daemon(daemon_config)
+    try:
+        url = daemon_url(daemon_config)
+        (tmp_path / "policy.toml").write_text(FAST_POLICY.replace("http.up ==", "http.upp =="))
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "reload rejected" in daemon.output(), 5, what="the rejected reload")
+        assert "unknown signal 'http.upp'" in daemon.output()
+        assert metric(url, "rollbackd_config_reloads_total", outcome="failure") == 1
+        assert metric(url, "rollbackd_rule_firing", scenario="app_compromised",
+                      severity="high") == 0
+        assert daemon.running()
+    finally:
+        daemon.close()
