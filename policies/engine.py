@@ -8,6 +8,7 @@ gives the decisions the daemon took.
 from __future__ import annotations
 
 import bisect
+import re
 import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -96,6 +97,11 @@ class _Deploy:
     verified: bool
 
 
+def _word(label: str) -> str:
+    """An Alertmanager label value as a signal name part (``High-Latency`` -> ``High_Latency``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", label) or "_"
+
+
 class Engine:
     """One application's decision engine. Feed it with :meth:`observe` and :meth:`record`, then
     call :meth:`decide` once per time step; :meth:`step` does all three."""
@@ -182,8 +188,8 @@ class Engine:
             self._alerts.pop(key, None)
         counts: dict[str, float] = {}
         for alert in self._alerts.values():
-            for name in (f"alert.{alert.get('alertname', '')}",
-                         f"alert.severity_{alert.get('severity', '')}"):
+            for name in (f"alert.{_word(alert.get('alertname', ''))}",
+                         f"alert.severity_{_word(alert.get('severity', ''))}"):
                 counts[name] = counts.get(name, 0.0) + 1.0
         for name in set(counts) | set(self._alert_counts):
             before = self._alert_counts.get(name, 0.0)
