@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
 
 import click
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, load_config, load_policy, resolve_path
+from daemon.cli_common import config_option, fail, load_or_fail
+from daemon.cli_deploy import backup, deploy
+from daemon.config import Config, ConfigError, load_policy
 from daemon.logs import configure_logging
 from policies.catalogue import is_event_fed
 from policies.engine import Decision
 from policies.policy import Policy, PolicyError, blind_rule, parse_policy, resolve_ref
 from policies.units import format_duration
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"rollbackd: {message}", err=True)
-    sys.exit(code)
-
-
-def config_option(func: F) -> F:
-    """``--config FILE``, accepted before the verb (on the group) and after it (on the command)."""
-    return click.option(
-        "--config", "-c", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Config file (default: $ROLLBACKD_CONFIG or /etc/rollbackd/rollbackd.toml).",
-    )(func)
-
-
-def _load(ctx: click.Context, given: Path | None) -> tuple[Path, Config]:
-    path = resolve_path(given or ctx.obj.get("config_file"))
-    try:
-        return path, load_config(path)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,7 +38,7 @@ def run(ctx: click.Context, config_file: Path | None) -> None:
     from daemon.journal import Journal, JournalError
     from daemon.loop import Daemon, ListenError, bind_listener
 
-    path, config = _load(ctx, config_file)
+    path, config = load_or_fail(ctx, config_file)
     try:
         policy = load_policy(config, path)
     except ConfigError as exc:
@@ -120,7 +93,7 @@ def _probe_rows(config: Config) -> list[tuple[str, str]]:
 @click.pass_context
 def check(ctx: click.Context, config_file: Path | None) -> None:
     """Validate the config and the policy, and print what would run."""
-    path, config = _load(ctx, config_file)
+    path, config = load_or_fail(ctx, config_file)
     try:
         policy = load_policy(config, path)
     except ConfigError as exc:
@@ -226,6 +199,10 @@ def _print_decisions(decisions: list[Decision]) -> None:
                       d.severity, d.action, d.requested_action, timeline, d.mode, d.reason)
     Console(width=200, highlight=False, soft_wrap=True).print(table)
     click.echo(f"{len(decisions)} decisions")
+
+
+cli.add_command(deploy)
+cli.add_command(backup)
 
 
 def main() -> None:

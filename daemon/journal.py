@@ -201,6 +201,23 @@ class Journal:
         ).fetchall()
         return [json.loads(r["payload"]) for r in reversed(rows)]
 
+    # -- deploy queries (backups: which restore points are still needed) ------------------
+
+    def deploys(self, app: str | None = None, *, since: float | None = None,
+                status: str | None = None) -> list[Deploy]:
+        """Deploys, newest first; filtered by app, start time (``started_at >= since``), status."""
+        clauses: list[str] = []
+        args: list[str | float] = []
+        for clause, value in (("app = ?", app), ("started_at >= ?", since),
+                              ("status = ?", status)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT * FROM deploys{where} ORDER BY started_at DESC, id DESC", args).fetchall()
+        return [_deploy(r) for r in rows]
+
 
 def _deploy(row: sqlite3.Row) -> Deploy:
     return Deploy(

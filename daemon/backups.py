@@ -1,0 +1,806 @@
+"""Verified PostgreSQL backups: taken consistently, described by a manifest, checked before trust.
+
+Layout under ``backups.dir``, one directory per backup::
+
+    20261125T151500Z-restore_point-ab12/
+        data.dump          pg_dump -Fc            (or data/ for pg_dump -Fd -j N)
+        schema.sql         pg_dump --schema-only  (same snapshot as the data)
+        config/...         config files, at their absolute paths (restore points)
+        manifest.json      written last, atomically: without it the backup is incomplete
+        verified.json      the latest verification's outcome
+
+Consistency: one REPEATABLE READ transaction exports its snapshot, counts the rows of every
+table in it, and both pg_dump runs import that snapshot (``--snapshot``). The manifest's row
+counts are therefore exactly what the dump holds, whatever is written meanwhile.
+
+API (``store = BackupStore(config.backups, connect_timeout=config.database.connect_timeout)``):
+
+* ``store.create(dsn, kind, ...) -> Manifest`` takes a backup; ``store.verify(id) ->
+  Verification`` checks one (and stores the outcome); ``store.get(id) -> Manifest`` refuses
+  incomplete backups; ``store.verification(id)`` is the last stored outcome; ``store.list()``;
+  ``store.prune(keep, protect)``; ``store.check_free_space(dsn)``.
+* For restores: ``store.data_path(manifest)`` is what pg_restore reads,
+  ``store.path(id) / manifest.schema_file`` the schema dump, ``manifest.config`` the config
+  files (``store.path(id) / entry.file``), ``find_restore_tool(manifest)`` the pg_restore (or
+  psql) able to read it, and ``daemon.pgtools.libpq_env(dsn)`` / ``run_tool`` to run it.
+
+Everything here is synchronous (subprocesses and a psycopg connection, every wait bounded);
+the daemon calls it through ``asyncio.to_thread``. Every failure is a :class:`BackupError`
+whose message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from daemon.config import BackupSettings
+from daemon.pgtools import (
+    PgToolError,
+    Tool,
+    find_tool,
+    libpq_env,
+    run_tool,
+    server_major,
+)
+from daemon.snapshot import ConfigFile, SnapshotError, sha256_file, snapshot_config
+from probes.pg import APPLICATION_NAME, libpq_connect_timeout, milliseconds, session_options
+
+MANIFEST = "manifest.json"
+VERIFIED = "verified.json"
+DUMP_FILE = "data.dump"
+DUMP_DIR = "data"
+SCHEMA_FILE = "schema.sql"
+FORMAT_VERSION = 1
+INCOMPLETE_GRACE = 3600.0
+"""An incomplete backup directory younger than this may still be being written."""
+
+Kind = Literal["restore_point", "safety", "manual", "tables"]
+Method = Literal["custom", "directory"]
+KINDS: tuple[str, ...] = ("restore_point", "safety", "manual", "tables")
+ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[a-z_]+-[0-9a-f]{4,}$")
+
+Progress = Callable[[str, float, float | None], None]
+"""``progress(stage, done, total)``: stage names a step, ``total`` None when unknown."""
+
+
+class BackupError(Exception):
+    """A backup that cannot be taken, found, verified or removed; ``str()`` is for an operator."""
+
+
+class _Model(BaseModel):
+    # Manifests outlive this code: ignore fields a newer rollbackd added.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class FileEntry(_Model):
+    path: str
+    """Relative to the backup directory, ``/``-separated."""
+    sha256: str
+    size: int
+
+
+class TableCount(_Model):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    schema_: str = Field(alias="schema")
+    name: str
+    rows: int
+    """Rows in the backup's snapshot: exactly what the dump holds."""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_}.{self.name}"
+
+
+class Manifest(_Model):
+    format_version: int = FORMAT_VERSION
+    id: str
+    kind: Kind
+    method: Method
+    data: str
+    """The archive pg_restore reads: ``data.dump`` (custom) or ``data`` (directory)."""
+    schema_file: str = SCHEMA_FILE
+    database: str
+    server_version: str
+    server_version_num: int
+    pg_dump_version: str
+    created_at: float
+    """Epoch seconds of the snapshot: the data is exactly as it was then."""
+    created_at_iso: str
+    duration: float
+    snapshot: str
+    deploy: int | None = None
+    version: str | None = None
+    """The application version being deployed (restore points)."""
+    code_version: str | None = None
+    selected_tables: list[str] | None = None
+    """For ``tables`` backups: the tables asked for; None means the whole database."""
+    files: list[FileEntry]
+    config: list[ConfigFile] = Field(default_factory=list)
+    size: int
+    tables: list[TableCount]
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+    def dump(self) -> dict[str, Any]:
+        """The manifest as JSON data (what ``manifest.json`` holds)."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        return data
+
+
+class Verification(_Model):
+    id: str
+    ok: bool
+    reason: str | None = None
+    """Why the backup is not sound (None when it is)."""
+    checked_at: float
+    duration: float
+    files: int = 0
+    toc_entries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """One backup directory as ``list`` sees it."""
+
+    id: str
+    kind: str
+    database: str | None
+    created_at: float | None
+    deploy: int | None
+    size: int
+    verified: bool | None
+    """True/False: the latest verification's outcome; None: never verified."""
+    complete: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "database": self.database,
+                "created_at": self.created_at, "deploy": self.deploy, "size": self.size,
+                "verified": self.verified, "complete": self.complete}
+
+
+@dataclass(frozen=True, slots=True)
+class _Server:
+    database: str
+    version: str
+    version_num: int
+    size: int
+
+
+def new_id(kind: str, at: float) -> str:
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{kind}-{secrets.token_hex(2)}"
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one.
+
+    Temp file in the same directory, fsync, rename, fsync of the directory (the rename itself
+    must survive a crash too).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BackupError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " / ".join(kept) or "no output"
+
+
+class BackupStore:
+    """The backups under ``settings.dir``: create, verify, list, get, prune.
+
+    ``connect_timeout`` bounds each connection to PostgreSQL (``database.connect_timeout``);
+    ``settings.timeout`` bounds a whole backup or verification, and
+    ``settings.lock_wait_timeout`` how long pg_dump waits for a table lock (a migration
+    holding an exclusive lock makes the backup fail rather than wait behind it).
+    """
+
+    def __init__(self, settings: BackupSettings, *, connect_timeout: float = 5.0) -> None:
+        self.settings = settings
+        self.dir = settings.dir
+        self.connect_timeout = connect_timeout
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def path(self, backup_id: str) -> Path:
+        """The directory of ``backup_id`` (which need not exist); rejects anything not an id."""
+        if not ID_PATTERN.match(backup_id):
+            raise BackupError(f"{backup_id!r} is not a backup id (e.g. "
+                              "20261125T151500Z-restore_point-ab12)")
+        return self.dir / backup_id
+
+    def data_path(self, manifest: Manifest) -> Path:
+        """The archive to hand to pg_restore (file for custom, directory for directory)."""
+        return self.path(manifest.id) / manifest.data
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, backup_id: str) -> Manifest:
+        """The manifest of a complete backup; ``BackupError`` if absent or incomplete."""
+        directory = self.path(backup_id)
+        if not directory.is_dir():
+            raise BackupError(f"no backup {backup_id} in {self.dir}")
+        manifest = self._read_manifest(directory)
+        if manifest is None:
+            raise BackupError(f"backup {backup_id} is incomplete (no {MANIFEST}): "
+                              "it was interrupted and cannot be trusted")
+        return manifest
+
+    def verification(self, backup_id: str) -> Verification | None:
+        """The latest stored verification of ``backup_id``, if any."""
+        path = self.path(backup_id) / VERIFIED
+        try:
+            return Verification.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError, ValueError):
+            return None
+
+    def _dirs(self) -> Iterator[Path]:
+        if not self.dir.is_dir():
+            return
+        for entry in self.dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and ID_PATTERN.match(entry.name):
+                yield entry
+
+    def _info(self, directory: Path) -> BackupInfo:
+        try:
+            manifest = self._read_manifest(directory)
+        except BackupError:
+            manifest = None  # unreadable: as untrustworthy as a missing one
+        verification = self.verification(directory.name)
+        if manifest is None:
+            return BackupInfo(id=directory.name, kind=_id_kind(directory.name), database=None,
+                              created_at=None, deploy=None, size=_du(directory),
+                              verified=None if verification is None else verification.ok,
+                              complete=False)
+        return BackupInfo(id=manifest.id, kind=manifest.kind, database=manifest.database,
+                          created_at=manifest.created_at, deploy=manifest.deploy,
+                          size=manifest.size,
+                          verified=None if verification is None else verification.ok,
+                          complete=True)
+
+    @staticmethod
+    def _read_manifest(directory: Path) -> Manifest | None:
+        path = directory / MANIFEST
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            return Manifest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise BackupError(f"{path} is not a valid manifest: "
+                              f"{exc.errors()[0]['msg']}") from None
+
+    # -- space -----------------------------------------------------------------------------
+
+    def check_free_space(self, dsn: str) -> tuple[int, int]:
+        """``(free bytes, database bytes)``; ``BackupError`` when min_free would be crossed.
+
+        The database's on-disk size overestimates a compressed dump, which is the safe side.
+        """
+        with self._connect(dsn) as conn:
+            server = _server(conn)
+        return self._check_space(server)
+
+    def _check_space(self, server: _Server) -> tuple[int, int]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.dir).free
+        if free - server.size < self.settings.min_free:
+            raise BackupError(
+                f"not enough free space for a backup in {self.dir}: {_size(free)} free, "
+                f"database {server.database} is {_size(server.size)}, "
+                f"backups.min_free is {_size(self.settings.min_free)}")
+        return free, server.size
+
+    # -- creating --------------------------------------------------------------------------
+
+    def create(self, dsn: str, kind: Kind, *, deploy: int | None = None,
+               version: str | None = None, tables: Sequence[str] | None = None,
+               config_files: Sequence[Path] = (), code_version: str | None = None,
+               progress: Progress | None = None) -> Manifest:
+        """Take a backup of the database ``dsn`` names and return its manifest.
+
+        ``tables`` limits the data to those tables (``name`` or ``schema.name``, with their
+        owned sequences); ``config_files`` are snapshotted into ``config/``. Refuses (with
+        ``BackupError``) when free space would fall below ``backups.min_free``. On failure
+        the partial directory is removed; one left by a crash has no manifest and is listed
+        as incomplete until ``prune`` removes it.
+        """
+        if kind not in KINDS:
+            raise BackupError(f"unknown backup kind {kind!r} (one of {', '.join(KINDS)})")
+        if kind == "tables" and not tables:
+            raise BackupError("a 'tables' backup needs the tables to back up")
+        report = progress or _no_progress
+        deadline = time.monotonic() + self.settings.timeout
+        started = time.time()
+        with self._connect(dsn) as conn:
+            server = _server(conn)
+            self._check_space(server)
+            pg_dump = _find(server.version_num, "pg_dump")
+            backup_id = new_id(kind, started)
+            directory = self.path(backup_id)
+            directory.mkdir(parents=True, exist_ok=False)
+            try:
+                manifest = self._take(conn, dsn, server, pg_dump, directory, kind, deadline,
+                                      tables, config_files, report)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+        manifest = manifest.model_copy(update={
+            "deploy": deploy, "version": version, "code_version": code_version,
+            "duration": round(time.time() - started, 3),
+        })
+        try:
+            write_json_atomic(directory / MANIFEST, manifest.dump())
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return manifest
+
+    def _take(self, conn: psycopg.Connection[Any], dsn: str, server: _Server, pg_dump: Tool,
+              directory: Path, kind: Kind, deadline: float, tables: Sequence[str] | None,
+              config_files: Sequence[Path], report: Progress) -> Manifest:
+        env = libpq_env(dsn, connect_timeout=self.connect_timeout)
+        with _transaction(conn):
+            snapshot, at = _export_snapshot(conn)
+            selected = None if tables is None else _resolve_tables(conn, tables)
+            counts = _count_rows(conn, selected, report)
+            method: Method = "directory" if self.settings.format == "directory" else "custom"
+            data = DUMP_DIR if method == "directory" else DUMP_FILE
+            common = [f"--snapshot={snapshot}",
+                      f"--lock-wait-timeout={milliseconds(self.settings.lock_wait_timeout)}"]
+            selection = [] if selected is None else [
+                arg for t in selected for arg in ("-t", _pattern(t))]
+            data_argv = [str(pg_dump.path), *self._format_args(method), *common, *selection,
+                         "-f", str(directory / data)]
+            self._dump(data_argv, env, deadline, "dump data", directory / data, server.size,
+                       report)
+            schema_argv = [str(pg_dump.path), "--schema-only", "-Fp", *common, *selection,
+                           "-f", str(directory / SCHEMA_FILE)]
+            self._dump(schema_argv, env, deadline, "dump schema", None, None, report)
+        config = self._snapshot_config(config_files, directory, report)
+        files = _checksum_files(directory, report)
+        return Manifest(
+            id=directory.name, kind=kind, method=method, data=data,
+            database=server.database, server_version=server.version,
+            server_version_num=server.version_num, pg_dump_version=pg_dump.version,
+            created_at=at, created_at_iso=iso(at), duration=0.0, snapshot=snapshot,
+            selected_tables=None if selected is None else [t.qualified for t in selected],
+            files=files, config=config, size=sum(f.size for f in files), tables=counts,
+        )
+
+    def _format_args(self, method: Method) -> list[str]:
+        if method == "directory":
+            return ["-Fd", "-j", str(self.settings.jobs)]
+        return ["-Fc"]
+
+    @staticmethod
+    def _dump(argv: list[str], env: dict[str, str], deadline: float, stage: str,
+              output: Path | None, estimate: int | None, report: Progress) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BackupError(f"backup timed out before {stage}")
+
+        def tick() -> None:
+            if output is not None:
+                report(stage, float(_du(output)), None if estimate is None else float(estimate))
+
+        report(stage, 0.0, None if estimate is None else float(estimate))
+        try:
+            result = run_tool(argv, env=env, timeout=remaining, on_tick=tick)
+        except PgToolError as exc:
+            raise BackupError(f"pg_dump ({stage}) failed: {exc}") from None
+        if result.returncode != 0:
+            raise BackupError(f"pg_dump ({stage}) failed with exit status {result.returncode}: "
+                              f"{_tail(result.stderr)}")
+        done = float(_du(output)) if output is not None else 1.0
+        report(stage, done, done)
+
+    @staticmethod
+    def _snapshot_config(files: Sequence[Path], directory: Path,
+                         report: Progress) -> list[ConfigFile]:
+        if not files:
+            return []
+        report("config snapshot", 0.0, float(len(files)))
+        try:
+            taken = snapshot_config(files, directory)
+        except SnapshotError as exc:
+            raise BackupError(str(exc)) from None
+        report("config snapshot", float(len(files)), float(len(files)))
+        return taken
+
+    def attach_deploy(self, backup_id: str, deploy: int) -> Manifest:
+        """Record the deploy a restore point belongs to (known only once the deploy is journaled).
+
+        The manifest is rewritten atomically; the files and their checksums do not change.
+        """
+        manifest = self.get(backup_id).model_copy(update={"deploy": deploy})
+        write_json_atomic(self.path(backup_id) / MANIFEST, manifest.dump())
+        return manifest
+
+    # -- verifying -------------------------------------------------------------------------
+
+    def verify(self, backup_id: str, *, progress: Progress | None = None) -> Verification:
+        """Check a backup and store the outcome in ``<id>/verified.json`` (also returned).
+
+        Sound means: a manifest; every file in it present with its size and sha256; a TOC
+        pg_restore can read (``--list``); every data block readable and decompressable
+        (``pg_restore -f /dev/null``). The first failure found is the ``reason``.
+        ``BackupError`` only when there is no such backup directory.
+        """
+        directory = self.path(backup_id)
+        if not directory.is_dir():
+            raise BackupError(f"no backup {backup_id} in {self.dir}")
+        started = time.monotonic()
+        report = progress or _no_progress
+        try:
+            files, toc = self._check(directory, report)
+            ok, reason = True, None
+        except BackupError as exc:
+            files, toc, ok, reason = 0, 0, False, str(exc)
+        result = Verification(id=backup_id, ok=ok, reason=reason, checked_at=time.time(),
+                              duration=round(time.monotonic() - started, 3), files=files,
+                              toc_entries=toc)
+        write_json_atomic(directory / VERIFIED, result.model_dump(mode="json"))
+        return result
+
+    def _check(self, directory: Path, report: Progress) -> tuple[int, int]:
+        deadline = time.monotonic() + self.settings.timeout
+        manifest = self._read_manifest(directory)
+        if manifest is None:
+            raise BackupError(f"incomplete: no {MANIFEST} (the backup was interrupted)")
+        _check_files(directory, manifest, report)
+        # pg_restore cannot read archives of a newer pg_dump, nor restore into a newer server.
+        pg_restore = find_restore_tool(manifest)
+        archive = str(directory / manifest.data)
+        env = dict(os.environ)
+        report("read TOC", 0.0, None)
+        listing = self._restore_tool([str(pg_restore.path), "--list", archive], env, deadline,
+                                     "cannot read the archive's table of contents")
+        toc = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
+        report("read TOC", 1.0, 1.0)
+        report("read data", 0.0, None)
+        self._restore_tool([str(pg_restore.path), "-f", os.devnull, archive], env, deadline,
+                           "cannot read every data block")
+        report("read data", 1.0, 1.0)
+        return len(manifest.files), toc
+
+    @staticmethod
+    def _restore_tool(argv: list[str], env: dict[str, str], deadline: float,
+                      what: str) -> str:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BackupError(f"verification timed out: {what}")
+        try:
+            result = run_tool(argv, env=env, timeout=remaining)
+        except PgToolError as exc:
+            raise BackupError(f"{what}: {exc}") from None
+        if result.returncode != 0:
+            raise BackupError(f"{what}: pg_restore exit status {result.returncode}: "
+                              f"{_tail(result.stderr)}")
+        return result.stdout
+
+    # -- pruning ---------------------------------------------------------------------------
+
+    def prune(self, keep: int, protect: set[str]) -> list[str]:
+        """Remove old backups; return the ids removed, oldest first.
+
+        Kept: the ``keep`` newest complete backups, every id in ``protect`` (e.g. restore
+        points of deploys inside the rollback window), and incomplete directories touched
+        within the last hour or ``backups.timeout`` (a backup may still be writing them).
+        """
+        if keep < 0:
+            raise BackupError(f"keep must be >= 0, got {keep}")
+        infos = self.list()
+        complete = sorted((i for i in infos if i.complete),
+                          key=lambda i: (i.created_at or 0.0, i.id), reverse=True)
+        kept = {i.id for i in complete[:keep]} | protect
+        grace = max(INCOMPLETE_GRACE, self.settings.timeout)
+        now = time.time()
+        doomed = [i.id for i in complete[keep:] if i.id not in kept]
+        doomed += [i.id for i in infos if not i.complete and i.id not in protect
+                   and now - _newest_mtime(self.dir / i.id) > grace]
+        removed: list[str] = []
+        for backup_id in sorted(doomed, key=lambda b: (_id_time(b), b)):
+            try:
+                shutil.rmtree(self.dir / backup_id)
+            except OSError as exc:
+                raise BackupError(f"cannot remove backup {backup_id}: {exc.strerror or exc} "
+                                  f"(removed before it: {', '.join(removed) or 'none'})"
+                                  ) from None
+            removed.append(backup_id)
+        return removed
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self, dsn: str) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            existing = conninfo_to_dict(dsn).get("options")
+        except psycopg.Error:
+            raise BackupError("the database DSN cannot be parsed") from None
+        options = session_options(statement_timeout=self.settings.timeout,
+                                  lock_timeout=self.settings.lock_wait_timeout,
+                                  existing="" if existing is None else str(existing))
+        try:
+            conn = psycopg.connect(dsn, autocommit=True,
+                                   connect_timeout=libpq_connect_timeout(self.connect_timeout),
+                                   application_name=APPLICATION_NAME, options=options)
+        except psycopg.Error as exc:
+            raise BackupError(f"cannot connect to the database: {_pg_message(exc)}") from None
+        try:
+            with conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise BackupError(f"database error: {_pg_message(exc)}") from None
+
+    # -- listing (last: the method's name shadows the builtin in the class body) --------
+
+    def list(self) -> builtins.list[BackupInfo]:
+        """Every backup directory, oldest first; incomplete ones included and marked so."""
+        infos = [self._info(p) for p in self._dirs()]
+        return sorted(infos, key=lambda i: (i.created_at or _id_time(i.id), i.id))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _no_progress(stage: str, done: float, total: float | None) -> None:
+    return None
+
+
+def _pg_message(exc: psycopg.Error) -> str:
+    """The server's or libpq's message, one line (libpq's never includes the password)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _find(version_num: int, name: str) -> Tool:
+    try:
+        return find_tool(name, server_major(version_num))
+    except PgToolError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def find_restore_tool(manifest: Manifest, name: str = "pg_restore") -> Tool:
+    """The client (pg_restore, psql) able to read this backup: no older than its pg_dump."""
+    dumped_by = int(manifest.pg_dump_version.split(".")[0])
+    try:
+        return find_tool(name, max(server_major(manifest.server_version_num), dumped_by))
+    except PgToolError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def _server(conn: psycopg.Connection[Any]) -> _Server:
+    row = conn.execute(
+        "SELECT current_database(), current_setting('server_version'),"
+        " current_setting('server_version_num')::int, pg_database_size(current_database())"
+    ).fetchone()
+    assert row is not None
+    return _Server(database=str(row[0]), version=str(row[1]).split()[0],
+                   version_num=int(row[2]), size=int(row[3]))
+
+
+@contextlib.contextmanager
+def _transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """The snapshot-exporting transaction; it must stay open until pg_dump has imported it."""
+    # A server-wide idle_in_transaction_session_timeout would end it while pg_dump runs.
+    conn.execute("SET idle_in_transaction_session_timeout = 0")
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _export_snapshot(conn: psycopg.Connection[Any]) -> tuple[str, float]:
+    """The snapshot id, and the server's clock when the snapshot was taken (its first query)."""
+    row = conn.execute(
+        "SELECT pg_export_snapshot(), extract(epoch FROM clock_timestamp())").fetchone()
+    assert row is not None
+    return str(row[0]), float(row[1])
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+_USER_TABLES = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+def _resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str]) -> list[_Table]:
+    """The tables ``names`` denote (search_path applies to unqualified ones), all or error."""
+    found: list[_Table] = []
+    missing: list[str] = []
+    for name in names:
+        row = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')", (name,)).fetchone()
+        if row is None:
+            missing.append(name)
+        else:
+            found.append(_Table(str(row[0]), str(row[1])))
+    if missing:
+        raise BackupError(f"no such table: {', '.join(missing)}")
+    return found
+
+
+def _count_rows(conn: psycopg.Connection[Any], selected: list[_Table] | None,
+                report: Progress) -> list[TableCount]:
+    tables = selected if selected is not None else [
+        _Table(str(s), str(n)) for s, n in conn.execute(_USER_TABLES).fetchall()]
+    counts: list[TableCount] = []
+    for index, table in enumerate(tables):
+        report("count rows", float(index), float(len(tables)))
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(table.schema), sql.Identifier(table.name))
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        counts.append(TableCount(schema=table.schema, name=table.name, rows=int(row[0])))
+    report("count rows", float(len(tables)), float(len(tables)))
+    return counts
+
+
+def _pattern(table: _Table) -> str:
+    """A pg_dump ``-t`` pattern matching exactly this table (quoted: no wildcards, case kept)."""
+    def quote(part: str) -> str:
+        return '"' + part.replace('"', '""') + '"'
+    return f"{quote(table.schema)}.{quote(table.name)}"
+
+
+def _checksum_files(directory: Path, report: Progress) -> list[FileEntry]:
+    """sha256 and size of every file written so far, each fsynced: the manifest vouches for them."""
+    paths = sorted(p for p in directory.rglob("*") if p.is_file())
+    total = float(sum(p.stat().st_size for p in paths))
+    done = 0.0
+    entries: list[FileEntry] = []
+    for path in paths:
+        report("checksums", done, total)
+        digest, size = sha256_file(path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        entries.append(FileEntry(path=path.relative_to(directory).as_posix(), sha256=digest,
+                                 size=size))
+        done += size
+    for sub in sorted({p.parent for p in paths}):
+        _fsync_dir(sub)
+    report("checksums", total, total)
+    return entries
+
+
+def _check_files(directory: Path, manifest: Manifest, report: Progress) -> None:
+    total = float(manifest.size)
+    done = 0.0
+    for entry in manifest.files:
+        report("checksums", done, total)
+        path = directory / entry.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise BackupError(f"{entry.path} is missing") from None
+        if size != entry.size:
+            raise BackupError(f"{entry.path} has {size} bytes, the manifest says {entry.size} "
+                              "(truncated or overwritten)")
+        digest, _ = sha256_file(path)
+        if digest != entry.sha256:
+            raise BackupError(f"{entry.path} does not match its sha256 in the manifest "
+                              "(the file is corrupted)")
+        done += size
+    report("checksums", total, total)
+
+
+def _du(path: Path) -> int:
+    """Bytes in a file, or in all files under a directory (0 when it does not exist yet)."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = 0.0
+    with contextlib.suppress(OSError):
+        newest = path.stat().st_mtime
+        for p in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                newest = max(newest, p.stat().st_mtime)
+    return newest
+
+
+def _id_time(backup_id: str) -> float:
+    try:
+        return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _id_kind(backup_id: str) -> str:
+    parts = backup_id.split("-")
+    return "-".join(parts[1:-1]) if len(parts) >= 3 else "unknown"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_size(n: float) -> str:
+    """Bytes as a short decimal size (``12.3 MB``), as in messages and the CLI."""
+    return _size(n)

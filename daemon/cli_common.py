@@ -1,0 +1,39 @@
+"""What every rollbackd command shares: --config, loading it, and one-line failures."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from daemon.config import Config, ConfigError, load_config, resolve_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"rollbackd: {message}", err=True)
+    sys.exit(code)
+
+
+def config_option(func: F) -> F:
+    """``--config FILE``, accepted before the verb (on the group) and after it (on the command)."""
+    return click.option(
+        "--config", "-c", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $ROLLBACKD_CONFIG or /etc/rollbackd/rollbackd.toml).",
+    )(func)
+
+
+def load_or_fail(ctx: click.Context, given: Path | None) -> tuple[Path, Config]:
+    path = resolve_path(given or ctx.obj.get("config_file"))
+    try:
+        return path, load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))

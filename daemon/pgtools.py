@@ -1,0 +1,223 @@
+"""PostgreSQL client tools (pg_dump, pg_restore, psql): finding the right ones and running them.
+
+A dump taken by a client older than the server is refused by pg_dump itself, and a restore by a
+client older than the dump's format fails halfway through: so tools are looked up for a server
+major version, preferring the Debian per-version directory, and never older than that major.
+
+Connection parameters reach the tools through the libpq environment built from the DSN, never
+through argv, where every user of the host could read a password in ``ps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from psycopg.conninfo import conninfo_to_dict
+
+from probes.pg import APPLICATION_NAME, libpq_connect_timeout
+
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+VERSION_TIMEOUT = 10.0
+TICK = 0.5
+"""Seconds between ``on_tick`` calls while a tool runs (progress bars poll output sizes)."""
+
+# libpq connection parameters and the environment variables that set them (libpq docs 34.15).
+LIBPQ_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
+    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
+    "require_auth": "PGREQUIREAUTH", "channel_binding": "PGCHANNELBINDING",
+    "service": "PGSERVICE", "options": "PGOPTIONS", "application_name": "PGAPPNAME",
+    "sslmode": "PGSSLMODE", "requiressl": "PGREQUIRESSL", "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslcompression": "PGSSLCOMPRESSION", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE", "sslrootcert": "PGSSLROOTCERT", "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR", "sslsni": "PGSSLSNI", "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION", "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME", "gsslib": "PGGSSLIB", "gssdelegation": "PGGSSDELEGATION",
+    "connect_timeout": "PGCONNECT_TIMEOUT", "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+class PgToolError(Exception):
+    """A client tool that cannot be found, configured or run; ``str()`` is for an operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A client binary and the PostgreSQL version it belongs to."""
+
+    name: str
+    path: Path
+    version: str
+    """As the tool prints it, e.g. ``15.18``."""
+    major: int
+
+
+def server_major(server_version_num: int) -> int:
+    """The major version in ``server_version_num`` (150018 -> 15, 90624 -> 9)."""
+    return server_version_num // 10000
+
+
+def tool_version(path: Path) -> tuple[str, int]:
+    """``(version, major)`` that ``path --version`` reports."""
+    result = run_tool([str(path), "--version"], env=dict(os.environ), timeout=VERSION_TIMEOUT)
+    match = _VERSION.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise PgToolError(f"{path} --version did not report a PostgreSQL version: "
+                          f"{(result.stdout + result.stderr).strip()[:200]}")
+    major = int(match.group(1))
+    minor = match.group(2)
+    return (f"{major}.{minor}" if minor is not None else str(major)), major
+
+
+def _candidates(name: str, major: int) -> list[Path]:
+    """Where to look, best first: this major's Debian directory, newer majors', then PATH."""
+    found: list[Path] = [DEBIAN_ROOT / str(major) / "bin" / name]
+    newer = sorted(int(p.name) for p in _debian_majors() if int(p.name) > major)
+    found += [DEBIAN_ROOT / str(m) / "bin" / name for m in newer]
+    on_path = shutil.which(name)
+    if on_path:
+        found.append(Path(on_path))
+    return [p for p in found if p.is_file() and os.access(p, os.X_OK)]
+
+
+def _debian_majors() -> list[Path]:
+    if not DEBIAN_ROOT.is_dir():
+        return []
+    return [p for p in DEBIAN_ROOT.iterdir() if p.name.isdigit()]
+
+
+def find_tool(name: str, major: int) -> Tool:
+    """The ``name`` client (``pg_dump``, ``pg_restore``, ``psql``) for a server of ``major``.
+
+    Raises ``PgToolError`` when none is installed, or when every one found is older than the
+    server (the message names what was found, so the operator knows which package to add).
+    """
+    seen: list[str] = []
+    for path in _candidates(name, major):
+        version, tool_major = tool_version(path)
+        if tool_major >= major:
+            return Tool(name, path, version, tool_major)
+        seen.append(f"{path} is {version}")
+    if not seen:
+        raise PgToolError(f"{name} not found (looked in {DEBIAN_ROOT}/{major}/bin and on PATH; "
+                          f"install postgresql-client-{major})")
+    raise PgToolError(f"no {name} for PostgreSQL {major} or newer: {'; '.join(seen)} "
+                      f"(install postgresql-client-{major})")
+
+
+def libpq_env(dsn: str, *, connect_timeout: float | None = None,
+              base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes a libpq client connect as ``dsn`` says, with no argv needed.
+
+    Starts from ``base`` (default: this process's environment, so a ``PGPASSFILE`` or
+    ``PGSERVICEFILE`` the service was given still applies) and sets every parameter the DSN
+    names. ``application_name`` defaults to rollbackd's, so our tools' sessions are told apart
+    from the application's. Raises ``PgToolError`` for a parameter libpq reads from no
+    environment variable (naming it, never its value).
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg raises ProgrammingError; the DSN may hold a password
+        raise PgToolError(f"the database DSN cannot be parsed ({type(exc).__name__})") from None
+    env = dict(os.environ if base is None else base)
+    env.setdefault("PGAPPNAME", APPLICATION_NAME)
+    if connect_timeout is not None and "connect_timeout" not in params:
+        env["PGCONNECT_TIMEOUT"] = str(libpq_connect_timeout(connect_timeout))
+    for key, value in params.items():
+        if value is None:
+            continue
+        var = LIBPQ_ENV.get(key)
+        if var is None:
+            raise PgToolError(f"the DSN parameter {key!r} cannot be passed to the PostgreSQL "
+                              "client tools (no libpq environment variable sets it)")
+        env[var] = str(value)
+    return env
+
+
+def run_tool(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
+             stdout: int | IO[bytes] | None = subprocess.PIPE,
+             on_tick: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (a list, never a shell string) and wait at most ``timeout`` seconds.
+
+    stderr is always captured (decoded, in the result); stdout too unless ``stdout`` says
+    otherwise (``None`` inherits ours, or pass a file). ``on_tick`` is called about every
+    half second while it runs. On timeout, or when the wait is interrupted (Ctrl-C), the tool
+    and anything it forked (pg_dump -j workers) are killed: the child runs in a session of its
+    own, whose id is its pid. Raises ``PgToolError`` on timeout or when it cannot start.
+    """
+    return _run(argv, env=env, timeout=timeout, stdout=stdout, stderr=subprocess.PIPE,
+                on_tick=on_tick)
+
+
+def run_passthrough(argv: Sequence[str], *, timeout: float,
+                    env: Mapping[str, str] | None = None) -> int:
+    """Run ``argv`` with its output streamed to ours; its exit status, or raise on timeout."""
+    result = _run(argv, env=dict(os.environ if env is None else env), timeout=timeout,
+                  stdout=None, stderr=None, on_tick=None)
+    return result.returncode
+
+
+def _run(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
+         stdout: int | IO[bytes] | None, stderr: int | None,
+         on_tick: Callable[[], None] | None) -> subprocess.CompletedProcess[str]:
+    if isinstance(argv, str):
+        raise TypeError("argv must be a list of arguments, not a shell string")
+    args = [str(a) for a in argv]
+    try:
+        proc = subprocess.Popen(args, env=dict(env), stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        raise PgToolError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + timeout
+    try:
+        out, err = _wait(proc, deadline, on_tick)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        raise PgToolError(f"{Path(args[0]).name} did not finish within {timeout:g}s "
+                          "and was killed") from None
+    except BaseException:
+        _kill(proc)
+        raise
+    return subprocess.CompletedProcess(
+        args, proc.returncode,
+        out.decode(errors="replace") if out is not None else "",
+        err.decode(errors="replace") if err is not None else "",
+    )
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float,
+          on_tick: Callable[[], None] | None) -> tuple[bytes | None, bytes | None]:
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        step = remaining if on_tick is None else min(remaining, TICK)
+        try:
+            return proc.communicate(timeout=step)
+        except subprocess.TimeoutExpired:
+            if on_tick is not None:
+                on_tick()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child's own process group (its pid is the group id) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=10)
