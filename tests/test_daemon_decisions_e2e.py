@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +88,16 @@ def test_an_app_failing_after_a_recorded_deploy_fires_the_rule_and_decides_a_rol
     daemon_config: Path, app: tuple[str, str], tmp_path: Path
 ) -> None:
     _, app_url = app
+    (tmp_path / "backups").mkdir()
+    with daemon_config.open("a") as config:
+        config.write(f'\n[backups]\ndir = "{tmp_path / "backups"}"\nmin_free = "1MB"\n')
+    began = subprocess.run(
+        [sys.executable, "-m", "daemon", "deploy", "begin", "--version", "v2", "--json",
+         "--config", str(daemon_config)], capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert began.returncode == 0, began.stderr
+    assert json.loads(began.stdout)["restore_point"]
     journal = Journal.in_state_dir(tmp_path / "state")
-    journal.begin_deploy("visionforge", "v2", time.time(), restore_point="rp-1", verified=True)
     daemon: Proc = start_daemon(daemon_config)
     try:
         url = daemon_url(daemon_config)
