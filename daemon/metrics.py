@@ -75,7 +75,7 @@ class Metrics:
             registry=r,
         )
         self.decisions = Counter(
-            "rollbackd_decisions_total", "Decisions taken, by scenario and the action taken",
+            "rollbackd_decisions_total", "Incidents opened or escalated, by scenario and action",
             ["scenario", "action"], registry=r,
         )
         self.incident_open = Gauge(
@@ -110,7 +110,8 @@ class Metrics:
                 1 if firing.get(rule.scenario) else 0
             )
         for decision in decisions:
-            if decision.kind != "resolve":
+            # Attach lines repeat the incident's action without taking it again; count actions.
+            if decision.kind in ("open", "escalate"):
                 self.decisions.labels(decision.scenario, decision.action).inc()
         for severity in SEVERITY_RANK:
             self.incident_open.labels(severity).set(1 if severity == incident_severity else 0)
