@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     action TEXT NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drills (
+    id INTEGER PRIMARY KEY,
+    t REAL NOT NULL,
+    backup TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    duration REAL NOT NULL,
+    payload TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_t ON events (t);
 """
 
@@ -66,6 +74,16 @@ class JournalEvent:
     id: int
     t: float
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Drill:
+    id: int
+    t: float
+    backup: str
+    ok: bool
+    duration: float
+    details: dict[str, Any]
 
 
 class JournalError(Exception):
@@ -218,6 +236,32 @@ class Journal:
             f"SELECT * FROM deploys{where} ORDER BY started_at DESC, id DESC", args).fetchall()
         return [_deploy(r) for r in rows]
 
+    # -- drills ----------------------------------------------------------------------------
+
+    def add_drill(self, t: float, backup: str, ok: bool, duration: float,
+                  details: Mapping[str, Any]) -> int:
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO drills (t, backup, ok, duration, payload) VALUES (?, ?, ?, ?, ?)",
+                (t, backup, int(ok), duration, json.dumps(details, sort_keys=True)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def latest_drill(self, *, ok: bool | None = None) -> Drill | None:
+        """The newest drill, or the newest that succeeded (``ok=True``) or failed."""
+        if ok is None:
+            row = self._db.execute("SELECT * FROM drills ORDER BY t DESC, id DESC LIMIT 1")
+        else:
+            row = self._db.execute(
+                "SELECT * FROM drills WHERE ok = ? ORDER BY t DESC, id DESC LIMIT 1", (int(ok),)
+            )
+        found = row.fetchone()
+        if found is None:
+            return None
+        return Drill(id=int(found["id"]), t=float(found["t"]), backup=found["backup"],
+                     ok=bool(found["ok"]), duration=float(found["duration"]),
+                     details=json.loads(found["payload"]))
+
 
 def _deploy(row: sqlite3.Row) -> Deploy:
     return Deploy(
@@ -228,3 +272,4 @@ def _deploy(row: sqlite3.Row) -> Deploy:
         restore_point=row["restore_point"],
         restore_point_verified=bool(row["restore_point_verified"]),
     )
+

@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from daemon import __version__
+from daemon.backups import BackupError, BackupStore
 from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.http import build_app
 from daemon.journal import Journal, JournalError
@@ -28,6 +29,9 @@ from policies.policy import Policy
 from policies.samples import Sample
 from policies.windows import SignalWindows
 from probes.runner import ProbeOutcome, probe_id
+
+DATA_SAFETY_EVERY = 30.0
+"""Seconds between reads of the backup store and drill results for the metrics."""
 
 STOP_GRACE = 5.0
 """Seconds the HTTP server gets to finish in-flight requests at shutdown."""
@@ -74,6 +78,7 @@ class Daemon:
         self.engine = Engine(policy, config.daemon.mode)
         self._event_cursor = self._catch_up(time.time())
         self._last_step = 0.0
+        self._data_safety_read = -DATA_SAFETY_EVERY
         self.windows = SignalWindows(max_age=config.daemon.history)
         self.probes: ProbeSet = build_probes(config)
         self.metrics.track(self._probe_ids(), self.probes.signals())
@@ -181,6 +186,9 @@ class Daemon:
         self.windows.add(Sample(name, value, now) for name, value in sorted(values.items()))
         self._log_probe_changes(outcomes)
         self._decide(now, values)
+        if time.monotonic() - self._data_safety_read >= DATA_SAFETY_EVERY:
+            self._data_safety_read = time.monotonic()
+            await self._read_data_safety()
         self._status_line = describe(self.config.app_name, outcomes, values, self.engine)
         duration = time.monotonic() - started
         self.metrics.record_tick(outcomes, values, duration, now)
@@ -214,6 +222,21 @@ class Daemon:
         incident = self.engine.incident
         self.metrics.record_decisions(self.policy, self.engine.firing(), decisions,
                                       incident[1] if incident else None)
+
+    async def _read_data_safety(self) -> None:
+        """Backups and drills happen in other processes; their outcome reaches /metrics here."""
+        store = BackupStore(self.config.backups)
+        try:
+            backups = await asyncio.to_thread(store.list)
+        except (OSError, BackupError) as exc:
+            self.log.warning("cannot list backups", dir=str(store.dir), error=str(exc))
+            backups = []
+        try:
+            last, good = self.journal.latest_drill(), self.journal.latest_drill(ok=True)
+        except sqlite3.Error as exc:
+            self.log.warning("cannot read drills from the journal", error=str(exc))
+            last = good = None
+        self.metrics.record_data_safety(backups, last, good)
 
     def _journal_decision(self, decision: Decision) -> None:
         record = decision.as_dict()

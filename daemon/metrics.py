@@ -16,6 +16,9 @@ from prometheus_client import (
 )
 
 from daemon import __version__
+from daemon.backups import KINDS as BACKUP_KINDS
+from daemon.backups import BackupInfo
+from daemon.journal import Drill
 from policies.engine import Decision
 from policies.policy import SEVERITY_RANK, Policy, blind_rule
 from probes.runner import ProbeOutcome
@@ -84,6 +87,21 @@ class Metrics:
         )
         for severity in SEVERITY_RANK:
             self.incident_open.labels(severity)
+        self.backup_last_success = Gauge(
+            "rollbackd_backup_last_success_timestamp_seconds",
+            "When the newest complete, verified backup of this kind was taken", ["kind"],
+            registry=r,
+        )
+        for kind in BACKUP_KINDS:
+            self.backup_last_success.labels(kind)
+        self.drill_last_success = Gauge(
+            "rollbackd_drill_last_success_timestamp_seconds",
+            "When the last successful restore drill ended", registry=r,
+        )
+        self.drill_duration = Gauge(
+            "rollbackd_drill_duration_seconds", "How long the last restore drill took",
+            registry=r,
+        )
         self._probes: set[str] = set()
         self._signals: set[str] = set()
 
@@ -115,6 +133,19 @@ class Metrics:
                 self.decisions.labels(decision.scenario, decision.action).inc()
         for severity in SEVERITY_RANK:
             self.incident_open.labels(severity).set(1 if severity == incident_severity else 0)
+
+    def record_data_safety(self, backups: Iterable[BackupInfo], last_drill: Drill | None,
+                           last_good_drill: Drill | None) -> None:
+        newest: dict[str, float] = {}
+        for info in backups:
+            if info.complete and info.verified and info.created_at is not None:
+                newest[info.kind] = max(newest.get(info.kind, 0.0), info.created_at)
+        for kind in BACKUP_KINDS:
+            self.backup_last_success.labels(kind).set(newest.get(kind, 0.0))
+        if last_good_drill is not None:
+            self.drill_last_success.set(last_good_drill.t)
+        if last_drill is not None:
+            self.drill_duration.set(last_drill.duration)
 
     def record_tick(self, outcomes: Iterable[ProbeOutcome], signals: Mapping[str, float | None],
                     duration: float, ended_at: float) -> None:

@@ -105,6 +105,10 @@ def test_an_app_failing_after_a_recorded_deploy_fires_the_rule_and_decides_a_rol
         decided = {"scenario": "app_compromised", "action": "planned_rollback"}
         assert metric(url, "rollbackd_rule_firing", **firing) == 0
         assert metric(url, "rollbackd_decisions_total", **decided) == 0
+        restore_point = metric(url, "rollbackd_backup_last_success_timestamp_seconds",
+                               kind="restore_point")
+        assert restore_point is not None and time.time() - 300 < restore_point <= time.time()
+        assert metric(url, "rollbackd_backup_last_success_timestamp_seconds", kind="safety") == 0
 
         set_faults(app_url, error_ratio=1.0)
         wait_for(lambda: metric(url, "rollbackd_rule_firing", **firing) == 1, 15,
