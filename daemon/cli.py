@@ -30,6 +30,14 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
     ctx.obj["config_file"] = config_file
 
 
+def _config_and_policy(ctx: click.Context, given: Path | None) -> tuple[Path, Config, Policy]:
+    path, config = load_or_fail(ctx, given)
+    try:
+        return path, config, load_policy(config, path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
 @cli.command()
 @config_option
 @click.pass_context
@@ -38,11 +46,7 @@ def run(ctx: click.Context, config_file: Path | None) -> None:
     from daemon.journal import Journal, JournalError
     from daemon.loop import Daemon, ListenError, bind_listener
 
-    path, config = load_or_fail(ctx, config_file)
-    try:
-        policy = load_policy(config, path)
-    except ConfigError as exc:
-        fail(str(exc))
+    path, config, policy = _config_and_policy(ctx, config_file)
     configure_logging(config.daemon.log_format)
     try:
         journal = Journal.in_state_dir(config.daemon.state_dir)
@@ -93,11 +97,7 @@ def _probe_rows(config: Config) -> list[tuple[str, str]]:
 @click.pass_context
 def check(ctx: click.Context, config_file: Path | None) -> None:
     """Validate the config and the policy, and print what would run."""
-    path, config = load_or_fail(ctx, config_file)
-    try:
-        policy = load_policy(config, path)
-    except ConfigError as exc:
-        fail(str(exc))
+    path, config, policy = _config_and_policy(ctx, config_file)
     d = config.daemon
     click.echo(f"config    {path}: valid")
     click.echo(f"app       {config.app_name}")
