@@ -138,6 +138,7 @@ class Engine:
         self._incidents = 0
         self._auto_rollbacks: deque[float] = deque()
         self._paused = False
+        self._close_requested: tuple[int, str] | None = None
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -166,6 +167,9 @@ class Engine:
             self._paused = True
         elif kind == "resume":
             self._paused = False
+        elif kind == "close":
+            closer = str(event.get("by", "a person"))
+            self._close_requested = (int(event.get("incident", 0)), closer)
 
     def _record_deploy(self, t: float, event: Event) -> None:
         if event.get("phase") != "begin":
@@ -368,17 +372,21 @@ class Engine:
         return None
 
     def _maybe_resolve(self, t: float) -> Decision | None:
-        incident = self._incident
+        incident, close = self._incident, self._close_requested
+        self._close_requested = None
         if incident is None:
             return None
-        states = {s.rule.scenario: s for s in [*self._states, self._blind]}
-        if any(states[name].firing for name in incident.attached):
-            return None
+        if close is not None and close[0] == incident.id:
+            # Rules still firing stay attached to nothing until they clear and fire anew.
+            reason = f"closed by {close[1]}"
+        else:
+            states = {s.rule.scenario: s for s in [*self._states, self._blind]}
+            if any(states[name].firing for name in incident.attached):
+                return None
+            reason = "every rule of the incident has been clear for its clear_for"
         self._incident = None
-        return self._decision(
-            t, "resolve", incident.id, incident.rule, incident.action, incident.mode,
-            "every rule of the incident has been clear for its clear_for",
-        )
+        return self._decision(t, "resolve", incident.id, incident.rule, incident.action,
+                              incident.mode, reason)
 
     @staticmethod
     def _decision(t: float, kind: str, incident: int, rule: Rule, action: str, mode: str,

@@ -18,6 +18,7 @@ EVENT_FIELDS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "alert": {"status": ("firing", "resolved")},
     "pause": {},
     "resume": {},
+    "close": {},
 }
 
 
@@ -62,6 +63,9 @@ def _event(raw: Any, line: int) -> dict[str, Any]:
     for key, allowed in EVENT_FIELDS[kind].items():
         if raw.get(key) not in allowed:
             raise ReplayError(line, f"{kind} event: {key} must be one of {', '.join(allowed)}")
+    if kind == "close" and not (isinstance(raw.get("incident"), int)
+                                and not isinstance(raw.get("incident"), bool)):
+        raise ReplayError(line, "close event: incident must be the incident's number")
     if kind == "alert":
         labels = raw.get("labels")
         if not isinstance(labels, dict) or not isinstance(labels.get("alertname"), str):

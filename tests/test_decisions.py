@@ -67,6 +67,8 @@ SCENARIOS: dict[str, str] = {
         "data validation failures for a minute after a deploy open a planned rollback",
     "rollback_refused_while_database_down":
         "a rollback is never started while the database is down, it pages instead",
+    "closed_by_a_person":
+        "a person closes an incident while its rule still fires; nothing reopens it",
 }
 # Replays that simulate a daemon mode other than auto.
 MODES = {"dry_run_mode": "dry-run"}
