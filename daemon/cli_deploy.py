@@ -488,3 +488,76 @@ def _window(path: Path, config: Config, given: str | None) -> float:
         return float(load_policy(config, path).guards.rollback_window)
     except ConfigError as exc:
         fail(str(exc))
+
+
+@backup.command("restore")
+@config_option
+@click.argument("backup_id", metavar="ID")
+@click.option("--strategy", type=click.Choice(["swap", "in_place"]), default="swap",
+              show_default=True,
+              help="swap: restore into a shadow database and swap names (the current one is "
+                   "kept); in_place: one all-or-nothing pg_restore after a safety backup.")
+@click.option("--tables", default=None, metavar="T1,T2",
+              help="Restore only these tables' data (one transaction, after a safety dump).")
+@click.option("--cascade", is_flag=True,
+              help="With --tables: also restore tables whose foreign keys reference them.")
+@click.option("--yes", is_flag=True, help="Confirm: the restore replaces live data.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
+                   strategy: str, tables: str | None, cascade: bool, yes: bool,
+                   as_json: bool) -> None:
+    """Restore a verified backup; prints the data window undone and where that data is kept."""
+    from daemon.locks import LockError
+    from daemon.restore import (
+        RestoreError,
+        RestoreOptions,
+        restore_in_place,
+        restore_swap,
+        restore_tables,
+    )
+
+    _, config = _config(ctx, config_file)
+    db = _database(config)
+    selected = [t.strip() for t in tables.split(",") if t.strip()] if tables else []
+    if tables is not None and not selected:
+        fail("--tables: no table named")
+    if cascade and not selected:
+        fail("--cascade only applies with --tables")
+    if not yes:
+        fail(_restore_warning(backup_id, db.dsn, strategy, selected))
+    store = open_store(config)
+    try:
+        options = RestoreOptions.from_config(config)
+        if selected:
+            report = restore_tables(store, backup_id, options, selected, cascade=cascade)
+        elif strategy == "in_place":
+            report = restore_in_place(store, backup_id, options)
+        else:
+            report = restore_swap(store, backup_id, options)
+    except (RestoreError, LockError) as exc:
+        fail(str(exc), EXIT_FAILED)
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        for line in report.describe():
+            click.echo(line)
+    if not report.ok:
+        fail("the restore completed but the database failed validation after it: "
+             + "; ".join(f"{r.name}: {r.message}" for r in report.validation if not r.ok),
+             EXIT_FAILED)
+
+
+def _restore_warning(backup_id: str, dsn: str, strategy: str, tables: list[str]) -> str:
+    from probes.pg import dbname_of
+
+    name = dbname_of(dsn) or "the database"
+    if tables:
+        return (f"refusing without --yes: this replaces every row of {', '.join(tables)} in "
+                f"{name} with backup {backup_id}'s (a safety dump of them is taken first)")
+    if strategy == "in_place":
+        return (f"refusing without --yes: this overwrites database {name} in place with "
+                f"backup {backup_id} (a safety backup is taken first)")
+    return (f"refusing without --yes: this terminates every session of database {name} and "
+            f"replaces it with backup {backup_id} (the current one is kept as "
+            f"{name}_rolledback_<timestamp>)")

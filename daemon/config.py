@@ -108,6 +108,9 @@ class DatabaseSettings(StrictModel):
     migrations: MigrationPreset | CustomMigrations | None = None
     expected_tables: list[str] = Field(default_factory=list)
     checks: list[SqlCheck] = Field(default_factory=list)
+    key_tables: list[str] = Field(
+        default_factory=list,
+        description="tables whose row counts must not fall below the restore point's")
     connect_timeout: Duration = Field(default=5.0, ge=2.0)
 
 
@@ -120,6 +123,11 @@ class BackupSettings(StrictModel):
     timeout: Duration = Field(default=3600.0, gt=0, description="bound on one backup or verify")
     lock_wait_timeout: Duration = Field(
         default=30.0, gt=0, description="pg_dump --lock-wait-timeout: waits for table locks")
+    restore_timeout: Duration = Field(
+        default=3600.0, gt=0, description="bound on one pg_restore (or psql) run of a restore")
+    terminate_timeout: Duration = Field(
+        default=15.0, gt=0,
+        description="bound on terminating the live database's sessions before a swap")
 
 
 class ProbesSettings(StrictModel):

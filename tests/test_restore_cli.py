@@ -1,0 +1,157 @@
+"""`rollbackd backup restore` as a real process: confirmation, its report, and being killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from daemon.backups import BackupStore, Manifest
+from probes.pg import dbname_of
+from tests.processes import ROOT, Proc
+from tests.servers import PgCluster, wait_for
+from tests.test_backups import run, seed_visionforge, store_in, table_checksums
+
+ROLLBACKD = [sys.executable, "-m", "daemon"]
+
+# An index whose every entry takes 20 ms to compute keeps pg_restore busy for a few seconds
+# in its post-data step: long enough to kill rollbackd while it runs.
+SLOW_INDEX = """
+CREATE FUNCTION slow_key(v bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_sleep(0.02); RETURN v; END $$;
+CREATE INDEX images_slow_idx ON images (slow_key(id));
+"""
+
+
+def write_config(tmp_path: Path, dsn: str) -> Path:
+    path = tmp_path / "rollbackd.toml"
+    path.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n\n'
+        f'[database]\ndsn = "{dsn}"\nconnect_timeout = "2s"\n'
+        'expected_tables = ["users", "images", "audit_log"]\n'
+        'key_tables = ["users", "images"]\n\n'
+        f'[backups]\ndir = "{tmp_path / "backups"}"\nmin_free = "0"\n'
+        'terminate_timeout = "5s"\nrestore_timeout = "2m"\nlock_wait_timeout = "5s"\n')
+    return path
+
+
+def rollbackd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ROLLBACKD, *args], capture_output=True, text=True, timeout=90,
+                          env=dict(os.environ), cwd=ROOT, check=False)
+
+
+def restore_point(dsn: str, tmp_path: Path, *, images: int = 40) -> tuple[BackupStore, Manifest]:
+    seed_visionforge(dsn, images=images)
+    store = store_in(tmp_path / "backups")
+    manifest = store.create(dsn, "restore_point")
+    assert store.verify(manifest.id).ok
+    return store, manifest
+
+
+def test_restore_refuses_without_yes_naming_what_it_would_destroy(
+        pg_db: str, tmp_path: Path) -> None:
+    _, rp = restore_point(pg_db, tmp_path)
+    config = write_config(tmp_path, pg_db)
+    for extra, words in (([], "terminates every session"), (["--strategy", "in_place"],
+                                                            "overwrites database"),
+                         (["--tables", "images"], "replaces every row of images")):
+        result = rollbackd("backup", "restore", rp.id, *extra, "--config", str(config))
+        assert result.returncode == 2
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_restore_prints_the_data_window_and_where_the_newer_data_is_kept(
+        pg_db: str, tmp_path: Path) -> None:
+    _, rp = restore_point(pg_db, tmp_path)
+    at_restore_point = table_checksums(pg_db, rp)
+    run(pg_db, "DELETE FROM images WHERE id <= 10")
+    config = write_config(tmp_path, pg_db)
+
+    human = rollbackd("backup", "restore", rp.id, "--yes", "--config", str(config))
+    assert human.returncode == 0, human.stderr
+    assert "data window undone: " + rp.created_at_iso in human.stdout
+    assert f"kept in database {dbname_of(pg_db)}_rolledback_" in human.stdout
+    assert table_checksums(pg_db, rp) == at_restore_point
+
+    tables = rollbackd("backup", "restore", rp.id, "--tables", "images", "--yes", "--json",
+                       "--config", str(config))
+    assert tables.returncode == 0, tables.stderr
+    report = json.loads(tables.stdout)
+    assert (report["ok"], report["strategy"], report["kept_kind"], report["tables"]) == (
+        True, "tables", "backup", ["public.images"])
+    assert report["data_window_start"] == rp.created_at
+
+
+def _kill_when_restoring(proc: Proc, cluster: PgCluster, database_like: str,
+                         with_children: bool) -> None:
+    def restoring() -> bool:
+        rows = cluster.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE '" + database_like
+            + "' AND state = 'active' AND query LIKE 'CREATE INDEX images_slow_idx%'")
+        return bool(rows[0][0])
+
+    wait_for(restoring, 60, interval=0.05, what=f"pg_restore to build the slow index "
+                                                  f"({proc.output()[-1000:]})")
+    victims = [proc.pid]
+    if with_children:
+        # As when systemd kills the service's whole control group.
+        victims += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    proc.popen.wait(10)
+
+
+def test_a_swap_killed_while_pg_restore_runs_leaves_live_untouched_and_the_next_one_works(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    name = dbname_of(pg_db)
+    seed_visionforge(pg_db, images=150)
+    run(pg_db, SLOW_INDEX)
+    store = store_in(tmp_path / "backups")
+    rp = store.create(pg_db, "restore_point")
+    run(pg_db, "DELETE FROM images WHERE id <= 10")
+    before = table_checksums(pg_db, rp)
+    config = write_config(tmp_path, pg_db)
+
+    proc = Proc([*ROLLBACKD, "backup", "restore", rp.id, "--yes", "--config", str(config)])
+    try:
+        _kill_when_restoring(proc, pg_cluster, f"{name}_shadow_%", with_children=False)
+    finally:
+        proc.close()
+    assert table_checksums(pg_db, rp) == before
+    assert pg_cluster.execute(
+        f"SELECT datallowconn FROM pg_database WHERE datname = '{name}'") == [(True,)]
+
+    again = rollbackd("backup", "restore", rp.id, "--yes", "--json", "--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["ok"]
+    assert pg_cluster.execute(
+        f"SELECT count(*) FROM pg_database WHERE datname LIKE '{name}_shadow_%'") == [(0,)]
+
+
+def test_an_in_place_restore_killed_midway_leaves_the_database_unchanged(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    name = dbname_of(pg_db)
+    seed_visionforge(pg_db, images=150)
+    run(pg_db, SLOW_INDEX)
+    store = store_in(tmp_path / "backups")
+    rp = store.create(pg_db, "restore_point")
+    run(pg_db, "DELETE FROM images WHERE id <= 10")
+    before = table_checksums(pg_db, rp)
+    config = write_config(tmp_path, pg_db)
+
+    proc = Proc([*ROLLBACKD, "backup", "restore", rp.id, "--strategy", "in_place", "--yes",
+                 "--config", str(config)])
+    try:
+        _kill_when_restoring(proc, pg_cluster, str(name), with_children=True)
+    finally:
+        proc.close()
+    wait_for(lambda: pg_cluster.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '" + str(name)
+        + "' AND application_name = 'rollbackd'") == [(0,)], 30,
+        what="the killed pg_restore's session to end")
+    assert table_checksums(pg_db, rp) == before
