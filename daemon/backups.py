@@ -500,7 +500,7 @@ class BackupStore:
         manifest = self._read_manifest(directory)
         if manifest is None:
             raise BackupError(f"incomplete: no {MANIFEST} (the backup was interrupted)")
-        _check_files(directory, manifest, report)
+        check_files(directory, manifest, report)
         # pg_restore cannot read archives of a newer pg_dump, nor restore into a newer server.
         pg_restore = find_restore_tool(manifest)
         archive = str(directory / manifest.data)
@@ -739,7 +739,9 @@ def _checksum_files(directory: Path, report: Progress) -> list[FileEntry]:
     return entries
 
 
-def _check_files(directory: Path, manifest: Manifest, report: Progress) -> None:
+def check_files(directory: Path, manifest: Manifest, report: Progress) -> None:
+    """Size and sha256 of every file the manifest lists; :class:`BackupError` naming the first
+    that differs. Cheap enough to repeat before each restore of an already verified backup."""
     total = float(manifest.size)
     done = 0.0
     for entry in manifest.files:

@@ -38,8 +38,9 @@ through ``asyncio.to_thread``.
 
 A process killed during a swap's pg_restore leaves live untouched and a stale shadow
 database, which the next swap (under the lock, so nobody else can be using it) drops. Killed
-during the swap step itself (a fraction of a second) it can leave live refusing connections:
-``ALTER DATABASE <db> ALLOW_CONNECTIONS true`` from the maintenance database undoes that.
+during the swap step itself (a fraction of a second) it can leave live refusing connections;
+the next swap finds the stale shadow and allows them again (by hand: ``ALTER DATABASE <db>
+ALLOW_CONNECTIONS true`` from the maintenance database).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from daemon.backups import (
     BackupError,
     BackupStore,
     Manifest,
-    _check_files,
+    check_files,
     find_restore_tool,
     iso,
 )
@@ -246,7 +247,7 @@ def restore_swap(store: BackupStore, backup_id: str, options: RestoreOptions) ->
         shadow = derived_name(live, f"_shadow_{stamp}")
         aside = derived_name(live, f"_rolledback_{stamp}")
         with _admin(options) as admin:
-            _drop_stale_shadows(admin, live)
+            _repair_interrupted_swap(admin, live)
             props = _database_properties(admin, live)
             _create_like(admin, shadow, props)
         try:
@@ -363,14 +364,30 @@ def milliseconds_left(deadline: float, cap: float) -> int:
     return int(max(0.0, min(cap, deadline - time.monotonic())) * 1000)
 
 
-def _drop_stale_shadows(admin: psycopg.Connection[Any], live: str) -> None:
-    """Shadows of an interrupted swap: under the lock nobody else can be restoring into them."""
+def repair_interrupted_swap(options: RestoreOptions) -> list[str]:
+    """Undo what a swap killed midway left behind (see the module docstring); returns the stale
+    shadows dropped. Takes the rollback lock unless ``options.take_lock`` is false."""
+    with _locked(options, "repair of an interrupted swap"), _admin(options) as admin:
+        return _repair_interrupted_swap(admin, options.database)
+
+
+def _repair_interrupted_swap(admin: psycopg.Connection[Any], live: str) -> list[str]:
+    """Shadows of an interrupted swap: under the lock nobody else can be restoring into them.
+
+    A swap killed while it blocked connections left live refusing them; a stale shadow is
+    the sign of that, so connections to live are allowed again too.
+    """
     prefix = derived_name(live, "_shadow_00000000000000")[: -len("00000000000000")]
     pattern = re.compile(re.escape(prefix) + r"\d{14}$")
-    for (name,) in admin.execute("SELECT datname FROM pg_database").fetchall():
-        if pattern.match(str(name)):
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(str(name))))
+    stale = [str(name) for (name,) in admin.execute("SELECT datname FROM pg_database")
+             if pattern.match(str(name))]
+    for name in stale:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+    if stale:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+            sql.Identifier(live)))
+    return stale
 
 
 def _drop_quietly(options: RestoreOptions, name: str) -> None:
@@ -859,7 +876,7 @@ def verified_manifest(store: BackupStore, backup_id: str, live: str, *,
         last = store.verification(backup_id)
         if last is not None and last.ok:
             try:
-                _check_files(store.path(backup_id), manifest, lambda *_: None)
+                check_files(store.path(backup_id), manifest, lambda *_: None)
             except BackupError as exc:
                 raise RestoreError(f"backup {backup_id} is refused: {exc}") from None
         else:

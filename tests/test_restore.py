@@ -14,6 +14,7 @@ from daemon.restore import (
     RestoreError,
     RestoreOptions,
     create_clone,
+    repair_interrupted_swap,
     restore_from_clone,
     restore_in_place,
     restore_swap,
@@ -292,3 +293,22 @@ def test_a_clone_is_refused_while_sessions_are_connected_and_swaps_back_in(
     assert report.data_window_start is not None and report.data_window_start <= time.time()
     assert scalar(with_dbname(pg_db, report.kept),
                   "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 1
+
+
+
+def test_what_a_swap_killed_while_connections_were_blocked_leaves_is_repaired(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    name = dbname_of(pg_db)
+    assert name is not None
+    seed_visionforge(pg_db)
+    # A rollbackd killed inside the swap step leaves live refusing connections (the app is
+    # down) and the shadow it was about to swap in.
+    stale = f"{name}_shadow_20260101000000"
+    pg_cluster.execute(f'CREATE DATABASE "{stale}"')
+    pg_cluster.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(pg_db, connect_timeout=3).close()
+    assert repair_interrupted_swap(options(pg_db, tmp_path)) == [stale]
+    assert databases_like(pg_cluster, f"{name}_shadow_%") == []
+    assert scalar(pg_db, "SELECT count(*) FROM users") > 0
+    assert repair_interrupted_swap(options(pg_db, tmp_path)) == []
