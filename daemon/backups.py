@@ -51,6 +51,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.config import BackupSettings
+from daemon.pgcatalog import NoSuchTableError, TableRef, resolve_tables, user_tables
 from daemon.pgtools import (
     PgToolError,
     Tool,
@@ -401,7 +402,7 @@ class BackupStore:
             common = [f"--snapshot={snapshot}",
                       f"--lock-wait-timeout={milliseconds(self.settings.lock_wait_timeout)}"]
             selection = [] if selected is None else [
-                arg for t in selected for arg in ("-t", _pattern(t))]
+                arg for t in selected for arg in ("-t", t.dump_pattern)]
             data_argv = [str(pg_dump.path), *self._format_args(method), *common, *selection,
                          "-f", str(directory / data)]
             self._dump(data_argv, env, deadline, "dump data", directory / data, server.size,
@@ -655,48 +656,16 @@ def _export_snapshot(conn: psycopg.Connection[Any]) -> tuple[str, float]:
     return str(row[0]), float(row[1])
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
-    schema: str
-    name: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+def _resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str]) -> list[TableRef]:
+    try:
+        return resolve_tables(conn, names, relkinds=("r", "p"))
+    except NoSuchTableError as exc:
+        raise BackupError(f"no such table: {exc}") from None
 
 
-_USER_TABLES = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY 1, 2
-"""
-
-
-def _resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str]) -> list[_Table]:
-    """The tables ``names`` denote (search_path applies to unqualified ones), all or error."""
-    found: list[_Table] = []
-    missing: list[str] = []
-    for name in names:
-        row = conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')", (name,)).fetchone()
-        if row is None:
-            missing.append(name)
-        else:
-            found.append(_Table(str(row[0]), str(row[1])))
-    if missing:
-        raise BackupError(f"no such table: {', '.join(missing)}")
-    return found
-
-
-def _count_rows(conn: psycopg.Connection[Any], selected: list[_Table] | None,
+def _count_rows(conn: psycopg.Connection[Any], selected: list[TableRef] | None,
                 report: Progress) -> list[TableCount]:
-    tables = selected if selected is not None else [
-        _Table(str(s), str(n)) for s, n in conn.execute(_USER_TABLES).fetchall()]
+    tables = selected if selected is not None else user_tables(conn)
     counts: list[TableCount] = []
     for index, table in enumerate(tables):
         report("count rows", float(index), float(len(tables)))
@@ -707,13 +676,6 @@ def _count_rows(conn: psycopg.Connection[Any], selected: list[_Table] | None,
         counts.append(TableCount(schema=table.schema, name=table.name, rows=int(row[0])))
     report("count rows", float(len(tables)), float(len(tables)))
     return counts
-
-
-def _pattern(table: _Table) -> str:
-    """A pg_dump ``-t`` pattern matching exactly this table (quoted: no wildcards, case kept)."""
-    def quote(part: str) -> str:
-        return '"' + part.replace('"', '""') + '"'
-    return f"{quote(table.schema)}.{quote(table.name)}"
 
 
 def _checksum_files(directory: Path, report: Progress) -> list[FileEntry]:

@@ -71,6 +71,7 @@ from daemon.backups import (
     iso,
 )
 from daemon.locks import rollback_lock
+from daemon.pgcatalog import NoSuchTableError, TableRef, dump_pattern, resolve_tables
 from daemon.pgtools import PgToolError, find_tool, libpq_env, run_tool, server_major
 from daemon.validate import CheckResult, summary, validate_data, validate_database
 from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options, with_dbname
@@ -590,43 +591,18 @@ def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
             validation=_validate_live(options, manifest), notes=notes)
 
 
-@dataclass(frozen=True, slots=True)
-class _Rel:
-    oid: int
-    schema: str
-    name: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.name)
+def _resolve(conn: psycopg.Connection[Any], names: Sequence[str]) -> list[TableRef]:
+    try:
+        return resolve_tables(conn, names)
+    except NoSuchTableError as exc:
+        raise RestoreError(f"no such table in {conn.info.dbname}: {exc}") from None
 
 
-def _resolve(conn: psycopg.Connection[Any], names: Sequence[str]) -> list[_Rel]:
-    found: list[_Rel] = []
-    missing: list[str] = []
-    for name in names:
-        row = conn.execute(
-            "SELECT c.oid, n.nspname, c.relname FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.oid = to_regclass(%s) AND c.relkind = 'r'", (name,)).fetchone()
-        if row is None:
-            missing.append(name)
-        elif int(row[0]) not in {r.oid for r in found}:
-            found.append(_Rel(int(row[0]), str(row[1]), str(row[2])))
-    if missing:
-        raise RestoreError(f"no such table in {conn.info.dbname}: {', '.join(missing)}")
-    return found
-
-
-def _referencing_closure(conn: psycopg.Connection[Any], selected: list[_Rel],
-                         cascade: bool) -> list[_Rel]:
+def _referencing_closure(conn: psycopg.Connection[Any], selected: list[TableRef],
+                         cascade: bool) -> list[TableRef]:
     """Tables outside ``selected`` with foreign keys into it (transitively when cascading)."""
     chosen = {r.oid for r in selected}
-    added: list[_Rel] = []
+    added: list[TableRef] = []
     while True:
         rows = conn.execute(
             "SELECT DISTINCT c.conrelid::int, n.nspname, t.relname,"
@@ -648,10 +624,10 @@ def _referencing_closure(conn: psycopg.Connection[Any], selected: list[_Rel],
         for oid, schema, name, _, _ in rows:
             if int(oid) not in chosen:
                 chosen.add(int(oid))
-                added.append(_Rel(int(oid), str(schema), str(name)))
+                added.append(TableRef(int(oid), str(schema), str(name)))
 
 
-def _referenced_first(conn: psycopg.Connection[Any], tables: list[_Rel]) -> list[_Rel]:
+def _referenced_first(conn: psycopg.Connection[Any], tables: list[TableRef]) -> list[TableRef]:
     """``tables`` with each referenced table before those whose foreign keys point at it.
 
     Foreign keys are checked row by row as the COPY data arrives (they are rarely
@@ -673,17 +649,17 @@ def _referenced_first(conn: psycopg.Connection[Any], tables: list[_Rel]) -> list
     return [by_oid[oid] for oid in order]
 
 
-def _owned_sequences(conn: psycopg.Connection[Any], tables: list[_Rel]) -> list[_Rel]:
+def _owned_sequences(conn: psycopg.Connection[Any], tables: list[TableRef]) -> list[TableRef]:
     rows = conn.execute(
         "SELECT DISTINCT s.oid::int, n.nspname, s.relname FROM pg_depend d"
         " JOIN pg_class s ON s.oid = d.objid JOIN pg_namespace n ON n.oid = s.relnamespace"
         " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
         " AND d.refobjid = ANY(%s::oid[]) AND s.relkind = 'S' AND d.deptype IN ('a', 'i')"
         " ORDER BY 2, 3", ([t.oid for t in tables],)).fetchall()
-    return [_Rel(int(o), str(s), str(n)) for o, s, n in rows]
+    return [TableRef(int(o), str(s), str(n)) for o, s, n in rows]
 
 
-def _check_in_backup(manifest: Manifest, tables: list[_Rel]) -> None:
+def _check_in_backup(manifest: Manifest, tables: list[TableRef]) -> None:
     known = {t.qualified for t in manifest.tables}
     absent = [t.qualified for t in tables if t.qualified not in known]
     if absent:
@@ -691,7 +667,7 @@ def _check_in_backup(manifest: Manifest, tables: list[_Rel]) -> None:
 
 
 def _restore_table_data(store: BackupStore, manifest: Manifest, options: RestoreOptions,
-                        tables: list[_Rel], sequences: list[_Rel], safety: str) -> None:
+                        tables: list[TableRef], sequences: list[TableRef], safety: str) -> None:
     pg_restore = _restore_tool(manifest, "pg_restore")
     psql = _restore_tool(manifest, "psql")
     archive = str(store.data_path(manifest))
@@ -707,7 +683,7 @@ def _restore_table_data(store: BackupStore, manifest: Manifest, options: Restore
         _run(pg_restore.path, ["--data-only", "-L", str(listing), "-f", str(data), archive],
              os.environ, deadline, "pg_restore (extracting the tables' data)", kept=None)
         truncate = Path(scratch) / "truncate.sql"
-        names = ", ".join(_pattern(t.qualified) for t in tables)
+        names = ", ".join(t.dump_pattern for t in tables)
         truncate.write_text(f"TRUNCATE TABLE ONLY {names};\n")
         env = _tool_env(options.dsn, options)
         _run(psql.path, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
@@ -716,7 +692,7 @@ def _restore_table_data(store: BackupStore, manifest: Manifest, options: Restore
              kept=f"safety backup {safety}")
 
 
-def _select_entries(toc: str, tables: list[_Rel], sequences: list[_Rel],
+def _select_entries(toc: str, tables: list[TableRef], sequences: list[TableRef],
                     backup_id: str) -> list[str]:
     wanted_data = {(t.schema, t.name) for t in tables}
     wanted_seq = {(s.schema, s.name) for s in sequences}
@@ -762,7 +738,7 @@ def schema_diff(dsn: str, manifest: Manifest, store: BackupStore, *, timeout: fl
         env = libpq_env(dsn, connect_timeout=connect_timeout)
     except PgToolError as exc:
         raise RestoreError(str(exc)) from None
-    selection = [a for t in manifest.selected_tables or () for a in ("-t", _pattern(t))]
+    selection = [a for t in manifest.selected_tables or () for a in ("-t", dump_pattern(t))]
     result = _run(pg_dump.path, ["--schema-only", "-Fp", *selection], env,
                   time.monotonic() + timeout, "pg_dump --schema-only", kept=None)
     old, new = normalise_schema(before), normalise_schema(result.stdout)
@@ -977,11 +953,6 @@ def _error_lines(stderr: str, limit: int = 30) -> str:
 
 def _tail(text: str, lines: int) -> str:
     return "\n".join([line for line in text.strip().splitlines() if line.strip()][-lines:])
-
-
-def _pattern(qualified: str) -> str:
-    schema, _, name = qualified.partition(".")
-    return ".".join('"' + p.replace('"', '""') + '"' for p in (schema, name))
 
 
 @contextlib.contextmanager
