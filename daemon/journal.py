@@ -213,6 +213,10 @@ class Journal:
             )
             return int(cur.lastrowid or 0)
 
+    def last_incident(self) -> int:
+        row = self._db.execute("SELECT coalesce(max(incident), 0) FROM decisions").fetchone()
+        return int(row[0])
+
     def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT payload FROM decisions ORDER BY id DESC LIMIT ?", (limit,)

@@ -75,7 +75,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.metrics = Metrics()
         self.metrics.track_policy(policy)
-        self.engine = Engine(policy, config.daemon.mode)
+        self.engine = Engine(policy, config.daemon.mode, journal.last_incident())
         self._event_cursor = self._catch_up(time.time())
         self._last_step = 0.0
         self._data_safety_read = -DATA_SAFETY_EVERY
@@ -277,7 +277,7 @@ class Daemon:
             self.log.warning("policy changed; rule timers restart", policy=policy.path,
                              open_incident=self.engine.incident is not None)
             self.policy = policy
-            self.engine = Engine(policy, new.daemon.mode)
+            self.engine = Engine(policy, new.daemon.mode, self.journal.last_incident())
             self._event_cursor = self._catch_up(self._last_step or time.time())
             self.metrics.track_policy(policy)
         old = self.probes

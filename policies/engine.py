@@ -106,7 +106,9 @@ class Engine:
     """One application's decision engine. Feed it with :meth:`observe` and :meth:`record`, then
     call :meth:`decide` once per time step; :meth:`step` does all three."""
 
-    def __init__(self, policy: Policy, mode: str = "auto") -> None:
+    def __init__(self, policy: Policy, mode: str = "auto", last_incident: int = 0) -> None:
+        """``last_incident``: the highest incident number already used (a restarted daemon
+        continues the journal's numbering instead of reusing numbers)."""
         self.policy = policy
         self.mode = mode
         self._states = [_RuleState(r) for r in policy.rules]
@@ -135,7 +137,7 @@ class Engine:
         self._retention = max([*windows, b.window + b.gap, 0.0]) + 1.0
         self._history: dict[str, deque[tuple[float, float]]] = {s: deque() for s in self._windowed}
         self._incident: _Incident | None = None
-        self._incidents = 0
+        self._incidents = last_incident
         self._auto_rollbacks: deque[float] = deque()
         self._paused = False
         self._close_requested: tuple[int, str] | None = None

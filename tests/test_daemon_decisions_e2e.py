@@ -126,6 +126,13 @@ def test_an_app_failing_after_a_recorded_deploy_fires_the_rule_and_decides_a_rol
                  what="the incident to resolve")
         assert metric(url, "rollbackd_rule_firing", **firing) == 0
         assert [d["kind"] for d in journal.decisions()] == ["open", "resolve"]
+
+        # A restarted daemon continues the incident numbering of the journal.
+        assert daemon.stop() == 0
+        daemon = start_daemon(daemon_config)
+        set_faults(app_url, error_ratio=1.0)
+        wait_for(lambda: [d["incident"] for d in journal.decisions() if d["kind"] == "open"]
+                 == [1, 2], 15, what="a second incident numbered 2")
     finally:
         daemon.close()
         journal.close()
