@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from daemon import __version__
 from daemon.cli_common import config_option, fail, load_or_fail
 from daemon.cli_deploy import backup, deploy
+from daemon.cli_drill import drill
 from daemon.config import Config, ConfigError, load_policy
 from daemon.logs import configure_logging
 from policies.catalogue import is_event_fed
@@ -203,6 +204,7 @@ def _print_decisions(decisions: list[Decision]) -> None:
 
 cli.add_command(deploy)
 cli.add_command(backup)
+cli.add_command(drill)
 
 
 def main() -> None:

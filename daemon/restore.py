@@ -247,15 +247,14 @@ def restore_swap(store: BackupStore, backup_id: str, options: RestoreOptions) ->
         stamp = datetime.fromtimestamp(started, UTC).strftime(STAMP)
         shadow = derived_name(live, f"_shadow_{stamp}")
         aside = derived_name(live, f"_rolledback_{stamp}")
-        with _admin(options) as admin:
+        with admin_session(options) as admin:
             _repair_interrupted_swap(admin, live)
-            props = _database_properties(admin, live)
-            _create_like(admin, shadow, props)
+            props = database_properties(admin, live)
+            create_like(admin, shadow, props)
         try:
-            _pg_restore(store, manifest, options, shadow,
-                        ["-j", str(options.jobs), "--exit-on-error"])
-            _prepare_replacement(options, shadow, manifest, props)
-            with _admin(options) as admin:
+            restore_into(store, manifest, options, shadow, props)
+            _validate_replacement(options, shadow, manifest)
+            with admin_session(options) as admin:
                 blocked = _swap(admin, options, live, shadow, aside)
         except BaseException:
             _drop_quietly(options, shadow)
@@ -269,14 +268,27 @@ def restore_swap(store: BackupStore, backup_id: str, options: RestoreOptions) ->
             validation=validation)
 
 
-def _prepare_replacement(options: RestoreOptions, name: str, manifest: Manifest | None,
-                         props: _DbProps) -> None:
-    """Settings, grants, owner, ANALYZE, then validation of the database to be swapped in."""
-    with _admin(options) as admin:
-        _apply_properties(admin, name, props)
-    target = with_dbname(options.dsn, name)
-    with _connect(target, options) as conn:
+def restore_into(store: BackupStore, manifest: Manifest, options: RestoreOptions, name: str,
+                 props: DatabaseProperties | None) -> None:
+    """Fill the new, empty database ``name`` from the backup (pg_restore -j N, stopping at
+    the first error), give it ``props``' settings, grants and owner, and ANALYZE it: the
+    swap's shadow and the drill's scratch database are made alike."""
+    _pg_restore(store, manifest, options, name, ["-j", str(options.jobs), "--exit-on-error"])
+    _finish_replacement(options, name, props)
+
+
+def _finish_replacement(options: RestoreOptions, name: str,
+                        props: DatabaseProperties | None) -> None:
+    if props is not None:
+        with admin_session(options) as admin:
+            _apply_properties(admin, name, props)
+    with session(with_dbname(options.dsn, name), options) as conn:
         conn.execute("ANALYZE")
+
+
+def _validate_replacement(options: RestoreOptions, name: str, manifest: Manifest | None) -> None:
+    """The database to be swapped in must pass validation, or live stays as it is."""
+    target = with_dbname(options.dsn, name)
     results = validate_database(target, expected_tables=options.expected_tables,
                                 checks=options.checks, timeout=options.statement_timeout,
                                 connect_timeout=options.connect_timeout)
@@ -368,7 +380,7 @@ def milliseconds_left(deadline: float, cap: float) -> int:
 def repair_interrupted_swap(options: RestoreOptions) -> list[str]:
     """Undo what a swap killed midway left behind (see the module docstring); returns the stale
     shadows dropped. Takes the rollback lock unless ``options.take_lock`` is false."""
-    with _locked(options, "repair of an interrupted swap"), _admin(options) as admin:
+    with _locked(options, "repair of an interrupted swap"), admin_session(options) as admin:
         return _repair_interrupted_swap(admin, options.database)
 
 
@@ -392,7 +404,7 @@ def _repair_interrupted_swap(admin: psycopg.Connection[Any], live: str) -> list[
 
 
 def _drop_quietly(options: RestoreOptions, name: str) -> None:
-    with contextlib.suppress(psycopg.Error, RestoreError), _admin(options) as admin:
+    with contextlib.suppress(psycopg.Error, RestoreError), admin_session(options) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
 
@@ -408,7 +420,7 @@ def derived_name(live: str, suffix: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _DbProps:
+class DatabaseProperties:
     name: str
     encoding: str
     collate: str
@@ -423,7 +435,7 @@ class _DbProps:
     """(role or '' for every role, ['name=value', ...])."""
 
 
-def _database_properties(admin: psycopg.Connection[Any], name: str) -> _DbProps:
+def database_properties(admin: psycopg.Connection[Any], name: str) -> DatabaseProperties:
     row = admin.execute(
         "SELECT to_jsonb(d), pg_encoding_to_char(d.encoding), pg_get_userbyid(d.datdba),"
         " d.datacl IS NULL FROM pg_database d WHERE d.datname = %s", (name,)).fetchone()
@@ -439,13 +451,13 @@ def _database_properties(admin: psycopg.Connection[Any], name: str) -> _DbProps:
         "SELECT COALESCE(pg_get_userbyid(NULLIF(s.setrole, 0)), ''), s.setconfig"
         " FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
         " WHERE d.datname = %s ORDER BY 1", (name,)).fetchall()]
-    return _DbProps(name=name, encoding=str(encoding), collate=str(data["datcollate"]),
+    return DatabaseProperties(name=name, encoding=str(encoding), collate=str(data["datcollate"]),
                     ctype=str(data["datctype"]), provider=str(data.get("datlocprovider", "c")),
                     locale=data.get("datlocale", data.get("daticulocale")), owner=str(owner),
                     connlimit=int(data["datconnlimit"]), acl=acl, settings=settings)
 
 
-def _create_like(admin: psycopg.Connection[Any], name: str, props: _DbProps) -> None:
+def create_like(admin: psycopg.Connection[Any], name: str, props: DatabaseProperties) -> None:
     parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} "
                      "LC_CTYPE {}").format(sql.Identifier(name), sql.Literal(props.encoding),
                                           sql.Literal(props.collate), sql.Literal(props.ctype))]
@@ -458,7 +470,7 @@ def _create_like(admin: psycopg.Connection[Any], name: str, props: _DbProps) -> 
     admin.execute(sql.SQL(" ").join(parts))
 
 
-def _apply_properties(admin: psycopg.Connection[Any], name: str, props: _DbProps) -> None:
+def _apply_properties(admin: psycopg.Connection[Any], name: str, props: DatabaseProperties) -> None:
     db = sql.Identifier(name)
     admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(
         props.owner)))
@@ -526,12 +538,12 @@ def restore_in_place(store: BackupStore, backup_id: str,
     with _locked(options, f"in-place restore of {backup_id}"):
         started = time.time()
         safety = _safety_backup(store, options, None)
-        with _admin(options) as admin:
+        with admin_session(options) as admin:
             _terminate(admin, live, time.monotonic() + options.terminate_timeout)
         _pg_restore(store, manifest, options, live,
                     ["--clean", "--if-exists", "--single-transaction", "--exit-on-error"],
                     kept=f"safety backup {safety}")
-        with _connect(options.dsn, options) as conn:
+        with session(options.dsn, options) as conn:
             conn.execute("ANALYZE")
             extra = _extra_tables(conn, manifest)
         notes = [f"table(s) not in the restore point survived (--clean drops only what the "
@@ -570,7 +582,7 @@ def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
     manifest = verified_manifest(store, backup_id, live, whole=False)
     with _locked(options, f"table restore of {backup_id}"):
         started = time.time()
-        with _connect(options.dsn, options) as conn:
+        with session(options.dsn, options) as conn:
             selected = _resolve(conn, tables)
             added = _referencing_closure(conn, selected, cascade)
             chosen = _referenced_first(conn, selected + added)
@@ -578,7 +590,7 @@ def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
         _check_in_backup(manifest, chosen)
         safety = _safety_backup(store, options, [t.qualified for t in chosen])
         _restore_table_data(store, manifest, options, chosen, sequences, safety)
-        with _connect(options.dsn, options) as conn:
+        with session(options.dsn, options) as conn:
             for table in chosen:
                 conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
         notes = ([f"--cascade also restored {', '.join(t.qualified for t in added)} (they "
@@ -790,7 +802,7 @@ def create_clone(options: RestoreOptions, name: str | None = None) -> str:
     taken = time.time()
     clone = name or derived_name(live, "_clone_" + datetime.fromtimestamp(
         taken, UTC).strftime(STAMP))
-    with _admin(options) as admin:
+    with admin_session(options) as admin:
         try:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(clone), sql.Identifier(live)))
@@ -813,12 +825,13 @@ def restore_from_clone(options: RestoreOptions, clone: str) -> RestoreReport:
         started = time.time()
         aside = derived_name(live, "_rolledback_" + datetime.fromtimestamp(
             started, UTC).strftime(STAMP))
-        with _admin(options) as admin:
-            props = _database_properties(admin, live)
-            _database_properties(admin, clone)
+        with admin_session(options) as admin:
+            props = database_properties(admin, live)
+            database_properties(admin, clone)
             taken = _clone_time(admin, clone, live)
-        _prepare_replacement(options, clone, None, props)
-        with _admin(options) as admin:
+        _finish_replacement(options, clone, props)
+        _validate_replacement(options, clone, None)
+        with admin_session(options) as admin:
             blocked = _swap(admin, options, live, clone, aside)
         return RestoreReport(
             strategy="clone", backup_id=None, source=f"clone {clone}", database=live,
@@ -966,7 +979,7 @@ def _locked(options: RestoreOptions, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _connect(dsn: str, options: RestoreOptions) -> Iterator[psycopg.Connection[Any]]:
+def session(dsn: str, options: RestoreOptions) -> Iterator[psycopg.Connection[Any]]:
     try:
         existing = conninfo_to_dict(dsn).get("options")
         conn = psycopg.connect(
@@ -987,9 +1000,9 @@ def _connect(dsn: str, options: RestoreOptions) -> Iterator[psycopg.Connection[A
 
 
 @contextlib.contextmanager
-def _admin(options: RestoreOptions) -> Iterator[psycopg.Connection[Any]]:
+def admin_session(options: RestoreOptions) -> Iterator[psycopg.Connection[Any]]:
     """A session on the maintenance database: renames and drops cannot run from the target."""
-    with _connect(options.maintenance_dsn, options) as conn:
+    with session(options.maintenance_dsn, options) as conn:
         yield conn
 
 

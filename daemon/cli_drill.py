@@ -1,0 +1,70 @@
+"""``rollbackd drill``: restore a restore point into a scratch database, validate, time, drop.
+
+Exit codes: 0 the drill passed, 1 it failed (the failing checks on stderr) or could not run,
+2 a configuration error. ``--json`` prints the report as one JSON object on stdout, failed or
+not. Run monthly by ``systemd/rollbackd-drill.timer``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail
+
+if TYPE_CHECKING:
+    from daemon.drill import DrillReport
+
+
+class _Terminated(BaseException):
+    """SIGTERM during the drill (systemd's TimeoutStartSec, a stop): unwind, drop the copy."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@click.command()
+@config_option
+@click.option("--backup", "backup_id", default=None, metavar="ID",
+              help="Drill this backup instead of the newest verified restore point.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def drill(ctx: click.Context, config_file: Path | None, backup_id: str | None,
+          as_json: bool) -> None:
+    """Restore the newest verified restore point into a scratch database, validate it, report
+    the recovery time, drop it, and journal the result (for the drill metrics)."""
+    # Imported here: the restore machinery is not loaded for every other command.
+    from daemon.drill import DrillConfigError, DrillError, run_drill
+
+    path, config = load_or_fail(ctx, config_file)
+    if config.database is None:
+        fail(f"{path}: database: required key is missing (a drill restores into its server)")
+    # Without this, SIGTERM would end the process before the scratch database is dropped.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        report = run_drill(config, backup_id)
+    except DrillConfigError as exc:
+        fail(f"{path}: {exc}")
+    except DrillError as exc:
+        fail(f"drill: {exc}", EXIT_FAILED)
+    except (_Terminated, KeyboardInterrupt):
+        fail("drill interrupted: journaled as failed; its scratch database was dropped on the "
+             "way out (or, if that was cut short too, is dropped by the next drill)", EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print(report, as_json)
+    if not report.ok:
+        fail(f"drill of {report.backup_id} FAILED: {report.reason}", EXIT_FAILED)
+
+
+def _print(report: DrillReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.as_json(), sort_keys=True))
+        return
+    for line in report.describe():
+        click.echo(line)
