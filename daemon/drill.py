@@ -40,11 +40,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from daemon.backups import BackupError, BackupStore, Manifest, format_size, iso
 from daemon.config import Config
 from daemon.journal import Journal, JournalError
+from daemon.locks import LockError, advisory_lock
 from daemon.restore import (
     STAMP,
     DatabaseProperties,
@@ -59,7 +59,7 @@ from daemon.restore import (
     verified_manifest,
 )
 from daemon.validate import CheckResult, failures, summary, validate_database
-from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options, with_dbname
+from probes.pg import with_dbname
 
 DRILL_INFIX = "_drill_"
 DROP_TIMEOUT = 120.0
@@ -423,49 +423,14 @@ def _record(config: Config, report: DrillReport) -> None:
 
 @contextlib.contextmanager
 def _drill_lock(options: RestoreOptions, live: str) -> Iterator[None]:
-    """Hold the drill's advisory lock on a session of its own; ``DrillError`` if it is taken."""
-    key = drill_lock_key(live)
-    try:
-        existing = conninfo_to_dict(options.maintenance_dsn).get("options")
-        # The session idles for the whole drill: no server-side idle timeout may end it.
-        opts = session_options(statement_timeout=30.0, lock_timeout=5.0,
-                               existing="" if existing is None else str(existing))
-        conn = psycopg.connect(options.maintenance_dsn, autocommit=True,
-                               connect_timeout=libpq_connect_timeout(options.connect_timeout),
-                               application_name=f"{APPLICATION_NAME} drill of {live}"[:63],
-                               options=f"{opts} -c idle_session_timeout=0")
-    except psycopg.Error as exc:
-        raise DrillError(f"cannot connect to the maintenance database {options.maintenance_db}:"
-                         f" {_one_line(exc)}") from None
-    with conn:
+    """Hold the drill's advisory lock (not the rollback lock: a drill never delays a rollback);
+    ``DrillError`` when another drill of ``live`` holds it."""
+    with contextlib.ExitStack() as held:
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            if row is None or not row[0]:
-                raise DrillError(f"another drill of {live} is running "
-                                 f"({_lock_holder(conn, key)}): wait for it to finish")
-        except psycopg.Error as exc:
-            raise DrillError(f"cannot take the drill lock: {_one_line(exc)}") from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-
-
-def _lock_holder(conn: psycopg.Connection[Any], key: int) -> str:
-    try:
-        row = conn.execute(
-            "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l"
-            " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
-            " AND l.granted AND l.classid = (%(key)s >> 32)::oid"
-            " AND l.objid = (%(key)s & 4294967295)::oid AND l.objsubid = 1 LIMIT 1",
-            {"key": key}).fetchone()
-    except psycopg.Error:
-        return "holder unknown"
-    if row is None:
-        return "holder unknown"
-    return f"session pid {row[0]} '{row[1]}', since {row[2]:%Y-%m-%d %H:%M:%S}"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+            held.enter_context(advisory_lock(
+                options.maintenance_dsn, f"drill of {live}", key=drill_lock_key(live),
+                connect_timeout=options.connect_timeout, name=f"the drill lock of {live}"))
+        except LockError as exc:
+            raise DrillError(f"another drill of {live} is running or the lock cannot be "
+                             f"taken: {exc}") from None
+        yield

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from probes.base import one_line
 from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options
 
 LOCK_FILE = "rollback.lock"
@@ -88,7 +89,8 @@ def _holder(fd: int) -> str:
 
 @contextlib.contextmanager
 def advisory_lock(maintenance_dsn: str, what: str, *, connect_timeout: float = 5.0,
-                  key: int = ROLLBACK_LOCK_KEY) -> Iterator[psycopg.Connection[Any]]:
+                  key: int = ROLLBACK_LOCK_KEY, name: str = "the fleet-wide rollback lock",
+                  ) -> Iterator[psycopg.Connection[Any]]:
     """Hold the fleet-wide advisory lock on a session to the maintenance database.
 
     ``LockError`` names the session holding it (pid, application, client address) or why the
@@ -104,17 +106,16 @@ def advisory_lock(maintenance_dsn: str, what: str, *, connect_timeout: float = 5
                                application_name=f"{APPLICATION_NAME} lock: {what}"[:63],
                                options=f"{options} -c idle_session_timeout=0")
     except psycopg.Error as exc:
-        raise LockError(f"cannot take the fleet-wide rollback lock: cannot connect to the "
-                        f"maintenance database: {_one_line(exc)}") from None
+        raise LockError(f"cannot take {name}: cannot connect to the "
+                        f"maintenance database: {one_line(exc)}") from None
     with conn:
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             if row is None or not row[0]:
-                raise LockError(f"another rollback holds the fleet-wide lock "
+                raise LockError(f"{name} is held by another session "
                                 f"({_advisory_holder(conn, key)})")
         except psycopg.Error as exc:
-            raise LockError(f"cannot take the fleet-wide rollback lock: {_one_line(exc)}"
-                            ) from None
+            raise LockError(f"cannot take {name}: {one_line(exc)}") from None
         try:
             yield conn
         finally:
@@ -142,6 +143,3 @@ def rollback_lock(state_dir: Path, maintenance_dsn: str, what: str, *,
                                                    connect_timeout=connect_timeout):
         yield
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -74,6 +74,7 @@ from daemon.locks import rollback_lock
 from daemon.pgcatalog import NoSuchTableError, TableRef, dump_pattern, resolve_tables
 from daemon.pgtools import PgToolError, find_tool, libpq_env, run_tool, server_major
 from daemon.validate import CheckResult, summary, validate_data, validate_database
+from probes.base import one_line
 from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options, with_dbname
 from probes.settings import SqlCheck
 
@@ -334,8 +335,8 @@ def _put_back(admin: psycopg.Connection[Any], aside: str, live: str, why: BaseEx
             sql.Identifier(live)))
     except psycopg.Error as exc:
         raise RestoreError(
-            f"the swap failed after renaming {live} to {aside} ({_one_line(why)}) and the old "
-            f"name could not be put back ({_one_line(exc)}): there is NO database {live} now; "
+            f"the swap failed after renaming {live} to {aside} ({one_line(why)}) and the old "
+            f"name could not be put back ({one_line(exc)}): there is NO database {live} now; "
             f"run ALTER DATABASE {aside} RENAME TO {live}; ALTER DATABASE {live} "
             "ALLOW_CONNECTIONS true") from None
 
@@ -355,7 +356,7 @@ def _rename_when_free(admin: psycopg.Connection[Any], old: str, new: str,
                     f"database {old} could not be renamed: sessions would not end within "
                     f"backups.terminate_timeout ({len(left)} left: pids "
                     f"{', '.join(map(str, left)) or 'none visible'}; prepared transactions "
-                    f"also hold it): {_one_line(exc)}") from None
+                    f"also hold it): {one_line(exc)}") from None
             time.sleep(0.05)
 
 
@@ -991,12 +992,12 @@ def session(dsn: str, options: RestoreOptions) -> Iterator[psycopg.Connection[An
                                     existing="" if existing is None else str(existing)))
     except psycopg.Error as exc:
         raise RestoreError(f"cannot connect to {conninfo_to_dict(dsn).get('dbname')}: "
-                           f"{_one_line(exc)}") from None
+                           f"{one_line(exc)}") from None
     try:
         with conn:
             yield conn
     except psycopg.Error as exc:
-        raise RestoreError(f"database error: {_one_line(exc)}") from None
+        raise RestoreError(f"database error: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -1005,6 +1006,3 @@ def admin_session(options: RestoreOptions) -> Iterator[psycopg.Connection[Any]]:
     with session(options.maintenance_dsn, options) as conn:
         yield conn
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from daemon.backups import Manifest, TableCount
+from probes.base import one_line
 from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options
 from probes.postgres import (
     INVALID_INDEXES_SQL,
@@ -206,8 +207,8 @@ def _sql_checks(conn: psycopg.Connection[Any], checks: Sequence[SqlCheck]) -> li
         except psycopg.Error as exc:
             if conn.closed:
                 raise _UnreachableError(f"connection lost during check {check.name}: "
-                                   f"{_one_line(exc)}") from None
-            results.append(CheckResult(name, False, f"the check could not run: {_one_line(exc)}"
+                                   f"{one_line(exc)}") from None
+            results.append(CheckResult(name, False, f"the check could not run: {one_line(exc)}"
                                                     "; fix its sql"))
             continue
         if row is None:
@@ -232,8 +233,8 @@ def _guard(name: str, check: Callable[[], CheckResult]) -> CheckResult:
         result: CheckResult = check()
     except psycopg.Error as exc:
         if isinstance(exc, psycopg.OperationalError) and _closed(exc):
-            raise _UnreachableError(f"connection lost: {_one_line(exc)}") from None
-        return CheckResult(name, False, f"could not be checked: {_one_line(exc)}")
+            raise _UnreachableError(f"connection lost: {one_line(exc)}") from None
+        return CheckResult(name, False, f"could not be checked: {one_line(exc)}")
     return result
 
 
@@ -246,9 +247,6 @@ def _count(conn: psycopg.Connection[Any], query: LiteralString,
     row = conn.execute(query, params).fetchone()
     return 0 if row is None or row[0] is None else int(row[0])
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -266,7 +264,7 @@ def _connect(dsn: str, timeout: float,
                                connect_timeout=libpq_connect_timeout(connect_timeout),
                                application_name=APPLICATION_NAME, options=options)
     except psycopg.Error as exc:
-        raise _UnreachableError(f"cannot connect: {_one_line(exc)}; is the server up and the "
+        raise _UnreachableError(f"cannot connect: {one_line(exc)}; is the server up and the "
                            "database there?") from None
     with conn:
         yield conn

@@ -40,3 +40,11 @@ class Probe(Protocol):
     async def measure(self) -> Reading: ...
 
     async def aclose(self) -> None: ...
+
+
+def one_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """An exception as one log- and terminal-friendly line (libpq's errors span several)."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
+from probes.base import one_line
 from probes.pg import KeptConnection
 from probes.settings import CustomMigrations, MigrationPreset, MigrationsProbeSettings
 
@@ -236,10 +237,6 @@ MISSING_TABLES_SQL: LiteralString = (
 IDENTITY_SQL: LiteralString = "SELECT current_database(), coalesce(current_schema(), 'public')"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
 
 def _number(value: Any) -> float:
     """A query's single value as a signal: NULL is nothing recorded (0), booleans are 0/1."""
@@ -295,7 +292,7 @@ class MigrationsProbe:
                 assert self._preset is not None
                 return await self._preset_reading(conn, self._preset)
         except psycopg.OperationalError as exc:
-            self.last_error = _one_line(exc)
+            self.last_error = one_line(exc, with_type=True)
             return dict.fromkeys(SIGNALS)
 
     async def _preset_reading(
@@ -309,7 +306,7 @@ class MigrationsProbe:
             if preset.lock_keys is not None:
                 params["locks"] = list(preset.lock_keys(await _database(conn)))
         except psycopg.Error as exc:
-            self.last_query_errors = dict.fromkeys(SIGNALS, _one_line(exc))
+            self.last_query_errors = dict.fromkeys(SIGNALS, one_line(exc, with_type=True))
             return dict.fromkeys(SIGNALS)
         reading: dict[str, float | None] = {}
         for signal, query in queries.items():
@@ -346,7 +343,7 @@ class MigrationsProbe:
             row = await cur.fetchone()
             return 0.0 if row is None else _number(row[0])
         except (psycopg.Error, TypeError, ValueError, ArithmeticError) as exc:
-            self.last_query_errors[signal] = _one_line(exc)
+            self.last_query_errors[signal] = one_line(exc, with_type=True)
             return None
 
     async def aclose(self) -> None:

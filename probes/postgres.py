@@ -14,6 +14,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
+from probes.base import one_line
 from probes.pg import KeptConnection
 from probes.settings import PostgresProbeSettings, SqlCheck
 
@@ -62,10 +63,6 @@ SELECT count(*) FILTER (WHERE backend_type = 'client backend'),
          - current_setting('superuser_reserved_connections')::int
 FROM pg_stat_activity"""
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class PostgresProbe:
@@ -122,7 +119,7 @@ class PostgresProbe:
         except psycopg.OperationalError as exc:
             if reading[UP] is not None:
                 raise  # raised inside, after connecting: not a reachability verdict
-            self.last_error = _one_line(exc)
+            self.last_error = one_line(exc, with_type=True)
             reading[UP] = 0.0
         return reading
 
@@ -153,7 +150,7 @@ class PostgresProbe:
         try:
             value: float | None = await measuring
         except psycopg.Error as exc:
-            self.last_query_errors[signal] = _one_line(exc)
+            self.last_query_errors[signal] = one_line(exc, with_type=True)
             return None
         return value
 
@@ -177,12 +174,13 @@ class PostgresProbe:
                 failed = await _check_fails(conn, check)
             except psycopg.Error as exc:
                 if conn.closed:
+                    lost = one_line(exc, with_type=True)
                     self.last_query_errors[VALIDATION_FAILURES] = (
-                        f"connection lost during check {check.name}: {_one_line(exc)}")
+                        f"connection lost during check {check.name}: {lost}")
                     return None
                 # A check that cannot run (syntax, timeout, permissions) cannot vouch for
                 # the data either: it counts as failed, and the reason is kept for the log.
-                self.last_check_errors[check.name] = _one_line(exc)
+                self.last_check_errors[check.name] = one_line(exc, with_type=True)
                 failed = True
             if failed:
                 self.last_failed_checks.append(check.name)
