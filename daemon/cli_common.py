@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -37,3 +38,17 @@ def load_or_fail(ctx: click.Context, given: Path | None) -> tuple[Path, Config]:
         return path, load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+
+
+@contextmanager
+def working(message: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr while a long step without measurable progress
+    runs (a restore, a drill); nothing when stderr is not a terminal or for ``--json``."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield

@@ -36,7 +36,7 @@ from daemon.backups import (
     format_size,
 )
 from daemon.backups import Progress as ProgressCallback
-from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail
+from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail, working
 from daemon.config import Config, ConfigError, DatabaseSettings
 from daemon.journal import Deploy, Journal, JournalError
 from daemon.pgtools import PgToolError, run_passthrough
@@ -529,12 +529,14 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
     store = open_store(config)
     try:
         options = RestoreOptions.from_config(config)
-        if selected:
-            report = restore_tables(store, backup_id, options, selected, cascade=cascade)
-        elif strategy == "in_place":
-            report = restore_in_place(store, backup_id, options)
-        else:
-            report = restore_swap(store, backup_id, options)
+        with working(f"restoring backup {backup_id} ({'tables' if selected else strategy})",
+                     enabled=not as_json):
+            if selected:
+                report = restore_tables(store, backup_id, options, selected, cascade=cascade)
+            elif strategy == "in_place":
+                report = restore_in_place(store, backup_id, options)
+            else:
+                report = restore_swap(store, backup_id, options)
     except (RestoreError, LockError) as exc:
         fail(str(exc), EXIT_FAILED)
     if as_json:

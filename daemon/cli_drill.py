@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail
+from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail, working
 
 if TYPE_CHECKING:
     from daemon.drill import DrillReport
@@ -47,7 +47,9 @@ def drill(ctx: click.Context, config_file: Path | None, backup_id: str | None,
     # Without this, SIGTERM would end the process before the scratch database is dropped.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        report = run_drill(config, backup_id)
+        with working("drill: restoring into a scratch database and validating it",
+                     enabled=not as_json):
+            report = run_drill(config, backup_id)
     except DrillConfigError as exc:
         fail(f"{path}: {exc}")
     except DrillError as exc:

@@ -354,3 +354,36 @@ def test_the_timer_runs_the_drill_service_monthly_and_catches_up_after_downtime(
     # No Unit=: a timer starts the service of its own name.
     assert _values(TIMER, "Unit") == []
     assert TIMER.with_suffix(".service") == SERVICE
+
+
+def test_on_a_terminal_a_drill_shows_what_it_is_doing_and_its_result(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    restore_point(pg_db, tmp_path)
+    config = write_config(tmp_path, pg_db)
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "drill", "--config", str(config)],
+            stdin=terminal, stdout=terminal, stderr=terminal, cwd=Path(__file__).parent.parent,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+        os.close(terminal)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the drill ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(60) == 0
+    finally:
+        os.close(controller)
+    text = seen.decode(errors="replace")
+    assert "restoring into a scratch database" in text  # the spinner's line
+    assert "recovery" in text.lower()
