@@ -13,6 +13,7 @@ from daemon import __version__
 from daemon.cli_common import config_option, fail, load_or_fail
 from daemon.cli_deploy import backup, deploy
 from daemon.cli_drill import drill
+from daemon.cli_ops import decide, incidents, pause, resume, status
 from daemon.config import Config, ConfigError, load_policy
 from daemon.logs import configure_logging
 from policies.catalogue import is_event_fed
@@ -202,9 +203,8 @@ def _print_decisions(decisions: list[Decision]) -> None:
     click.echo(f"{len(decisions)} decisions")
 
 
-cli.add_command(deploy)
-cli.add_command(backup)
-cli.add_command(drill)
+for command in (deploy, backup, drill, pause, resume, status, incidents, decide):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -217,11 +217,44 @@ class Journal:
         row = self._db.execute("SELECT coalesce(max(incident), 0) FROM decisions").fetchone()
         return int(row[0])
 
-    def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+    def decisions(self, limit: int = 100, incident: int | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` decisions (of one incident), oldest first."""
+        where, args = ("", (limit,)) if incident is None else (
+            " WHERE incident = ?", (incident, limit))
         rows = self._db.execute(
-            "SELECT payload FROM decisions ORDER BY id DESC LIMIT ?", (limit,)
+            f"SELECT payload FROM decisions{where} ORDER BY id DESC LIMIT ?", args
         ).fetchall()
         return [json.loads(r["payload"]) for r in reversed(rows)]
+
+    def incidents(self, limit: int = 50) -> list[dict[str, Any]]:
+        """One summary per incident, newest first: how it opened and where it stands now."""
+        rows = self._db.execute(
+            "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
+            " GROUP BY incident ORDER BY incident DESC LIMIT ?", (limit,)
+        ).fetchall()
+        summaries = []
+        for row in rows:
+            first = json.loads(self._db.execute(
+                "SELECT payload FROM decisions WHERE id = ?", (row["first"],)).fetchone()[0])
+            last = json.loads(self._db.execute(
+                "SELECT payload FROM decisions WHERE id = ?", (row["last"],)).fetchone()[0])
+            summaries.append({
+                "incident": row["incident"], "opened_at": first["t"],
+                "opened_by": first["scenario"], "scenario": last["scenario"],
+                "severity": last["severity"], "action": last["action"],
+                "mode": last["mode"], "state": "resolved" if last["kind"] == "resolve" else "open",
+                "updated_at": last["t"], "reason": last["reason"],
+            })
+        return summaries
+
+    def latest_event(self, types: tuple[str, ...]) -> JournalEvent | None:
+        marks = ", ".join("?" for _ in types)
+        row = self._db.execute(
+            f"SELECT id, t, payload FROM events WHERE type IN ({marks})"
+            " ORDER BY id DESC LIMIT 1", types,
+        ).fetchone()
+        return None if row is None else JournalEvent(int(row["id"]), float(row["t"]),
+                                                     json.loads(row["payload"]))
 
     # -- deploy queries (backups: which restore points are still needed) ------------------
 

@@ -199,7 +199,12 @@ class Daemon:
     def _catch_up(self, now: float) -> int:
         """Feed the engine the journal's recent events, so a restart remembers the last deploy."""
         horizon = now - self.policy.guards.rollback_window - self.policy.baseline.window
-        for event in self.journal.events_since(horizon):
+        recent = self.journal.events_since(horizon)
+        # A pause outlives the horizon: it holds until someone resumes.
+        pause = self.journal.latest_event(("pause", "resume"))
+        if pause is not None and pause.t < horizon:
+            recent.insert(0, pause)
+        for event in recent:
             self.engine.record(event.t, event.payload)
         return self.journal.last_event_id()
 
@@ -221,7 +226,7 @@ class Daemon:
             self._journal_decision(decision)
         incident = self.engine.incident
         self.metrics.record_decisions(self.policy, self.engine.firing(), decisions,
-                                      incident[1] if incident else None)
+                                      incident[1] if incident else None, self.engine.paused)
 
     async def _read_data_safety(self) -> None:
         """Backups and drills happen in other processes; their outcome reaches /metrics here."""

@@ -122,7 +122,8 @@ class Metrics:
                 self.decisions.labels(rule.scenario, action)
 
     def record_decisions(self, policy: Policy, firing: Mapping[str, bool],
-                         decisions: Iterable[Decision], incident_severity: str | None) -> None:
+                         decisions: Iterable[Decision], incident_severity: str | None,
+                         paused: bool) -> None:
         for rule in (*policy.rules, blind_rule(policy.guards)):
             self.rule_firing.labels(rule.scenario, rule.severity).set(
                 1 if firing.get(rule.scenario) else 0
@@ -133,6 +134,7 @@ class Metrics:
                 self.decisions.labels(decision.scenario, decision.action).inc()
         for severity in SEVERITY_RANK:
             self.incident_open.labels(severity).set(1 if severity == incident_severity else 0)
+        self.paused.set(1 if paused else 0)
 
     def record_data_safety(self, backups: Iterable[BackupInfo], last_drill: Drill | None,
                            last_good_drill: Drill | None) -> None:

@@ -170,8 +170,10 @@ class Engine:
         elif kind == "resume":
             self._paused = False
         elif kind == "close":
-            closer = str(event.get("by", "a person"))
-            self._close_requested = (int(event.get("incident", 0)), closer)
+            by = str(event.get("by", "a person"))
+            decision = event.get("decision")
+            why = f"{by} decided: {decision}" if decision else f"closed by {by}"
+            self._close_requested = (int(event.get("incident", 0)), why)
 
     def _record_deploy(self, t: float, event: Event) -> None:
         if event.get("phase") != "begin":
@@ -380,7 +382,7 @@ class Engine:
             return None
         if close is not None and close[0] == incident.id:
             # Rules still firing stay attached to nothing until they clear and fire anew.
-            reason = f"closed by {close[1]}"
+            reason = close[1]
         else:
             states = {s.rule.scenario: s for s in [*self._states, self._blind]}
             if any(states[name].firing for name in incident.attached):

@@ -192,3 +192,84 @@ def test_sighup_with_a_broken_policy_keeps_the_policy_in_force(
         assert daemon.running()
     finally:
         daemon.close()
+
+
+def rollbackd_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_paused_daemon_pages_instead_of_rolling_back_and_says_so_until_resumed(
+    daemon_config: Path, app: tuple[str, str], tmp_path: Path
+) -> None:
+    _, app_url = app
+    journal = Journal.in_state_dir(tmp_path / "state")
+    journal.begin_deploy("visionforge", "v2", time.time(), restore_point="rp", verified=True)
+    daemon = start_daemon(daemon_config)
+    try:
+        url = daemon_url(daemon_config)
+        assert metric(url, "rollbackd_paused") == 0
+        paused = rollbackd_cli(daemon_config, "pause", "--reason", "database maintenance")
+        assert paused.returncode == 0, paused.stderr
+        wait_for(lambda: metric(url, "rollbackd_paused") == 1, 5, what="rollbackd_paused 1")
+        assert "[PAUSED]" in rollbackd_cli(daemon_config, "status").stdout
+
+        set_faults(app_url, error_ratio=1.0)
+        wait_for(lambda: any(d["kind"] == "open" for d in journal.decisions()), 15,
+                 what="an incident while paused")
+        [opened] = journal.decisions()
+        assert (opened["action"], opened["requested_action"], opened["mode"]) == (
+            "page", "planned_rollback", "dry-run")
+        assert opened["reason"].startswith("paused")
+
+        assert rollbackd_cli(daemon_config, "resume").returncode == 0
+        wait_for(lambda: metric(url, "rollbackd_paused") == 0, 5, what="rollbackd_paused 0")
+    finally:
+        daemon.close()
+        journal.close()
+
+
+def test_a_pause_older_than_the_event_horizon_survives_a_restart(
+    daemon_config: Path, tmp_path: Path
+) -> None:
+    journal = Journal.in_state_dir(tmp_path / "state")
+    journal.add_event(time.time() - 3 * 86400, {"type": "pause", "by": "ops", "reason": ""})
+    journal.close()
+    daemon = start_daemon(daemon_config)
+    try:
+        assert metric(daemon_url(daemon_config), "rollbackd_paused") == 1
+    finally:
+        daemon.close()
+
+
+def test_an_operator_sees_the_incident_and_dismisses_it(
+    daemon_config: Path, app: tuple[str, str], tmp_path: Path
+) -> None:
+    _, app_url = app
+    daemon = start_daemon(daemon_config)
+    journal = Journal.in_state_dir(tmp_path / "state")
+    try:
+        url = daemon_url(daemon_config)
+        set_faults(app_url, error_ratio=1.0)
+        wait_for(lambda: metric(url, "rollbackd_incident_open", severity="high") == 1, 15,
+                 what="an open incident")
+        status = json.loads(rollbackd_cli(daemon_config, "status", "--json").stdout)
+        assert status["incident"]["incident"] == 1 and status["incident"]["state"] == "open"
+        listed = json.loads(rollbackd_cli(daemon_config, "incidents", "--json").stdout)
+        assert [(i["incident"], i["scenario"], i["state"]) for i in listed] == [
+            (1, "app_compromised", "open")]
+
+        decided = rollbackd_cli(daemon_config, "decide", "1", "dismiss", "--reason", "drill")
+        assert decided.returncode == 0, decided.stderr
+        wait_for(lambda: metric(url, "rollbackd_incident_open", severity="high") == 0, 5,
+                 what="the dismissed incident to resolve")
+        shown = rollbackd_cli(daemon_config, "incidents", "show", "1", "--json").stdout
+        last = json.loads(shown.splitlines()[-1])
+        assert last["kind"] == "resolve" and "decided: dismiss (drill)" in last["reason"]
+        again = rollbackd_cli(daemon_config, "decide", "1", "dismiss")
+        assert again.returncode == 1 and "already resolved" in again.stderr
+        missing = rollbackd_cli(daemon_config, "incidents", "show", "9")
+        assert missing.returncode == 1 and "no incident 9" in missing.stderr
+    finally:
+        daemon.close()
+        journal.close()
