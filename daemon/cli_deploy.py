@@ -493,10 +493,11 @@ def _window(path: Path, config: Config, given: str | None) -> float:
 @backup.command("restore")
 @config_option
 @click.argument("backup_id", metavar="ID")
-@click.option("--strategy", type=click.Choice(["swap", "in_place"]), default="swap",
+@click.option("--strategy", type=click.Choice(["swap", "in_place", "clone"]), default="swap",
               show_default=True,
               help="swap: restore into a shadow database and swap names (the current one is "
-                   "kept); in_place: one all-or-nothing pg_restore after a safety backup.")
+                   "kept); in_place: one all-or-nothing pg_restore after a safety backup; "
+                   "clone: ID is a clone from `backup clone`, swapped in within seconds.")
 @click.option("--tables", default=None, metavar="T1,T2",
               help="Restore only these tables' data (one transaction, after a safety dump).")
 @click.option("--cascade", is_flag=True,
@@ -512,6 +513,7 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
     from daemon.restore import (
         RestoreError,
         RestoreOptions,
+        restore_from_clone,
         restore_in_place,
         restore_swap,
         restore_tables,
@@ -524,6 +526,8 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
         fail("--tables: no table named")
     if cascade and not selected:
         fail("--cascade only applies with --tables")
+    if selected and strategy == "clone":
+        fail("--tables restores from a backup, not from a clone")
     if not yes:
         fail(_restore_warning(backup_id, db.dsn, strategy, selected))
     store = open_store(config)
@@ -533,6 +537,8 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
                      enabled=not as_json):
             if selected:
                 report = restore_tables(store, backup_id, options, selected, cascade=cascade)
+            elif strategy == "clone":
+                report = restore_from_clone(options, backup_id)
             elif strategy == "in_place":
                 report = restore_in_place(store, backup_id, options)
             else:
@@ -550,6 +556,28 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
              EXIT_FAILED)
 
 
+@backup.command("clone")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the clone's name as JSON.")
+@click.pass_context
+def backup_clone(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
+    """Take a fast restore point: CREATE DATABASE ... TEMPLATE, while the app is stopped for
+    the deploy. `backup restore NAME --strategy clone` swaps it back in seconds."""
+    from daemon.restore import RestoreError, RestoreOptions, create_clone
+
+    _, config = _config(ctx, config_file)
+    _database(config)
+    try:
+        clone = create_clone(RestoreOptions.from_config(config))
+    except RestoreError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if as_json:
+        _print_json({"clone": clone})
+    else:
+        click.echo(f"clone {clone} taken; roll back to it with: rollbackd backup restore "
+                   f"{clone} --strategy clone --yes")
+
+
 def _restore_warning(backup_id: str, dsn: str, strategy: str, tables: list[str]) -> str:
     from probes.pg import dbname_of
 
@@ -557,6 +585,9 @@ def _restore_warning(backup_id: str, dsn: str, strategy: str, tables: list[str])
     if tables:
         return (f"refusing without --yes: this replaces every row of {', '.join(tables)} in "
                 f"{name} with backup {backup_id}'s (a safety dump of them is taken first)")
+    if strategy == "clone":
+        return (f"refusing without --yes: this swaps database {name} for the clone "
+                f"{backup_id} (the current one is kept, renamed)")
     if strategy == "in_place":
         return (f"refusing without --yes: this overwrites database {name} in place with "
                 f"backup {backup_id} (a safety backup is taken first)")

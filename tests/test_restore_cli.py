@@ -155,3 +155,36 @@ def test_an_in_place_restore_killed_midway_leaves_the_database_unchanged(
         + "' AND application_name = 'rollbackd'") == [(0,)], 30,
         what="the killed pg_restore's session to end")
     assert table_checksums(pg_db, rp) == before
+
+
+def test_a_clone_taken_before_a_bad_migration_rolls_it_back_in_seconds(
+        pg_db: str, tmp_path: Path) -> None:
+    _, rp = restore_point(pg_db, tmp_path)
+    at_clone = table_checksums(pg_db, rp)
+    config = write_config(tmp_path, pg_db)
+    taken = rollbackd("backup", "clone", "--json", "--config", str(config))
+    assert taken.returncode == 0, taken.stderr
+    clone = json.loads(taken.stdout)["clone"]
+    run(pg_db, "ALTER TABLE images DROP COLUMN title", "DELETE FROM audit_log")
+
+    refused = rollbackd("backup", "restore", clone, "--strategy", "clone",
+                        "--config", str(config))
+    assert refused.returncode == 2 and f"for the clone {clone}" in refused.stderr
+    restored = rollbackd("backup", "restore", clone, "--strategy", "clone", "--yes", "--json",
+                         "--config", str(config))
+    assert restored.returncode == 0, restored.stderr
+    report = json.loads(restored.stdout)
+    assert report["strategy"] == "clone" and report["kept_kind"] == "database"
+    assert report["blocked_seconds"] < 5
+    assert table_checksums(pg_db, rp) == at_clone
+
+
+def test_a_clone_is_refused_while_the_app_is_connected(pg_db: str, tmp_path: Path) -> None:
+    import psycopg
+
+    seed_visionforge(pg_db)
+    config = write_config(tmp_path, pg_db)
+    with psycopg.connect(pg_db, connect_timeout=5):
+        refused = rollbackd("backup", "clone", "--config", str(config))
+    assert refused.returncode == 1
+    assert "stop it, then clone" in refused.stderr
