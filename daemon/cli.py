@@ -172,11 +172,11 @@ def simulate(policy_ref: str, replay_file: Path, fmt: str, mode: str) -> None:
     except PolicyError as exc:
         fail(str(exc))
     try:
-        with replay_file.open(encoding="utf-8") as handle:
+        with replay_file.open("rb") as handle:
             lines = parse_replay(handle)
     except OSError as exc:
         fail(f"{replay_file}: cannot read replay: {exc.strerror or exc}")
-    except (ReplayError, UnicodeDecodeError) as exc:
+    except ReplayError as exc:
         fail(f"{replay_file}: {exc}")
     decisions = run(policy, lines, mode)
     if fmt == "jsonl":

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies import catalogue
+from policies.events import parse_event
 from policies.expr import baseline_signals, evaluate, longest_window
 from policies.policy import (
     MONITORING_BLIND,
@@ -98,8 +99,10 @@ class _Deploy:
 
 
 def _word(label: str) -> str:
-    """An Alertmanager label value as a signal name part (``High-Latency`` -> ``High_Latency``)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", label) or "_"
+    """An Alertmanager label value as a signal name part (``High-Latency`` -> ``High_Latency``,
+    ``5xxRate`` -> ``_5xxRate``): what a condition can name."""
+    word = re.sub(r"[^A-Za-z0-9_]", "_", label) or "_"
+    return f"_{word}" if word[0].isdigit() else word
 
 
 class Engine:
@@ -153,10 +156,12 @@ class Engine:
             self._probe_values[name] = value
             self._track_change(name, before, t)
 
-    def record(self, t: float, event: Event) -> None:
-        """An event at ``t``: deploy, migration, alert, pause or resume (the replay contract)."""
+    def record(self, t: float, raw: Event) -> None:
+        """An event at ``t`` (the replay contract's, see :mod:`policies.events`); an event that
+        does not check raises :class:`~policies.events.EventError` and changes nothing."""
+        event = parse_event(raw)
         self._now = t
-        kind = event.get("type")
+        kind = event["type"]
         if kind == "deploy":
             self._record_deploy(t, event)
         elif kind == "migration":
@@ -170,10 +175,15 @@ class Engine:
         elif kind == "resume":
             self._paused = False
         elif kind == "close":
-            by = str(event.get("by", "a person"))
+            by = event.get("by", "a person")
             decision = event.get("decision")
             why = f"{by} decided: {decision}" if decision else f"closed by {by}"
-            self._close_requested = (int(event.get("incident", 0)), why)
+            self._close_requested = (event["incident"], why)
+        elif kind == "baseline":
+            # Baselines frozen at the deploy, journaled so that a restart does not lose them.
+            self._deploy_baselines.update(
+                {s: None if v is None else float(v) for s, v in event["values"].items()
+                 if s in self._baselined})
 
     def _record_deploy(self, t: float, event: Event) -> None:
         if event.get("phase") != "begin":
@@ -182,13 +192,14 @@ class Engine:
         self._deploy_baselines = {s: self._median(s, t - self.policy.baseline.window, t)
                                   for s in self._baselined}
         self._at_deploy = {s: self.value(s) for s in self._rule_signals}
-        self._deploy = _Deploy(t, str(event.get("version", "")), bool(event.get("verified", True)))
+        # No "verified" means no verified restore point: rollbacks then page instead.
+        self._deploy = _Deploy(t, event.get("version", ""), event.get("verified", False))
         before = self.value(catalogue.MIGRATION_FAILED)
         self._migration_event = 0.0
         self._track_change(catalogue.MIGRATION_FAILED, before, t)
 
     def _record_alert(self, t: float, event: Event) -> None:
-        labels = {str(k): str(v) for k, v in dict(event.get("labels", {})).items()}
+        labels = dict(event["labels"])
         key = tuple(sorted(labels.items()))
         if event.get("status") == "firing":
             self._alerts[key] = labels
@@ -197,7 +208,7 @@ class Engine:
         counts: dict[str, float] = {}
         for alert in self._alerts.values():
             for name in (f"alert.{_word(alert.get('alertname', ''))}",
-                         f"alert.severity_{_word(alert.get('severity', ''))}"):
+                         f"alert.severity_{_word(alert.get('severity', '').lower())}"):
                 counts[name] = counts.get(name, 0.0) + 1.0
         for name in set(counts) | set(self._alert_counts):
             before = self._alert_counts.get(name, 0.0)
@@ -249,8 +260,12 @@ class Engine:
         return now != then
 
     def age(self, signal: str) -> float | None:
+        """Seconds since the signal last changed; unknown while the signal itself is unknown
+        (otherwise blindness would make a signal look steadily old)."""
         since = self._last_change.get(signal)
-        return None if since is None else self._now - since
+        if since is None or self.value(signal) is None:
+            return None
+        return self._now - since
 
     def _median(self, signal: str, start: float, end: float,
                 inclusive: bool = False) -> float | None:
@@ -288,7 +303,10 @@ class Engine:
             elif state.firing and value is False and state.false_for >= state.rule.clear_for:
                 state.firing = False
         newly.sort(key=lambda r: r.rank, reverse=True)  # stable: policy order breaks ties
-        decisions = [d for rule in newly if (d := self._arbitrate(t, rule)) is not None]
+        # A person's close applies first: what starts firing in the same step opens anew.
+        closed = self._close(t)
+        decisions = [closed] if closed is not None else []
+        decisions += [d for rule in newly if (d := self._arbitrate(t, rule)) is not None]
         resolved = self._maybe_resolve(t)
         if resolved is not None:
             decisions.append(resolved)
@@ -299,13 +317,16 @@ class Engine:
         result = evaluate(rule.condition, self)
         return result if isinstance(result, bool) or result is None else bool(result)
 
-    def _blindness(self, t: float) -> bool:
+    def _blind_signals(self, t: float) -> list[str]:
+        """Probed signals a rule needs that have been unknown for longer than blind_after."""
         limit = self.policy.guards.blind_after
-        return any(
-            t - since > limit
-            for signal, since in self._unknown_since.items()
-            if signal in self._rule_signals and signal in self._probed
+        return sorted(
+            signal for signal, since in self._unknown_since.items()
+            if signal in self._rule_signals and signal in self._probed and t - since > limit
         )
+
+    def _blindness(self, t: float) -> bool:
+        return bool(self._blind_signals(t))
 
     def _remember(self, t: float) -> None:
         horizon = t - self._retention
@@ -340,10 +361,8 @@ class Engine:
         """The action actually taken for ``rule``, its mode, and why."""
         why = f"{rule.when} held for {format_duration(rule.for_)}"
         if rule.scenario == MONITORING_BLIND:
-            blind = sorted(s for s, since in self._unknown_since.items()
-                           if s in self._rule_signals and s in self._probed
-                           and t - since > self.policy.guards.blind_after)
-            why = "no measurement for " + ", ".join(blind) + "; rollbackd never rolls back blind"
+            why = ("no measurement for " + ", ".join(self._blind_signals(t))
+                   + "; rollbackd never rolls back blind")
         if self._paused:
             mode = "dry-run"
             action = "page" if rule.action in ROLLBACKS else rule.action
@@ -366,8 +385,9 @@ class Engine:
                     "nothing to roll back to")
         if not deploy.verified:
             return f"deploy {deploy.version} has no verified restore point"
-        if self.value("db.up") == 0:
-            return "database unreachable: a restore cannot run"
+        if "db.up" in self._probed and self.value("db.up") != 1:
+            state = "unreachable" if self.value("db.up") == 0 else "not measured"
+            return f"database {state}: a restore cannot run"
         while self._auto_rollbacks and t - self._auto_rollbacks[0] >= guards.cooldown:
             self._auto_rollbacks.popleft()
         if mode == "auto" and len(self._auto_rollbacks) >= guards.max_auto_rollbacks:
@@ -375,22 +395,28 @@ class Engine:
                     f"{format_duration(guards.cooldown)} already used")
         return None
 
-    def _maybe_resolve(self, t: float) -> Decision | None:
+    def _close(self, t: float) -> Decision | None:
+        """A person closed the open incident: its rules still firing stay silent until they
+        clear and fire anew (the person has seen them)."""
         incident, close = self._incident, self._close_requested
         self._close_requested = None
-        if incident is None:
+        if incident is None or close is None or close[0] != incident.id:
             return None
-        if close is not None and close[0] == incident.id:
-            # Rules still firing stay attached to nothing until they clear and fire anew.
-            reason = close[1]
-        else:
-            states = {s.rule.scenario: s for s in [*self._states, self._blind]}
-            if any(states[name].firing for name in incident.attached):
-                return None
-            reason = "every rule of the incident has been clear for its clear_for"
         self._incident = None
         return self._decision(t, "resolve", incident.id, incident.rule, incident.action,
-                              incident.mode, reason)
+                              incident.mode, close[1])
+
+    def _maybe_resolve(self, t: float) -> Decision | None:
+        incident = self._incident
+        if incident is None:
+            return None
+        states = {s.rule.scenario: s for s in [*self._states, self._blind]}
+        if any(states[name].firing for name in incident.attached):
+            return None
+        self._incident = None
+        return self._decision(t, "resolve", incident.id, incident.rule, incident.action,
+                              incident.mode,
+                              "every rule of the incident has been clear for its clear_for")
 
     @staticmethod
     def _decision(t: float, kind: str, incident: int, rule: Rule, action: str, mode: str,

@@ -69,6 +69,10 @@ SCENARIOS: dict[str, str] = {
         "a rollback is never started while the database is down, it pages instead",
     "closed_by_a_person":
         "a person closes an incident while its rule still fires; nothing reopens it",
+    "dismissed_then_a_failed_migration_same_step":
+        "a migration failing in the step a person dismisses an incident opens a new one",
+    "age_is_unknown_while_blind":
+        "age() of a signal that cannot be measured is unknown, so blindness never rolls back",
 }
 # Replays that simulate a daemon mode other than auto.
 MODES = {"dry_run_mode": "dry-run"}
