@@ -136,14 +136,16 @@ class PostgresProbe:
         reading[BLOCKED_QUERIES] = await self._guarded(
             BLOCKED_QUERIES,
             _count(conn, BLOCKED_QUERIES_SQL, (float(self.settings.blocked_after),)))
-        failed_checks = await self._run_checks(conn)
+        failed_checks, undetermined = await self._run_checks(conn)
         built_ins = [reading[name] for name in BUILT_IN_VALIDATORS]
-        if failed_checks is None or any(value is None for value in built_ins):
-            # A partial count would understate the failures, so the total is unknown.
+        failures = failed_checks + sum(1 for value in built_ins if value)
+        if failures == 0 and (undetermined or any(value is None for value in built_ins)):
+            # Nothing failed for sure and something could not be checked: unknown, never a
+            # failure (a slow database must not look like bad data and start a restore).
             reading[VALIDATION_FAILURES] = None
         else:
-            reading[VALIDATION_FAILURES] = float(
-                failed_checks + sum(1 for value in built_ins if value))
+            # With failures found, unchecked parts could only add to them: a lower bound.
+            reading[VALIDATION_FAILURES] = float(failures)
 
     async def _guarded(self, signal: str, measuring: Awaitable[float | None]) -> float | None:
         """The awaited value, or ``None`` (with the reason kept) when its query failed."""
@@ -167,24 +169,24 @@ class PostgresProbe:
             return 0.0
         return await _count(conn, MISSING_TABLES_SQL, (self.expected_tables,))
 
-    async def _run_checks(self, conn: psycopg.AsyncConnection[Any]) -> int | None:
-        """How many configured checks failed; ``None`` if the connection died while checking."""
+    async def _run_checks(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, bool]:
+        """How many configured checks found offending rows, and whether any could not run."""
+        undetermined = False
         for check in self.checks:
             try:
-                failed = await _check_fails(conn, check)
+                if await _check_fails(conn, check):
+                    self.last_failed_checks.append(check.name)
             except psycopg.Error as exc:
+                # A check that cannot run (syntax, timeout, permissions) neither passes nor
+                # fails: its reason is kept for the log.
+                self.last_check_errors[check.name] = one_line(exc, with_type=True)
+                undetermined = True
                 if conn.closed:
                     lost = one_line(exc, with_type=True)
                     self.last_query_errors[VALIDATION_FAILURES] = (
                         f"connection lost during check {check.name}: {lost}")
-                    return None
-                # A check that cannot run (syntax, timeout, permissions) cannot vouch for
-                # the data either: it counts as failed, and the reason is kept for the log.
-                self.last_check_errors[check.name] = one_line(exc, with_type=True)
-                failed = True
-            if failed:
-                self.last_failed_checks.append(check.name)
-        return len(self.last_failed_checks)
+                    break
+        return len(self.last_failed_checks), undetermined
 
     async def aclose(self) -> None:
         await self._connection.aclose()

@@ -144,7 +144,7 @@ async def test_expected_tables_that_do_not_exist_are_counted_schema_qualified_or
     assert reading["db.validation_failures"] == 1.0
 
 
-async def test_configured_checks_fail_on_rows_errors_and_timeouts_and_say_why(
+async def test_configured_checks_fail_on_rows_and_say_why_when_they_cannot_run(
     pg_db: str,
 ) -> None:
     run(pg_db, "CREATE TABLE users (id int, email text)",
@@ -158,12 +158,13 @@ async def test_configured_checks_fail_on_rows_errors_and_timeouts_and_say_why(
     ]
     async with postgres_probe(pg_db, checks=checks, statement_timeout="300ms") as probe:
         reading = await probe.measure()
-        assert probe.last_failed_checks == ["emails_present", "typo", "slow", "writes"]
+        assert probe.last_failed_checks == ["emails_present"]
         assert set(probe.last_check_errors) == {"typo", "slow", "writes"}
         assert "SyntaxError" in probe.last_check_errors["typo"]
         assert "QueryCanceled" in probe.last_check_errors["slow"]
         assert "read-only" in probe.last_check_errors["writes"]
-    assert reading["db.validation_failures"] == 4.0
+    # One check found offending rows; those that could not run can only add to that.
+    assert reading["db.validation_failures"] == 1.0
     assert reading["db.up"] == 1.0
     # The check that tried to write did not: the probe's session is read-only.
     assert rows(pg_db, "SELECT count(*) FROM users") == [(2,)]
@@ -269,4 +270,16 @@ async def test_a_probe_interrupted_mid_query_starts_the_next_tick_on_a_fresh_ses
         assert interrupted.closed
     assert reading["db.up"] == 1.0
     assert reading["db.validation_failures"] == 0.0
+
+
+async def test_a_check_that_cannot_run_makes_validation_unknown_not_failed(pg_db: str) -> None:
+    run(pg_db, "CREATE TABLE users (id int, email text)", "INSERT INTO users VALUES (1, 'a')")
+    checks = [SqlCheck(name="emails_present", sql="SELECT id FROM users WHERE email IS NULL"),
+              SqlCheck(name="slow", sql="SELECT pg_sleep(2)")]
+    async with postgres_probe(pg_db, checks=checks, statement_timeout="300ms") as probe:
+        reading = await probe.measure()
+        assert probe.last_failed_checks == []
+        assert "QueryCanceled" in probe.last_check_errors["slow"]
+    # A slow database must not look like bad data (that would start a restore).
+    assert reading["db.validation_failures"] is None
 
