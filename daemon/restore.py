@@ -50,6 +50,7 @@ import difflib
 import graphlib
 import os
 import re
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -170,7 +171,9 @@ class RestoreReport:
     """When the restore began."""
     kept: str
     """Where the pre-restore data is: a database name or a safety backup id."""
-    kept_kind: Literal["database", "backup"]
+    kept_kind: Literal["database", "backup", "tables"]
+    safety_backup: str | None = None
+    """In place and tables: the verified backup taken just before the restore."""
     blocked_seconds: float | None = None
     """Swap and clone: how long the live database refused connections."""
     tables: list[str] = field(default_factory=list)
@@ -196,7 +199,8 @@ class RestoreReport:
             "data_window_start_iso": None if self.data_window_start is None
             else iso(self.data_window_start),
             "data_window_end_iso": iso(self.data_window_end),
-            "kept": self.kept, "kept_kind": self.kept_kind, "tables": self.tables,
+            "kept": self.kept, "kept_kind": self.kept_kind,
+            "safety_backup": self.safety_backup, "tables": self.tables,
             "validation": [r.as_json() for r in self.validation], "notes": self.notes,
         }
 
@@ -209,9 +213,11 @@ class RestoreReport:
                     else f" (connections blocked {self.blocked_seconds:.2f}s)")]
         start = "unknown" if self.data_window_start is None else iso(self.data_window_start)
         lines.append(f"data window undone: {start} to {iso(self.data_window_end)}")
-        where = (f"database {self.kept}" if self.kept_kind == "database"
-                 else f"safety backup {self.kept}")
+        where = {"database": f"database {self.kept}", "backup": f"safety backup {self.kept}",
+                 "tables": f"tables {self.kept}"}[self.kept_kind]
         lines.append(f"data as it was before the restore is kept in {where}")
+        if self.safety_backup is not None and self.safety_backup != self.kept:
+            lines.append(f"a safety backup taken just before is {self.safety_backup}")
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"validation: {summary(self.validation)}")
         return lines
@@ -537,10 +543,12 @@ def restore_in_place(store: BackupStore, backup_id: str,
     live = options.database
     manifest = verified_manifest(store, backup_id, live, whole=True)
     with _locked(options, f"in-place restore of {backup_id}"):
+        # Writes between the safety backup and the restore would be in neither copy, and
+        # pg_restore must connect, so connections cannot be blocked: the app must be stopped.
+        _refuse_while_connected(options, live)
         started = time.time()
         safety = _safety_backup(store, options, None)
-        with admin_session(options) as admin:
-            _terminate(admin, live, time.monotonic() + options.terminate_timeout)
+        _refuse_while_connected(options, live)
         _pg_restore(store, manifest, options, live,
                     ["--clean", "--if-exists", "--single-transaction", "--exit-on-error"],
                     kept=f"safety backup {safety}")
@@ -553,7 +561,22 @@ def restore_in_place(store: BackupStore, backup_id: str,
             strategy="in_place", backup_id=manifest.id, source=manifest.id, database=live,
             started_at=started, finished_at=time.time(),
             data_window_start=manifest.created_at, data_window_end=started, kept=safety,
-            kept_kind="backup", validation=_validate_live(options, manifest), notes=notes)
+            kept_kind="backup", safety_backup=safety,
+            validation=_validate_live(options, manifest), notes=notes)
+
+
+def _refuse_while_connected(options: RestoreOptions, live: str) -> None:
+    with admin_session(options) as admin:
+        row = admin.execute(
+            "SELECT count(*), string_agg(DISTINCT coalesce(nullif(application_name, ''), "
+            "'unnamed') || '@' || coalesce(client_addr::text, 'local'), ', ')"
+            " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'", (live,)).fetchone()
+    if row is not None and row[0]:
+        raise RestoreError(
+            f"an in-place restore needs the application stopped: {row[0]} session(s) are "
+            f"connected to {live} ({row[1]}); stop it first, or use --strategy swap, which "
+            "blocks connections for the swap itself")
 
 
 def _extra_tables(conn: psycopg.Connection[Any], manifest: Manifest) -> list[str]:
@@ -567,6 +590,10 @@ def _extra_tables(conn: psycopg.Connection[Any], manifest: Manifest) -> list[str
 
 
 # -- tables ----------------------------------------------------------------------------------
+
+
+KEPT_SCHEMA = "rollbackd_kept"
+"""Where a table restore keeps the rows it replaced, copied in the same transaction."""
 
 
 def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
@@ -590,7 +617,11 @@ def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
             sequences = _owned_sequences(conn, chosen)
         _check_in_backup(manifest, chosen)
         safety = _safety_backup(store, options, [t.qualified for t in chosen])
-        _restore_table_data(store, manifest, options, chosen, sequences, safety)
+        stamp = datetime.fromtimestamp(started, UTC).strftime(STAMP)
+        unique = f"_{stamp}_{secrets.token_hex(2)}"  # two restores may share a second
+        copies = [f"{KEPT_SCHEMA}.{derived_name(f'{t.schema}_{t.name}', unique)}"
+                  for t in chosen]
+        _restore_table_data(store, manifest, options, chosen, sequences, safety, copies)
         with session(options.dsn, options) as conn:
             for table in chosen:
                 conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
@@ -599,8 +630,9 @@ def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
         return RestoreReport(
             strategy="tables", backup_id=manifest.id, source=manifest.id, database=live,
             started_at=started, finished_at=time.time(),
-            data_window_start=manifest.created_at, data_window_end=started, kept=safety,
-            kept_kind="backup", tables=[t.qualified for t in chosen],
+            data_window_start=manifest.created_at, data_window_end=started,
+            kept=", ".join(copies), kept_kind="tables", safety_backup=safety,
+            tables=[t.qualified for t in chosen],
             validation=_validate_live(options, manifest), notes=notes)
 
 
@@ -680,7 +712,10 @@ def _check_in_backup(manifest: Manifest, tables: list[TableRef]) -> None:
 
 
 def _restore_table_data(store: BackupStore, manifest: Manifest, options: RestoreOptions,
-                        tables: list[TableRef], sequences: list[TableRef], safety: str) -> None:
+                        tables: list[TableRef], sequences: list[TableRef], safety: str,
+                        copies: list[str]) -> None:
+    """One psql transaction: lock the tables, copy their rows aside (so that nothing written
+    since the safety dump is lost), empty them and load the backup's rows."""
     pg_restore = _restore_tool(manifest, "pg_restore")
     psql = _restore_tool(manifest, "psql")
     archive = str(store.data_path(manifest))
@@ -697,7 +732,12 @@ def _restore_table_data(store: BackupStore, manifest: Manifest, options: Restore
              os.environ, deadline, "pg_restore (extracting the tables' data)", kept=None)
         truncate = Path(scratch) / "truncate.sql"
         names = ", ".join(t.dump_pattern for t in tables)
-        truncate.write_text(f"TRUNCATE TABLE ONLY {names};\n")
+        keep = "".join(f"CREATE TABLE {dump_pattern(copy)} AS TABLE ONLY {t.dump_pattern};\n"
+                       for t, copy in zip(tables, copies, strict=True))
+        truncate.write_text(
+            f"LOCK TABLE ONLY {names} IN ACCESS EXCLUSIVE MODE;\n"
+            f"CREATE SCHEMA IF NOT EXISTS {KEPT_SCHEMA};\n"
+            f"{keep}TRUNCATE TABLE ONLY {names};\n")
         env = _tool_env(options.dsn, options)
         _run(psql.path, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                          "-f", str(truncate), "-f", str(data)], env, deadline,

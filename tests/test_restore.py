@@ -169,8 +169,15 @@ def test_table_restore_replaces_only_the_named_tables_and_their_sequences(
     assert after["public.users"] == before["public.users"]
     assert after["public.audit_log"] == before["public.audit_log"]
     assert scalar(pg_db, "SELECT last_value FROM images_id_seq") == seq_at_rp
-    assert report.tables == ["public.images"] and report.kept_kind == "backup"
-    safety = store.get(report.kept)
+    assert report.tables == ["public.images"] and report.kept_kind == "tables"
+    # The rows it replaced were copied aside in the same transaction: nothing written after
+    # the safety dump is lost.
+    [copy] = report.kept.split(", ")
+    assert copy.startswith("rollbackd_kept.public_images_")
+    kept = scalar(pg_db, f"SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {copy} t")
+    assert kept == before["public.images"][1]
+    assert report.safety_backup is not None
+    safety = store.get(report.safety_backup)
     assert (safety.kind, [t.rows for t in safety.tables]) == (
         "tables", [before["public.images"][0]])
     # The safety dump puts exactly the newer rows back.
@@ -312,3 +319,16 @@ def test_what_a_swap_killed_while_connections_were_blocked_leaves_is_repaired(
     assert databases_like(pg_cluster, f"{name}_shadow_%") == []
     assert scalar(pg_db, "SELECT count(*) FROM users") > 0
     assert repair_interrupted_swap(options(pg_db, tmp_path)) == []
+
+
+def test_an_in_place_restore_is_refused_while_the_app_is_connected(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    store, rp = restore_point(pg_db, tmp_path)
+    write_after_restore_point(pg_db)
+    before = table_checksums(pg_db, rp)
+    with (psycopg.connect(pg_db, connect_timeout=5, application_name="visionforge"),
+          pytest.raises(RestoreError, match=r"needs the application stopped: 1 session")):
+        restore_in_place(store, rp.id, options(pg_db, tmp_path))
+    assert table_checksums(pg_db, rp) == before
+    assert [b.kind for b in store.list()] == ["restore_point"]  # no safety backup was needed
+

@@ -83,7 +83,8 @@ def test_restore_prints_the_data_window_and_where_the_newer_data_is_kept(
     assert tables.returncode == 0, tables.stderr
     report = json.loads(tables.stdout)
     assert (report["ok"], report["strategy"], report["kept_kind"], report["tables"]) == (
-        True, "tables", "backup", ["public.images"])
+        True, "tables", "tables", ["public.images"])
+    assert report["kept"].startswith("rollbackd_kept.public_images_") and report["safety_backup"]
     assert report["data_window_start"] == rp.created_at
 
 
