@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,66 @@ def _when(t: float | None) -> str:
 
 
 def _record(journal: Journal, payload: dict[str, Any]) -> None:
+    journal.add_event(time.time(), payload)
+
+
+# -- what the CLI and the HTTP API share: the same journal events, the same state -----------
+
+
+class DecisionError(Exception):
+    """An incident that cannot be decided; ``str()`` says why, ``missing`` tells which case."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def record_pause(journal: Journal, by: str, reason: str) -> None:
+    """Journal a pause; the daemon applies it at its next cycle. Raises JournalError."""
+    _record(journal, {"type": "pause", "by": by, "reason": reason})
+
+
+def record_resume(journal: Journal, by: str) -> None:
+    _record(journal, {"type": "resume", "by": by})
+
+
+def record_decision(journal: Journal, incident: int, choice: str, reason: str, by: str) -> None:
+    """Journal a human decision that closes an open incident. Raises DecisionError or
+    JournalError."""
+    summary = next((i for i in journal.incidents(limit=1000) if i["incident"] == incident), None)
+    if summary is None:
+        raise DecisionError(f"no incident {incident} in the journal", missing=True)
+    if summary["state"] != "open":
+        raise DecisionError(f"incident {incident} is already resolved", missing=False)
+    decision = choice if not reason else f"{choice} ({reason})"
+    _record(journal, {"type": "close", "incident": incident, "by": by, "decision": decision})
+
+
+def gather_status(config: Config, journal: Journal) -> dict[str, Any]:
+    """The latest deploy, the open incident, pause and the last drill (``status --json``)."""
+    deploy = journal.latest_deploy(config.app_name)
+    incidents = journal.incidents(limit=1)
+    open_incident = incidents[0] if incidents and incidents[0]["state"] == "open" else None
+    pause_event = journal.latest_event(("pause", "resume"))
+    paused = pause_event is not None and pause_event.payload["type"] == "pause"
+    drill = journal.latest_drill()
+    return {
+        "app": config.app_name,
+        "paused": paused,
+        "deploy": None if deploy is None else {
+            "id": deploy.id, "version": deploy.version, "started_at": deploy.started_at,
+            "status": deploy.status, "restore_point": deploy.restore_point,
+            "restore_point_verified": deploy.restore_point_verified},
+        "incident": open_incident,
+        "drill": None if drill is None else {
+            "t": drill.t, "backup": drill.backup, "ok": drill.ok, "duration": drill.duration},
+    }
+
+
+def _or_fail(action: Callable[[], None]) -> None:
     try:
-        journal.add_event(time.time(), payload)
-    except JournalError as exc:
+        action()
+    except (JournalError, DecisionError) as exc:
         fail(str(exc), EXIT_FAILED)
 
 
@@ -55,7 +113,7 @@ def pause(ctx: click.Context, config_file: Path | None, reason: str) -> None:
     """Pause automatic action: rollbackd keeps watching and deciding, executes nothing, and
     says it is paused in every page (for maintenance)."""
     _, journal = _journal(ctx, config_file)
-    _record(journal, {"type": "pause", "by": _operator(), "reason": reason})
+    _or_fail(lambda: record_pause(journal, _operator(), reason))
     click.echo("paused: rollbackd decides and pages but executes nothing until "
                "`rollbackd resume`")
 
@@ -66,7 +124,7 @@ def pause(ctx: click.Context, config_file: Path | None, reason: str) -> None:
 def resume(ctx: click.Context, config_file: Path | None) -> None:
     """End a pause."""
     _, journal = _journal(ctx, config_file)
-    _record(journal, {"type": "resume", "by": _operator()})
+    _or_fail(lambda: record_resume(journal, _operator()))
     click.echo("resumed")
 
 
@@ -77,33 +135,19 @@ def resume(ctx: click.Context, config_file: Path | None) -> None:
 def status(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     """The latest deploy, the open incident, pause, and the last drill, from the journal."""
     config, journal = _journal(ctx, config_file)
-    deploy = journal.latest_deploy(config.app_name)
-    incidents = journal.incidents(limit=1)
-    open_incident = incidents[0] if incidents and incidents[0]["state"] == "open" else None
-    pause_event = journal.latest_event(("pause", "resume"))
-    paused = pause_event is not None and pause_event.payload["type"] == "pause"
-    drill = journal.latest_drill()
-    state: dict[str, Any] = {
-        "app": config.app_name,
-        "paused": paused,
-        "deploy": None if deploy is None else {
-            "id": deploy.id, "version": deploy.version, "started_at": deploy.started_at,
-            "status": deploy.status, "restore_point": deploy.restore_point,
-            "restore_point_verified": deploy.restore_point_verified},
-        "incident": open_incident,
-        "drill": None if drill is None else {
-            "t": drill.t, "backup": drill.backup, "ok": drill.ok, "duration": drill.duration},
-    }
+    state = gather_status(config, journal)
     if as_json:
         click.echo(json.dumps(state))
         return
-    click.echo(f"app        {config.app_name}" + ("  [PAUSED]" if paused else ""))
+    deploy, open_incident, drill = state["deploy"], state["incident"], state["drill"]
+    click.echo(f"app        {config.app_name}" + ("  [PAUSED]" if state["paused"] else ""))
     if deploy is None:
         click.echo("deploy     none recorded")
     else:
-        verified = "verified" if deploy.restore_point_verified else "NOT verified"
-        click.echo(f"deploy     {deploy.version} ({deploy.status}) at {_when(deploy.started_at)}"
-                   f", restore point {deploy.restore_point or 'none'} ({verified})")
+        verified = "verified" if deploy["restore_point_verified"] else "NOT verified"
+        click.echo(f"deploy     {deploy['version']} ({deploy['status']}) at "
+                   f"{_when(deploy['started_at'])}, restore point "
+                   f"{deploy['restore_point'] or 'none'} ({verified})")
     if open_incident is None:
         click.echo("incident   none open")
     else:
@@ -113,8 +157,8 @@ def status(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     if drill is None:
         click.echo("drill      never run")
     else:
-        click.echo(f"drill      {'passed' if drill.ok else 'FAILED'} at {_when(drill.t)} "
-                   f"({drill.duration:.1f}s)")
+        click.echo(f"drill      {'passed' if drill['ok'] else 'FAILED'} at {_when(drill['t'])} "
+                   f"({drill['duration']:.1f}s)")
 
 
 @click.group(invoke_without_command=True)
@@ -169,12 +213,5 @@ def decide(ctx: click.Context, config_file: Path | None, incident: int, choice: 
     """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback). Either
     closes it; the daemon journals the resolution at its next cycle."""
     _, journal = _journal(ctx, config_file)
-    summary = next((i for i in journal.incidents(limit=1000) if i["incident"] == incident), None)
-    if summary is None:
-        fail(f"no incident {incident} in the journal", EXIT_FAILED)
-    if summary["state"] != "open":
-        fail(f"incident {incident} is already resolved", EXIT_FAILED)
-    decision = choice if not reason else f"{choice} ({reason})"
-    _record(journal, {"type": "close", "incident": incident, "by": _operator(),
-                      "decision": decision})
+    _or_fail(lambda: record_decision(journal, incident, choice, reason, _operator()))
     click.echo(f"incident {incident}: {choice} recorded")

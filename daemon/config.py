@@ -7,7 +7,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from policies.policy import Policy, PolicyError, parse_policy, resolve_ref
 from policies.units import Duration, Size
@@ -152,12 +159,60 @@ class ProbesSettings(StrictModel):
         return self
 
 
+MIN_TOKEN_LENGTH = 16
+"""Shorter bearer tokens can be guessed; ``openssl rand -hex 32`` gives 64 characters."""
+
+
+def read_token(path: Path) -> str:
+    """The one bearer token a token file holds (surrounding whitespace and newline dropped)."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"token file {path} is not ASCII") from None
+    token = text.strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    # One token per file; whitespace inside means a second word, a comment or a pasted header.
+    if any(not ch.isprintable() or ch.isspace() for ch in token):
+        raise ValueError(f"token file {path} must hold a single token without spaces")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"token in {path} is shorter than {MIN_TOKEN_LENGTH} characters")
+    return token
+
+
+def _readable_token_file(path: Path) -> Path:
+    read_token(path)
+    return path
+
+
+class ApiSettings(StrictModel):
+    token_files: list[Annotated[Path, AfterValidator(_readable_token_file)]] = Field(
+        default_factory=list,
+        description="files holding one bearer token each; none means the API is disabled")
+    max_body: Size = Field(default=1024**2, ge=1024, le=64 * 1024**2)
+    _tokens: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _load_tokens(self) -> ApiSettings:
+        # Read when the config is (re)loaded, so a rotation takes effect on SIGHUP and a
+        # broken file is rejected with the rest of the config.
+        self._tokens = tuple(read_token(path) for path in self.token_files)
+        return self
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self._tokens
+
+
 class Config(StrictModel):
     daemon: DaemonSettings = DaemonSettings()
     app: AppSettings | None = None
     database: DatabaseSettings | None = None
     backups: BackupSettings = BackupSettings()
     probes: ProbesSettings = ProbesSettings()
+    api: ApiSettings = ApiSettings()
 
     @property
     def app_name(self) -> str:

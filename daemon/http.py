@@ -1,15 +1,16 @@
-"""The daemon's HTTP face: landing page, /metrics, /healthz, /readyz (the API comes later)."""
+"""The daemon's HTTP face: landing page, /metrics, /healthz, /readyz, and the API's routes."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from daemon import __version__
 
@@ -25,7 +26,10 @@ class Health(Protocol):
     def is_ready(self) -> bool: ...
 
 
-def build_app(health: Health, registry: CollectorRegistry) -> Starlette:
+def build_app(health: Health, registry: CollectorRegistry,
+              api: Sequence[BaseRoute] = ()) -> Starlette:
+    """``api``: the token-guarded /api/v1 routes (daemon.api); the others stay open."""
+
     async def landing(_: Request) -> Response:
         status = html.escape(health.status_line)
         return HTMLResponse(
@@ -34,6 +38,7 @@ def build_app(health: Health, registry: CollectorRegistry) -> Starlette:
             '<li><a href="/metrics">/metrics</a></li>'
             '<li><a href="/healthz">/healthz</a> (the main loop is alive)</li>'
             '<li><a href="/readyz">/readyz</a> (a first cycle completed)</li>'
+            "<li>/api/v1/ (bearer token: Alertmanager webhook, status, incidents, pause)</li>"
             "</ul></body></html>"
         )
 
@@ -55,4 +60,5 @@ def build_app(health: Health, registry: CollectorRegistry) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *api,
     ])

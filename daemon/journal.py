@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +185,12 @@ class Journal:
                          (t, str(payload["type"]), json.dumps(payload, sort_keys=True)))
         return int(cur.lastrowid or 0)
 
+    def add_events(self, t: float, payloads: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Several events at ``t`` in one transaction: all of them or none (a webhook's batch
+        is retried whole by its sender when this fails)."""
+        with self._transaction() as db:
+            return [self._insert_event(db, t, payload) for payload in payloads]
+
     def events_after(self, event_id: int, limit: int = 10_000) -> list[JournalEvent]:
         rows = self._db.execute(
             "SELECT id, t, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", (event_id, limit)
@@ -309,4 +315,3 @@ def _deploy(row: sqlite3.Row) -> Deploy:
         restore_point=row["restore_point"],
         restore_point_verified=bool(row["restore_point_verified"]),
     )
-

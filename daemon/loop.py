@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from daemon import __version__
+from daemon.api import api_routes
 from daemon.backups import BackupError, BackupStore
 from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.http import build_app
@@ -125,8 +126,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         server = _EmbeddedServer(uvicorn.Config(
-            build_app(self, self.metrics.registry), log_config=None, access_log=False,
-            lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
+            build_app(self, self.metrics.registry, api_routes(self)), log_config=None,
+            access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())

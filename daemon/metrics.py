@@ -23,6 +23,9 @@ from policies.engine import Decision
 from policies.policy import SEVERITY_RANK, Policy, blind_rule
 from probes.runner import ProbeOutcome
 
+ALERT_STATUSES = ("firing", "resolved")
+API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled")
+
 
 class Metrics:
     """rollbackd_* series on a registry of their own (one per daemon; tests build several)."""
@@ -102,6 +105,18 @@ class Metrics:
             "rollbackd_drill_duration_seconds", "How long the last restore drill took",
             registry=r,
         )
+        self.alerts_received = Counter(
+            "rollbackd_alertmanager_alerts_received_total",
+            "Alerts received through the Alertmanager webhook, by status", ["status"], registry=r,
+        )
+        for status in ALERT_STATUSES:
+            self.alerts_received.labels(status)
+        self.api_rejected = Counter(
+            "rollbackd_api_requests_rejected_total", "API requests refused, by reason",
+            ["reason"], registry=r,
+        )
+        for reason in API_REJECTIONS:
+            self.api_rejected.labels(reason)
         self._probes: set[str] = set()
         self._signals: set[str] = set()
 

@@ -1,0 +1,288 @@
+"""The HTTP API: Alertmanager's webhook and the operator's verbs, behind bearer tokens.
+
+Handlers run in the daemon's event loop and write the very journal events the CLI writes;
+the main loop hands them to the decision engine at its next cycle, so an answer here means
+"recorded", not "acted upon".
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, Literal, Protocol, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from daemon.cli_ops import (
+    DecisionError,
+    gather_status,
+    record_decision,
+    record_pause,
+    record_resume,
+)
+from daemon.config import Config
+from daemon.journal import Journal, JournalError
+from daemon.logs import get_logger
+from daemon.metrics import Metrics
+
+Handler = Callable[[Request], Awaitable[Response]]
+Model = TypeVar("Model", bound=BaseModel)
+
+DISABLED = ("the API is disabled: list bearer token files in api.token_files "
+            "(in the [api] section of the config) to enable it")
+
+
+class ApiHost(Protocol):
+    """What the API needs from the daemon; read per request, so a reload takes effect."""
+
+    config: Config
+    journal: Journal
+    metrics: Metrics
+
+
+class ApiError(Exception):
+    """A request refused with ``status``; ``reason`` labels rollbackd_api_requests_rejected."""
+
+    def __init__(self, status: int, message: str, reason: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        return JSONResponse({"error": str(self)}, self.status, headers=self.headers)
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+
+def _has_alertname(labels: dict[str, str]) -> dict[str, str]:
+    if not labels.get("alertname"):
+        raise ValueError("alertname is missing")
+    return labels
+
+
+class WebhookAlert(BaseModel):
+    """One alert of an Alertmanager notification; fields Alertmanager may add are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["firing", "resolved"]
+    labels: Annotated[dict[StrictStr, StrictStr], AfterValidator(_has_alertname)]
+    fingerprint: StrictStr = ""
+    starts_at: StrictStr = Field(default="", alias="startsAt")
+
+    def event(self) -> dict[str, Any]:
+        """The journal event the decision engine reads (the replay contract's alert event)."""
+        return {"type": "alert", "status": self.status, "labels": self.labels,
+                "fingerprint": self.fingerprint, "startsAt": self.starts_at}
+
+
+class AlertmanagerWebhook(BaseModel):
+    """A ``webhook_config`` notification, payload version 4."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: Literal["4"]
+    alerts: list[WebhookAlert]
+    receiver: StrictStr = ""
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts")
+
+
+_Line = Annotated[StrictStr, Field(max_length=1000, pattern=r"^[^\r\n]*$")]
+_Who = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\r\n]+$")]
+
+
+class _Body(BaseModel):
+    # Our own endpoints: a misspelt key is an error, as in the config file.
+    model_config = ConfigDict(extra="forbid")
+
+
+class PauseBody(_Body):
+    reason: _Line = ""
+    by: _Who = "api"
+
+
+class ResumeBody(_Body):
+    by: _Who = "api"
+
+
+class DecisionBody(_Body):
+    decision: Literal["dismiss", "fix_forward"]
+    reason: _Line = ""
+    by: _Who  # a decision closes an incident: the record names a person, not "api"
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "body"
+
+
+def describe_validation(error: ValidationError) -> str:
+    """One line naming the first offending field, e.g. ``alerts[0].labels.team: ...``."""
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    elif first["type"] in ("model_type", "dict_type"):
+        message = "must be a JSON object"
+    elif first["type"] == "string_pattern_mismatch":
+        message = "must be a single line"
+    return f"{_field(tuple(first['loc']))}: {message}"
+
+
+# -- the endpoints -------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, host: ApiHost) -> None:
+        self.host = host
+        self.log = get_logger().bind(component="api")
+
+    def guarded(self, handler: Handler) -> Handler:
+        """Token check first, then the handler; refusals become one-line JSON errors."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._authorize(request)
+                return await handler(request)
+            except ApiError as exc:
+                return self._refused(request, exc)
+            except (JournalError, sqlite3.Error) as exc:
+                # 5xx: Alertmanager retries, which is what a batch not journaled needs.
+                self.log.error("journal unavailable to the API", path=request.url.path,
+                               error=str(exc))
+                return ApiError(503, f"the journal is unavailable: {exc}").response()
+
+        return endpoint
+
+    def _refused(self, request: Request, exc: ApiError) -> Response:
+        if exc.reason is not None:
+            self.host.metrics.api_rejected.labels(exc.reason).inc()
+            self.log.warning("API request refused", path=request.url.path, status=exc.status,
+                             reason=exc.reason, error=str(exc),
+                             client=request.client.host if request.client else None)
+        return exc.response()
+
+    def _authorize(self, request: Request) -> None:
+        tokens = self.host.config.api.tokens
+        if not tokens:
+            raise ApiError(403, DISABLED, "disabled")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not _matches(given.strip(), tokens):
+            raise ApiError(401, "a valid bearer token is required", "unauthorized",
+                           {"WWW-Authenticate": "Bearer"})
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.host.config.api.max_body
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"body of {declared} bytes is over api.max_body ({limit} bytes)",
+                           "too_large")
+        # Without a Content-Length (chunked), count while reading: never buffer past the limit.
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"body is over api.max_body ({limit} bytes)", "too_large")
+        return bytes(body)
+
+    async def _parse(self, request: Request, model: type[Model]) -> Model:
+        raw = await self._read_body(request)
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+            raise ApiError(400, f"body is not JSON: {exc}", "invalid") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(400, describe_validation(exc), "invalid") from None
+
+    async def alertmanager(self, request: Request) -> Response:
+        hook = await self._parse(request, AlertmanagerWebhook)
+        self.host.journal.add_events(time.time(), [alert.event() for alert in hook.alerts])
+        for alert in hook.alerts:
+            self.host.metrics.alerts_received.labels(alert.status).inc()
+        if hook.truncated_alerts:
+            self.log.warning("Alertmanager left alerts out of a notification; raise max_alerts",
+                             receiver=hook.receiver, truncated=hook.truncated_alerts)
+        self.log.info("alerts received", receiver=hook.receiver, alerts=len(hook.alerts),
+                      firing=sum(a.status == "firing" for a in hook.alerts))
+        return JSONResponse({"accepted": len(hook.alerts)})
+
+    async def status(self, _: Request) -> Response:
+        return JSONResponse(gather_status(self.host.config, self.host.journal))
+
+    async def incidents(self, _: Request) -> Response:
+        return JSONResponse(self.host.journal.incidents())
+
+    async def incident(self, request: Request) -> Response:
+        number: int = request.path_params["incident"]
+        decisions = self.host.journal.decisions(limit=1000, incident=number)
+        if not decisions:
+            raise ApiError(404, f"no incident {number} in the journal")
+        state = "resolved" if decisions[-1]["kind"] == "resolve" else "open"
+        return JSONResponse({"incident": number, "state": state, "decisions": decisions})
+
+    async def pause(self, request: Request) -> Response:
+        body = await self._parse(request, PauseBody)
+        record_pause(self.host.journal, body.by, body.reason)
+        self.log.warning("pause requested through the API", by=body.by, reason=body.reason)
+        return _accepted({"paused": True, "by": body.by, "reason": body.reason})
+
+    async def resume(self, request: Request) -> Response:
+        body = await self._parse(request, ResumeBody)
+        record_resume(self.host.journal, body.by)
+        self.log.warning("resume requested through the API", by=body.by)
+        return _accepted({"paused": False, "by": body.by})
+
+    async def decide(self, request: Request) -> Response:
+        number: int = request.path_params["incident"]
+        body = await self._parse(request, DecisionBody)
+        try:
+            record_decision(self.host.journal, number, body.decision, body.reason, body.by)
+        except DecisionError as exc:
+            raise ApiError(404 if exc.missing else 409, str(exc)) from None
+        self.log.warning("decision recorded through the API", incident=number,
+                         decision=body.decision, by=body.by, reason=body.reason)
+        return _accepted({"incident": number, "decision": body.decision, "by": body.by})
+
+
+def _accepted(content: dict[str, Any]) -> Response:
+    # Recorded now, applied by the main loop at its next cycle.
+    return JSONResponse({**content, "applies": "at the next cycle"}, 202)
+
+
+def _matches(given: str, tokens: tuple[str, ...]) -> bool:
+    """Constant-time comparison against every token, without stopping at the first match."""
+    offered = given.encode("latin-1", "replace")
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(offered, token.encode("ascii"))
+    return matched
+
+
+def api_routes(host: ApiHost) -> list[BaseRoute]:
+    api = Api(host)
+    guarded = api.guarded
+    return [
+        Route("/api/v1/alertmanager", guarded(api.alertmanager), methods=["POST"]),
+        Route("/api/v1/status", guarded(api.status), methods=["GET"]),
+        Route("/api/v1/incidents", guarded(api.incidents), methods=["GET"]),
+        Route("/api/v1/incidents/{incident:int}", guarded(api.incident), methods=["GET"]),
+        Route("/api/v1/incidents/{incident:int}/decision", guarded(api.decide),
+              methods=["POST"]),
+        Route("/api/v1/pause", guarded(api.pause), methods=["POST"]),
+        Route("/api/v1/resume", guarded(api.resume), methods=["POST"]),
+    ]
