@@ -45,7 +45,6 @@ class DaemonSettings(StrictModel):
     listen: str = "127.0.0.1:9797"
     policy: str = "builtin:visionforge"
     mode: Literal["auto", "approve", "dry-run"] = "auto"
-    history: Duration = Field(default=7200.0, gt=0, description="how long samples are kept")
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("listen")
@@ -299,6 +298,8 @@ def load_policy(config: Config, config_path: Path) -> Policy:
         raise ConfigError(
             f"{config_path}: daemon.policy: cannot read {path}: {exc.strerror or exc}"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: policy is not UTF-8: {exc.reason}") from None
     try:
         return parse_policy(text, str(path), config.declared_signals())
     except PolicyError as exc:

@@ -19,16 +19,16 @@ from daemon.api import api_routes
 from daemon.backups import BackupError, BackupStore
 from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.http import build_app
-from daemon.journal import Journal, JournalError
+from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.notify import Notifier
 from daemon.probeset import ProbeSet, build_probes
 from daemon.status import describe
 from policies.engine import Decision, Engine
-from policies.policy import Policy
-from policies.samples import Sample
-from policies.windows import SignalWindows
+from policies.events import EventError
+from policies.policy import ROLLBACKS, Policy
+from probes.base import one_line
 from probes.runner import ProbeOutcome, probe_id
 
 DATA_SAFETY_EVERY = 30.0
@@ -80,7 +80,7 @@ class Daemon:
         self._event_cursor = self._catch_up(time.time())
         self._last_step = 0.0
         self._data_safety_read = -DATA_SAFETY_EVERY
-        self.windows = SignalWindows(max_age=config.daemon.history)
+        self._data_safety_task: asyncio.Task[None] | None = None
         self.probes: ProbeSet = build_probes(config)
         self.metrics.track(self._probe_ids(), self.probes.signals())
         self._stop = asyncio.Event()
@@ -156,7 +156,7 @@ class Daemon:
         while not self._stop.is_set():
             if self._reload_requested:
                 self._reload_requested = False
-                await self.reload()
+                await self._reload_guarded()
             started = time.monotonic()
             self._last_progress = started
             cycle = asyncio.create_task(self.cycle())
@@ -168,9 +168,20 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await cycle
                 break
-            cycle.result()
+            self._cycle_outcome(cycle)
             self._last_progress = time.monotonic()
             await self._sleep(started + self.config.daemon.interval - time.monotonic())
+
+    def _cycle_outcome(self, cycle: asyncio.Task[None]) -> None:
+        """A cycle that raised is logged and counted; the loop goes on (the next cycle may
+        well succeed, and a dead daemon watches nothing)."""
+        error = cycle.exception()
+        if error is None:
+            return
+        self.metrics.cycle_failures.inc()
+        self.log.error("cycle failed; continuing with the next one",
+                       error=one_line(error, with_type=True),
+                       exc_info=(type(error), error, error.__traceback__))
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -184,12 +195,9 @@ class Daemon:
         # Leave a fifth of the interval for bookkeeping so cycles never pile up.
         outcomes, values = await self.probes.tick(bound=self.config.daemon.interval * 0.8)
         now = time.time()
-        self.windows.add(Sample(name, value, now) for name, value in sorted(values.items()))
         self._log_probe_changes(outcomes)
         self._decide(now, values)
-        if time.monotonic() - self._data_safety_read >= DATA_SAFETY_EVERY:
-            self._data_safety_read = time.monotonic()
-            await self._read_data_safety()
+        self._refresh_data_safety()
         self._status_line = describe(self.config.app_name, outcomes, values, self.engine)
         duration = time.monotonic() - started
         self.metrics.record_tick(outcomes, values, duration, now)
@@ -206,8 +214,47 @@ class Daemon:
         if pause is not None and pause.t < horizon:
             recent.insert(0, pause)
         for event in recent:
-            self.engine.record(event.t, event.payload)
+            self._feed(event.t, event, catching_up=True)
+        self._resume_from_journal(now)
         return self.journal.last_event_id()
+
+    def _resume_from_journal(self, now: float) -> None:
+        """What the engine decided before a restart: the open incident, and the automatic
+        rollbacks that still count towards the rate limit."""
+        cooldown = self.policy.guards.cooldown
+        recent = [d for d in self.journal.decisions(limit=1000)
+                  if d["kind"] in ("open", "escalate") and d["mode"] == "auto"
+                  and d["action"] in ROLLBACKS and now - d["t"] < cooldown]
+        self.engine.remember_auto_rollbacks(d["t"] for d in recent)
+        latest = self.journal.incidents(limit=1)
+        if not latest or latest[0]["state"] != "open":
+            return
+        summary = latest[0]
+        lines = self.journal.decisions(limit=1000, incident=summary["incident"])
+        resumed = self.engine.resume_incident(
+            summary["incident"], summary["scenario"], summary["action"], summary["mode"],
+            summary["opened_at"], [d["scenario"] for d in lines])
+        self.log.warning("resumed the open incident of the previous run" if resumed else
+                         "the open incident's rule is no longer in the policy; not resumed",
+                         incident=summary["incident"], scenario=summary["scenario"])
+
+    def _feed(self, t: float, event: JournalEvent, catching_up: bool = False) -> None:
+        """One journal event into the engine; a malformed one is logged and skipped (another
+        tool may have written it), never allowed to stop the cycles."""
+        try:
+            self.engine.record(t, event.payload)
+        except EventError as exc:
+            self.log.error("ignoring a malformed journal event", event_id=event.id,
+                           error=str(exc))
+            return
+        payload = event.payload
+        if not catching_up and payload.get("type") == "deploy" and payload.get("phase") == "begin":
+            # Journal the baselines frozen at this deploy: a restart could not recompute them.
+            try:
+                self.journal.add_event(t, {"type": "baseline", "deploy": payload.get("deploy"),
+                                           "values": self.engine.baselines()})
+            except JournalError as exc:
+                self.log.warning("cannot journal the deploy's baselines", error=str(exc))
 
     def _decide(self, now: float, values: dict[str, float | None]) -> None:
         """One engine step: this cycle's samples, the events journaled since the last one."""
@@ -219,8 +266,10 @@ class Daemon:
             self.log.error("cannot read the journal; its events wait", error=str(exc))
             events = []
         for event in events:
-            self.engine.record(max(event.t, self._last_step), event.payload)
             self._event_cursor = event.id
+            if event.payload.get("type") == "baseline":
+                continue  # our own record of a deploy's baselines, already in force
+            self._feed(max(event.t, self._last_step), event)
         decisions = self.engine.decide(now)
         self._last_step = now
         for decision in decisions:
@@ -228,6 +277,17 @@ class Daemon:
         incident = self.engine.incident
         self.metrics.record_decisions(self.policy, self.engine.firing(), decisions,
                                       incident[1] if incident else None, self.engine.paused)
+
+    def _refresh_data_safety(self) -> None:
+        """Start a read of backups and drills every DATA_SAFETY_EVERY seconds, in the
+        background: a hung backup mount must not hold up the cycle."""
+        running = self._data_safety_task
+        if running is not None and not running.done():
+            return
+        if time.monotonic() - self._data_safety_read < DATA_SAFETY_EVERY:
+            return
+        self._data_safety_read = time.monotonic()
+        self._data_safety_task = asyncio.create_task(self._read_data_safety())
 
     async def _read_data_safety(self) -> None:
         """Backups and drills happen in other processes; their outcome reaches /metrics here."""
@@ -263,6 +323,15 @@ class Daemon:
                 del self._failing[probe]
                 self.log.info("probe recovered", probe=probe)
 
+    async def _reload_guarded(self) -> None:
+        try:
+            await self.reload()
+        except Exception as error:  # an unforeseen failure must not take the daemon down
+            self.metrics.reloads.labels("failure").inc()
+            self.log.error("reload failed; keeping the configuration in force",
+                           error=one_line(error, with_type=True),
+                           exc_info=(type(error), error, error.__traceback__))
+
     async def reload(self) -> bool:
         """Re-read the config; an invalid one is rejected and the one in force stays."""
         self._notified(self.notifier.reloading())
@@ -290,7 +359,6 @@ class Daemon:
         self.probes = build_probes(new)
         await old.aclose()
         self.config = new
-        self.windows.max_age = new.daemon.history
         self.metrics.track(self._probe_ids(), self.probes.signals())
         self._warn_about_slow_probes()
         self.metrics.reloads.labels("success").inc()

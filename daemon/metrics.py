@@ -62,6 +62,10 @@ class Metrics:
         )
         self.paused = Gauge("rollbackd_paused", "1 while rollbackd is paused", registry=r)
         self.cycles = Counter("rollbackd_cycles_total", "Main loop cycles completed", registry=r)
+        self.cycle_failures = Counter(
+            "rollbackd_cycle_failures_total", "Main loop cycles that failed with an error",
+            registry=r,
+        )
         self.cycle_duration = Gauge(
             "rollbackd_cycle_duration_seconds", "How long the last main loop cycle took",
             registry=r,

@@ -11,7 +11,7 @@ import bisect
 import re
 import statistics
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -428,6 +428,32 @@ class Engine:
             timeline_s=None if rule.timeline is None else int(rule.timeline), mode=mode,
             reason=reason,
         )
+
+    # -- what a restarted daemon gives back ------------------------------------------------------
+
+    def baselines(self) -> dict[str, float | None]:
+        """The baselines frozen at the latest deploy (the daemon journals them)."""
+        return dict(self._deploy_baselines)
+
+    def remember_auto_rollbacks(self, times: Iterable[float]) -> None:
+        """Automatic rollbacks decided before a restart still count towards the rate limit."""
+        self._auto_rollbacks = deque(sorted({*self._auto_rollbacks, *times}))
+
+    def resume_incident(self, incident: int, scenario: str, action: str, mode: str,
+                        opened_at: float, attached: Sequence[str]) -> bool:
+        """Take back the incident a previous run left open, its rules firing until they clear
+        for their clear_for; False when the policy no longer has its rule."""
+        states = {s.rule.scenario: s for s in [*self._states, self._blind]}
+        if scenario not in states:
+            return False
+        kept = [name for name in dict.fromkeys([scenario, *attached]) if name in states]
+        for name in kept:
+            state = states[name]
+            state.firing, state.last, state.last_t = True, None, None
+        self._incident = _Incident(incident, states[scenario].rule, action, mode, opened_at,
+                                   kept)
+        self._incidents = max(self._incidents, incident)
+        return True
 
     # -- what the daemon exports -------------------------------------------------------------
 

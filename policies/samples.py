@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 Reading = Mapping[str, float | None]
 """Signal name to value as one probe measured it; ``None`` means it could not measure."""
@@ -12,11 +11,3 @@ Reading = Mapping[str, float | None]
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 """Dotted lowercase names such as ``http.error_ratio`` or ``http.api.latency_p95``."""
 
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One signal at time ``t`` (seconds; wall clock in the daemon, replay time in simulate)."""
-
-    signal: str
-    value: float | None
-    t: float
