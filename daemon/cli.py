@@ -20,6 +20,7 @@ from policies.catalogue import is_event_fed
 from policies.engine import Decision
 from policies.policy import Policy, PolicyError, blind_rule, parse_policy, resolve_ref
 from policies.units import format_duration
+from probes.base import redact_url
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,7 +75,8 @@ def _redacted_dsn(dsn: str) -> str:
 
 def _probe_rows(config: Config) -> list[tuple[str, str]]:
     probes = config.probes
-    rows = [(f"http.{p.name}", f"{p.method} {p.url}, timeout {format_duration(p.timeout)}")
+    rows = [(f"http.{p.name}",
+             f"{p.method} {redact_url(str(p.url))}, timeout {format_duration(p.timeout)}")
             for p in probes.http]
     db = config.database
     if db is not None and probes.postgres.enabled:
@@ -89,7 +91,7 @@ def _probe_rows(config: Config) -> list[tuple[str, str]]:
         rows.append((f"process.{proc.name}", how))
     if probes.system is not None:
         rows.append(("system", "free space of " + ", ".join(map(str, probes.system.paths))))
-    rows += [(f"prometheus.{p.name}", f"{p.signal} = {p.query} at {p.url}")
+    rows += [(f"prometheus.{p.name}", f"{p.signal} = {p.query} at {redact_url(str(p.url))}")
              for p in probes.prometheus]
     return rows
 

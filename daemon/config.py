@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AfterValidator,
     Field,
@@ -18,7 +20,7 @@ from pydantic import (
 
 from policies.policy import Policy, PolicyError, parse_policy, resolve_ref
 from policies.units import Duration, Size
-from probes.base import StrictModel
+from probes.base import StrictModel, one_line
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -110,6 +112,16 @@ class AppSettings(StrictModel):
 
 class DatabaseSettings(StrictModel):
     dsn: str = Field(min_length=1)
+
+    @field_validator("dsn")
+    @classmethod
+    def _libpq_conninfo(cls, value: str) -> str:
+        try:
+            conninfo_to_dict(value)
+        except psycopg.Error as exc:
+            # libpq's message names the bad part; the DSN itself may hold a password.
+            raise ValueError(f"not a libpq connection string: {one_line(exc)}") from None
+        return value
     maintenance_db: str = "postgres"
     migrations: MigrationPreset | CustomMigrations | None = None
     expected_tables: list[str] = Field(default_factory=list)
@@ -279,6 +291,24 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(_describe(path, exc)) from None
 
 
+def _anchored(config: Config, path: Path) -> Config:
+    """Relative paths in the config are relative to the config file, not to the working
+    directory (which is / under systemd)."""
+    base = path.parent.resolve()
+    daemon = config.daemon
+    updates: dict[str, object] = {}
+    if not daemon.state_dir.is_absolute():
+        updates["state_dir"] = base / daemon.state_dir
+    if not daemon.policy.startswith("builtin:") and not Path(daemon.policy).is_absolute():
+        updates["policy"] = str(base / daemon.policy)
+    changes: dict[str, object] = {}
+    if updates:
+        changes["daemon"] = daemon.model_copy(update=updates)
+    if not config.backups.dir.is_absolute():
+        changes["backups"] = config.backups.model_copy(update={"dir": base / config.backups.dir})
+    return config.model_copy(update=changes) if changes else config
+
+
 def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
@@ -286,7 +316,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: config is not UTF-8: {exc.reason}") from None
-    return parse_config(text, path)
+    return _anchored(parse_config(text, path), path)
 
 
 def load_policy(config: Config, config_path: Path) -> Policy:

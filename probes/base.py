@@ -42,6 +42,17 @@ class Probe(Protocol):
     async def aclose(self) -> None: ...
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced, for logs and terminals."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 def one_line(exc: BaseException, *, with_type: bool = False) -> str:
     """An exception as one log- and terminal-friendly line (libpq's errors span several)."""
     text = " ".join(str(exc).split())

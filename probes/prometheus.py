@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from policies.samples import Reading
+from probes.base import redact_url
 from probes.settings import PrometheusProbeSettings
 
 # The query's own evaluation deadline is set a little under ours so that Prometheus reports a
@@ -100,13 +101,13 @@ class PrometheusProbe:
             response = await self._client.get(self.endpoint, params=params)
         except httpx.HTTPError as exc:
             raise PrometheusQueryError(
-                f"cannot query {self.endpoint}: {type(exc).__name__}: {exc}"
+                f"cannot query {redact_url(self.endpoint)}: {type(exc).__name__}: {exc}"
             ) from exc
         try:
             payload = response.json()
         except ValueError:
             raise PrometheusQueryError(
-                f"{self.endpoint} answered HTTP {response.status_code} without JSON"
+                f"{redact_url(self.endpoint)} answered HTTP {response.status_code} without JSON"
             ) from None
         return value_of(payload)
 

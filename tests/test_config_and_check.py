@@ -111,3 +111,37 @@ def test_the_example_config_loads_every_section() -> None:
     config = load_config(EXAMPLE)
     assert config.database is not None and config.app is not None
     assert config.probes.http and config.probes.prometheus
+
+
+def test_a_dsn_libpq_cannot_parse_is_a_config_error_that_does_not_echo_it(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\ndsn = "host=db password=hunter2 dbname"\n')
+    result = rollbackd("check", "--config", str(path))
+    assert result.returncode == 2
+    assert "database.dsn: not a libpq connection string" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_relative_paths_in_the_config_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    policy = (ROOT / "policies" / "visionforge.toml").read_text()
+    (tmp_path / "policies" / "mine.toml").write_text(policy)
+    path = write(tmp_path, '[daemon]\npolicy = "policies/mine.toml"\nstate_dir = "state"\n'
+                 '[backups]\ndir = "backups"\n')
+    # Run from elsewhere, as systemd does (its working directory is /).
+    result = subprocess.run([sys.executable, "-m", "daemon", "check", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30, cwd="/",
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path}/policies/mine.toml" in result.stdout
+    config = load_config(path)
+    assert config.daemon.state_dir == tmp_path / "state"
+    assert config.backups.dir == tmp_path / "backups"
+
+
+def test_check_does_not_print_credentials_in_urls(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[probes.http]]\nname = "api"\n'
+                 'url = "http://admin:hunter2@127.0.0.1:3000/health"\n')
+    result = rollbackd("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout and "***@127.0.0.1:3000/health" in result.stdout
