@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol, TypeVar
@@ -159,7 +158,7 @@ class Api:
                 return await handler(request)
             except ApiError as exc:
                 return self._refused(request, exc)
-            except (JournalError, sqlite3.Error) as exc:
+            except JournalError as exc:
                 # 5xx: Alertmanager retries, which is what a batch not journaled needs.
                 self.log.error("journal unavailable to the API", path=request.url.path,
                                error=str(exc))

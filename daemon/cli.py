@@ -10,7 +10,7 @@ import click
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from daemon import __version__
-from daemon.cli_common import config_option, fail, load_or_fail
+from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail
 from daemon.cli_deploy import backup, deploy
 from daemon.cli_drill import drill
 from daemon.cli_ops import decide, incidents, pause, resume, status
@@ -210,4 +210,9 @@ for command in (deploy, backup, drill, pause, resume, status, incidents, decide)
 
 
 def main() -> None:
-    cli(prog_name="rollbackd")
+    from daemon.journal import JournalError
+
+    try:
+        cli(prog_name="rollbackd")
+    except JournalError as exc:  # any command reading the journal: one line, not a traceback
+        fail(str(exc), EXIT_FAILED)

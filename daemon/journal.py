@@ -6,13 +6,14 @@ decisions it took are appended here, so a restarted daemon knows what happened b
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -90,6 +91,22 @@ class JournalError(Exception):
     """The journal cannot be opened or written; ``str()`` names the file."""
 
 
+_R = TypeVar("_R")
+
+
+def _reads(method: Callable[..., _R]) -> Callable[..., _R]:
+    """Reads fail like writes do, as a :class:`JournalError` naming the file."""
+
+    @functools.wraps(method)
+    def reading(self: Journal, *args: Any, **kwargs: Any) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {exc}") from None
+
+    return reading
+
+
 class Journal:
     FILE = "journal.sqlite3"
 
@@ -159,10 +176,12 @@ class Journal:
         assert deploy is not None
         return deploy
 
+    @_reads
     def deploy(self, deploy_id: int) -> Deploy | None:
         row = self._db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
         return _deploy(row) if row else None
 
+    @_reads
     def latest_deploy(self, app: str | None = None) -> Deploy | None:
         query = "SELECT * FROM deploys"
         args: tuple[str, ...] = ()
@@ -191,18 +210,21 @@ class Journal:
         with self._transaction() as db:
             return [self._insert_event(db, t, payload) for payload in payloads]
 
+    @_reads
     def events_after(self, event_id: int, limit: int = 10_000) -> list[JournalEvent]:
         rows = self._db.execute(
             "SELECT id, t, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", (event_id, limit)
         ).fetchall()
         return [JournalEvent(int(r["id"]), float(r["t"]), json.loads(r["payload"])) for r in rows]
 
+    @_reads
     def events_since(self, t: float) -> list[JournalEvent]:
         rows = self._db.execute(
             "SELECT id, t, payload FROM events WHERE t >= ? ORDER BY t, id", (t,)
         ).fetchall()
         return [JournalEvent(int(r["id"]), float(r["t"]), json.loads(r["payload"])) for r in rows]
 
+    @_reads
     def last_event_id(self) -> int:
         row = self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
         return int(row[0])
@@ -219,10 +241,12 @@ class Journal:
             )
             return int(cur.lastrowid or 0)
 
+    @_reads
     def last_incident(self) -> int:
         row = self._db.execute("SELECT coalesce(max(incident), 0) FROM decisions").fetchone()
         return int(row[0])
 
+    @_reads
     def decisions(self, limit: int = 100, incident: int | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` decisions (of one incident), oldest first."""
         where, args = ("", (limit,)) if incident is None else (
@@ -232,6 +256,7 @@ class Journal:
         ).fetchall()
         return [json.loads(r["payload"]) for r in reversed(rows)]
 
+    @_reads
     def incidents(self, limit: int = 50) -> list[dict[str, Any]]:
         """One summary per incident, newest first: how it opened and where it stands now."""
         rows = self._db.execute(
@@ -253,6 +278,7 @@ class Journal:
             })
         return summaries
 
+    @_reads
     def latest_event(self, types: tuple[str, ...]) -> JournalEvent | None:
         marks = ", ".join("?" for _ in types)
         row = self._db.execute(
@@ -264,6 +290,7 @@ class Journal:
 
     # -- deploy queries (backups: which restore points are still needed) ------------------
 
+    @_reads
     def deploys(self, app: str | None = None, *, since: float | None = None,
                 status: str | None = None) -> list[Deploy]:
         """Deploys, newest first; filtered by app, start time (``started_at >= since``), status."""
@@ -290,6 +317,7 @@ class Journal:
             )
             return int(cur.lastrowid or 0)
 
+    @_reads
     def latest_drill(self, *, ok: bool | None = None) -> Drill | None:
         """The newest drill, or the newest that succeeded (``ok=True``) or failed."""
         if ok is None:

@@ -7,7 +7,6 @@ import contextlib
 import errno
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -262,7 +261,7 @@ class Daemon:
         self.engine.observe(now, values)
         try:
             events = self.journal.events_after(self._event_cursor)
-        except sqlite3.Error as exc:
+        except JournalError as exc:
             self.log.error("cannot read the journal; its events wait", error=str(exc))
             events = []
         for event in events:
@@ -299,7 +298,7 @@ class Daemon:
             backups = []
         try:
             last, good = self.journal.latest_drill(), self.journal.latest_drill(ok=True)
-        except sqlite3.Error as exc:
+        except JournalError as exc:
             self.log.warning("cannot read drills from the journal", error=str(exc))
             last = good = None
         self.metrics.record_data_safety(backups, last, good)

@@ -145,3 +145,13 @@ def test_check_does_not_print_credentials_in_urls(tmp_path: Path) -> None:
     result = rollbackd("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout and "***@127.0.0.1:3000/health" in result.stdout
+
+
+def test_a_journal_that_is_not_a_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.sqlite3").write_text("not a database")
+    path = write(tmp_path, f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    for command in (["status"], ["incidents"], ["pause"]):
+        result = rollbackd(*command, "--config", str(path))
+        assert result.returncode == 2, command
+        assert result.stderr.count("\n") == 1 and "cannot open the journal" in result.stderr
