@@ -98,6 +98,9 @@ class HttpProbe:
                 *(self._signal(suffix) for suffix, _ in QUANTILES)]
 
     async def measure(self) -> Reading:
+        # Unknown until this tick answers: a tick cut short must not leave last tick's verdict
+        # standing in the aggregate http.up.
+        self._up = None
         records = await asyncio.gather(
             *(self._request() for _ in range(self.settings.requests))
         )

@@ -195,3 +195,16 @@ def test_quantiles_interpolate_linearly_between_ranks() -> None:
     assert quantile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
     with pytest.raises(ValueError):
         quantile([1.0], 1.5)
+
+
+async def test_a_tick_cut_short_leaves_the_probe_unknown_in_the_aggregate(
+    server: ControlledServer, probes: list[HttpProbe]
+) -> None:
+    healthy = make(probes, server.url, name="api", timeout="5s")
+    await healthy.measure()
+    assert aggregate_http([healthy])["http.up"] == 1.0
+    # The runner cancels a probe that overruns the tick; last tick's "up" must not linger.
+    server.delay = 2.0
+    outcome = await measure_one(healthy, bound=0.3)
+    assert not outcome.ok
+    assert aggregate_http([healthy])["http.up"] is None
