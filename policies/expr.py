@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, NoReturn, Protocol
 
+from policies.stats import quantile
 from policies.units import format_duration, parse_duration
 
 Value = float | bool | None
@@ -510,14 +511,8 @@ def _known(value: float | None) -> float | None:
 
 
 def _quantile(q: float, values: Sequence[float]) -> float | None:
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q  # numpy's default "linear" method
-    low = int(rank)
-    fraction = rank - low
-    if fraction == 0.0:
-        return ordered[low]
-    below, above = ordered[low], ordered[low + 1]
-    return _known(below + fraction * (above - below))
+    result = quantile(values, q)
+    return None if result is None else _known(result)
 
 
 def _call(expr: Call, ctx: Context) -> Value:

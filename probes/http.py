@@ -7,16 +7,16 @@ broken application, not a blind probe. A 4xx is the application answering, so it
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import httpx
 
 from policies.samples import Reading
+from policies.stats import quantile
 from probes.settings import HttpProbeSettings
 
 QUANTILES: tuple[tuple[str, float], ...] = (
@@ -36,23 +36,6 @@ MAX_REDIRECTS = 3
 RUNNER_GRACE = 0.5
 # Hard cap on remembered requests, whatever window and rate the config asks for.
 MAX_RECORDS = 20_000
-
-
-def quantile(values: Iterable[float], q: float) -> float | None:
-    """The ``q``-quantile by linear interpolation between closest ranks (numpy's default).
-
-    ``None`` for no values: a quantile of nothing is unknown, not zero.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile {q} is outside [0, 1]")
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    fraction = position - low
-    return ordered[low] + (ordered[high] - ordered[low]) * fraction
 
 
 @dataclass(frozen=True, slots=True)

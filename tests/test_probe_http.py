@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from probes.http import HTTP_AGGREGATE_SIGNALS, HttpProbe, aggregate_http, quantile
+from policies.stats import quantile
+from probes.http import HTTP_AGGREGATE_SIGNALS, HttpProbe, aggregate_http
 from probes.runner import measure_one
 from probes.settings import HttpProbeSettings
 from tests.servers import free_port
