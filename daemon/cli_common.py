@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -52,3 +54,28 @@ def working(message: str, enabled: bool = True) -> Iterator[None]:
         return
     with console.status(message):
         yield
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where it arrives (a BaseException, like KeyboardInterrupt) so that
+    cleanup runs: a scratch database dropped, a killed migration journaled."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def when(t: float | None, missing: str = "never") -> str:
+    """A moment as operators read it everywhere in rollbackd: UTC, to the second."""
+    if t is None:
+        return missing
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+

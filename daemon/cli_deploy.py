@@ -14,7 +14,6 @@ Register on the root group with ``register(cli)``.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -36,7 +35,16 @@ from daemon.backups import (
     format_size,
 )
 from daemon.backups import Progress as ProgressCallback
-from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail, working
+from daemon.cli_common import (
+    EXIT_FAILED,
+    Terminated,
+    config_option,
+    fail,
+    load_or_fail,
+    sigterm_raises,
+    when,
+    working,
+)
 from daemon.config import Config, ConfigError, DatabaseSettings
 from daemon.journal import Deploy, Journal, JournalError
 from daemon.pgtools import PgToolError, run_passthrough
@@ -197,10 +205,6 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
         yield report
 
 
-def _when(at: float | None) -> str:
-    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-
-
 # -- deploy ----------------------------------------------------------------------------------
 
 
@@ -309,14 +313,6 @@ def deploy_run(ctx: click.Context, config_file: Path | None, version: str, timeo
     click.echo(f"rollbackd: deploy {d.id} of {d.version} succeeded", err=True)
 
 
-class _Terminated(BaseException):
-    """SIGTERM while the migration runs (a BaseException, like KeyboardInterrupt)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 def _run_migration(argv: list[str], timeout: float) -> tuple[int | None, str]:
     """The command's exit status (None when it could not run or was killed) and why it failed.
 
@@ -325,15 +321,13 @@ def _run_migration(argv: list[str], timeout: float) -> tuple[int | None, str]:
     itself was stopped.
     """
     name = Path(argv[0]).name
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = run_passthrough(argv, timeout=timeout)
+        with sigterm_raises():
+            code = run_passthrough(argv, timeout=timeout)
     except PgToolError as exc:
         return None, str(exc)
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, Terminated):
         return None, f"{name} was interrupted and killed"
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return code, f"{name} failed with exit status {code}"
 
 
@@ -416,7 +410,7 @@ def backup_list(ctx: click.Context, config_file: Path | None, as_json: bool) -> 
     for i in infos:
         verified = {None: "-", True: "yes", False: "FAILED"}[i.verified]
         rows.append((i.id, i.kind, i.database or "-",
-                     _when(i.created_at) if i.complete else "incomplete",
+                     when(i.created_at, missing="-") if i.complete else "incomplete",
                      "-" if i.deploy is None else str(i.deploy), format_size(i.size), verified))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:

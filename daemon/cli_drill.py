@@ -8,24 +8,23 @@ not. Run monthly by ``systemd/rollbackd-drill.timer``.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail, working
+from daemon.cli_common import (
+    EXIT_FAILED,
+    Terminated,
+    config_option,
+    fail,
+    load_or_fail,
+    sigterm_raises,
+    working,
+)
 
 if TYPE_CHECKING:
     from daemon.drill import DrillReport
-
-
-class _Terminated(BaseException):
-    """SIGTERM during the drill (systemd's TimeoutStartSec, a stop): unwind, drop the copy."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 @click.command()
@@ -45,20 +44,17 @@ def drill(ctx: click.Context, config_file: Path | None, backup_id: str | None,
     if config.database is None:
         fail(f"{path}: database: required key is missing (a drill restores into its server)")
     # Without this, SIGTERM would end the process before the scratch database is dropped.
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        with working("drill: restoring into a scratch database and validating it",
+        with sigterm_raises(), working("drill: restoring into a scratch database and validating it",
                      enabled=not as_json):
             report = run_drill(config, backup_id)
     except DrillConfigError as exc:
         fail(f"{path}: {exc}")
     except DrillError as exc:
         fail(f"drill: {exc}", EXIT_FAILED)
-    except (_Terminated, KeyboardInterrupt):
+    except (Terminated, KeyboardInterrupt):
         fail("drill interrupted: journaled as failed; its scratch database was dropped on the "
              "way out (or, if that was cut short too, is dropped by the next drill)", EXIT_FAILED)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     _print(report, as_json)
     if not report.ok:
         fail(f"drill of {report.backup_id} FAILED: {report.reason}", EXIT_FAILED)

@@ -11,13 +11,12 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail
+from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail, when
 from daemon.config import Config
 from daemon.journal import Journal, JournalError
 
@@ -33,12 +32,6 @@ def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Jour
 def _operator() -> str:
     """Who runs the command, as the journal and the pages will name them."""
     return os.environ.get("SUDO_USER") or getpass.getuser()
-
-
-def _when(t: float | None) -> str:
-    if t is None:
-        return "never"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _record(journal: Journal, payload: dict[str, Any]) -> None:
@@ -146,18 +139,18 @@ def status(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     else:
         verified = "verified" if deploy["restore_point_verified"] else "NOT verified"
         click.echo(f"deploy     {deploy['version']} ({deploy['status']}) at "
-                   f"{_when(deploy['started_at'])}, restore point "
+                   f"{when(deploy['started_at'])}, restore point "
                    f"{deploy['restore_point'] or 'none'} ({verified})")
     if open_incident is None:
         click.echo("incident   none open")
     else:
         click.echo(f"incident   {open_incident['incident']} open: {open_incident['scenario']} "
                    f"({open_incident['severity']}) -> {open_incident['action']} "
-                   f"[{open_incident['mode']}] since {_when(open_incident['opened_at'])}")
+                   f"[{open_incident['mode']}] since {when(open_incident['opened_at'])}")
     if drill is None:
         click.echo("drill      never run")
     else:
-        click.echo(f"drill      {'passed' if drill['ok'] else 'FAILED'} at {_when(drill['t'])} "
+        click.echo(f"drill      {'passed' if drill['ok'] else 'FAILED'} at {when(drill['t'])} "
                    f"({drill['duration']:.1f}s)")
 
 
@@ -178,7 +171,7 @@ def incidents(ctx: click.Context, config_file: Path | None, as_json: bool) -> No
     if not rows:
         click.echo("no incidents")
     for row in rows:
-        click.echo(f"{row['incident']:>5}  {row['state']:<8}  {_when(row['opened_at'])}  "
+        click.echo(f"{row['incident']:>5}  {row['state']:<8}  {when(row['opened_at'])}  "
                    f"{row['scenario']} ({row['severity']}) -> {row['action']} [{row['mode']}]")
 
 
@@ -197,7 +190,7 @@ def show(ctx: click.Context, config_file: Path | None, incident: int, as_json: b
         if as_json:
             click.echo(json.dumps(line))
         else:
-            click.echo(f"{_when(line['t'])}  {line['kind']:<8}  {line['scenario']} "
+            click.echo(f"{when(line['t'])}  {line['kind']:<8}  {line['scenario']} "
                        f"({line['severity']}) -> {line['action']} [{line['mode']}]: "
                        f"{line['reason']}")
 

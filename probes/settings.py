@@ -7,25 +7,13 @@ its settings alone; ``daemon.config`` composes them into the whole file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, HttpUrl, model_validator
 
 from policies.units import Duration
 from probes.base import ProbeSettings, StrictModel
 
-MIGRATION_PRESETS = (
-    "knex",
-    "prisma",
-    "golang-migrate",
-    "flyway",
-    "liquibase",
-    "node-pg-migrate",
-    "alembic",
-    "django",
-    "rails",
-    "sequelize",
-)
 MigrationPreset = Literal[
     "knex",
     "prisma",
@@ -38,6 +26,8 @@ MigrationPreset = Literal[
     "rails",
     "sequelize",
 ]
+
+MIGRATION_PRESETS: tuple[str, ...] = get_args(MigrationPreset)
 
 
 class HttpProbeSettings(ProbeSettings):
