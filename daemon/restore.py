@@ -327,9 +327,11 @@ def _swap(admin: psycopg.Connection[Any], options: RestoreOptions, live: str, re
         _put_back(admin, aside, live, exc)
         raise
     blocked = time.monotonic() - blocked_at
-    # The kept database is for people to read the newer data from: let them in.
-    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
-        sql.Identifier(aside)))
+    # The kept database is for people to read the newer data from: let them in. The swap
+    # has happened by now, so a failure here must not make it look as if it had not.
+    with contextlib.suppress(psycopg.Error):
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+            sql.Identifier(aside)))
     return blocked
 
 
@@ -870,6 +872,10 @@ def restore_from_clone(options: RestoreOptions, clone: str) -> RestoreReport:
             props = database_properties(admin, live)
             database_properties(admin, clone)
             taken = _clone_time(admin, clone, live)
+            if taken is None:
+                # Only a clone rollbackd took of this very database may replace it.
+                raise RestoreError(f"{clone} is not a rollbackd clone of {live} (its comment "
+                                   "does not say so): refusing to swap it in")
         _finish_replacement(options, clone, props)
         _validate_replacement(options, clone, None)
         with admin_session(options) as admin:

@@ -302,6 +302,16 @@ def test_a_clone_is_refused_while_sessions_are_connected_and_swaps_back_in(
                   "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 1
 
 
+def test_only_a_rollbackd_clone_of_this_database_can_be_swapped_in(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    seed_visionforge(pg_db)
+    name = dbname_of(pg_db)
+    pg_cluster.execute(f'CREATE DATABASE "{name}_other"')
+    with pytest.raises(RestoreError, match="not a rollbackd clone"):
+        restore_from_clone(options(pg_db, tmp_path, key_tables=[]), f"{name}_other")
+    assert scalar(pg_db, "SELECT count(*) FROM users") > 0
+
+
 
 def test_what_a_swap_killed_while_connections_were_blocked_leaves_is_repaired(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
