@@ -155,14 +155,19 @@ def record_migration(config: Config, deploy: Deploy, status: str,
 
 
 def protected_restore_points(config: Config, window: float, now: float) -> set[str]:
-    """Restore points of deploys begun within ``window`` seconds, or still running."""
+    """What prune must keep: restore points of deploys begun within ``window`` seconds or
+    still running, and safety copies taken by restores within it (they hold the only copy of
+    the data those restores undid)."""
     journal = open_journal(config)
     try:
         recent = journal.deploys(since=now - window)
         running = journal.deploys(status="running")
     finally:
         journal.close()
-    return {d.restore_point for d in (*recent, *running) if d.restore_point}
+    safety = {b.id for b in open_store(config).list()
+              if b.kind in ("safety", "tables") and b.created_at is not None
+              and now - b.created_at < window}
+    return {d.restore_point for d in (*recent, *running) if d.restore_point} | safety
 
 
 def _database(config: Config) -> DatabaseSettings:

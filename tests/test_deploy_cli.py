@@ -244,6 +244,8 @@ def test_backup_prune_keeps_the_restore_point_of_a_recent_deploy(
     begun = rollbackd("deploy", "begin", "--version", "v4", "--json", "--config", str(config))
     assert begun.returncode == 0, begun.stderr
     store = BackupStore(BackupSettings(dir=tmp_path / "backups", min_free=0))
+    # A restore's safety copy holds the only copy of the data it undid: kept in the window.
+    safety = store.create(pg_db, "safety").id
     manual = [store.create(pg_db, "manual").id for _ in range(2)]
 
     result = rollbackd("backup", "prune", "--keep", "1", "--window", "1h", "--json",
@@ -252,7 +254,7 @@ def test_backup_prune_keeps_the_restore_point_of_a_recent_deploy(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [manual[0]]
     assert sorted(complete_backups(tmp_path)) == sorted(
-        [json.loads(begun.stdout)["restore_point"], manual[1]])
+        [json.loads(begun.stdout)["restore_point"], safety, manual[1]])
 
 
 @pytest.mark.parametrize("verb", [["deploy", "begin", "--version", "v1"], ["backup", "list"]])
