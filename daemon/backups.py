@@ -47,7 +47,6 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.config import BackupSettings
@@ -61,7 +60,10 @@ from daemon.pgtools import (
     server_major,
 )
 from daemon.snapshot import ConfigFile, SnapshotError, sha256_file, snapshot_config
-from probes.pg import APPLICATION_NAME, libpq_connect_timeout, milliseconds, session_options
+from probes.pg import (
+    connect_sync,
+    milliseconds,
+)
 
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
@@ -568,16 +570,9 @@ class BackupStore:
     @contextlib.contextmanager
     def _connect(self, dsn: str) -> Iterator[psycopg.Connection[Any]]:
         try:
-            existing = conninfo_to_dict(dsn).get("options")
-        except psycopg.Error:
-            raise BackupError("the database DSN cannot be parsed") from None
-        options = session_options(statement_timeout=self.settings.timeout,
-                                  lock_timeout=self.settings.lock_wait_timeout,
-                                  existing="" if existing is None else str(existing))
-        try:
-            conn = psycopg.connect(dsn, autocommit=True,
-                                   connect_timeout=libpq_connect_timeout(self.connect_timeout),
-                                   application_name=APPLICATION_NAME, options=options)
+            conn = connect_sync(dsn, connect_timeout=self.connect_timeout,
+                                statement_timeout=self.settings.timeout,
+                                lock_timeout=self.settings.lock_wait_timeout)
         except psycopg.Error as exc:
             raise BackupError(f"cannot connect to the database: {_pg_message(exc)}") from None
         try:

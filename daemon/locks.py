@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from probes.base import one_line
-from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options
+from probes.pg import APPLICATION_NAME, connect_sync
 
 LOCK_FILE = "rollback.lock"
 ROLLBACK_LOCK_KEY = 0x726F6C6C6261636B
@@ -97,14 +96,10 @@ def advisory_lock(maintenance_dsn: str, what: str, *, connect_timeout: float = 5
     lock could not be taken. The yielded connection must stay open (and is only for the lock).
     """
     try:
-        existing = conninfo_to_dict(maintenance_dsn).get("options")
         # The session idles for the whole restore: no server-side idle timeout may end it.
-        options = session_options(statement_timeout=30.0, lock_timeout=5.0,
-                                  existing="" if existing is None else str(existing))
-        conn = psycopg.connect(maintenance_dsn, autocommit=True,
-                               connect_timeout=libpq_connect_timeout(connect_timeout),
-                               application_name=f"{APPLICATION_NAME} lock: {what}"[:63],
-                               options=f"{options} -c idle_session_timeout=0")
+        conn = connect_sync(maintenance_dsn, connect_timeout=connect_timeout,
+                            statement_timeout=30.0, lock_timeout=5.0,
+                            application_name=f"{APPLICATION_NAME} lock: {what}", keep_idle=True)
     except psycopg.Error as exc:
         raise LockError(f"cannot take {name}: cannot connect to the "
                         f"maintenance database: {one_line(exc)}") from None

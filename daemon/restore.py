@@ -76,7 +76,10 @@ from daemon.pgcatalog import NoSuchTableError, TableRef, dump_pattern, resolve_t
 from daemon.pgtools import PgToolError, find_tool, libpq_env, run_tool, server_major
 from daemon.validate import CheckResult, summary, validate_data, validate_database
 from probes.base import one_line
-from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options, with_dbname
+from probes.pg import (
+    connect_sync,
+    with_dbname,
+)
 from probes.settings import SqlCheck
 
 if TYPE_CHECKING:
@@ -1028,14 +1031,9 @@ def _locked(options: RestoreOptions, what: str) -> Iterator[None]:
 @contextlib.contextmanager
 def session(dsn: str, options: RestoreOptions) -> Iterator[psycopg.Connection[Any]]:
     try:
-        existing = conninfo_to_dict(dsn).get("options")
-        conn = psycopg.connect(
-            dsn, autocommit=True,
-            connect_timeout=libpq_connect_timeout(options.connect_timeout),
-            application_name=APPLICATION_NAME,
-            options=session_options(statement_timeout=options.statement_timeout,
-                                    lock_timeout=options.lock_wait_timeout,
-                                    existing="" if existing is None else str(existing)))
+        conn = connect_sync(dsn, connect_timeout=options.connect_timeout,
+                            statement_timeout=options.statement_timeout,
+                            lock_timeout=options.lock_wait_timeout)
     except psycopg.Error as exc:
         raise RestoreError(f"cannot connect to {conninfo_to_dict(dsn).get('dbname')}: "
                            f"{one_line(exc)}") from None

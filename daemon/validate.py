@@ -22,11 +22,10 @@ from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from daemon.backups import Manifest, TableCount
 from probes.base import one_line
-from probes.pg import APPLICATION_NAME, libpq_connect_timeout, session_options
+from probes.pg import connect_sync
 from probes.postgres import (
     INVALID_INDEXES_SQL,
     MISSING_TABLES_SQL,
@@ -253,16 +252,8 @@ def _count(conn: psycopg.Connection[Any], query: LiteralString,
 def _connect(dsn: str, timeout: float,
              connect_timeout: float) -> Iterator[psycopg.Connection[Any]]:
     try:
-        existing = conninfo_to_dict(dsn).get("options")
-    except psycopg.Error:
-        raise _UnreachableError("the database DSN cannot be parsed: fix database.dsn") from None
-    options = session_options(statement_timeout=timeout, lock_timeout=min(timeout, 5.0),
-                              read_only=True,
-                              existing="" if existing is None else str(existing))
-    try:
-        conn = psycopg.connect(dsn, autocommit=True,
-                               connect_timeout=libpq_connect_timeout(connect_timeout),
-                               application_name=APPLICATION_NAME, options=options)
+        conn = connect_sync(dsn, connect_timeout=connect_timeout, statement_timeout=timeout,
+                            lock_timeout=min(timeout, 5.0), read_only=True)
     except psycopg.Error as exc:
         raise _UnreachableError(f"cannot connect: {one_line(exc)}; is the server up and the "
                            "database there?") from None

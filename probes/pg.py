@@ -81,17 +81,43 @@ async def connect(
     Raises ``psycopg.OperationalError`` when the server cannot be reached, refuses the login,
     or does not answer in time (``psycopg.errors.ConnectionTimeout``).
     """
+    return await psycopg.AsyncConnection.connect(dsn, **_bounded(
+        dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout,
+        lock_timeout=lock_timeout, read_only=read_only))
+
+
+def connect_sync(
+    dsn: str,
+    *,
+    connect_timeout: float,
+    statement_timeout: float,
+    lock_timeout: float,
+    read_only: bool = False,
+    application_name: str = APPLICATION_NAME,
+    keep_idle: bool = False,
+) -> psycopg.Connection[Any]:
+    """:func:`connect`'s synchronous twin, for the work that runs in threads (backups,
+    restores, validation, locks). ``keep_idle`` exempts the session from the server's
+    ``idle_session_timeout``, for a session that only holds a lock."""
+    return psycopg.connect(dsn, **_bounded(
+        dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout,
+        lock_timeout=lock_timeout, read_only=read_only, application_name=application_name,
+        keep_idle=keep_idle))
+
+
+def _bounded(dsn: str, *, connect_timeout: float, statement_timeout: float,
+             lock_timeout: float, read_only: bool, application_name: str = APPLICATION_NAME,
+             keep_idle: bool = False) -> dict[str, Any]:
+    """Connection keywords with every wait bounded; raises ``psycopg.Error`` for a DSN libpq
+    cannot parse."""
     existing = conninfo_to_dict(dsn).get("options")
     options = session_options(statement_timeout=statement_timeout, lock_timeout=lock_timeout,
                               read_only=read_only,
                               existing="" if existing is None else str(existing))
-    return await psycopg.AsyncConnection.connect(
-        dsn,
-        autocommit=True,
-        connect_timeout=libpq_connect_timeout(connect_timeout),
-        application_name=APPLICATION_NAME,
-        options=options,
-    )
+    if keep_idle:
+        options += " -c idle_session_timeout=0"
+    return {"autocommit": True, "connect_timeout": libpq_connect_timeout(connect_timeout),
+            "application_name": application_name[:63], "options": options}
 
 
 async def round_trip(conn: psycopg.AsyncConnection[Any]) -> float:
