@@ -28,6 +28,7 @@ from probes.base import one_line
 from probes.pg import connect_sync
 from probes.postgres import (
     INVALID_INDEXES_SQL,
+    MISSING_TABLE_NAMES_SQL,
     MISSING_TABLES_SQL,
     UNVALIDATED_CONSTRAINTS_SQL,
 )
@@ -44,10 +45,6 @@ _UNVALIDATED_DETAILS: LiteralString = """
 SELECT conrelid::regclass::text, conname, contype FROM pg_constraint
 WHERE NOT convalidated AND contype IN ('f', 'c')
 ORDER BY 1, 2"""
-
-_MISSING_DETAILS: LiteralString = """
-SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL"""
-
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
@@ -122,7 +119,7 @@ def _expected_tables(conn: psycopg.Connection[Any], tables: Sequence[str]) -> Ch
         return CheckResult("expected_tables", True, "no expected tables configured")
     if _count(conn, MISSING_TABLES_SQL, (list(tables),)) == 0:
         return CheckResult("expected_tables", True, f"all {len(tables)} expected tables exist")
-    missing = [str(r[0]) for r in conn.execute(_MISSING_DETAILS, (list(tables),)).fetchall()]
+    missing = [str(r[0]) for r in conn.execute(MISSING_TABLE_NAMES_SQL, (list(tables),)).fetchall()]
     return CheckResult("expected_tables", False,
                        f"missing table(s) {', '.join(missing)}: restore them from the restore "
                        "point (backup restore --tables) or fix database.expected_tables")

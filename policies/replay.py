@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policies.catalogue import EVENT_FED_PREFIX
 from policies.engine import Decision, Engine
 from policies.events import EventError, is_number, parse_event
 from policies.policy import Policy
@@ -33,7 +34,11 @@ def _signals(raw: Any, line: int) -> dict[str, float | None]:
         raise ReplayError(line, '"signals" must be an object of name: number or null')
     values: dict[str, float | None] = {}
     for name, value in raw.items():
-        if not SIGNAL_NAME.fullmatch(name) and not name.startswith("alert."):
+        if name.startswith(EVENT_FED_PREFIX):
+            # The engine counts alerts from alert events; a value here would be ignored.
+            raise ReplayError(line, f"{name}: alert signals come from alert events, "
+                                    "not from signals lines")
+        if not SIGNAL_NAME.fullmatch(name):
             raise ReplayError(line, f"{name!r} is not a signal name (e.g. http.error_ratio)")
         if value is not None and not is_number(value):
             raise ReplayError(line, f"signal {name}: expected a number or null, got {value!r}")

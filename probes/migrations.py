@@ -38,6 +38,7 @@ import psycopg
 from policies.samples import Reading
 from probes.base import one_line
 from probes.pg import KeptConnection
+from probes.postgres import MISSING_TABLE_NAMES_SQL
 from probes.settings import CustomMigrations, MigrationPreset, MigrationsProbeSettings
 
 FAILED = "migration.failed"
@@ -232,8 +233,6 @@ PRESETS: Mapping[str, Preset] = {
     ),
 }
 
-MISSING_TABLES_SQL: LiteralString = (
-    "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL")
 IDENTITY_SQL: LiteralString = "SELECT current_database(), coalesce(current_schema(), 'public')"
 
 
@@ -353,7 +352,7 @@ class MigrationsProbe:
 async def _missing_tables(conn: psycopg.AsyncConnection[Any], tables: list[str]) -> set[str]:
     if not tables:
         return set()
-    cur = await conn.execute(MISSING_TABLES_SQL, (tables,))
+    cur = await conn.execute(MISSING_TABLE_NAMES_SQL, (tables,))
     return {str(row[0]) for row in await cur.fetchall()}
 
 

@@ -45,8 +45,10 @@ WHERE NOT convalidated AND contype IN ('f', 'c')"""
 
 # to_regclass resolves a name as the application would (search_path, optional schema) and
 # gives NULL instead of an error for a relation that does not exist.
-MISSING_TABLES_SQL: LiteralString = """
-SELECT count(*) FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL"""
+MISSING_TABLE_NAMES_SQL: LiteralString = (
+    "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NULL")
+MISSING_TABLES_SQL: LiteralString = (
+    "SELECT count(*) FROM (" + MISSING_TABLE_NAMES_SQL + ") AS missing")
 
 # pg_locks is cluster-wide; only sessions of this database are this application's business.
 # pg_locks.waitstart exists from PostgreSQL 14 on (older servers leave this signal unknown).

@@ -71,3 +71,8 @@ def test_alert_names_and_severities_map_to_names_a_policy_can_use() -> None:
 def test_a_replay_line_with_a_bad_event_names_its_line() -> None:
     with pytest.raises(ReplayError, match=r"line 7: deploy event: verified"):
         parse_line('{"t": 1, "event": {"type": "deploy", "phase": "begin", "verified": 1}}', 7)
+
+
+def test_a_replay_cannot_set_alert_signals_directly() -> None:
+    with pytest.raises(ReplayError, match="alert signals come from alert events"):
+        parse_line('{"t": 0, "signals": {"alert.severity_warning": 1}}', 3)
