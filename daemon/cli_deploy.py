@@ -115,11 +115,17 @@ def start_deploy(config: Config, version: str, *,
         deploy = journal.begin_deploy(config.app_name, version, time.time(),
                                       code_version=code, restore_point=manifest.id,
                                       verified=True)
-        manifest = store.attach_deploy(manifest.id, deploy.id)
     except (BackupError, SnapshotError, PgToolError, JournalError) as exc:
         raise DeployError(f"cannot begin the deploy: {exc}") from None
     finally:
         journal.close()
+    try:
+        manifest = store.attach_deploy(manifest.id, deploy.id)
+    except BackupError as exc:
+        # The deploy is journaled with its verified restore point: that stands. Only the
+        # manifest's back-reference is missing, which nothing depends on.
+        click.echo(f"rollbackd: warning: deploy {deploy.id} recorded, but its restore "
+                   f"point's manifest could not name it: {exc}", err=True)
     return DeployStart(deploy, manifest, verification)
 
 
