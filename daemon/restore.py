@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import graphlib
+import hashlib
 import os
 import re
 import secrets
@@ -424,8 +425,13 @@ def _drop_quietly(options: RestoreOptions, name: str) -> None:
 def derived_name(live: str, suffix: str) -> str:
     """``live + suffix``, shortening ``live`` so the whole fits PostgreSQL's 63-byte names."""
     room = MAX_IDENTIFIER - len(suffix.encode())
-    base = live.encode()[:room].decode(errors="ignore")
-    return base + suffix
+    if len(live.encode()) <= room:
+        return live + suffix
+    # Shortened, two long names could share a prefix: a hash of the whole name keeps one
+    # database's shadows and scratch copies from ever matching another's.
+    digest = "_" + hashlib.sha256(live.encode()).hexdigest()[:8]
+    base = live.encode()[:room - len(digest)].decode(errors="ignore")
+    return base + digest + suffix
 
 
 # -- database-level properties (lost by a restore into a database we created) ----------------

@@ -14,6 +14,7 @@ from daemon.restore import (
     RestoreError,
     RestoreOptions,
     create_clone,
+    derived_name,
     repair_interrupted_swap,
     restore_from_clone,
     restore_in_place,
@@ -342,3 +343,11 @@ def test_an_in_place_restore_is_refused_while_the_app_is_connected(
     assert table_checksums(pg_db, rp) == before
     assert [b.kind for b in store.list()] == ["restore_point"]  # no safety backup was needed
 
+
+
+def test_shortened_names_of_two_long_database_names_never_collide() -> None:
+    first, second = "visionforge_" + "x" * 50 + "_eu", "visionforge_" + "x" * 50 + "_us"
+    suffix = "_shadow_20260101000000"
+    assert derived_name(first, suffix) != derived_name(second, suffix)
+    assert all(len(derived_name(n, suffix).encode()) <= 63 for n in (first, second))
+    assert derived_name("visionforge", suffix) == "visionforge" + suffix
