@@ -117,6 +117,30 @@ async def test_an_index_left_invalid_by_a_failed_concurrent_build_is_counted(pg_
     assert reading["db.validation_failures"] == 1.0
 
 
+async def test_an_index_a_migration_is_still_building_is_not_counted_as_invalid(
+    pg_db: str,
+) -> None:
+    run(pg_db, "CREATE TABLE users (id int, email text)",
+        "INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 60) g",
+        # 50 ms per row: the concurrent build below takes about three seconds.
+        "CREATE FUNCTION slow_lower(t text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.05); RETURN lower(t); END $$")
+    build = asyncio.create_task(asyncio.to_thread(
+        run, pg_db, "CREATE INDEX CONCURRENTLY users_lower ON users (slow_lower(email))"))
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while not rows(pg_db, "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                              " WHERE c.relname = 'users_lower' AND NOT i.indisvalid"):
+            assert asyncio.get_running_loop().time() < deadline, "the build never started"
+            await asyncio.sleep(0.05)
+        async with postgres_probe(pg_db) as probe:
+            reading = await probe.measure()
+        assert reading["db.invalid_indexes"] == 0.0
+        assert reading["db.validation_failures"] == 0.0
+    finally:
+        await build
+
+
 async def test_a_constraint_added_not_valid_is_counted_until_validated(pg_db: str) -> None:
     run(pg_db, "CREATE TABLE users (id int PRIMARY KEY)",
         "CREATE TABLE images (id int, owner int)",
