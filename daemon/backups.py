@@ -341,9 +341,9 @@ class BackupStore:
         free = shutil.disk_usage(self.dir).free
         if free - server.size < self.settings.min_free:
             raise BackupError(
-                f"not enough free space for a backup in {self.dir}: {_size(free)} free, "
-                f"database {server.database} is {_size(server.size)}, "
-                f"backups.min_free is {_size(self.settings.min_free)}")
+                f"not enough free space for a backup in {self.dir}: {format_size(free)} free, "
+                f"database {server.database} is {format_size(server.size)}, "
+                f"backups.min_free is {format_size(self.settings.min_free)}")
         return free, server.size
 
     # -- creating --------------------------------------------------------------------------
@@ -752,14 +752,11 @@ def _id_kind(backup_id: str) -> str:
     return "-".join(parts[1:-1]) if len(parts) >= 3 else "unknown"
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """Bytes as a short decimal size (``12.3 MB``), as in messages and the CLI."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
 
-
-def format_size(n: float) -> str:
-    """Bytes as a short decimal size (``12.3 MB``), as in messages and the CLI."""
-    return _size(n)

@@ -51,8 +51,6 @@ from daemon.pgtools import PgToolError, run_passthrough
 from daemon.snapshot import SnapshotError, code_version
 from policies.units import format_duration, parse_duration
 
-DEFAULT_RUN_TIMEOUT = 3600.0
-
 
 class DeployError(Exception):
     """A deploy that cannot begin or end; ``str()`` is the one line the operator reads."""
@@ -498,8 +496,8 @@ def _window(path: Path, config: Config, given: str | None) -> float:
 @backup.command("restore")
 @config_option
 @click.argument("backup_id", metavar="ID")
-@click.option("--strategy", type=click.Choice(["swap", "in_place", "clone"]), default="swap",
-              show_default=True,
+@click.option("--strategy", type=click.Choice(["swap", "in_place", "clone"]), default=None,
+              show_default="swap",
               help="swap: restore into a shadow database and swap names (the current one is "
                    "kept); in_place: one all-or-nothing pg_restore after a safety backup; "
                    "clone: ID is a clone from `backup clone`, swapped in within seconds.")
@@ -511,7 +509,7 @@ def _window(path: Path, config: Config, given: str | None) -> float:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.pass_context
 def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
-                   strategy: str, tables: str | None, cascade: bool, yes: bool,
+                   strategy: str | None, tables: str | None, cascade: bool, yes: bool,
                    as_json: bool) -> None:
     """Restore a verified backup; prints the data window undone and where that data is kept."""
     from daemon.locks import LockError
@@ -531,8 +529,10 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
         fail("--tables: no table named")
     if cascade and not selected:
         fail("--cascade only applies with --tables")
-    if selected and strategy == "clone":
-        fail("--tables restores from a backup, not from a clone")
+    if selected and strategy is not None:
+        fail("--tables replaces the rows of those tables in one transaction; it takes no "
+             "--strategy")
+    strategy = strategy or "swap"
     if not yes:
         fail(_restore_warning(backup_id, db.dsn, strategy, selected))
     store = open_store(config)

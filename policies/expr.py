@@ -112,7 +112,7 @@ _EXAMPLES: Final = {
     "max": "max(http.latency_p95, 5m)",
     "min": "min(http.up, 2m)",
     "quantile": "quantile(0.95, http.latency_p95, 10m)",
-    "changed": "changed(deploy.version)",
+    "changed": "changed(migration.version)",
     "age": "age(http.up)",
 }
 _BOOLEAN_RESULT: Final = frozenset({"changed"})

@@ -63,6 +63,9 @@ def test_restore_refuses_without_yes_naming_what_it_would_destroy(
         result = rollbackd("backup", "restore", rp.id, *extra, "--config", str(config))
         assert result.returncode == 2
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    mixed = rollbackd("backup", "restore", rp.id, "--tables", "images", "--strategy",
+                      "in_place", "--yes", "--config", str(config))
+    assert mixed.returncode == 2 and "takes no --strategy" in mixed.stderr
 
 
 def test_restore_prints_the_data_window_and_where_the_newer_data_is_kept(
