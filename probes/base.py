@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import ClassVar, Protocol, runtime_checkable
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.samples import Reading
@@ -40,6 +43,13 @@ class Probe(Protocol):
     async def measure(self) -> Reading: ...
 
     async def aclose(self) -> None: ...
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every HTTP client of the daemon: each client building
+    its own loads the CA bundle again (about 1.3 MB of memory per probe)."""
+    return httpx.create_ssl_context(trust_env=False)
 
 
 def redact_url(url: str) -> str:

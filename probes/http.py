@@ -17,6 +17,7 @@ import httpx
 
 from policies.samples import Reading
 from policies.stats import quantile
+from probes.base import tls_context
 from probes.settings import HttpProbeSettings
 
 QUANTILES: tuple[tuple[str, float], ...] = (
@@ -70,6 +71,7 @@ class HttpProbe:
             max_redirects=MAX_REDIRECTS,
             # Proxy variables of the daemon's environment must not reroute health checks.
             trust_env=False,
+            verify=tls_context(),
             headers={"User-Agent": "rollbackd-http-probe"},
         )
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from policies.samples import Reading
-from probes.base import redact_url
+from probes.base import redact_url, tls_context
 from probes.settings import PrometheusProbeSettings
 
 # The query's own evaluation deadline is set a little under ours so that Prometheus reports a
@@ -82,7 +82,7 @@ class PrometheusProbe:
         self.timeout = settings.timeout
         self.endpoint = str(settings.url).rstrip("/") + "/api/v1/query"
         self._client = httpx.AsyncClient(timeout=settings.timeout, trust_env=False,
-                                         follow_redirects=False)
+                                         follow_redirects=False, verify=tls_context())
 
     def signals(self) -> list[str]:
         return [self.settings.signal]

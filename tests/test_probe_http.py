@@ -209,3 +209,18 @@ async def test_a_tick_cut_short_leaves_the_probe_unknown_in_the_aggregate(
     outcome = await measure_one(healthy, bound=0.3)
     assert not outcome.ok
     assert aggregate_http([healthy])["http.up"] is None
+
+
+def test_every_http_client_shares_one_verifying_tls_context() -> None:
+    import ssl
+
+    from probes.base import tls_context
+
+    first = HttpProbe(settings("http://127.0.0.1:1/", name="a"))
+    second = HttpProbe(settings("http://127.0.0.1:1/", name="b"))
+    context = tls_context()
+    assert context is tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    for probe in (first, second):
+        transport = probe._client._transport
+        assert transport._pool._ssl_context is context  # type: ignore[attr-defined]
