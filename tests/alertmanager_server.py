@@ -5,10 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,10 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.servers import free_port, require_binary
+from tests.servers import ManagedServer
 
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                    "ALL_PROXY")
 
@@ -28,19 +22,14 @@ def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(ManagedServer):
     """Alertmanager that sends every alert to ``webhook_url`` with the bearer token read from
     ``token_file`` (``http_config.authorization.credentials_file``), grouped fast enough for
     tests: group_wait 1s, group_interval 1s, repeat_interval 1m, send_resolved."""
 
     def __init__(self, webhook_url: str, token_file: Path) -> None:
-        self.binary = require_binary("prometheus-alertmanager", "prometheus-alertmanager")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = Path(tempfile.mkdtemp(prefix="rollbackd-am-"))
+        super().__init__("alertmanager", "prometheus-alertmanager", "prometheus-alertmanager")
         self.config = self.dir / "alertmanager.yml"
-        self.log = self.dir / "alertmanager.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.config.write_text(self._config(webhook_url, token_file))
 
     @staticmethod
@@ -72,29 +61,7 @@ class AlertmanagerServer:
         ]
         # The webhook goes to loopback; a proxy from the environment must not intercept it.
         env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=self.dir, env=env)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {self.process.returncode}:\n"
-                                   f"{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/-/ready", timeout=2.0,
-                             trust_env=False).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"alertmanager on {self.url} not ready after {READY_TIMEOUT}s:\n"
-                           f"{self.log_tail()}")
+        self.launch(argv, env=env)
 
     def post_alert(self, labels: Mapping[str, str], *, resolved: bool = False) -> None:
         """Raise an alert through API v2 (as Prometheus does), or resolve it with an endsAt
@@ -108,25 +75,6 @@ class AlertmanagerServer:
         response = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5.0,
                               trust_env=False)
         response.raise_for_status()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """End the Alertmanager this object started, by its pid: terminate, then kill."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

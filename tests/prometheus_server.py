@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.servers import free_port, require_binary, wait_for
-
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+from tests.servers import ManagedServer, wait_for
 
 
-class PrometheusServer:
+class PrometheusServer(ManagedServer):
     """Prometheus scraping ``targets`` ("127.0.0.1:PORT") every ``scrape_interval``.
 
     With ``scrape_self`` it also scrapes its own /metrics (job "prometheus"), which gives
@@ -29,14 +21,8 @@ class PrometheusServer:
 
     def __init__(self, targets: Sequence[str] = (), scrape_interval: str = "1s",
                  scrape_self: bool = True, metrics_path: str = "/metrics") -> None:
-        self.binary = require_binary("prometheus", "prometheus")
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.address}"
-        self.dir = Path(tempfile.mkdtemp(prefix="rollbackd-prom-"))
+        super().__init__("prometheus", "prometheus", "prometheus")
         self.config = self.dir / "prometheus.yml"
-        self.log = self.dir / "prometheus.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.config.write_text(self._config(list(targets), scrape_interval, scrape_self,
                                             metrics_path))
 
@@ -65,29 +51,7 @@ class PrometheusServer:
             f"--web.listen-address={self.address}",
             "--storage.tsdb.retention.time=1h",
         ]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=self.dir)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n"
-                                   f"{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/-/ready", timeout=2.0,
-                             trust_env=False).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus on {self.address} not ready after {READY_TIMEOUT}s:\n"
-                           f"{self.log_tail()}")
+        self.launch(argv)
 
     def query(self, promql: str) -> dict[str, Any]:
         """The whole JSON body of an instant query (whatever its status)."""
@@ -108,25 +72,6 @@ class PrometheusServer:
 
         wait_for(has_series, timeout, interval=0.2, what=f"prometheus to have {promql}")
         return result
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """End the Prometheus this object started, by its pid: terminate, then kill."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -140,3 +140,67 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.1, what: str
                 return
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
+
+
+class ManagedServer:
+    """A server binary (Prometheus, Alertmanager) that a test starts on a free loopback port
+    in a temp dir of its own, waits for on ``/-/ready``, and ends by its pid."""
+
+    READY_TIMEOUT = 30.0
+    STOP_TIMEOUT = 10.0
+
+    def __init__(self, name: str, binary: str, package: str) -> None:
+        self.name = name
+        self.binary = require_binary(binary, package)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"rollbackd-{name}-"))
+        self.log = self.dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=self.dir, env=env)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.READY_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
+                                   f"{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/-/ready", timeout=2.0,
+                             trust_env=False).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} on {self.address} not ready after "
+                           f"{self.READY_TIMEOUT}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """End the process this object started, by its pid: terminate, then kill."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=self.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=self.STOP_TIMEOUT)
+        shutil.rmtree(self.dir, ignore_errors=True)
