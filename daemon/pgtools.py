@@ -150,7 +150,8 @@ def libpq_env(dsn: str, *, connect_timeout: float | None = None,
 
 def run_tool(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
              stdout: int | IO[bytes] | None = subprocess.PIPE,
-             on_tick: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+             on_tick: Callable[[], None] | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (a list, never a shell string) and wait at most ``timeout`` seconds.
 
     stderr is always captured (decoded, in the result); stdout too unless ``stdout`` says
@@ -160,7 +161,7 @@ def run_tool(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
     own, whose id is its pid. Raises ``PgToolError`` on timeout or when it cannot start.
     """
     return _run(argv, env=env, timeout=timeout, stdout=stdout, stderr=subprocess.PIPE,
-                on_tick=on_tick)
+                on_tick=on_tick, cwd=cwd)
 
 
 def run_passthrough(argv: Sequence[str], *, timeout: float,
@@ -173,13 +174,14 @@ def run_passthrough(argv: Sequence[str], *, timeout: float,
 
 def _run(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
          stdout: int | IO[bytes] | None, stderr: int | None,
-         on_tick: Callable[[], None] | None) -> subprocess.CompletedProcess[str]:
+         on_tick: Callable[[], None] | None,
+         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     if isinstance(argv, str):
         raise TypeError("argv must be a list of arguments, not a shell string")
     args = [str(a) for a in argv]
     try:
         proc = subprocess.Popen(args, env=dict(env), stdout=stdout, stderr=stderr,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
     except OSError as exc:
         raise PgToolError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
     deadline = time.monotonic() + timeout

@@ -201,7 +201,7 @@ def _code(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
 
 
-def test_the_rendered_polkit_rule_names_exactly_the_unit_user_and_three_verbs() -> None:
+def test_the_rendered_polkit_rule_names_exactly_the_unit_user_and_four_verbs() -> None:
     code = _code(_render_polkit())
     assert "@" not in code, "a placeholder was left unrendered"
     assert re.findall(r'action\.id !== "([^"]+)"', code) == [
@@ -211,7 +211,7 @@ def test_the_rendered_polkit_rule_names_exactly_the_unit_user_and_three_verbs() 
         "visionforge.service"
     ]
     assert re.findall(r'subject\.user !== "([^"]+)"', code) == ["rollbackd"]
-    assert sorted(re.findall(r'verb === "([^"]+)"', code)) == ["restart", "start", "stop"]
+    assert sorted(re.findall(r'verb === "([^"]+)"', code)) == ["kill", "restart", "start", "stop"]
     assert code.count("polkit.Result.YES") == 1
 
 
@@ -256,7 +256,7 @@ def test_the_polkit_rule_allows_only_that_user_that_unit_and_those_verbs(
         (manage, "visionforge.service", "start", "rollbackd"): "yes",
         (manage, "visionforge.service", "stop", "rollbackd"): "yes",
         (manage, "visionforge.service", "restart", "rollbackd"): "yes",
-        (manage, "visionforge.service", "kill", "rollbackd"): "not_handled",
+        (manage, "visionforge.service", "kill", "rollbackd"): "yes",
         (manage, "visionforge.service", "reload", "rollbackd"): "not_handled",
         (manage, "postgresql.service", "stop", "rollbackd"): "not_handled",
         (manage, "visionforge", "stop", "rollbackd"): "not_handled",
