@@ -27,16 +27,23 @@ class Children:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
         # A unique marker keeps other tests' sleepers from matching the exact command line.
-        self.argv = [sys.executable, "-c", f"import time; time.sleep(60)  # {uuid.uuid4()}"]
+        self.argv = [sys.executable, "-c",
+                     f"import time; print('ready', flush=True); time.sleep(60)  # {uuid.uuid4()}"]
 
     def start(self, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv or self.argv, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv or self.argv, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if argv is None else None)
         self.started.append(proc)
+        if argv is None:
+            # Measured before its interpreter has loaded, a child has almost no memory yet.
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         return proc
 
     def end(self, proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
         proc.wait(timeout=10)  # reaped, so it is gone rather than a zombie
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def end_all(self) -> None:
         for proc in self.started:
