@@ -50,6 +50,7 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.config import BackupSettings
+from daemon.durable import fsync_dir, replace_atomically
 from daemon.pgcatalog import NoSuchTableError, TableRef, resolve_tables, user_tables
 from daemon.pgtools import (
     PgToolError,
@@ -199,36 +200,8 @@ def iso(at: float) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one.
-
-    Temp file in the same directory, fsync, rename, fsync of the directory (the rename itself
-    must survive a crash too).
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise BackupError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one."""
+    replace_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _tail(text: str, lines: int = 5) -> str:
@@ -691,7 +664,7 @@ def _checksum_files(directory: Path, report: Progress) -> list[FileEntry]:
                                  size=size))
         done += size
     for sub in sorted({p.parent for p in paths}):
-        _fsync_dir(sub)
+        fsync_dir(sub)
     report("checksums", total, total)
     return entries
 

@@ -11,16 +11,15 @@ owner differs gets those back without a rewrite.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import secrets
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.backups import BackupError, BackupStore, Manifest
+from daemon.durable import replace_atomically, write_new
 from daemon.snapshot import ConfigFile
 from daemon.steps import StepResult
 
@@ -204,47 +203,13 @@ def _keep(target: Path, info: os.stat_result, stamp: str) -> Path:
 
 
 def _write_atomic(target: Path, content: bytes, entry: ConfigFile) -> None:
-    temp = target.with_name(f".{target.name}.rollbackd-{secrets.token_hex(4)}.tmp")
-    try:
-        _write_file(temp, content, entry.mode, (entry.uid, entry.gid))
-        temp.replace(target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    _fsync_dir(target.parent)
+    replace_atomically(target, content, mode=entry.mode, owner=_owner(entry.uid, entry.gid))
 
 
 def _write_new(path: Path, content: bytes, mode: int, owner: tuple[int, int]) -> None:
-    """Write a file that must not exist yet, then make its name durable."""
-    try:
-        _write_file(path, content, mode, owner)
-    except OSError:
-        with contextlib.suppress(OSError):
-            path.unlink()  # a partial copy would pass for the previous version
-        raise
-    _fsync_dir(path.parent)
+    write_new(path, content, mode=mode, owner=_owner(*owner))
 
 
-def _write_file(path: Path, content: bytes, mode: int, owner: tuple[int, int]) -> None:
-    # Created unreadable to others and opened exclusively; owner and mode are set on the
-    # descriptor before the name can be seen with its content.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        if (os.fstat(fd).st_uid, os.fstat(fd).st_gid) != owner and _may_own(*owner):
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _owner(uid: int, gid: int) -> tuple[int, int] | None:
+    """The owner to give a file we write, when we may (see :func:`_may_own`)."""
+    return (uid, gid) if _may_own(uid, gid) else None
