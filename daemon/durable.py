@@ -22,6 +22,11 @@ def write_new(path: Path, content: bytes, *, mode: int = 0o600,
     """Create ``path``, which must not exist, with ``content``; mode and owner are set on the
     descriptor before the content can be seen under its name. A failure removes the partial
     file (it would pass for a complete one); the new name is made durable."""
+    _write(path, content, mode, owner)
+    fsync_dir(path.parent)
+
+
+def _write(path: Path, content: bytes, mode: int, owner: tuple[int, int] | None) -> None:
     try:
         # Created unreadable to others and opened exclusively.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -39,7 +44,6 @@ def write_new(path: Path, content: bytes, *, mode: int = 0o600,
         with contextlib.suppress(OSError):
             path.unlink()
         raise
-    fsync_dir(path.parent)
 
 
 def replace_atomically(path: Path, content: bytes, *, mode: int = 0o600,
@@ -47,7 +51,8 @@ def replace_atomically(path: Path, content: bytes, *, mode: int = 0o600,
     """Replace ``path`` by ``content``: a temp file in the same directory, written and synced,
     renamed over it, and the rename made durable. Readers see the old or the new file."""
     temp = path.with_name(f".{path.name}.rollbackd-{secrets.token_hex(4)}.tmp")
-    write_new(temp, content, mode=mode, owner=owner)
+    # The temp name need not survive a crash; only the rename below is made durable.
+    _write(temp, content, mode, owner)
     try:
         temp.replace(path)
     except OSError:

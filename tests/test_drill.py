@@ -27,8 +27,8 @@ from tests.test_systemd_unit import (
     SYSTEMD_DIR,
     UNIT,
     _installed_console_script,
-    _security,
     _verify,
+    assert_rates_ok,
 )
 
 TABLES = ["users", "images", "audit_log"]
@@ -323,12 +323,7 @@ def test_the_drill_service_and_timer_verify_clean_with_execstart_at_the_installe
 
 
 def test_the_drill_service_rates_ok_in_the_offline_security_analysis() -> None:
-    result = _security(SERVICE)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    match = re.search(r"Overall exposure level for rollbackd-drill\.service: (\d+\.\d+)", output)
-    assert match, output
-    assert float(match.group(1)) <= 2.0, output
+    assert_rates_ok(SERVICE)
 
 
 def test_the_drill_service_is_a_bounded_oneshot_as_the_daemons_user_with_its_hardening(
