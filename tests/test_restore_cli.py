@@ -110,16 +110,21 @@ def _kill_when_restoring(proc: Proc, cluster: PgCluster, database_like: str,
     proc.popen.wait(10)
 
 
+def slow_restore_point_and_later_writes(
+        pg_db: str, tmp_path: Path) -> tuple[Manifest, dict[str, tuple[int, str | None]], Path]:
+    """A restore point whose restore takes seconds (SLOW_INDEX), rows deleted after it, the
+    tables' checksums as they are now, and a config: what a killed restore must not change."""
+    seed_visionforge(pg_db, images=150)
+    run(pg_db, SLOW_INDEX)
+    rp = store_in(tmp_path / "backups").create(pg_db, "restore_point")
+    run(pg_db, "DELETE FROM images WHERE id <= 10")
+    return rp, table_checksums(pg_db, rp), write_config(tmp_path, pg_db)
+
+
 def test_a_swap_killed_while_pg_restore_runs_leaves_live_untouched_and_the_next_one_works(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
     name = dbname_of(pg_db)
-    seed_visionforge(pg_db, images=150)
-    run(pg_db, SLOW_INDEX)
-    store = store_in(tmp_path / "backups")
-    rp = store.create(pg_db, "restore_point")
-    run(pg_db, "DELETE FROM images WHERE id <= 10")
-    before = table_checksums(pg_db, rp)
-    config = write_config(tmp_path, pg_db)
+    rp, before, config = slow_restore_point_and_later_writes(pg_db, tmp_path)
 
     proc = Proc([*ROLLBACKD, "backup", "restore", rp.id, "--yes", "--config", str(config)])
     try:
@@ -140,13 +145,7 @@ def test_a_swap_killed_while_pg_restore_runs_leaves_live_untouched_and_the_next_
 def test_an_in_place_restore_killed_midway_leaves_the_database_unchanged(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
     name = dbname_of(pg_db)
-    seed_visionforge(pg_db, images=150)
-    run(pg_db, SLOW_INDEX)
-    store = store_in(tmp_path / "backups")
-    rp = store.create(pg_db, "restore_point")
-    run(pg_db, "DELETE FROM images WHERE id <= 10")
-    before = table_checksums(pg_db, rp)
-    config = write_config(tmp_path, pg_db)
+    rp, before, config = slow_restore_point_and_later_writes(pg_db, tmp_path)
 
     proc = Proc([*ROLLBACKD, "backup", "restore", rp.id, "--strategy", "in_place", "--yes",
                  "--config", str(config)])
