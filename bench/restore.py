@@ -41,11 +41,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.backups import BackupStore, Manifest, format_size
 from daemon.config import BackupSettings, Config
-from daemon.drill import run_drill
-from daemon.pgtools import find_tool, libpq_env, run_tool, server_major
-from daemon.restore import RestoreOptions, create_clone, restore_from_clone, restore_swap
+from daemon.db.backups import BackupStore, Manifest
+from daemon.db.drill import run_drill
+from daemon.db.restore import RestoreOptions, create_clone, restore_from_clone, restore_swap
+from daemon.db.tools import find_tool, libpq_env, server_major
+from daemon.fmt import format_size
+from daemon.proc import run_process
 from tests.processes import APP_DIR, migrate
 from tests.servers import PgCluster
 
@@ -122,7 +124,7 @@ def build(cluster: PgCluster, dsn: str, scale: int) -> Row:
     started = time.monotonic()
     version = int(str(cluster.execute("SHOW server_version_num")[0][0]))
     pgbench = find_tool("pgbench", server_major(version))
-    result = run_tool([str(pgbench.path), "-i", "-s", str(scale), "-q"], env=libpq_env(dsn),
+    result = run_process([str(pgbench.path), "-i", "-s", str(scale), "-q"], env=libpq_env(dsn),
                       timeout=LONG)
     if result.returncode != 0:
         raise SystemExit(f"pgbench -i failed: {result.stderr}")
@@ -146,7 +148,7 @@ def bare_restore(cluster: PgCluster, store: BackupStore, manifest: Manifest) -> 
     pg_restore = find_tool("pg_restore", server_major(manifest.server_version_num))
     cluster.execute("CHECKPOINT")
     started = time.monotonic()
-    result = run_tool([str(pg_restore.path), "-j", str(JOBS), "--exit-on-error", "-d", "bare",
+    result = run_process([str(pg_restore.path), "-j", str(JOBS), "--exit-on-error", "-d", "bare",
                        str(store.data_path(manifest))], env=libpq_env(target), timeout=LONG)
     elapsed = time.monotonic() - started
     if result.returncode != 0:

@@ -1,11 +1,28 @@
-"""Files written so that a crash leaves either the old content or the whole new one."""
+"""Files written so that a crash leaves either the old content or the whole new one, and
+checked copies of files (the config files a restore point keeps).
+
+Config files are copied byte for byte with their mode and owner, so that rolling the config
+back (write to temp, fsync, rename) can recreate them exactly.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
+import stat
+from collections.abc import Iterable
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+CONFIG_DIR = "config"
+CHUNK = 1 << 20
+
+
+class CopyError(Exception):
+    """A file that cannot be copied; ``str()`` names the path."""
 
 
 def fsync_dir(directory: Path) -> None:
@@ -60,3 +77,63 @@ def replace_atomically(path: Path, content: bytes, *, mode: int = 0o600,
             temp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+class ConfigFile(BaseModel):
+    """One config file as it was at snapshot time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    """The absolute path the file lives at (where a rollback writes it back)."""
+    file: str
+    """The copy, relative to the backup directory (``config/srv/app/.env``)."""
+    sha256: str
+    size: int
+    mode: int
+    """Permission bits (``stat.S_IMODE``), e.g. ``0o640``."""
+    uid: int
+    gid: int
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """``(hex sha256, size)`` of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]:
+    """Copy each config file into ``backup_dir/config/`` (mirroring its absolute path).
+
+    The copy is made from bytes read once, and the checksum is of those very bytes, so a file
+    rewritten meanwhile cannot leave a copy that disagrees with its recorded sha256. Raises
+    ``CopyError`` for a file that is missing or unreadable: a restore point that silently
+    lacks a config file would roll back to a broken configuration.
+    """
+    taken: list[ConfigFile] = []
+    for given in files:
+        source = Path(given).absolute()
+        try:
+            info = source.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise CopyError(f"config file {source} is not a regular file")
+            content = source.read_bytes()
+        except OSError as exc:
+            raise CopyError(f"cannot snapshot config file {source}: "
+                                f"{exc.strerror or exc}") from None
+        relative = Path(CONFIG_DIR) / source.relative_to(source.anchor)
+        target = backup_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Readable by us only: config files hold secrets, whatever their own mode.
+        write_new(target, content)
+        taken.append(ConfigFile(
+            path=str(source), file=relative.as_posix(),
+            sha256=hashlib.sha256(content).hexdigest(), size=len(content),
+            mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid,
+        ))
+    return taken

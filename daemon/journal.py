@@ -266,20 +266,28 @@ class Journal:
             "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
             " GROUP BY incident ORDER BY incident DESC LIMIT ?", (limit,)
         ).fetchall()
-        summaries = []
-        for row in rows:
-            first = json.loads(self._db.execute(
-                "SELECT payload FROM decisions WHERE id = ?", (row["first"],)).fetchone()[0])
-            last = json.loads(self._db.execute(
-                "SELECT payload FROM decisions WHERE id = ?", (row["last"],)).fetchone()[0])
-            summaries.append({
-                "incident": row["incident"], "opened_at": first["t"],
-                "opened_by": first["scenario"], "scenario": last["scenario"],
-                "severity": last["severity"], "action": last["action"],
-                "mode": last["mode"], "state": "resolved" if last["kind"] == "resolve" else "open",
-                "updated_at": last["t"], "reason": last["reason"],
-            })
-        return summaries
+        return [self._summary(row) for row in rows]
+
+    @_reads
+    def incident(self, number: int) -> dict[str, Any] | None:
+        """One incident's summary (as in :meth:`incidents`), or None."""
+        row = self._db.execute(
+            "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
+            " WHERE incident = ? GROUP BY incident", (number,)).fetchone()
+        return None if row is None else self._summary(row)
+
+    def _summary(self, row: sqlite3.Row) -> dict[str, Any]:
+        first = json.loads(self._db.execute(
+            "SELECT payload FROM decisions WHERE id = ?", (row["first"],)).fetchone()[0])
+        last = json.loads(self._db.execute(
+            "SELECT payload FROM decisions WHERE id = ?", (row["last"],)).fetchone()[0])
+        return {
+            "incident": row["incident"], "opened_at": first["t"],
+            "opened_by": first["scenario"], "scenario": last["scenario"],
+            "severity": last["severity"], "action": last["action"],
+            "mode": last["mode"], "state": "resolved" if last["kind"] == "resolve" else "open",
+            "updated_at": last["t"], "reason": last["reason"],
+        }
 
     @_reads
     def latest_event(self, types: tuple[str, ...]) -> JournalEvent | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.app_control import AppController, ProcessController, SystemdController
+from daemon.app.control import AppController, ProcessController, SystemdController
 from daemon.config import CommandControl, ProcessControl, SystemdControl
 from probes.settings import ProcessProbeSettings
 from tests.servers import wait_for

@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.backups import MANIFEST, BackupError, BackupStore, Manifest, find_restore_tool
 from daemon.config import BackupSettings
-from daemon.pgtools import PgToolError, find_tool, libpq_env, run_tool
+from daemon.db.backups import MANIFEST, BackupError, BackupStore, Manifest, find_restore_tool
+from daemon.db.tools import PgToolError, find_tool, libpq_env
+from daemon.proc import ProcError, run_process
 from probes.pg import dbname_of
 from tests.processes import APP_DIR, migrate
 from tests.servers import PgCluster
@@ -71,7 +72,7 @@ def restore_into_fresh_database(cluster: PgCluster, store: BackupStore, manifest
                                 name: str) -> str:
     target = cluster.create_database(name)
     pg_restore = find_restore_tool(manifest)
-    result = run_tool([str(pg_restore.path), "--exit-on-error", "--no-owner", "-d", name,
+    result = run_process([str(pg_restore.path), "--exit-on-error", "--no-owner", "-d", name,
                        str(store.data_path(manifest))],
                       env=libpq_env(target), timeout=60)
     assert result.returncode == 0, result.stderr
@@ -183,7 +184,7 @@ def test_pg_restore_still_refuses_a_truncated_archive_whose_manifest_was_made_to
     dump = store.data_path(manifest)
     with dump.open("r+b") as handle:
         handle.truncate(dump.stat().st_size - 200)
-    from daemon.snapshot import sha256_file
+    from daemon.durable import sha256_file
 
     digest, size = sha256_file(dump)
     files = [f.model_copy(update={"sha256": digest, "size": size}) if f.path == "data.dump"
@@ -253,7 +254,7 @@ def test_a_tables_backup_dumps_and_counts_only_the_named_tables(
     assert manifest.selected_tables == ["public.users", "public.images"]
     assert [(t.qualified, t.rows) for t in manifest.tables] == [
         ("public.users", 3), ("public.images", 6)]
-    listing = run_tool([str(find_restore_tool(manifest).path), "--list",
+    listing = run_process([str(find_restore_tool(manifest).path), "--list",
                         str(store.data_path(manifest))], env=dict(os.environ), timeout=30)
     assert "TABLE DATA public users" in listing.stdout
     assert "audit_log" not in listing.stdout
@@ -263,7 +264,7 @@ def test_a_tables_backup_dumps_and_counts_only_the_named_tables(
 
 def test_an_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    with pytest.raises(BackupError, match="cannot connect to the database"):
+    with pytest.raises(BackupError, match="cannot connect to database"):
         store.create("host=127.0.0.1 port=1 user=postgres dbname=x", "manual")
     assert list(tmp_path.iterdir()) == []
 
@@ -281,8 +282,8 @@ def test_the_libpq_environment_carries_the_password_so_argv_never_does() -> None
 
 def test_a_tool_that_outlives_its_timeout_is_killed() -> None:
     started = time.monotonic()
-    with pytest.raises(PgToolError, match=r"did not finish within 0\.5s"):
-        run_tool([sys.executable, "-c", "import time; time.sleep(30)"],
+    with pytest.raises(ProcError, match=r"did not finish within 0\.5s"):
+        run_process([sys.executable, "-c", "import time; time.sleep(30)"],
                  env=dict(os.environ), timeout=0.5)
     assert time.monotonic() - started < 5
 

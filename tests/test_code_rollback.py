@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.code_rollback import current_version, roll_back_code
+from daemon.app.code import current_version, roll_back_code
 from daemon.config import GitCode, SymlinkCode
 
 INSTALL = """

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backups import BackupStore, Manifest, new_id
+from daemon.app.config_files import restore_config_files
 from daemon.config import BackupSettings
-from daemon.config_rollback import restore_config_files
-from daemon.snapshot import snapshot_config
+from daemon.db.backups import BackupStore, Manifest, new_id
+from daemon.durable import snapshot_config
 
 
 class Site:
@@ -66,7 +66,7 @@ def test_changed_files_are_restored_with_their_mode_and_the_old_one_is_kept(site
     site.write(site.env, "DATABASE_URL=postgresql:///visionforge\nFEATURE_X=on\n", 0o666)
     settings_mtime = site.settings.stat().st_mtime_ns
 
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
 
     assert result.ok, result.message
     assert site.env.read_text() == "DATABASE_URL=postgresql:///visionforge\nFEATURE_X=off\n"
@@ -92,7 +92,7 @@ def test_a_damaged_snapshot_copy_refuses_the_whole_step_and_changes_nothing(site
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns, mode(p))
               for p in (site.env, site.settings)}
 
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
 
     assert not result.ok
     assert "refused, no file changed" in result.message
@@ -106,7 +106,7 @@ def test_a_missing_snapshot_copy_also_refuses_everything(site: Site) -> None:
     manifest = site.restore_point()
     site.write(site.env, "FEATURE_X=on\n", 0o600)
     site.copy_of(manifest, site.settings).unlink()
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
     assert not result.ok and "cannot be read" in result.message
     assert site.env.read_text() == "FEATURE_X=on\n"
 
@@ -114,7 +114,7 @@ def test_a_missing_snapshot_copy_also_refuses_everything(site: Site) -> None:
 def test_a_file_deleted_since_the_deploy_is_recreated(site: Site) -> None:
     manifest = site.restore_point()
     site.env.unlink()
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
     assert result.ok, result.message
     assert site.env.read_text().endswith("FEATURE_X=off\n") and mode(site.env) == 0o640
     assert result.details["created"] == [str(site.env)]
@@ -127,7 +127,7 @@ def test_only_the_mode_is_put_back_when_the_content_is_identical(site: Site) -> 
     mtime = site.env.stat().st_mtime_ns
     inode = site.env.stat().st_ino
 
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
 
     assert result.ok, result.message
     assert mode(site.env) == 0o640
@@ -139,9 +139,9 @@ def test_only_the_mode_is_put_back_when_the_content_is_identical(site: Site) -> 
 def test_a_second_rollback_keeps_both_previous_versions(site: Site) -> None:
     manifest = site.restore_point()
     site.write(site.env, "first bad edit\n", 0o640)
-    assert restore_config_files(site.store, manifest).ok
+    assert restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config).ok
     site.write(site.env, "second bad edit\n", 0o640)
-    assert restore_config_files(site.store, manifest).ok
+    assert restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config).ok
     assert sorted(p.read_text() for p in kept_copies(site.env)) == [
         "first bad edit\n", "second bad edit\n"]
 
@@ -153,7 +153,7 @@ def test_a_symlinked_config_file_is_restored_in_the_file_it_points_to(site: Site
     manifest = site.restore_point()
     real.write_text("changed\n")
 
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
 
     assert result.ok, result.message
     assert site.env.is_symlink() and os.readlink(site.env) == "shared.env"
@@ -162,5 +162,5 @@ def test_a_symlinked_config_file_is_restored_in_the_file_it_points_to(site: Site
 
 def test_a_restore_point_without_config_files_is_a_no_op(site: Site) -> None:
     manifest = site.restore_point().model_copy(update={"config": []})
-    result = restore_config_files(site.store, manifest)
+    result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
     assert result.ok and "holds no config files" in result.message

@@ -11,8 +11,8 @@ import pytest
 
 from daemon.config import load_config, load_policy
 from daemon.journal import Journal
-from daemon.loop import Daemon
-from daemon.notify import Notifier
+from daemon.service.loop import Daemon
+from daemon.service.sd_notify import Notifier
 
 POLICY = """\
 [guards]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backups import BackupStore
 from daemon.config import BackupSettings
+from daemon.db.backups import BackupStore
 from daemon.journal import Journal
 from tests.processes import APP_DIR, ROOT, migrate
 from tests.servers import PgCluster, wait_for
@@ -104,7 +104,7 @@ def test_deploy_begin_refuses_when_the_database_is_down_and_records_nothing(
 
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert "cannot connect to the database" in line
+    assert "cannot connect to database" in line
     assert journal(tmp_path).latest_deploy() is None
     assert complete_backups(tmp_path) == []
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.backups import BackupStore, Manifest
 from daemon.config import load_config
-from daemon.drill import DrillError, drill_lock_key, run_drill
+from daemon.db.backups import BackupStore, Manifest
+from daemon.db.drill import DrillError, drill_lock_key, run_drill
 from daemon.journal import Journal
 from probes.pg import dbname_of
 from tests.processes import ROOT, Proc, daemon_url, scrape, start_daemon

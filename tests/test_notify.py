@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.notify import Notifier
+from daemon.service.sd_notify import Notifier
 
 
 class Receiver:

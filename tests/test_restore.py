@@ -8,13 +8,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.backups import BackupStore, Manifest
-from daemon.locks import LockError, advisory_lock, host_lock
-from daemon.restore import (
+from daemon.db.admin import derived_name
+from daemon.db.backups import BackupStore, Manifest
+from daemon.db.restore import (
     RestoreError,
     RestoreOptions,
     create_clone,
-    derived_name,
     repair_interrupted_swap,
     restore_from_clone,
     restore_in_place,
@@ -23,6 +22,7 @@ from daemon.restore import (
     run_down_migration,
     schema_diff,
 )
+from daemon.locks import LockError, advisory_lock, host_lock
 from probes.pg import dbname_of, with_dbname
 from tests.servers import PgCluster
 from tests.test_backups import (

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from daemon.backups import BackupStore, Manifest
+from daemon.db.backups import BackupStore, Manifest
+from daemon.fmt import when
 from probes.pg import dbname_of
 from tests.processes import ROOT, Proc
 from tests.servers import PgCluster, wait_for
@@ -77,7 +78,7 @@ def test_restore_prints_the_data_window_and_where_the_newer_data_is_kept(
 
     human = rollbackd("backup", "restore", rp.id, "--yes", "--config", str(config))
     assert human.returncode == 0, human.stderr
-    assert "data window undone: " + rp.created_at_iso in human.stdout
+    assert "data window undone: " + when(rp.created_at) in human.stdout
     assert f"kept in database {dbname_of(pg_db)}_rolledback_" in human.stdout
     assert table_checksums(pg_db, rp) == at_restore_point
 

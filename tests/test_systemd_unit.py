@@ -291,7 +291,7 @@ PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
     print("no PR_SET_MDWE:", os.strerror(ctypes.get_errno()))
     sys.exit(77)
-import daemon.cli, daemon.loop, probes.postgres, probes.http, probes.process, probes.system
+import daemon.cli, daemon.service.loop, probes.postgres, probes.http, probes.process, probes.system
 import psycopg
 with psycopg.connect(sys.argv[1], connect_timeout=5) as conn:
     print(conn.execute("SELECT 1").fetchone()[0], psycopg.pq.__impl__)

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.validate import CheckResult, failures, validate_data, validate_database
+from daemon.db.validate import CheckResult, failures, validate_data, validate_database
 from probes.settings import SqlCheck
 from tests.servers import PgCluster, free_port
 from tests.test_backups import run, seed_visionforge, store_in

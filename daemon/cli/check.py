@@ -1,4 +1,5 @@
-"""The ``rollbackd`` command line. Exit codes: 0 ok, 1 failed operation, 2 usage or config error."""
+"""``rollbackd check`` (validate the config and the policy, print what would run) and
+``rollbackd simulate`` (replay recorded signals through the decision engine)."""
 
 from __future__ import annotations
 
@@ -9,58 +10,13 @@ from pathlib import Path
 import click
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from daemon import __version__
-from daemon.cli_common import EXIT_FAILED, config_option, fail, load_or_fail
-from daemon.cli_deploy import backup, deploy
-from daemon.cli_drill import drill
-from daemon.cli_ops import decide, incidents, pause, resume, status
-from daemon.config import Config, ConfigError, load_policy
-from daemon.logs import configure_logging
+from daemon.cli.common import config_option, fail, load_with_policy
+from daemon.config import Config
 from policies.catalogue import is_event_fed
 from policies.engine import Decision
 from policies.policy import Policy, PolicyError, blind_rule, parse_policy, resolve_ref
 from policies.units import format_duration
 from probes.base import redact_url
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="rollbackd")
-@config_option
-@click.pass_context
-def cli(ctx: click.Context, config_file: Path | None) -> None:
-    """Monitoring-driven auto-rollback for a web application and its PostgreSQL database."""
-    ctx.ensure_object(dict)
-    ctx.obj["config_file"] = config_file
-
-
-def _config_and_policy(ctx: click.Context, given: Path | None) -> tuple[Path, Config, Policy]:
-    path, config = load_or_fail(ctx, given)
-    try:
-        return path, config, load_policy(config, path)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-@cli.command()
-@config_option
-@click.pass_context
-def run(ctx: click.Context, config_file: Path | None) -> None:
-    """Run the daemon: probe, export metrics, notify systemd (the systemd service's ExecStart)."""
-    from daemon.journal import Journal, JournalError
-    from daemon.loop import Daemon, ListenError, bind_listener
-
-    path, config, policy = _config_and_policy(ctx, config_file)
-    configure_logging(config.daemon.log_format)
-    try:
-        journal = Journal.in_state_dir(config.daemon.state_dir)
-    except JournalError as exc:
-        fail(f"{path}: daemon.state_dir: {exc}")
-    try:
-        listener = bind_listener(config.daemon.listen_host, config.daemon.listen_port)
-    except ListenError as exc:
-        fail(f"{path}: daemon.listen: {exc}")
-    daemon = Daemon(path, config, policy, journal)
-    sys.exit(asyncio.run(daemon.run(listener)))
 
 
 def _redacted_dsn(dsn: str) -> str:
@@ -96,12 +52,12 @@ def _probe_rows(config: Config) -> list[tuple[str, str]]:
     return rows
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.pass_context
 def check(ctx: click.Context, config_file: Path | None) -> None:
     """Validate the config and the policy, and print what would run."""
-    path, config, policy = _config_and_policy(ctx, config_file)
+    path, config, policy = load_with_policy(ctx, config_file)
     d = config.daemon
     click.echo(f"config    {path}: valid")
     click.echo(f"app       {config.app_name}")
@@ -126,7 +82,7 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
 
 
 async def _fed_signals(config: Config) -> set[str]:
-    from daemon.probeset import build_probes
+    from daemon.service.probeset import build_probes
 
     probes = build_probes(config)
     try:
@@ -153,7 +109,7 @@ def print_matrix(policy: Policy, mode: str) -> None:
     Console(width=160, highlight=False, soft_wrap=True).print(table)
 
 
-@cli.command()
+@click.command()
 @click.option("--policy", "policy_ref", required=True,
               help="Policy file, or builtin:NAME for a bundled one.")
 @click.option("--replay", "replay_file", required=True,
@@ -205,14 +161,3 @@ def _print_decisions(decisions: list[Decision]) -> None:
     click.echo(f"{len(decisions)} decisions")
 
 
-for command in (deploy, backup, drill, pause, resume, status, incidents, decide):
-    cli.add_command(command)
-
-
-def main() -> None:
-    from daemon.journal import JournalError
-
-    try:
-        cli(prog_name="rollbackd")
-    except JournalError as exc:  # any command reading the journal: one line, not a traceback
-        fail(str(exc), EXIT_FAILED)

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
-from daemon.backups import Manifest, TableCount
+from daemon.db.admin import connect
+from daemon.db.backups import Manifest, TableCount
 from probes.base import one_line
-from probes.pg import connect_sync
 from probes.postgres import (
     INVALID_INDEXES_SQL,
     MISSING_TABLE_NAMES_SQL,
@@ -245,14 +245,9 @@ def _count(conn: psycopg.Connection[Any], query: LiteralString,
 
 
 
-@contextlib.contextmanager
 def _connect(dsn: str, timeout: float,
-             connect_timeout: float) -> Iterator[psycopg.Connection[Any]]:
-    try:
-        conn = connect_sync(dsn, connect_timeout=connect_timeout, statement_timeout=timeout,
-                            lock_timeout=min(timeout, 5.0), read_only=True)
-    except psycopg.Error as exc:
-        raise _UnreachableError(f"cannot connect: {one_line(exc)}; is the server up and the "
-                           "database there?") from None
-    with conn:
-        yield conn
+             connect_timeout: float) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+    return connect(dsn, connect_timeout=connect_timeout, statement_timeout=timeout,
+                   lock_timeout=min(timeout, 5.0), read_only=True,
+                   error=lambda why: _UnreachableError(
+                       f"{why}; is the server up and the database there?"))

@@ -6,7 +6,7 @@ backup it is given), and
 1. restores it into a scratch database ``<db>_drill_<timestamp>`` on the same server, by the
    very steps a swap restore takes before its swap (a database created like live,
    ``pg_restore -j N --exit-on-error``, live's database-level settings and grants, ANALYZE);
-2. validates the copy: the configured checklist (:func:`daemon.validate.validate_database`) and
+2. validates the copy: the configured checklist (:func:`daemon.db.validate.validate_database`) and
    every table of the manifest holding exactly the manifest's rows (a restore yields the
    snapshot, so "at least" would hide a lossy archive);
 3. measures the recovery time, restore plus validation;
@@ -35,18 +35,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from daemon.backups import BackupError, BackupStore, Manifest, format_size, iso
 from daemon.config import Config
-from daemon.journal import Journal, JournalError
-from daemon.locks import LockError, advisory_lock
-from daemon.restore import (
-    STAMP,
+from daemon.db.admin import (
     DatabaseProperties,
     RestoreError,
     RestoreOptions,
@@ -54,11 +49,15 @@ from daemon.restore import (
     create_like,
     database_properties,
     derived_name,
-    restore_into,
     session,
-    verified_manifest,
 )
-from daemon.validate import CheckResult, failures, summary, validate_database
+from daemon.db.backups import BackupError, BackupStore, Manifest
+from daemon.db.restore.common import verified_manifest
+from daemon.db.restore.swap import restore_into
+from daemon.db.validate import CheckResult, failures, summary, validate_database
+from daemon.fmt import db_stamp, format_size, iso, when
+from daemon.journal import Journal, JournalError
+from daemon.locks import LockError, advisory_lock
 from probes.pg import with_dbname
 
 DRILL_INFIX = "_drill_"
@@ -144,7 +143,7 @@ class DrillReport:
     def describe(self) -> list[str]:
         """The lines an operator reads."""
         size = "" if self.size is None else f", {format_size(self.size)}"
-        snapshot = "" if self.snapshot_at is None else f", snapshot {iso(self.snapshot_at)}"
+        snapshot = "" if self.snapshot_at is None else f", snapshot {when(self.snapshot_at)}"
         lines = [f"drill of backup {self.backup_id} (database {self.database}{snapshot}{size}): "
                  + ("PASSED" if self.ok else "FAILED")]
         if self.recovery_seconds is not None:
@@ -230,8 +229,7 @@ def _drill(store: BackupStore, backup_id: str, options: RestoreOptions,
            min_free: float) -> tuple[DrillReport, BaseException | None]:
     live = options.database
     started = time.time()
-    scratch = derived_name(live, DRILL_INFIX + datetime.fromtimestamp(started, UTC).strftime(
-        STAMP))
+    scratch = derived_name(live, DRILL_INFIX + db_stamp(started))
     report = DrillReport(backup_id=backup_id, database=live, scratch=scratch,
                          started_at=started)
     interruption: BaseException | None = None

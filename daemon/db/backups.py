@@ -22,7 +22,8 @@ API (``store = BackupStore(config.backups, connect_timeout=config.database.conne
 * For restores: ``store.data_path(manifest)`` is what pg_restore reads,
   ``store.path(id) / manifest.schema_file`` the schema dump, ``manifest.config`` the config
   files (``store.path(id) / entry.file``), ``find_restore_tool(manifest)`` the pg_restore (or
-  psql) able to read it, and ``daemon.pgtools.libpq_env(dsn)`` / ``run_tool`` to run it.
+  psql) able to read it, and ``daemon.db.tools.libpq_env(dsn)`` /
+  :func:`daemon.proc.run_process` to run it.
 
 Everything here is synchronous (subprocesses and a psycopg connection, every wait bounded);
 the daemon calls it through ``asyncio.to_thread``. Every failure is a :class:`BackupError`
@@ -50,19 +51,26 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.config import BackupSettings
-from daemon.durable import fsync_dir, replace_atomically
-from daemon.pgcatalog import NoSuchTableError, TableRef, resolve_tables, user_tables
-from daemon.pgtools import (
+from daemon.db.admin import connect
+from daemon.db.catalog import NoSuchTableError, TableRef, resolve_tables, user_tables
+from daemon.db.tools import (
     PgToolError,
     Tool,
     find_tool,
     libpq_env,
-    run_tool,
     server_major,
 )
-from daemon.snapshot import ConfigFile, SnapshotError, sha256_file, snapshot_config
+from daemon.durable import (
+    ConfigFile,
+    CopyError,
+    fsync_dir,
+    replace_atomically,
+    sha256_file,
+    snapshot_config,
+)
+from daemon.fmt import excerpt, format_size, iso, stamp
+from daemon.proc import run_process
 from probes.pg import (
-    connect_sync,
     milliseconds,
 )
 
@@ -191,22 +199,14 @@ class _Server:
 
 
 def new_id(kind: str, at: float) -> str:
-    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{kind}-{secrets.token_hex(2)}"
+    return f"{stamp(at)}-{kind}-{secrets.token_hex(2)}"
 
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one."""
     replace_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
-
-def _tail(text: str, lines: int = 5) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return " / ".join(kept) or "no output"
 
 
 class BackupStore:
@@ -414,12 +414,12 @@ class BackupStore:
 
         report(stage, 0.0, None if estimate is None else float(estimate))
         try:
-            result = run_tool(argv, env=env, timeout=remaining, on_tick=tick)
+            result = run_process(argv, env=env, timeout=remaining, on_tick=tick)
         except PgToolError as exc:
             raise BackupError(f"pg_dump ({stage}) failed: {exc}") from None
         if result.returncode != 0:
             raise BackupError(f"pg_dump ({stage}) failed with exit status {result.returncode}: "
-                              f"{_tail(result.stderr)}")
+                              f"{excerpt(result.stderr, lines=5, joiner=' / ') or 'no output'}")
         done = float(_du(output)) if output is not None else 1.0
         report(stage, done, done)
 
@@ -431,7 +431,7 @@ class BackupStore:
         report("config snapshot", 0.0, float(len(files)))
         try:
             taken = snapshot_config(files, directory)
-        except SnapshotError as exc:
+        except CopyError as exc:
             raise BackupError(str(exc)) from None
         report("config snapshot", float(len(files)), float(len(files)))
         return taken
@@ -499,12 +499,12 @@ class BackupStore:
         if remaining <= 0:
             raise BackupError(f"verification timed out: {what}")
         try:
-            result = run_tool(argv, env=env, timeout=remaining)
+            result = run_process(argv, env=env, timeout=remaining)
         except PgToolError as exc:
             raise BackupError(f"{what}: {exc}") from None
         if result.returncode != 0:
             raise BackupError(f"{what}: pg_restore exit status {result.returncode}: "
-                              f"{_tail(result.stderr)}")
+                              f"{excerpt(result.stderr, lines=5, joiner=' / ') or 'no output'}")
         return result.stdout
 
     # -- pruning ---------------------------------------------------------------------------
@@ -540,19 +540,10 @@ class BackupStore:
 
     # -- connections -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _connect(self, dsn: str) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            conn = connect_sync(dsn, connect_timeout=self.connect_timeout,
-                                statement_timeout=self.settings.timeout,
-                                lock_timeout=self.settings.lock_wait_timeout)
-        except psycopg.Error as exc:
-            raise BackupError(f"cannot connect to the database: {_pg_message(exc)}") from None
-        try:
-            with conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise BackupError(f"database error: {_pg_message(exc)}") from None
+    def _connect(self, dsn: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        return connect(dsn, connect_timeout=self.connect_timeout,
+                       statement_timeout=self.settings.timeout,
+                       lock_timeout=self.settings.lock_wait_timeout, error=BackupError)
 
     # -- listing (last: the method's name shadows the builtin in the class body) --------
 
@@ -568,11 +559,6 @@ class BackupStore:
 def _no_progress(stage: str, done: float, total: float | None) -> None:
     return None
 
-
-def _pg_message(exc: psycopg.Error) -> str:
-    """The server's or libpq's message, one line (libpq's never includes the password)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _find(version_num: int, name: str) -> Tool:
@@ -724,12 +710,4 @@ def _id_kind(backup_id: str) -> str:
     parts = backup_id.split("-")
     return "-".join(parts[1:-1]) if len(parts) >= 3 else "unknown"
 
-
-def format_size(n: float) -> str:
-    """Bytes as a short decimal size (``12.3 MB``), as in messages and the CLI."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 

@@ -1,4 +1,5 @@
-"""PostgreSQL client tools (pg_dump, pg_restore, psql): finding the right ones and running them.
+"""PostgreSQL client tools (pg_dump, pg_restore, psql): finding the right ones, and the libpq
+environment they connect with (they run through :mod:`daemon.proc`).
 
 A dump taken by a client older than the server is refused by pg_dump itself, and a restore by a
 client older than the dump's format fails halfway through: so tools are looked up for a server
@@ -10,26 +11,20 @@ through argv, where every user of the host could read a password in ``ps``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from psycopg.conninfo import conninfo_to_dict
 
+from daemon.proc import ProcError, run_process
 from probes.pg import APPLICATION_NAME, libpq_connect_timeout
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 VERSION_TIMEOUT = 10.0
-TICK = 0.5
-"""Seconds between ``on_tick`` calls while a tool runs (progress bars poll output sizes)."""
 
 # libpq connection parameters and the environment variables that set them (libpq docs 34.15).
 LIBPQ_ENV = {
@@ -51,8 +46,8 @@ LIBPQ_ENV = {
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
-class PgToolError(Exception):
-    """A client tool that cannot be found, configured or run; ``str()`` is for an operator."""
+class PgToolError(ProcError):
+    """A client tool that cannot be found or configured; ``str()`` is for an operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +68,7 @@ def server_major(server_version_num: int) -> int:
 
 def tool_version(path: Path) -> tuple[str, int]:
     """``(version, major)`` that ``path --version`` reports."""
-    result = run_tool([str(path), "--version"], env=dict(os.environ), timeout=VERSION_TIMEOUT)
+    result = run_process([str(path), "--version"], env=dict(os.environ), timeout=VERSION_TIMEOUT)
     match = _VERSION.search(result.stdout)
     if result.returncode != 0 or match is None:
         raise PgToolError(f"{path} --version did not report a PostgreSQL version: "
@@ -146,80 +141,3 @@ def libpq_env(dsn: str, *, connect_timeout: float | None = None,
                               "client tools (no libpq environment variable sets it)")
         env[var] = str(value)
     return env
-
-
-def run_tool(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
-             stdout: int | IO[bytes] | None = subprocess.PIPE,
-             on_tick: Callable[[], None] | None = None,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` (a list, never a shell string) and wait at most ``timeout`` seconds.
-
-    stderr is always captured (decoded, in the result); stdout too unless ``stdout`` says
-    otherwise (``None`` inherits ours, or pass a file). ``on_tick`` is called about every
-    half second while it runs. On timeout, or when the wait is interrupted (Ctrl-C), the tool
-    and anything it forked (pg_dump -j workers) are killed: the child runs in a session of its
-    own, whose id is its pid. Raises ``PgToolError`` on timeout or when it cannot start.
-    """
-    return _run(argv, env=env, timeout=timeout, stdout=stdout, stderr=subprocess.PIPE,
-                on_tick=on_tick, cwd=cwd)
-
-
-def run_passthrough(argv: Sequence[str], *, timeout: float,
-                    env: Mapping[str, str] | None = None) -> int:
-    """Run ``argv`` with its output streamed to ours; its exit status, or raise on timeout."""
-    result = _run(argv, env=dict(os.environ if env is None else env), timeout=timeout,
-                  stdout=None, stderr=None, on_tick=None)
-    return result.returncode
-
-
-def _run(argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
-         stdout: int | IO[bytes] | None, stderr: int | None,
-         on_tick: Callable[[], None] | None,
-         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    if isinstance(argv, str):
-        raise TypeError("argv must be a list of arguments, not a shell string")
-    args = [str(a) for a in argv]
-    try:
-        proc = subprocess.Popen(args, env=dict(env), stdout=stdout, stderr=stderr,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-    except OSError as exc:
-        raise PgToolError(f"cannot run {args[0]}: {exc.strerror or exc}") from None
-    deadline = time.monotonic() + timeout
-    try:
-        out, err = _wait(proc, deadline, on_tick)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        raise PgToolError(f"{Path(args[0]).name} did not finish within {timeout:g}s "
-                          "and was killed") from None
-    except BaseException:
-        _kill(proc)
-        raise
-    return subprocess.CompletedProcess(
-        args, proc.returncode,
-        out.decode(errors="replace") if out is not None else "",
-        err.decode(errors="replace") if err is not None else "",
-    )
-
-
-def _wait(proc: subprocess.Popen[bytes], deadline: float,
-          on_tick: Callable[[], None] | None) -> tuple[bytes | None, bytes | None]:
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise subprocess.TimeoutExpired(proc.args, 0)
-        step = remaining if on_tick is None else min(remaining, TICK)
-        try:
-            return proc.communicate(timeout=step)
-        except subprocess.TimeoutExpired:
-            if on_tick is not None:
-                on_tick()
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the child's own process group (its pid is the group id) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.communicate(timeout=10)

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import psutil
 
+from daemon.app.result import StepResult
 from daemon.config import CommandControl, Control, ProcessControl, SystemdControl
-from daemon.steps import CommandOutcome, StepResult, describe_status, excerpt, run_command
+from daemon.fmt import excerpt
+from daemon.proc import CommandOutcome, describe_status, run_command
 from probes.process import (
     Identity,
     ProcessQueryError,

@@ -7,46 +7,41 @@ not. Run monthly by ``systemd/rollbackd-drill.timer``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from daemon.cli_common import (
+from daemon.cli.common import (
     EXIT_FAILED,
-    Terminated,
     config_option,
     fail,
-    load_or_fail,
-    sigterm_raises,
+    json_option,
+    load_with_database,
+    render,
     working,
 )
-
-if TYPE_CHECKING:
-    from daemon.drill import DrillReport
+from daemon.proc import Terminated, sigterm_raises
 
 
 @click.command()
 @config_option
 @click.option("--backup", "backup_id", default=None, metavar="ID",
               help="Drill this backup instead of the newest verified restore point.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@json_option("Print the report as one JSON object.")
 @click.pass_context
 def drill(ctx: click.Context, config_file: Path | None, backup_id: str | None,
           as_json: bool) -> None:
     """Restore the newest verified restore point into a scratch database, validate it, report
     the recovery time, drop it, and journal the result (for the drill metrics)."""
     # Imported here: the restore machinery is not loaded for every other command.
-    from daemon.drill import DrillConfigError, DrillError, run_drill
+    from daemon.db.drill import DrillConfigError, DrillError, run_drill
 
-    path, config = load_or_fail(ctx, config_file)
-    if config.database is None:
-        fail(f"{path}: database: required key is missing (a drill restores into its server)")
+    path, config = load_with_database(ctx, config_file)
     # Without this, SIGTERM would end the process before the scratch database is dropped.
     try:
-        with sigterm_raises(), working("drill: restoring into a scratch database and validating it",
-                     enabled=not as_json):
+        with sigterm_raises(), working(
+                "drill: restoring into a scratch database and validating it",
+                enabled=not as_json):
             report = run_drill(config, backup_id)
     except DrillConfigError as exc:
         fail(f"{path}: {exc}")
@@ -55,14 +50,6 @@ def drill(ctx: click.Context, config_file: Path | None, backup_id: str | None,
     except (Terminated, KeyboardInterrupt):
         fail("drill interrupted: journaled as failed; its scratch database was dropped on the "
              "way out (or, if that was cut short too, is dropped by the next drill)", EXIT_FAILED)
-    _print(report, as_json)
+    render(report, as_json)
     if not report.ok:
         fail(f"drill of {report.backup_id} FAILED: {report.reason}", EXIT_FAILED)
-
-
-def _print(report: DrillReport, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(report.as_json(), sort_keys=True))
-        return
-    for line in report.describe():
-        click.echo(line)

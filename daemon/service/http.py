@@ -28,7 +28,7 @@ class Health(Protocol):
 
 def build_app(health: Health, registry: CollectorRegistry,
               api: Sequence[BaseRoute] = ()) -> Starlette:
-    """``api``: the token-guarded /api/v1 routes (daemon.api); the others stay open."""
+    """``api``: the token-guarded /api/v1 routes (daemon.service.api); the others stay open."""
 
     async def landing(_: Request) -> Response:
         status = html.escape(health.status_line)

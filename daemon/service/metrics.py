@@ -16,8 +16,8 @@ from prometheus_client import (
 )
 
 from daemon import __version__
-from daemon.backups import KINDS as BACKUP_KINDS
-from daemon.backups import BackupInfo
+from daemon.db.backups import KINDS as BACKUP_KINDS
+from daemon.db.backups import BackupInfo
 from daemon.journal import Drill
 from policies.engine import Decision
 from policies.policy import SEVERITY_RANK, Policy, blind_rule

@@ -7,7 +7,7 @@
   beside it, renamed over it). Nothing is deleted: the release rolled back from stays.
 
 Both report the version they left, so that the step can be undone. Failures are returned as
-a :class:`~daemon.steps.StepResult`, never raised.
+a :class:`~daemon.app.result.StepResult`, never raised.
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ import secrets
 import time
 from pathlib import Path
 
+from daemon.app.result import StepResult
+from daemon.app.snapshot import SnapshotError, git_commit, symlink_release
 from daemon.config import GitCode, SymlinkCode
-from daemon.snapshot import SnapshotError, git_commit, symlink_release
-from daemon.steps import StepResult, excerpt, run_command
+from daemon.fmt import excerpt
+from daemon.proc import run_command
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,64}$")
 
 
 def current_version(code: GitCode | SymlinkCode, *, timeout: float = 15.0) -> str | None:
     """The deployed version as a restore point records it (see
-    :func:`daemon.snapshot.code_version`): the commit, or the release ``current`` points to.
+    :func:`daemon.app.snapshot.code_version`): the commit, or the release ``current`` points to.
     ``None`` when it cannot be determined."""
     try:
         if isinstance(code, GitCode):
@@ -159,7 +161,7 @@ def _dirty_files(directory: Path, deadline: float) -> list[str] | StepResult:
 
 def _release_dir(code: SymlinkCode, target: str) -> Path | None:
     """The directory for ``target``: a release name, or an absolute path as
-    :func:`daemon.snapshot.symlink_release` records a release outside ``releases``."""
+    :func:`daemon.app.snapshot.symlink_release` records a release outside ``releases``."""
     if Path(target).is_absolute():
         return Path(target)
     if not target or "/" in target or target in {".", ".."}:

@@ -14,16 +14,16 @@ from pathlib import Path
 import uvicorn
 
 from daemon import __version__
-from daemon.api import api_routes
-from daemon.backups import BackupError, BackupStore
 from daemon.config import Config, ConfigError, load_config, load_policy
-from daemon.http import build_app
+from daemon.db.backups import BackupError, BackupStore
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
-from daemon.metrics import Metrics
-from daemon.notify import Notifier
-from daemon.probeset import ProbeSet, build_probes
-from daemon.status import describe
+from daemon.service.api import api_routes
+from daemon.service.http import build_app
+from daemon.service.metrics import Metrics
+from daemon.service.probeset import ProbeSet, build_probes
+from daemon.service.sd_notify import Notifier
+from daemon.service.status_line import describe
 from policies.engine import Decision, Engine
 from policies.events import EventError
 from policies.policy import ROLLBACKS, Policy

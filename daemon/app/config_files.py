@@ -15,13 +15,13 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.backups import BackupError, BackupStore, Manifest
-from daemon.durable import replace_atomically, write_new
-from daemon.snapshot import ConfigFile
-from daemon.steps import StepResult
+from daemon.app.result import StepResult
+from daemon.durable import ConfigFile, replace_atomically, sha256_file, write_new
+from daemon.fmt import stamp
 
 KEPT_INFIX = ".rollbackd-"
 
@@ -48,28 +48,30 @@ class _Plan:
             or (info.st_uid, info.st_gid) != (self.entry.uid, self.entry.gid))
 
 
-def restore_config_files(store: BackupStore, manifest: Manifest) -> StepResult:
-    """Restore ``manifest.config`` from backup ``manifest.id``; see the module docstring.
+def restore_config_files(backup_dir: Path, backup_id: str,
+                         entries: Sequence[ConfigFile]) -> StepResult:
+    """Restore the config files ``entries`` of backup ``backup_id`` (whose copies are under
+    ``backup_dir``); see the module docstring.
 
     ``details``: ``changed`` (rewritten), ``created`` (were missing), ``attributes`` (mode or
     owner put back), ``unchanged``, ``kept`` (file -> its pre-rollback copy).
     """
     started = time.monotonic()
-    if not manifest.config:
-        return StepResult(True, f"restore point {manifest.id} holds no config files")
-    plans = _plan(store, manifest)
+    if not entries:
+        return StepResult(True, f"restore point {backup_id} holds no config files")
+    plans = _plan(backup_dir, entries)
     if isinstance(plans, str):
         return StepResult(False, f"config rollback refused, no file changed: {plans}",
                           duration=time.monotonic() - started)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept_stamp = stamp(time.time())
     report = _Report()
     for plan in plans:
-        error = _apply(plan, stamp, report)
+        error = _apply(plan, kept_stamp, report)
         if error is not None:
             return StepResult(False, f"config rollback stopped at {plan.target}: {error}; "
                               f"{report.summary()}", duration=time.monotonic() - started,
                               details=report.details())
-    return StepResult(True, f"config files from {manifest.id}: {report.summary()}",
+    return StepResult(True, f"config files from {backup_id}: {report.summary()}",
                       duration=time.monotonic() - started, details=report.details())
 
 
@@ -105,15 +107,12 @@ def _names(paths: list[str]) -> str:
 # -- checking, before anything changes ----------------------------------------------------
 
 
-def _plan(store: BackupStore, manifest: Manifest) -> list[_Plan] | str:
+def _plan(backup_dir: Path, entries: Sequence[ConfigFile]) -> list[_Plan] | str:
     """A plan per file, or why none may be carried out (every problem found, named)."""
-    try:
-        backup_dir = store.path(manifest.id).resolve()
-    except BackupError as exc:
-        return str(exc)
+    backup_dir = backup_dir.resolve()
     plans: list[_Plan] = []
     problems: list[str] = []
-    for entry in manifest.config:
+    for entry in entries:
         plan = _plan_one(backup_dir, entry)
         if isinstance(plan, str):
             problems.append(plan)
@@ -144,7 +143,7 @@ def _plan_one(backup_dir: Path, entry: ConfigFile) -> _Plan | str:
         return f"cannot examine {target}: {exc.strerror or exc}"
     if current is not None and not stat.S_ISREG(current.st_mode):
         return f"{target} is no longer a regular file"
-    same = current is not None and _sha256(target) == entry.sha256
+    same = current is not None and _digest(target) == entry.sha256
     plan = _Plan(entry, target, content, current, same)
     if (plan.needs_write or plan.needs_attrs) and not _may_own(entry.uid, entry.gid):
         return (f"cannot give {target} back its owner uid {entry.uid} gid {entry.gid} "
@@ -152,9 +151,10 @@ def _plan_one(backup_dir: Path, entry: ConfigFile) -> _Plan | str:
     return plan
 
 
-def _sha256(path: Path) -> str | None:
+
+def _digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)[0]
     except OSError:
         return None
 

@@ -18,17 +18,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from daemon.cli_ops import (
+from daemon.config import Config
+from daemon.journal import Journal, JournalError
+from daemon.logs import get_logger
+from daemon.ops.operator import (
     DecisionError,
     gather_status,
     record_decision,
     record_pause,
     record_resume,
 )
-from daemon.config import Config
-from daemon.journal import Journal, JournalError
-from daemon.logs import get_logger
-from daemon.metrics import Metrics
+from daemon.service.metrics import Metrics
 
 Handler = Callable[[Request], Awaitable[Response]]
 Model = TypeVar("Model", bound=BaseModel)
@@ -221,7 +221,7 @@ class Api:
         return JSONResponse({"accepted": len(hook.alerts)})
 
     async def status(self, _: Request) -> Response:
-        return JSONResponse(gather_status(self.host.config, self.host.journal))
+        return JSONResponse(gather_status(self.host.config, self.host.journal).as_json())
 
     async def incidents(self, _: Request) -> Response:
         return JSONResponse(self.host.journal.incidents())

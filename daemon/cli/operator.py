@@ -1,0 +1,128 @@
+"""What an operator does by hand: ``pause``, ``resume``, ``status``, ``incidents [show N]``,
+``decide N dismiss|fix_forward``. They work the same whether the daemon runs or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from daemon.cli.common import (
+    EXIT_FAILED,
+    config_option,
+    fail,
+    json_option,
+    load_or_fail,
+    render,
+)
+from daemon.config import Config
+from daemon.journal import Journal, JournalError
+from daemon.ops.operator import (
+    DecisionError,
+    IncidentList,
+    Notice,
+    gather_status,
+    incident_decisions,
+    operator_name,
+    record_decision,
+    record_pause,
+    record_resume,
+)
+
+
+def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Journal]:
+    path, config = load_or_fail(ctx, config_file)
+    try:
+        return config, Journal.in_state_dir(config.daemon.state_dir)
+    except JournalError as exc:
+        fail(f"{path}: daemon.state_dir: {exc}")
+
+
+@click.command()
+@config_option
+@click.option("--reason", default="", help="Why (shown in every page while paused).")
+@json_option()
+@click.pass_context
+def pause(ctx: click.Context, config_file: Path | None, reason: str, as_json: bool) -> None:
+    """Pause automatic action: rollbackd keeps watching and deciding, executes nothing, and
+    says it is paused in every page (for maintenance)."""
+    _, journal = _journal(ctx, config_file)
+    by = operator_name()
+    try:
+        record_pause(journal, by, reason)
+    except JournalError as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(Notice("paused: rollbackd decides and pages but executes nothing until "
+                  "`rollbackd resume`", {"paused": True, "by": by, "reason": reason}), as_json)
+
+
+@click.command()
+@config_option
+@json_option()
+@click.pass_context
+def resume(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
+    """End a pause."""
+    _, journal = _journal(ctx, config_file)
+    by = operator_name()
+    try:
+        record_resume(journal, by)
+    except JournalError as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(Notice("resumed", {"paused": False, "by": by}), as_json)
+
+
+@click.command()
+@config_option
+@json_option()
+@click.pass_context
+def status(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
+    """The latest deploy, the open incident, pause, and the last drill, from the journal."""
+    config, journal = _journal(ctx, config_file)
+    render(gather_status(config, journal), as_json)
+
+
+@click.group(invoke_without_command=True)
+@config_option
+@json_option("A JSON array.")
+@click.pass_context
+def incidents(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
+    """List incidents, newest first (``incidents show N`` for one)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj["incidents_config"] = config_file
+        return
+    _, journal = _journal(ctx, config_file)
+    render(IncidentList(journal.incidents()), as_json)
+
+
+@incidents.command("show")
+@config_option
+@click.argument("incident", type=int)
+@json_option("JSON Lines, the replay output format.")
+@click.pass_context
+def show(ctx: click.Context, config_file: Path | None, incident: int, as_json: bool) -> None:
+    """Every decision of one incident, in order, with its reason."""
+    _, journal = _journal(ctx, config_file or ctx.obj.get("incidents_config"))
+    try:
+        render(incident_decisions(journal, incident), as_json)
+    except DecisionError as exc:
+        fail(str(exc), EXIT_FAILED)
+
+
+@click.command()
+@config_option
+@click.argument("incident", type=int)
+@click.argument("choice", type=click.Choice(["dismiss", "fix_forward"]))
+@click.option("--reason", default="", help="Why, for the incident's record.")
+@json_option()
+@click.pass_context
+def decide(ctx: click.Context, config_file: Path | None, incident: int, choice: str,
+           reason: str, as_json: bool) -> None:
+    """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback). Either
+    closes it; the daemon journals the resolution at its next cycle."""
+    _, journal = _journal(ctx, config_file)
+    try:
+        record_decision(journal, incident, choice, reason, operator_name())
+    except (JournalError, DecisionError) as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(Notice(f"incident {incident}: {choice} recorded",
+                  {"incident": incident, "decision": choice, "reason": reason}), as_json)

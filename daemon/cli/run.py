@@ -1,0 +1,36 @@
+"""``rollbackd run``: the daemon (the systemd service's ExecStart)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from daemon.cli.common import config_option, fail, load_with_policy
+from daemon.logs import configure_logging
+
+
+@click.command()
+@config_option
+@click.pass_context
+def run(ctx: click.Context, config_file: Path | None) -> None:
+    """Run the daemon: probe, export metrics, notify systemd (the systemd service's ExecStart)."""
+    from daemon.journal import Journal, JournalError
+    from daemon.service.loop import Daemon, ListenError, bind_listener
+
+    path, config, policy = load_with_policy(ctx, config_file)
+    configure_logging(config.daemon.log_format)
+    try:
+        journal = Journal.in_state_dir(config.daemon.state_dir)
+    except JournalError as exc:
+        fail(f"{path}: daemon.state_dir: {exc}")
+    try:
+        listener = bind_listener(config.daemon.listen_host, config.daemon.listen_port)
+    except ListenError as exc:
+        fail(f"{path}: daemon.listen: {exc}")
+    daemon = Daemon(path, config, policy, journal)
+    sys.exit(asyncio.run(daemon.run(listener)))
+
+

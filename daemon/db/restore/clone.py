@@ -1,0 +1,88 @@
+"""Clone restore points: ``CREATE DATABASE ... TEMPLATE`` while the app is stopped for the
+deploy, swapped back in within seconds (the live database is kept, renamed aside).
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from daemon.db.admin import (
+    RestoreError,
+    RestoreOptions,
+    admin_session,
+    database_properties,
+    derived_name,
+)
+from daemon.db.restore.common import (
+    RestoreReport,
+    locked,
+    validate_live,
+)
+from daemon.db.restore.swap import finish_replacement, swap_in, validate_replacement
+from daemon.fmt import db_stamp
+
+CLONE_COMMENT = "rollbackd clone of {db} taken at {at}"
+
+
+def create_clone(options: RestoreOptions, name: str | None = None) -> str:
+    """``CREATE DATABASE <name> TEMPLATE <live>``; the clone's name.
+
+    PostgreSQL copies the files only when nobody is connected to the live database, so this is
+    for a deploy that stops the application first; with sessions still connected it is
+    refused (they are not terminated: that would be an outage the deploy did not plan).
+    """
+    live = options.database
+    taken = time.time()
+    clone = name or derived_name(live, "_clone_" + db_stamp(taken))
+    with admin_session(options) as admin:
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(clone), sql.Identifier(live)))
+        except psycopg.errors.ObjectInUse:
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                (live,)).fetchone()
+            raise RestoreError(
+                f"cannot clone {live}: {row[0] if row else 'some'} session(s) are connected "
+                "to it; a clone is taken while the application is stopped for the deploy "
+                "(stop it, then clone)") from None
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(clone), sql.Literal(CLONE_COMMENT.format(db=live, at=taken))))
+    return clone
+
+
+def restore_from_clone(options: RestoreOptions, clone: str) -> RestoreReport:
+    """Swap the clone in as the live database; the current live is kept as ``_rolledback_``."""
+    live = options.database
+    with locked(options, f"clone restore from {clone}"):
+        started = time.time()
+        aside = derived_name(live, "_rolledback_" + db_stamp(started))
+        with admin_session(options) as admin:
+            props = database_properties(admin, live)
+            database_properties(admin, clone)
+            taken = _clone_time(admin, clone, live)
+            if taken is None:
+                # Only a clone rollbackd took of this very database may replace it.
+                raise RestoreError(f"{clone} is not a rollbackd clone of {live} (its comment "
+                                   "does not say so): refusing to swap it in")
+        finish_replacement(options, clone, props)
+        validate_replacement(options, clone, None)
+        with admin_session(options) as admin:
+            blocked = swap_in(admin, options, live, clone, aside)
+        return RestoreReport(
+            strategy="clone", backup_id=None, source=f"clone {clone}", database=live,
+            started_at=started, finished_at=time.time(), data_window_start=taken,
+            data_window_end=started, kept=aside, kept_kind="database",
+            blocked_seconds=round(blocked, 3), validation=validate_live(options, None))
+
+
+def _clone_time(admin: psycopg.Connection[Any], clone: str, live: str) -> float | None:
+    row = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                        " WHERE datname = %s", (clone,)).fetchone()
+    comment = str(row[0]) if row and row[0] else ""
+    match = re.fullmatch(re.escape(CLONE_COMMENT.format(db=live, at="@")).replace(
+        "@", r"([0-9.]+)"), comment)
+    return float(match.group(1)) if match else None

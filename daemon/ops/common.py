@@ -1,0 +1,30 @@
+"""What every operation opens: the journal, the backup store, the database settings."""
+
+from __future__ import annotations
+
+from daemon.config import Config, DatabaseSettings
+from daemon.db.backups import BackupStore
+from daemon.journal import Journal, JournalError
+
+
+class OpsError(Exception):
+    """An operation that cannot be carried out; ``str()`` is the one line the operator reads."""
+
+
+def open_journal(config: Config) -> Journal:
+    try:
+        return Journal.in_state_dir(config.daemon.state_dir)
+    except JournalError as exc:
+        raise OpsError(str(exc)) from None
+
+
+def open_store(config: Config) -> BackupStore:
+    db = config.database
+    return BackupStore(config.backups,
+                       connect_timeout=db.connect_timeout if db is not None else 5.0)
+
+
+def database(config: Config) -> DatabaseSettings:
+    if config.database is None:
+        raise OpsError("the config has no [database] section (needed for backups)")
+    return config.database

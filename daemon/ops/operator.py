@@ -1,0 +1,165 @@
+"""What an operator does by hand, shared by the CLI and the HTTP API: pause and resume, the
+state, incidents and their decisions, answering an incident.
+
+These write to and read the journal; the running daemon picks the events up at its next
+cycle, so they work the same whether the daemon runs or not.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.config import Config
+from daemon.fmt import when
+from daemon.journal import Journal
+
+
+class DecisionError(Exception):
+    """An incident that cannot be decided; ``str()`` says why, ``missing`` tells which case."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def operator_name() -> str:
+    """Who runs the command, as the journal and the pages will name them."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _record(journal: Journal, payload: dict[str, Any]) -> None:
+    journal.add_event(time.time(), payload)
+
+
+def record_pause(journal: Journal, by: str, reason: str) -> None:
+    """Journal a pause; the daemon applies it at its next cycle. Raises JournalError."""
+    _record(journal, {"type": "pause", "by": by, "reason": reason})
+
+
+def record_resume(journal: Journal, by: str) -> None:
+    _record(journal, {"type": "resume", "by": by})
+
+
+def record_decision(journal: Journal, incident: int, choice: str, reason: str, by: str) -> None:
+    """Journal a human decision that closes an open incident. Raises DecisionError or
+    JournalError."""
+    summary = journal.incident(incident)
+    if summary is None:
+        raise DecisionError(f"no incident {incident} in the journal", missing=True)
+    if summary["state"] != "open":
+        raise DecisionError(f"incident {incident} is already resolved", missing=False)
+    decision = choice if not reason else f"{choice} ({reason})"
+    _record(journal, {"type": "close", "incident": incident, "by": by, "decision": decision})
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A one-line outcome (``paused``, ``incident 3: dismiss recorded``)."""
+
+    message: str
+    data: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return self.data
+
+    def describe(self) -> list[str]:
+        return [self.message]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The latest deploy, the open incident, pause and the last drill (``status``)."""
+
+    app: str
+    paused: bool
+    deploy: dict[str, Any] | None
+    incident: dict[str, Any] | None
+    drill: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"app": self.app, "paused": self.paused, "deploy": self.deploy,
+                "incident": self.incident, "drill": self.drill}
+
+    def describe(self) -> list[str]:
+        lines = [f"app        {self.app}" + ("  [PAUSED]" if self.paused else "")]
+        deploy, incident, drill = self.deploy, self.incident, self.drill
+        if deploy is None:
+            lines.append("deploy     none recorded")
+        else:
+            verified = "verified" if deploy["restore_point_verified"] else "NOT verified"
+            lines.append(f"deploy     {deploy['version']} ({deploy['status']}) at "
+                         f"{when(deploy['started_at'])}, restore point "
+                         f"{deploy['restore_point'] or 'none'} ({verified})")
+        if incident is None:
+            lines.append("incident   none open")
+        else:
+            lines.append(f"incident   {incident['incident']} open: {incident['scenario']} "
+                         f"({incident['severity']}) -> {incident['action']} "
+                         f"[{incident['mode']}] since {when(incident['opened_at'])}")
+        if drill is None:
+            lines.append("drill      never run")
+        else:
+            lines.append(f"drill      {'passed' if drill['ok'] else 'FAILED'} at "
+                         f"{when(drill['t'])} ({drill['duration']:.1f}s)")
+        return lines
+
+
+def gather_status(config: Config, journal: Journal) -> Status:
+    deploy = journal.latest_deploy(config.app_name)
+    incidents = journal.incidents(limit=1)
+    open_incident = incidents[0] if incidents and incidents[0]["state"] == "open" else None
+    pause_event = journal.latest_event(("pause", "resume"))
+    paused = pause_event is not None and pause_event.payload["type"] == "pause"
+    drill = journal.latest_drill()
+    return Status(
+        app=config.app_name, paused=paused,
+        deploy=None if deploy is None else {
+            "id": deploy.id, "version": deploy.version, "started_at": deploy.started_at,
+            "status": deploy.status, "restore_point": deploy.restore_point,
+            "restore_point_verified": deploy.restore_point_verified},
+        incident=open_incident,
+        drill=None if drill is None else {
+            "t": drill.t, "backup": drill.backup, "ok": drill.ok, "duration": drill.duration})
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentList:
+    rows: list[dict[str, Any]]
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return self.rows
+
+    def describe(self) -> list[str]:
+        if not self.rows:
+            return ["no incidents"]
+        return [f"{row['incident']:>5}  {row['state']:<8}  {when(row['opened_at'])}  "
+                f"{row['scenario']} ({row['severity']}) -> {row['action']} [{row['mode']}]"
+                for row in self.rows]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentDecisions:
+    """Every decision of one incident, in order; JSON Lines in the replay output format."""
+
+    lines: list[dict[str, Any]]
+    json_lines = True
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return self.lines
+
+    def describe(self) -> list[str]:
+        return [f"{when(line['t'])}  {line['kind']:<8}  {line['scenario']} "
+                f"({line['severity']}) -> {line['action']} [{line['mode']}]: {line['reason']}"
+                for line in self.lines]
+
+
+def incident_decisions(journal: Journal, incident: int) -> IncidentDecisions:
+    """Raises DecisionError (missing) when the journal has no such incident."""
+    lines = journal.decisions(limit=1000, incident=incident)
+    if not lines:
+        raise DecisionError(f"no incident {incident} in the journal", missing=True)
+    return IncidentDecisions(lines)
