@@ -46,7 +46,7 @@ class RestoreOptions:
     """Where and how to restore; ``from_config`` builds it from ``[database]``/``[backups]``.
 
     ``take_lock=False`` is for a caller that already holds :func:`daemon.locks.rollback_lock`
-    (the runbook executor holds it for the whole runbook).
+    (one that restores several things under one hold).
     """
 
     dsn: str

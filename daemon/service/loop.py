@@ -65,6 +65,16 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class Daemon:
+    """The long-running service of one application host.
+
+    Owns the main loop (probe, feed the engine, journal its decisions, export, notify
+    systemd), the HTTP server (metrics, health, the API) and the reload and stop signals. Its
+    invariants: the loop keeps its interval whatever a probe, the journal or a webhook does (a
+    failing cycle is logged and counted, never fatal); signal handlers only set flags; every
+    decision the engine takes is journaled before it is exported; a restart resumes from the
+    journal (the open incident, the rate limit, the frozen baselines) rather than from zero.
+    """
+
     def __init__(self, config_path: Path, config: Config, policy: Policy, journal: Journal,
                  notifier: Notifier | None = None) -> None:
         self.config_path = config_path
@@ -305,7 +315,7 @@ class Daemon:
 
     def _journal_decision(self, decision: Decision) -> None:
         record = decision.as_dict()
-        # Until the runbook executor exists, a decision is recorded as what would be done.
+        # Journaled and logged only: no runbook acts on a decision (executed=false).
         self.log.warning("decision", executed=False, **record)
         try:
             self.journal.add_decision(record)
