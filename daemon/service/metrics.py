@@ -24,7 +24,7 @@ from policies.policy import SEVERITY_RANK, Policy, blind_rule
 from probes.runner import ProbeOutcome
 
 ALERT_STATUSES = ("firing", "resolved")
-API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled")
+API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled", "disconnected")
 
 
 class Metrics:
