@@ -19,7 +19,12 @@ from daemon.db.backups import BackupError, BackupStore
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
 from daemon.service.api import api_routes
-from daemon.service.http import build_app
+from daemon.service.http import (
+    GuardedH11Protocol,
+    build_app,
+    collect_refusals,
+    connection_cap,
+)
 from daemon.service.metrics import Metrics
 from daemon.service.probeset import ProbeSet, build_probes
 from daemon.service.sd_notify import Notifier
@@ -134,9 +139,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        GuardedH11Protocol.cap = connection_cap()
         server = _EmbeddedServer(uvicorn.Config(
             build_app(self, self.metrics.registry, api_routes(self)), log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
+            http=GuardedH11Protocol,
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())
@@ -207,12 +214,24 @@ class Daemon:
         self._log_probe_changes(outcomes)
         self._decide(now, values)
         self._refresh_data_safety()
+        self._note_cut_connections()
         self._status_line = describe(self.config.app_name, outcomes, values, self.engine)
         duration = time.monotonic() - started
         self.metrics.record_tick(outcomes, values, duration, now)
         self.log.info("cycle", status=self._status_line, duration=round(duration, 4))
         self._notified(self.notifier.status(self._status_line))
         self._ready = True
+
+    def _note_cut_connections(self) -> None:
+        """One line per cycle for the HTTP connections cut since the last one (a flood would
+        otherwise log a line per connection)."""
+        over_limit, too_slow = collect_refusals()
+        if not (over_limit or too_slow):
+            return
+        self.metrics.http_refused.labels("limit").inc(over_limit)
+        self.metrics.http_refused.labels("slow").inc(too_slow)
+        self.log.warning("HTTP connections cut", over_the_limit=over_limit,
+                         too_slow=too_slow, limit=GuardedH11Protocol.cap)
 
     def _catch_up(self, now: float) -> int:
         """Feed the engine the journal's recent events, so a restart remembers the last deploy."""

@@ -121,6 +121,13 @@ class Metrics:
         )
         for reason in API_REJECTIONS:
             self.api_rejected.labels(reason)
+        self.http_refused = Counter(
+            "rollbackd_http_connections_refused_total",
+            "HTTP connections closed unserved: over the connection limit, or too slow to send "
+            "their request", ["reason"], registry=r,
+        )
+        for reason in ("limit", "slow"):
+            self.http_refused.labels(reason)
         self._probes: set[str] = set()
         self._signals: set[str] = set()
 
