@@ -29,6 +29,7 @@ from daemon.service.metrics import Metrics
 from daemon.service.probeset import ProbeSet, build_probes
 from daemon.service.sd_notify import Notifier
 from daemon.service.status_line import describe
+from policies.catalogue import MIGRATION_FAILED
 from policies.engine import Decision, Engine
 from policies.events import EventError
 from policies.policy import ROLLBACKS, Policy
@@ -215,12 +216,22 @@ class Daemon:
         self._decide(now, values)
         self._refresh_data_safety()
         self._note_cut_connections()
-        self._status_line = describe(self.config.app_name, outcomes, values, self.engine)
+        shown = self._as_decided(values)
+        self._status_line = describe(self.config.app_name, outcomes, shown, self.engine)
         duration = time.monotonic() - started
-        self.metrics.record_tick(outcomes, values, duration, now)
+        self.metrics.record_tick(outcomes, shown, duration, now)
         self.log.info("cycle", status=self._status_line, duration=round(duration, 4))
         self._notified(self.notifier.status(self._status_line))
         self._ready = True
+
+    def _as_decided(self, values: dict[str, float | None]) -> dict[str, float | None]:
+        """The signals as the engine uses them, for /metrics and the status line: a migration
+        failure journaled by ``deploy run`` holds ``migration.failed`` at 1 even though the
+        tool's own table (knex records only successes) says nothing."""
+        names = set(values)
+        if MIGRATION_FAILED in self.policy.signals():
+            names.add(MIGRATION_FAILED)
+        return {name: self.engine.value(name) for name in names}
 
     def _note_cut_connections(self) -> None:
         """One line per cycle for the HTTP connections cut since the last one (a flood would
