@@ -29,7 +29,6 @@ from daemon.service.metrics import Metrics
 from daemon.service.probeset import ProbeSet, build_probes
 from daemon.service.sd_notify import Notifier
 from daemon.service.status_line import describe
-from policies.catalogue import MIGRATION_FAILED
 from policies.engine import Decision, Engine
 from policies.events import EventError
 from policies.policy import ROLLBACKS, Policy
@@ -225,12 +224,11 @@ class Daemon:
         self._ready = True
 
     def _as_decided(self, values: dict[str, float | None]) -> dict[str, float | None]:
-        """The signals as the engine uses them, for /metrics and the status line: a migration
-        failure journaled by ``deploy run`` holds ``migration.failed`` at 1 even though the
-        tool's own table (knex records only successes) says nothing."""
-        names = set(values)
-        if MIGRATION_FAILED in self.policy.signals():
-            names.add(MIGRATION_FAILED)
+        """The signals as the engine uses them, for /metrics and the status line: every probed
+        one and every one a rule reads. A migration failure journaled by ``deploy run`` holds
+        ``migration.failed`` at 1 even though the tool's own table (knex records only
+        successes) says nothing; ``alert.*`` count the firing alerts."""
+        names = set(values) | self.policy.signals()
         return {name: self.engine.value(name) for name in names}
 
     def _note_cut_connections(self) -> None:
