@@ -269,3 +269,27 @@ def test_leftover_sessions_of_a_killed_restore_are_ended_and_connections_allowed
     text = "\n".join(report.describe())
     assert f"kept in safety backup {safety.id}" in text and str(report.safety_backup) in text
     assert interrupted_in_place(state) is None
+
+
+def test_a_restore_killed_before_pg_restore_was_let_in_is_forgotten_once_recovered(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    store, rp = restore_point(pg_db, tmp_path)
+    name = str(dbname_of(pg_db))
+    safety = store.create(pg_db, "safety")
+    state = tmp_path / "state"
+    state.mkdir()
+    # Killed while it was ending the other sessions: the database refuses connections, and
+    # nothing was restored (pg_restore was still waiting for the holder's locks).
+    (state / STATE_FILE).write_text(json.dumps({
+        "database": name, "blocked_connections": True, "attempts": [{
+            "backup_id": rp.id, "pid": dead_pid(), "host": socket.gethostname(),
+            "started_at": rp.created_at + 1, "safety_backup": safety.id,
+            "may_have_restored": False}]}))
+    pg_cluster.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+
+    assert recover_interrupted_in_place(options(pg_db, tmp_path)) is None
+    assert allows_connections(pg_cluster, name)
+    assert interrupted_in_place(state) is None
+    report = restore_in_place(store, rp.id, options(pg_db, tmp_path))
+    assert report.kept == report.safety_backup != safety.id
+    assert not any("interrupted" in note for note in report.notes)
