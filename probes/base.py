@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 import httpx
@@ -26,12 +28,31 @@ class ProbeSettings(StrictModel):
     timeout: Duration = Field(default=3.0, gt=0)
 
 
+@dataclass(frozen=True, slots=True)
+class Notes:
+    """What a probe has to say about its latest measurement besides the numbers.
+
+    ``problems``: why a signal is unknown, or counted as failed, one line each, keyed by the
+    signal (``db.missing_tables``), the configured check (``check.<name>``) or ``connection``;
+    empty when nothing went wrong. Never holds secrets (header values, passwords).
+    ``info``: values that are text, not numbers, keyed by the signal they go with (the
+    migration tool's own version id under ``migration.version``).
+    """
+
+    problems: Mapping[str, str] = field(default_factory=dict)
+    info: Mapping[str, str] = field(default_factory=dict)
+
+
+NO_NOTES = Notes()
+
+
 @runtime_checkable
 class Probe(Protocol):
     """Something that measures a fixed set of signals.
 
     ``measure`` returns a value or ``None`` for each signal in ``signals``; raising means
     the probe itself failed (counted as such) and all its signals are unknown for that tick.
+    ``notes`` explains the latest ``measure`` (including one that raised part way).
     """
 
     kind: ClassVar[str]
@@ -41,6 +62,8 @@ class Probe(Protocol):
     def signals(self) -> list[str]: ...
 
     async def measure(self) -> Reading: ...
+
+    def notes(self) -> Notes: ...
 
     async def aclose(self) -> None: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -17,7 +17,7 @@ import httpx
 
 from policies.samples import Reading
 from policies.stats import quantile
-from probes.base import tls_context
+from probes.base import Notes, one_line, tls_context
 from probes.settings import HttpProbeSettings
 
 QUANTILES: tuple[tuple[str, float], ...] = (
@@ -65,6 +65,7 @@ class HttpProbe:
         self._url = str(settings.url)
         self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
         self._up: float | None = None
+        self._problems: dict[str, str] = {}
         self._client = httpx.AsyncClient(
             timeout=settings.timeout,
             follow_redirects=True,
@@ -86,10 +87,15 @@ class HttpProbe:
         # Unknown until this tick answers: a tick cut short must not leave last tick's verdict
         # standing in the aggregate http.up.
         self._up = None
-        records = await asyncio.gather(
+        self._problems = {}
+        results = await asyncio.gather(
             *(self._request() for _ in range(self.settings.requests))
         )
+        records = [record for record, _ in results]
         self._records.extend(records)
+        failures = [why for _, why in results if why is not None]
+        if failures:
+            self._problems[self._signal("error_ratio")] = _failure_summary(failures, len(results))
         # The tick's verdict on reachability: did the application answer at all (below 500)?
         self._up = 1.0 if any(r.responded_ok for r in records) else 0.0
         return self.reading()
@@ -116,23 +122,40 @@ class HttpProbe:
             self._records.popleft()
         return list(self._records)
 
-    async def _request(self) -> RequestRecord:
+    async def _request(self) -> tuple[RequestRecord, str | None]:
+        """The request's record, and why it counts as an error (``None`` when it does not)."""
         started = time.monotonic()
         try:
             # httpx's timeout is per phase (connect, each read); this bounds the whole request
             # so that a server dripping bytes slowly still counts as too slow.
             async with asyncio.timeout(self.settings.timeout):
                 response = await self._client.request(self.settings.method, self._url)
-        except (httpx.HTTPError, TimeoutError, OSError):
-            return RequestRecord(at=time.monotonic(), error=True, latency=None,
-                                 responded_ok=False)
+        except TimeoutError:
+            return _no_response(), f"no answer within {self.settings.timeout:g}s"
+        except (httpx.HTTPError, OSError) as exc:
+            return _no_response(), one_line(exc, with_type=True)
         finished = time.monotonic()
         server_error = response.status_code >= 500
-        return RequestRecord(at=finished, error=server_error, latency=finished - started,
-                             responded_ok=not server_error)
+        record = RequestRecord(at=finished, error=server_error, latency=finished - started,
+                               responded_ok=not server_error)
+        return record, f"HTTP {response.status_code}" if server_error else None
+
+    def notes(self) -> Notes:
+        return Notes(problems=dict(self._problems))
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _no_response() -> RequestRecord:
+    return RequestRecord(at=time.monotonic(), error=True, latency=None, responded_ok=False)
+
+
+def _failure_summary(reasons: Sequence[str], total: int) -> str:
+    """E.g. ``2 of 3 requests failed: HTTP 503 (x2)``; each distinct reason once."""
+    counted = Counter(reasons)
+    listed = "; ".join(why if n == 1 else f"{why} (x{n})" for why, n in counted.items())
+    return f"{len(reasons)} of {total} requests failed: {listed}"
 
 
 def _window_values(records: Sequence[RequestRecord]) -> dict[str, float | None]:

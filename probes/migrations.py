@@ -36,7 +36,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
-from probes.base import one_line
+from probes.base import Notes, one_line
 from probes.pg import KeptConnection
 from probes.postgres import MISSING_TABLE_NAMES_SQL
 from probes.settings import CustomMigrations, MigrationPreset, MigrationsProbeSettings
@@ -344,6 +344,13 @@ class MigrationsProbe:
         except (psycopg.Error, TypeError, ValueError, ArithmeticError) as exc:
             self.last_query_errors[signal] = one_line(exc, with_type=True)
             return None
+
+    def notes(self) -> Notes:
+        problems: dict[str, str] = {}
+        if self.last_error is not None:
+            problems["connection"] = self.last_error
+        problems.update(self.last_query_errors)
+        return Notes(problems=problems)
 
     async def aclose(self) -> None:
         await self._connection.aclose()

@@ -4,6 +4,8 @@ A database that cannot be reached is a measurement (``db.up = 0``), not a probe 
 policy pages on it. Everything else is then unknown, since nothing else could be looked at.
 Each other signal comes from its own query, so one query that times out leaves only its own
 signal unknown.
+
+Why a signal is unknown, or a check undetermined, is in :meth:`PostgresProbe.notes`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
-from probes.base import one_line
+from probes.base import Notes, one_line
 from probes.pg import KeptConnection
 from probes.settings import PostgresProbeSettings, SqlCheck
 
@@ -183,7 +185,7 @@ class PostgresProbe:
             except psycopg.Error as exc:
                 # A check that cannot run (syntax, timeout, permissions) neither passes nor
                 # fails: its reason is kept for the log.
-                self.last_check_errors[check.name] = one_line(exc, with_type=True)
+                self.last_check_errors[check.name] = sql_error(exc)
                 undetermined = True
                 if conn.closed:
                     lost = one_line(exc, with_type=True)
@@ -192,8 +194,24 @@ class PostgresProbe:
                     break
         return len(self.last_failed_checks), undetermined
 
+    def notes(self) -> Notes:
+        problems: dict[str, str] = {}
+        if self.last_error is not None:
+            problems[UP] = self.last_error
+        problems.update(self.last_query_errors)
+        for name, error in self.last_check_errors.items():
+            problems[f"check.{name}"] = f"{error} (undetermined)"
+        return Notes(problems=problems)
+
     async def aclose(self) -> None:
         await self._connection.aclose()
+
+
+def sql_error(exc: psycopg.Error) -> str:
+    """One line naming the error's SQLSTATE and class, e.g. ``SQLSTATE 42703 UndefinedColumn:
+    column "email" does not exist``."""
+    text = one_line(exc, with_type=True)
+    return text if exc.sqlstate is None else f"SQLSTATE {exc.sqlstate} {text}"
 
 
 async def _count(
