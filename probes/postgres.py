@@ -5,7 +5,11 @@ policy pages on it. Everything else is then unknown, since nothing else could be
 Each other signal comes from its own query, so one query that times out leaves only its own
 signal unknown.
 
-Why a signal is unknown, or a check undetermined, is in :meth:`PostgresProbe.notes`.
+A configured check whose query no longer fits the schema (SQLSTATE class 42: an undefined
+column or table, a syntax error against the new schema) counts as a failed check: a deploy
+that breaks the data contract is what checks are there to catch. Permission denied (42501) is
+the exception: that is rollbackd unable to look, so, like a timeout or a lost connection, it
+leaves the check undetermined. Every reason is in :meth:`PostgresProbe.notes`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ UNVALIDATED_CONSTRAINTS = "db.unvalidated_constraints"
 MISSING_TABLES = "db.missing_tables"
 BLOCKED_QUERIES = "db.blocked_queries"
 VALIDATION_FAILURES = "db.validation_failures"
+
+SCHEMA_MISMATCH_CLASS = "42"
+INSUFFICIENT_PRIVILEGE = "42501"
 
 SIGNALS = (UP, LATENCY, CONNECTIONS_RATIO, INVALID_INDEXES, UNVALIDATED_CONSTRAINTS,
            MISSING_TABLES, BLOCKED_QUERIES, VALIDATION_FAILURES)
@@ -176,16 +183,20 @@ class PostgresProbe:
         return await _count(conn, MISSING_TABLES_SQL, (self.expected_tables,))
 
     async def _run_checks(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, bool]:
-        """How many configured checks found offending rows, and whether any could not run."""
+        """How many configured checks failed (found offending rows, or no longer fit the
+        schema), and whether any could not run."""
         undetermined = False
         for check in self.checks:
             try:
                 if await _check_fails(conn, check):
                     self.last_failed_checks.append(check.name)
             except psycopg.Error as exc:
-                # A check that cannot run (syntax, timeout, permissions) neither passes nor
-                # fails: its reason is kept for the log.
                 self.last_check_errors[check.name] = sql_error(exc)
+                if no_longer_fits_schema(exc):
+                    self.last_failed_checks.append(check.name)
+                    continue
+                # A check that cannot run for reasons of the moment (timeout, permissions, a
+                # lost connection) neither passes nor fails.
                 undetermined = True
                 if conn.closed:
                     lost = one_line(exc, with_type=True)
@@ -200,7 +211,9 @@ class PostgresProbe:
             problems[UP] = self.last_error
         problems.update(self.last_query_errors)
         for name, error in self.last_check_errors.items():
-            problems[f"check.{name}"] = f"{error} (undetermined)"
+            verdict = ("counted as failed: the query no longer fits the schema"
+                       if name in self.last_failed_checks else "undetermined")
+            problems[f"check.{name}"] = f"{error} ({verdict})"
         return Notes(problems=problems)
 
     async def aclose(self) -> None:
@@ -212,6 +225,13 @@ def sql_error(exc: psycopg.Error) -> str:
     column "email" does not exist``."""
     text = one_line(exc, with_type=True)
     return text if exc.sqlstate is None else f"SQLSTATE {exc.sqlstate} {text}"
+
+
+def no_longer_fits_schema(exc: psycopg.Error) -> bool:
+    """True for the errors of a query written against another schema (class 42), except a
+    missing grant: that one is about who asks, not about the data."""
+    state = exc.sqlstate or ""
+    return state.startswith(SCHEMA_MISMATCH_CLASS) and state != INSUFFICIENT_PRIVILEGE
 
 
 async def _count(

@@ -41,7 +41,11 @@ class HttpProbeSettings(ProbeSettings):
 
 
 class SqlCheck(StrictModel):
-    """A data validation: the query returns the offending rows; any row means the check fails."""
+    """A data validation: the query returns the offending rows; any row means the check fails.
+
+    So does a query that no longer fits the schema (SQLSTATE class 42, e.g. a column a deploy
+    renamed), except permission denied; a timeout or a lost connection leaves it unknown.
+    """
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     sql: str = Field(min_length=1)
