@@ -16,9 +16,13 @@ from policies.units import Duration
 
 
 class StrictModel(BaseModel):
-    """A settings model that rejects unknown keys, so a misspelt key is an error, not a default."""
+    """A settings model that rejects unknown keys, so a misspelt key is an error, not a default.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Its validation errors quote no input: settings hold secrets (header values, passwords in
+    a DSN), and an error is printed and logged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ProbeSettings(StrictModel):
