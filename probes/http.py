@@ -25,7 +25,13 @@ import httpx
 
 from policies.samples import Reading
 from policies.stats import quantile
-from probes.base import Notes, one_line, tls_context
+from probes.base import (
+    DescriptorStarvationError,
+    Notes,
+    one_line,
+    starved_of_descriptors,
+    tls_context,
+)
 from probes.settings import HttpProbeSettings
 
 QUANTILES: tuple[tuple[str, float], ...] = (
@@ -61,6 +67,10 @@ class RequestRecord:
     error: bool
     latency: float | None
     responded_ok: bool
+
+
+Attempt = tuple[RequestRecord, str | None]
+"""A request made: its record, and why it counts as an error (``None`` when it does not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +120,13 @@ class HttpProbe:
         # standing in the aggregate http.up.
         self._up = None
         self._problems = {}
-        results = await asyncio.gather(
-            *(self._request() for _ in range(self.settings.requests))
-        )
+        results, starved = _sorted(await asyncio.gather(
+            *(self._request() for _ in range(self.settings.requests)), return_exceptions=True))
+        if not results:
+            raise starved[0]
+        if starved:
+            self._problems["connection"] = (
+                f"{len(starved)} of {self.settings.requests} requests not made: {starved[0]}")
         records = [record for record, _ in results]
         self._records.extend(records)
         failures = [why for _, why in results if why is not None]
@@ -144,8 +158,12 @@ class HttpProbe:
             self._records.popleft()
         return list(self._records)
 
-    async def _request(self) -> tuple[RequestRecord, str | None]:
-        """The request's record, and why it counts as an error (``None`` when it does not)."""
+    async def _request(self) -> Attempt:
+        """The request's record, and why it counts as an error (``None`` when it does not).
+
+        Raises :class:`DescriptorStarvationError` when rollbackd could not even open a socket:
+        that says nothing about the app.
+        """
         started = time.monotonic()
         try:
             # httpx's timeout is per phase (connect, each read); this bounds the whole request
@@ -155,6 +173,8 @@ class HttpProbe:
         except TimeoutError:
             return _no_response(), f"no answer within {self.settings.timeout:g}s"
         except (httpx.HTTPError, OSError) as exc:
+            if (starved := starved_of_descriptors(exc)) is not None:
+                raise starved from exc
             return _no_response(), one_line(exc, with_type=True)
         finished = time.monotonic()
         why = await self._judge(answer)
@@ -194,6 +214,23 @@ class HttpProbe:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _sorted(
+    outcomes: Sequence[Attempt | BaseException],
+) -> tuple[list[Attempt], list[DescriptorStarvationError]]:
+    """The requests made, and those rollbackd was too starved to make; any other exception
+    is raised (it is a bug, or the probe being cancelled)."""
+    made: list[Attempt] = []
+    starved: list[DescriptorStarvationError] = []
+    for outcome in outcomes:
+        if isinstance(outcome, DescriptorStarvationError):
+            starved.append(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            made.append(outcome)
+    return made, starved
 
 
 def _no_response() -> RequestRecord:

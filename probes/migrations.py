@@ -44,7 +44,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
-from probes.base import Notes, one_line
+from probes.base import Notes, one_line, starved_of_descriptors
 from probes.pg import KeptConnection
 from probes.postgres import MISSING_TABLE_NAMES_SQL
 from probes.settings import CustomMigrations, MigrationPreset, MigrationsProbeSettings
@@ -339,6 +339,8 @@ class MigrationsProbe:
                 assert self._preset is not None
                 return await self._preset_reading(conn, self._preset)
         except psycopg.OperationalError as exc:
+            if (starved := starved_of_descriptors(exc)) is not None:
+                raise starved from exc
             self.last_error = one_line(exc, with_type=True)
             return dict.fromkeys(SIGNALS)
 

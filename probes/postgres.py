@@ -20,7 +20,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
-from probes.base import Notes, one_line
+from probes.base import Notes, one_line, starved_of_descriptors
 from probes.pg import KeptConnection
 from probes.settings import PostgresProbeSettings, SqlCheck
 
@@ -132,6 +132,8 @@ class PostgresProbe:
         except psycopg.OperationalError as exc:
             if reading[UP] is not None:
                 raise  # raised inside, after connecting: not a reachability verdict
+            if (starved := starved_of_descriptors(exc)) is not None:
+                raise starved from exc
             self.last_error = one_line(exc, with_type=True)
             reading[UP] = 0.0
         return reading

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from policies.samples import Reading
-from probes.base import Probe
+from probes.base import DescriptorStarvationError, Probe, starvation_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ async def measure_one(probe: Probe, bound: float) -> ProbeOutcome:
     except TimeoutError:
         error = f"timed out after {limit:g}s"
     except Exception as exc:  # a probe must never take the daemon down
-        error = f"{type(exc).__name__}: {exc}".strip()
+        error = describe_failure(exc)
     duration = time.monotonic() - started
     expected = probe.signals()
     if error is not None:
@@ -65,6 +65,15 @@ async def measure_one(probe: Probe, bound: float) -> ProbeOutcome:
     notes = probe.notes()
     return ProbeOutcome(probe=probe, reading=reading, duration=duration, error=error,
                         problems=dict(notes.problems), info=dict(notes.info))
+
+
+def describe_failure(exc: Exception) -> str:
+    """Why a probe failed, in one line; rollbackd's own want of descriptors said as such."""
+    if not isinstance(exc, DescriptorStarvationError) and (cause := starvation_in(exc)) is not None:
+        exc = DescriptorStarvationError(cause)
+    if isinstance(exc, DescriptorStarvationError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}".strip()
 
 
 async def run_tick(probes: Sequence[Probe], bound: float) -> list[ProbeOutcome]:
