@@ -120,21 +120,27 @@ class HttpProbe:
         # standing in the aggregate http.up.
         self._up = None
         self._problems = {}
-        results, starved = _sorted(await asyncio.gather(
+        made, starved = _sorted(await asyncio.gather(
             *(self._request() for _ in range(self.settings.requests)), return_exceptions=True))
-        if not results:
+        if not made:
             raise starved[0]
-        if starved:
-            self._problems["connection"] = (
-                f"{len(starved)} of {self.settings.requests} requests not made: {starved[0]}")
-        records = [record for record, _ in results]
+        self._problems = self._explain(made, starved)
+        records = [record for record, _ in made]
         self._records.extend(records)
-        failures = [why for _, why in results if why is not None]
-        if failures:
-            self._problems[self._signal("error_ratio")] = _failure_summary(failures, len(results))
         # The tick's verdict on reachability: did the application answer at all (below 500)?
         self._up = 1.0 if any(r.responded_ok for r in records) else 0.0
         return self.reading()
+
+    def _explain(self, made: Sequence[Attempt],
+                 starved: Sequence[DescriptorStarvationError]) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        if starved:
+            problems["connection"] = (
+                f"{len(starved)} of {self.settings.requests} requests not made: {starved[0]}")
+        failures = [why for _, why in made if why is not None]
+        if failures:
+            problems[self._signal("error_ratio")] = _failure_summary(failures, len(made))
+        return problems
 
     def reading(self, now: float | None = None) -> Reading:
         """Per-probe signals from the current window, without making a request."""
