@@ -69,6 +69,36 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+PROBLEM_LOG_EVERY = 300.0
+"""A problem whose wording keeps changing (counts, timings) is logged again at most this often."""
+
+
+class ProblemLog:
+    """Which probe problems (ProbeOutcome.problems) to log: a new one at once, a changed one
+    at most every PROBLEM_LOG_EVERY seconds, and a cleared one once; a check failing every
+    tick must not write a line every tick."""
+
+    def __init__(self) -> None:
+        self._logged: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def changes(self, outcomes: list[ProbeOutcome],
+                now: float) -> list[tuple[str, str, str | None]]:
+        """``(probe, about, problem)`` to log; ``problem`` is ``None`` when it cleared."""
+        current = {(o.probe_id, about): text
+                   for o in outcomes for about, text in o.problems.items()}
+        due: list[tuple[str, str, str | None]] = []
+        for key, text in current.items():
+            logged = self._logged.get(key)
+            if logged is None or (logged[0] != text and now - logged[1] >= PROBLEM_LOG_EVERY):
+                self._logged[key] = (text, now)
+                due.append((*key, text))
+        measured = {o.probe_id for o in outcomes}
+        for key in [k for k in self._logged if k not in current and k[0] in measured]:
+            del self._logged[key]
+            due.append((*key, None))
+        return due
+
+
 class Daemon:
     """The long-running service of one application host.
 
@@ -104,6 +134,7 @@ class Daemon:
         self._last_progress = time.monotonic()
         self._ready = False
         self._failing: dict[str, str] = {}
+        self._problems = ProblemLog()
         self._status_line = f"{config.app_name}: starting"
         self._notify_failing = False
         self._warn_about_slow_probes()
@@ -359,6 +390,11 @@ class Daemon:
             elif outcome.ok and probe in self._failing:
                 del self._failing[probe]
                 self.log.info("probe recovered", probe=probe)
+        for probe, about, problem in self._problems.changes(outcomes, time.monotonic()):
+            if problem is None:
+                self.log.info("probe problem cleared", probe=probe, about=about)
+            else:
+                self.log.warning("probe problem", probe=probe, about=about, problem=problem)
 
     async def _reload_guarded(self) -> None:
         try:
