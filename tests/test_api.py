@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from daemon.journal import Journal
-from tests.alertmanager_server import running_alertmanager
-from tests.processes import Proc, daemon_url, scrape, start_daemon
-from tests.servers import free_port, require_binary, wait_for
+from tests.harness.alertmanager_server import running_alertmanager
+from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
+from tests.harness.servers import free_port, require_binary, wait_for
 
 POLICY = """\
 [[rule]]

@@ -18,7 +18,7 @@ import pytest
 from daemon.app.control import AppController, ProcessController, SystemdController
 from daemon.config import CommandControl, ProcessControl, SystemdControl
 from probes.settings import ProcessProbeSettings
-from tests.servers import wait_for
+from tests.harness.servers import wait_for
 
 UNIT = "rollbackd-test-app.service"
 

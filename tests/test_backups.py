@@ -18,8 +18,9 @@ from daemon.db.backups import MANIFEST, BackupError, BackupStore, Manifest, find
 from daemon.db.tools import PgToolError, find_tool, libpq_env
 from daemon.proc import ProcError, run_process
 from probes.pg import dbname_of
-from tests.processes import APP_DIR, migrate
-from tests.servers import PgCluster
+from tests.harness.paths import APP_DIR
+from tests.harness.processes import migrate
+from tests.harness.servers import PgCluster
 
 
 # A store that never refuses for space: these tests are about what goes into a backup.

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.config import ConfigError, load_config, parse_config
 from policies.units import format_duration, parse_duration, parse_size
-from tests.processes import ROOT
+from tests.harness.paths import ROOT
 
 EXAMPLE = ROOT / "systemd" / "rollbackd.toml"
 

@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 
 from daemon.journal import Journal
-from tests.processes import Proc, daemon_url, migrate, scrape, set_faults, start_app, start_daemon
-from tests.servers import free_port, wait_for
+from tests.harness.processes import (
+    Proc,
+    daemon_url,
+    migrate,
+    scrape,
+    set_faults,
+    start_app,
+    start_daemon,
+)
+from tests.harness.servers import free_port, wait_for
 
 FAST_POLICY = """\
 [guards]

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import (
+from tests.harness.processes import (
     Proc,
     daemon_url,
     migrate,
@@ -22,7 +22,7 @@ from tests.processes import (
     start_app,
     start_daemon,
 )
-from tests.servers import PgCluster, free_port, require_binary, wait_for
+from tests.harness.servers import PgCluster, free_port, require_binary, wait_for
 
 INTERVAL = 1.0
 
@@ -193,7 +193,7 @@ def test_promtool_accepts_the_exposition(
 def test_prometheus_scrapes_the_daemon_and_the_daemon_queries_prometheus(
     watched_app: tuple[PgCluster, str, str], tmp_path: Path, daemon_proc: list[Proc]
 ) -> None:
-    from tests.prometheus_server import PrometheusServer
+    from tests.harness.prometheus_server import PrometheusServer
 
     _, dsn, app_url = watched_app
     port = free_port()

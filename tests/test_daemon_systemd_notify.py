@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Proc, start_daemon
-from tests.servers import free_port
+from tests.harness.processes import Proc, start_daemon
+from tests.harness.servers import free_port
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.processes import ROOT
-from tests.servers import free_port
+from tests.harness.paths import ROOT
+from tests.harness.servers import free_port
 
 
 def test_the_demo_watches_the_example_app_in_dry_run_and_cleans_up() -> None:

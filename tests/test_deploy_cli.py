@@ -14,8 +14,9 @@ import pytest
 from daemon.config import BackupSettings
 from daemon.db.backups import BackupStore
 from daemon.journal import Journal
-from tests.processes import APP_DIR, ROOT, migrate
-from tests.servers import PgCluster, wait_for
+from tests.harness.paths import APP_DIR, ROOT
+from tests.harness.processes import migrate
+from tests.harness.servers import PgCluster, wait_for
 
 
 def rollbackd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.servers import PgCluster, free_port, wait_for
+from tests.harness.servers import PgCluster, free_port, wait_for
 
 VF = Path(__file__).resolve().parent.parent / "examples" / "visionforge"
 V1 = VF / "migrations"

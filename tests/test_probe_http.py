@@ -15,7 +15,7 @@ from policies.stats import quantile
 from probes.http import HTTP_AGGREGATE_SIGNALS, HttpProbe, aggregate_http
 from probes.runner import measure_one
 from probes.settings import HttpProbeSettings
-from tests.servers import free_port
+from tests.harness.servers import free_port
 
 
 class ControlledServer(ThreadingHTTPServer):

@@ -19,7 +19,7 @@ from probes.base import Probe
 from probes.migrations import PRESETS, SIGNALS, MigrationsProbe
 from probes.pg import dbname_of, with_dbname
 from probes.settings import MIGRATION_PRESETS, CustomMigrations, MigrationsProbeSettings
-from tests.servers import PgCluster, free_port
+from tests.harness.servers import PgCluster, free_port
 
 
 def run(dsn: str, *statements: str) -> None:

@@ -13,7 +13,7 @@ from probes.base import Probe
 from probes.pg import connect, dbname_of, with_dbname
 from probes.postgres import SIGNALS, PostgresProbe
 from probes.settings import PostgresProbeSettings, SqlCheck
-from tests.servers import PgCluster, free_port
+from tests.harness.servers import PgCluster, free_port
 
 
 @asynccontextmanager

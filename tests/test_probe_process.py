@@ -16,7 +16,7 @@ import pytest
 from probes.process import ProcessProbe, ProcessQueryError, parse_systemctl_show
 from probes.runner import measure_one
 from probes.settings import ProcessProbeSettings
-from tests.servers import wait_for
+from tests.harness.servers import wait_for
 
 SYSTEMD_RUNNING = Path("/run/systemd/system").is_dir()
 

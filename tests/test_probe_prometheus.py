@@ -9,8 +9,8 @@ import pytest
 from probes.prometheus import PrometheusProbe, PrometheusQueryError
 from probes.runner import measure_one
 from probes.settings import PrometheusProbeSettings
-from tests.prometheus_server import PrometheusServer, running_prometheus
-from tests.servers import free_port
+from tests.harness.prometheus_server import PrometheusServer, running_prometheus
+from tests.harness.servers import free_port
 
 TWO_SERIES = ('label_replace(vector(1), "a", "x", "", "") '
               'or label_replace(vector(2), "a", "y", "", "")')

@@ -24,7 +24,7 @@ from daemon.db.restore import (
 )
 from daemon.locks import LockError, advisory_lock, host_lock
 from probes.pg import dbname_of, with_dbname
-from tests.servers import PgCluster
+from tests.harness.servers import PgCluster
 from tests.test_backups import (
     flip_a_byte,
     run,

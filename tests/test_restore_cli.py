@@ -14,8 +14,9 @@ import psutil
 from daemon.db.backups import BackupStore, Manifest
 from daemon.fmt import when
 from probes.pg import dbname_of
-from tests.processes import ROOT, Proc
-from tests.servers import PgCluster, wait_for
+from tests.harness.paths import ROOT
+from tests.harness.processes import Proc
+from tests.harness.servers import PgCluster, wait_for
 from tests.test_backups import run, seed_visionforge, store_in, table_checksums
 
 ROLLBACKD = [sys.executable, "-m", "daemon"]

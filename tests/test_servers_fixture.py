@@ -1,4 +1,4 @@
-from tests.servers import PgCluster
+from tests.harness.servers import PgCluster
 
 
 def test_a_throwaway_cluster_answers_queries_and_stops(pg_private: PgCluster) -> None:

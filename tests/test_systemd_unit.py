@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import DEFAULT_PATH, ENV_VAR, BackupSettings, DaemonSettings
-from tests.servers import IN_CI, require_binary
+from tests.harness.servers import IN_CI, require_binary
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD_DIR / "rollbackd.service"

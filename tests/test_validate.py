@@ -9,7 +9,7 @@ import pytest
 
 from daemon.db.validate import CheckResult, failures, validate_data, validate_database
 from probes.settings import SqlCheck
-from tests.servers import PgCluster, free_port
+from tests.harness.servers import PgCluster, free_port
 from tests.test_backups import run, seed_visionforge, store_in
 
 TABLES = ["users", "images", "audit_log"]

@@ -18,11 +18,9 @@ from typing import IO
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "visionforge"
-ROLLBACKD = [sys.executable, "-m", "daemon"]
+from tests.harness.cli import ROLLBACKD
+from tests.harness.paths import APP_DIR, ROOT
+from tests.harness.servers import free_port, wait_for
 
 
 class Proc:

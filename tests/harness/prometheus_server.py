@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.servers import ManagedServer, wait_for
+from tests.harness.servers import ManagedServer, wait_for
 
 
 class PrometheusServer(ManagedServer):

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.servers import ManagedServer
+from tests.harness.servers import ManagedServer
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                    "ALL_PROXY")
