@@ -8,7 +8,6 @@ import secrets
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from daemon.journal import Journal
 from tests.harness.alertmanager_server import running_alertmanager
+from tests.harness.cli import rollbackd as run_rollbackd
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
 from tests.harness.servers import free_port, require_binary, wait_for
 
@@ -87,8 +87,7 @@ class Rollbackd:
         return scrape(self.url).get((name, tuple(sorted(labels.items()))))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "daemon", *args, "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        return run_rollbackd(*args, config=self.config)
 
     def close(self) -> None:
         self.proc.close()

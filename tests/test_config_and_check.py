@@ -11,14 +11,10 @@ import pytest
 
 from daemon.config import ConfigError, load_config, parse_config
 from policies.units import format_duration, parse_duration, parse_size
+from tests.harness.cli import rollbackd
 from tests.harness.paths import ROOT
 
 EXAMPLE = ROOT / "systemd" / "rollbackd.toml"
-
-
-def rollbackd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True,
-                          timeout=30, env=env or dict(os.environ), cwd=ROOT, check=False)
 
 
 def write(tmp_path: Path, text: str) -> Path:

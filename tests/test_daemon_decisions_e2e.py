@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.journal import Journal
+from tests.harness.cli import rollbackd
 from tests.harness.processes import (
     Proc,
     daemon_url,
@@ -203,8 +204,7 @@ def test_sighup_with_a_broken_policy_keeps_the_policy_in_force(
 
 
 def rollbackd_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return rollbackd(*args, config=config)
 
 
 def test_a_paused_daemon_pages_instead_of_rolling_back_and_says_so_until_resumed(

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,9 @@ from typing import Any
 import pytest
 
 from policies.units import format_duration
+from tests.harness.cli import rollbackd
+from tests.harness.paths import REPLAYS, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-REPLAYS = Path(__file__).resolve().parent / "replays"
 BUNDLED = "builtin:visionforge"
 FIELDS = ("t", "kind", "incident", "scenario", "severity", "action", "requested_action",
           "timeline_s", "mode", "reason")
@@ -97,11 +95,8 @@ def policy_for(name: str) -> str:
 
 def simulate(policy: str, replay: Path, fmt: str = "jsonl", mode: str = "auto") -> Run:
     """The real CLI in a child process, as a user runs it."""
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon", "simulate", "--policy", policy, "--replay", str(replay),
-         "--format", fmt, "--mode", mode],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+    done = rollbackd("simulate", "--policy", policy, "--replay", str(replay), "--format", fmt,
+                     "--mode", mode, timeout=60)
     return Run(done.returncode, done.stdout, done.stderr)
 
 

@@ -14,15 +14,10 @@ import pytest
 from daemon.config import BackupSettings
 from daemon.db.backups import BackupStore
 from daemon.journal import Journal
+from tests.harness.cli import rollbackd
 from tests.harness.paths import APP_DIR, ROOT
 from tests.harness.processes import migrate
 from tests.harness.servers import PgCluster, wait_for
-
-
-def rollbackd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ), cwd=ROOT,
-                          check=False)
 
 
 def write_config(tmp_path: Path, dsn: str, *, min_free: str = "0", app: str = "") -> Path:

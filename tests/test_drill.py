@@ -18,11 +18,11 @@ from daemon.db.backups import BackupStore, Manifest
 from daemon.db.drill import DrillError, drill_lock_key, run_drill
 from daemon.journal import Journal
 from probes.pg import dbname_of
+from tests.harness.cli import rollbackd
 from tests.harness.paths import ROOT
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
 from tests.harness.servers import PgCluster, free_port, wait_for
 from tests.test_backups import flip_a_byte, seed_visionforge, store_in, table_checksums
-from tests.test_deploy_cli import rollbackd
 from tests.test_systemd_unit import (
     INSTALLED_EXEC,
     SYSTEMD_DIR,

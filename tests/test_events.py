@@ -8,7 +8,7 @@ from policies.engine import Engine
 from policies.events import EventError, parse_event
 from policies.policy import parse_policy
 from policies.replay import ReplayError, parse_line
-from tests.test_decisions import REPLAYS
+from tests.harness.paths import REPLAYS
 
 POLICY = parse_policy((REPLAYS.parent.parent / "policies" / "visionforge.toml").read_text(),
                       "visionforge.toml")

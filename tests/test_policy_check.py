@@ -20,7 +20,8 @@ from probes.settings import (
     SystemProbeSettings,
 )
 from probes.system import SystemProbe
-from tests.test_config_and_check import rollbackd, write
+from tests.harness.cli import rollbackd
+from tests.test_config_and_check import write
 
 
 def test_check_prints_the_effective_decision_matrix(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -14,12 +12,10 @@ import psutil
 from daemon.db.backups import BackupStore, Manifest
 from daemon.fmt import when
 from probes.pg import dbname_of
-from tests.harness.paths import ROOT
+from tests.harness.cli import ROLLBACKD, rollbackd
 from tests.harness.processes import Proc
 from tests.harness.servers import PgCluster, wait_for
 from tests.test_backups import run, seed_visionforge, store_in, table_checksums
-
-ROLLBACKD = [sys.executable, "-m", "daemon"]
 
 # An index whose every entry takes 20 ms to compute keeps pg_restore busy for a few seconds
 # in its post-data step: long enough to kill rollbackd while it runs.
@@ -40,11 +36,6 @@ def write_config(tmp_path: Path, dsn: str) -> Path:
         f'[backups]\ndir = "{tmp_path / "backups"}"\nmin_free = "0"\n'
         'terminate_timeout = "5s"\nrestore_timeout = "2m"\nlock_wait_timeout = "5s"\n')
     return path
-
-
-def rollbackd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ROLLBACKD, *args], capture_output=True, text=True, timeout=90,
-                          env=dict(os.environ), cwd=ROOT, check=False)
 
 
 def restore_point(dsn: str, tmp_path: Path, *, images: int = 40) -> tuple[BackupStore, Manifest]:
