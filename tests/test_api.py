@@ -19,6 +19,7 @@ import pytest
 from daemon.journal import Journal
 from tests.harness.alertmanager_server import running_alertmanager
 from tests.harness.cli import rollbackd as run_rollbackd
+from tests.harness.config import config_file
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
 from tests.harness.servers import free_port, require_binary, wait_for
 
@@ -42,22 +43,11 @@ def new_token() -> str:
 
 def write_config(tmp_path: Path, api: str) -> Path:
     (tmp_path / "policy.toml").write_text(POLICY)
-    config = tmp_path / "rollbackd.toml"
-    config.write_text(f"""\
-[daemon]
-state_dir = "{tmp_path / 'state'}"
-interval = "500ms"
-listen = "127.0.0.1:{free_port()}"
-mode = "dry-run"
-policy = "{tmp_path / 'policy.toml'}"
-log_format = "json"
-
-[app]
-name = "visionforge"
-
-{api}
-""")
-    return config
+    return config_file(tmp_path, daemon={"interval": "500ms",
+                                         "listen": f"127.0.0.1:{free_port()}",
+                                         "mode": "dry-run", "policy": tmp_path / "policy.toml",
+                                         "log_format": "json"},
+                       app={"name": "visionforge"}, extra=api)
 
 
 class Rollbackd:

@@ -12,15 +12,10 @@ import pytest
 from daemon.config import ConfigError, load_config, parse_config
 from policies.units import format_duration, parse_duration, parse_size
 from tests.harness.cli import rollbackd
+from tests.harness.config import config_file as write
 from tests.harness.paths import ROOT
 
 EXAMPLE = ROOT / "systemd" / "rollbackd.toml"
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(text)
-    return path
 
 
 def test_the_commented_example_config_passes_check() -> None:

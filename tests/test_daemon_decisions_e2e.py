@@ -13,6 +13,7 @@ import pytest
 
 from daemon.journal import Journal
 from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
 from tests.harness.processes import (
     Proc,
     daemon_url,
@@ -60,20 +61,12 @@ def daemon_config(tmp_path: Path, app: tuple[str, str]) -> Path:
     dsn, app_url = app
     policy = tmp_path / "policy.toml"
     policy.write_text(FAST_POLICY)
-    config = tmp_path / "rollbackd.toml"
-    config.write_text(f"""\
-[daemon]
-state_dir = "{tmp_path / 'state'}"
-interval = "1s"
-listen = "127.0.0.1:{free_port()}"
-mode = "dry-run"
-policy = "{policy}"
-log_format = "json"
-
-[database]
-dsn = "{dsn}"
-migrations = "knex"
-
+    return config_file(
+        tmp_path,
+        daemon={"interval": "1s", "listen": f"127.0.0.1:{free_port()}", "mode": "dry-run",
+                "policy": policy, "log_format": "json"},
+        database={"dsn": dsn, "migrations": "knex"},
+        extra=f"""\
 [probes.postgres]
 timeout = "800ms"
 
@@ -86,7 +79,6 @@ url = "{app_url}/health"
 timeout = "300ms"
 window = "2s"
 """)
-    return config
 
 
 def metric(url: str, name: str, **labels: str) -> float | None:

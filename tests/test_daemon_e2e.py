@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.config import config_file
 from tests.harness.processes import (
     Proc,
     daemon_url,
@@ -29,29 +30,15 @@ INTERVAL = 1.0
 
 def daemon_config(tmp_path: Path, app_url: str, dsn: str, *, extra: str = "",
                   port: int | None = None) -> Path:
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(f"""\
-[daemon]
-state_dir = "{tmp_path / 'state'}"
-interval = "{INTERVAL}s"
-listen = "127.0.0.1:{port or free_port()}"
-mode = "dry-run"
-log_format = "json"
-
-[app]
-name = "visionforge"
-
-[database]
-dsn = "{dsn}"
-migrations = "knex"
-expected_tables = ["users", "images", "audit_log"]
-
-[[probes.http]]
-name = "health"
-url = "{app_url}/health"
-window = "3s"
-{extra}""")
-    return path
+    return config_file(
+        tmp_path,
+        daemon={"interval": f"{INTERVAL}s", "listen": f"127.0.0.1:{port or free_port()}",
+                "mode": "dry-run", "log_format": "json"},
+        app={"name": "visionforge"},
+        database={"dsn": dsn, "migrations": "knex",
+                  "expected_tables": ["users", "images", "audit_log"]},
+        extra=f'[[probes.http]]\nname = "health"\nurl = "{app_url}/health"\nwindow = "3s"\n'
+              f"{extra}")
 
 
 @pytest.fixture

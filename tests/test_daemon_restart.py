@@ -13,6 +13,7 @@ from daemon.config import load_config, load_policy
 from daemon.journal import Journal
 from daemon.service.loop import Daemon
 from daemon.service.sd_notify import Notifier
+from tests.harness.config import config_file
 
 POLICY = """\
 [guards]
@@ -44,10 +45,7 @@ timeline = "60m"
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     (tmp_path / "policy.toml").write_text(POLICY)
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nmode = "auto"\n'
-                    f'policy = "{tmp_path / "policy.toml"}"\n')
-    return path
+    return config_file(tmp_path, daemon={"mode": "auto", "policy": tmp_path / "policy.toml"})
 
 
 @pytest.fixture

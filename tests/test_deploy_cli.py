@@ -15,20 +15,15 @@ from daemon.config import BackupSettings
 from daemon.db.backups import BackupStore
 from daemon.journal import Journal
 from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
 from tests.harness.paths import APP_DIR, ROOT
 from tests.harness.processes import migrate
 from tests.harness.servers import PgCluster, wait_for
 
 
 def write_config(tmp_path: Path, dsn: str, *, min_free: str = "0", app: str = "") -> Path:
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n\n'
-        f"{app}\n"
-        f'[database]\ndsn = "{dsn}"\nconnect_timeout = "2s"\n\n'
-        f'[backups]\ndir = "{tmp_path / "backups"}"\nmin_free = "{min_free}"\n'
-    )
-    return path
+    return config_file(tmp_path, database={"dsn": dsn, "connect_timeout": "2s"},
+                       backups={"dir": tmp_path / "backups", "min_free": min_free}, extra=app)
 
 
 def journal(tmp_path: Path) -> Journal:

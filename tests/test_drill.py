@@ -19,6 +19,7 @@ from daemon.db.drill import DrillError, drill_lock_key, run_drill
 from daemon.journal import Journal
 from probes.pg import dbname_of
 from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
 from tests.harness.paths import ROOT
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
 from tests.harness.servers import PgCluster, free_port, wait_for
@@ -40,16 +41,13 @@ VALIDATION = {"connect", "expected_tables", "constraints_validated", "indexes_va
 
 
 def write_config(tmp_path: Path, dsn: str, *, min_free: str = "0", checks: str = "") -> Path:
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nlisten = "127.0.0.1:{free_port()}"\n'
-        'mode = "dry-run"\nlog_format = "json"\n\n'
-        '[app]\nname = "visionforge"\n\n'
-        f'[database]\ndsn = "{dsn}"\nconnect_timeout = "2s"\n'
-        f"expected_tables = {json.dumps(TABLES)}\n{checks}\n"
-        f'[backups]\ndir = "{tmp_path / "backups"}"\nmin_free = "{min_free}"\n'
-        'restore_timeout = "60s"\n')
-    return path
+    return config_file(
+        tmp_path,
+        daemon={"listen": f"127.0.0.1:{free_port()}", "mode": "dry-run", "log_format": "json"},
+        app={"name": "visionforge"},
+        database={"dsn": dsn, "connect_timeout": "2s", "expected_tables": TABLES},
+        backups={"dir": tmp_path / "backups", "min_free": min_free, "restore_timeout": "60s"},
+        extra=checks)
 
 
 def restore_point(dsn: str, tmp_path: Path) -> tuple[BackupStore, Manifest]:

@@ -21,7 +21,7 @@ from probes.settings import (
 )
 from probes.system import SystemProbe
 from tests.harness.cli import rollbackd
-from tests.test_config_and_check import write
+from tests.harness.config import config_file as write
 
 
 def test_check_prints_the_effective_decision_matrix(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from daemon.db.backups import BackupStore, Manifest
 from daemon.fmt import when
 from probes.pg import dbname_of
 from tests.harness.cli import ROLLBACKD, rollbackd
+from tests.harness.config import config_file
 from tests.harness.processes import Proc
 from tests.harness.servers import PgCluster, wait_for
 from tests.test_backups import run, seed_visionforge, store_in, table_checksums
@@ -27,15 +28,13 @@ CREATE INDEX images_slow_idx ON images (slow_key(id));
 
 
 def write_config(tmp_path: Path, dsn: str) -> Path:
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n\n'
-        f'[database]\ndsn = "{dsn}"\nconnect_timeout = "2s"\n'
-        'expected_tables = ["users", "images", "audit_log"]\n'
-        'key_tables = ["users", "images"]\n\n'
-        f'[backups]\ndir = "{tmp_path / "backups"}"\nmin_free = "0"\n'
-        'terminate_timeout = "5s"\nrestore_timeout = "2m"\nlock_wait_timeout = "5s"\n')
-    return path
+    return config_file(
+        tmp_path,
+        database={"dsn": dsn, "connect_timeout": "2s",
+                  "expected_tables": ["users", "images", "audit_log"],
+                  "key_tables": ["users", "images"]},
+        backups={"dir": tmp_path / "backups", "min_free": "0", "terminate_timeout": "5s",
+                 "restore_timeout": "2m", "lock_wait_timeout": "5s"})
 
 
 def restore_point(dsn: str, tmp_path: Path, *, images: int = 40) -> tuple[BackupStore, Manifest]:
