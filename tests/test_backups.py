@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -13,60 +12,24 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.config import BackupSettings
 from daemon.db.backups import MANIFEST, BackupError, BackupStore, Manifest, find_restore_tool
 from daemon.db.tools import PgToolError, find_tool, libpq_env
 from daemon.proc import ProcError, run_process
 from probes.pg import dbname_of
-from tests.harness.paths import APP_DIR
-from tests.harness.processes import migrate
+from tests.harness.data import (
+    flip_a_byte,
+    run,
+    scalar,
+    seed_visionforge,
+    store_in,
+    table_checksums,
+)
 from tests.harness.servers import PgCluster
-
-
-# A store that never refuses for space: these tests are about what goes into a backup.
-def store_in(directory: Path, **settings: object) -> BackupStore:
-    return BackupStore(BackupSettings.model_validate({"dir": directory, "min_free": 0,
-                                                      **settings}), connect_timeout=2)
-
-
-def run(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        for statement in statements:
-            conn.execute(statement)
-
-
-def scalar(dsn: str, query: str) -> object:
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        row = conn.execute(query).fetchone()
-        assert row is not None
-        return row[0]
-
-
-def seed_visionforge(dsn: str, users: int = 8, images: int = 40) -> None:
-    assert migrate(dsn).returncode == 0
-    result = subprocess.run([sys.executable, str(APP_DIR / "seed.py"), "--dsn", dsn,
-                             "--users", str(users), "--images", str(images)],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
 
 
 def seed_small(dsn: str) -> None:
     run(dsn, "CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)",
         "INSERT INTO notes (body) SELECT md5(g::text) FROM generate_series(1, 2000) g")
-
-
-def table_checksums(dsn: str, manifest: Manifest) -> dict[str, tuple[int, str | None]]:
-    """Per table: row count and an md5 of all its rows in a fixed order."""
-    sums: dict[str, tuple[int, str | None]] = {}
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        for table in manifest.tables:
-            query = psycopg.sql.SQL(
-                "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {}.{} t"
-            ).format(psycopg.sql.Identifier(table.schema_), psycopg.sql.Identifier(table.name))
-            row = conn.execute(query).fetchone()
-            assert row is not None
-            sums[table.qualified] = (int(row[0]), row[1])
-    return sums
 
 
 def restore_into_fresh_database(cluster: PgCluster, store: BackupStore, manifest: Manifest,
@@ -78,12 +41,6 @@ def restore_into_fresh_database(cluster: PgCluster, store: BackupStore, manifest
                       env=libpq_env(target), timeout=60)
     assert result.returncode == 0, result.stderr
     return target
-
-
-def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("fmt", ["custom", "directory"])

@@ -20,18 +20,13 @@ from daemon.journal import Journal
 from probes.pg import dbname_of
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
-from tests.harness.paths import ROOT
+from tests.harness.data import flip_a_byte, seed_visionforge, store_in, table_checksums
+from tests.harness.paths import ROOT, SYSTEMD_DIR
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
 from tests.harness.servers import PgCluster, free_port, wait_for
-from tests.test_backups import flip_a_byte, seed_visionforge, store_in, table_checksums
-from tests.test_systemd_unit import (
-    INSTALLED_EXEC,
-    SYSTEMD_DIR,
-    UNIT,
-    _installed_console_script,
-    _verify,
-    assert_rates_ok,
-)
+from tests.harness.systemd import INSTALLED_EXEC, UNIT, assert_rates_ok
+from tests.harness.systemd import installed_console_script as _installed_console_script
+from tests.harness.systemd import verify_unit as _verify
 
 TABLES = ["users", "images", "audit_log"]
 SERVICE = SYSTEMD_DIR / "rollbackd-drill.service"
@@ -363,7 +358,7 @@ def test_on_a_terminal_a_drill_shows_what_it_is_doing_and_its_result(
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "drill", "--config", str(config)],
-            stdin=terminal, stdout=terminal, stderr=terminal, cwd=Path(__file__).parent.parent,
+            stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT,
             env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
         os.close(terminal)
         seen = b""

@@ -24,8 +24,7 @@ from daemon.db.restore import (
 )
 from daemon.locks import LockError, advisory_lock, host_lock
 from probes.pg import dbname_of, with_dbname
-from tests.harness.servers import PgCluster
-from tests.test_backups import (
+from tests.harness.data import (
     flip_a_byte,
     run,
     scalar,
@@ -33,6 +32,7 @@ from tests.test_backups import (
     store_in,
     table_checksums,
 )
+from tests.harness.servers import PgCluster
 
 TABLES = ["users", "images", "audit_log"]
 

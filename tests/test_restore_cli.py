@@ -14,9 +14,9 @@ from daemon.fmt import when
 from probes.pg import dbname_of
 from tests.harness.cli import ROLLBACKD, rollbackd
 from tests.harness.config import config_file
+from tests.harness.data import run, seed_visionforge, store_in, table_checksums
 from tests.harness.processes import Proc
 from tests.harness.servers import PgCluster, wait_for
-from tests.test_backups import run, seed_visionforge, store_in, table_checksums
 
 # An index whose every entry takes 20 ms to compute keeps pg_restore busy for a few seconds
 # in its post-data step: long enough to kill rollbackd while it runs.

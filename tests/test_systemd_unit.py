@@ -13,25 +13,15 @@ from pathlib import Path
 import pytest
 
 from daemon.config import DEFAULT_PATH, ENV_VAR, BackupSettings, DaemonSettings
-from tests.harness.servers import IN_CI, require_binary
+from tests.harness.paths import ROOT, SYSTEMD_DIR
+from tests.harness.servers import require_binary
+from tests.harness.systemd import INSTALLED_EXEC, UNIT, assert_rates_ok
+from tests.harness.systemd import analyze_security as _security
+from tests.harness.systemd import installed_console_script as _installed_console_script
+from tests.harness.systemd import verify_unit as _verify
 
-SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
-UNIT = SYSTEMD_DIR / "rollbackd.service"
 POLKIT_TEMPLATE = SYSTEMD_DIR / "rollbackd.polkit.rules.in"
 SYSUSERS = SYSTEMD_DIR / "rollbackd.sysusers.conf"
-INSTALLED_EXEC = "/usr/local/bin/rollbackd"
-
-
-def _installed_console_script() -> str:
-    """The `rollbackd` script pip installed: the venv running the tests first, then PATH."""
-    beside_python = Path(sys.executable).parent / "rollbackd"
-    found = str(beside_python) if beside_python.is_file() else shutil.which("rollbackd")
-    if found is None:
-        message = "the rollbackd console script is not installed (pip install -e .)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def _unit_lines() -> list[tuple[str, str]]:
@@ -55,36 +45,6 @@ def _copy_with_exec(tmp_path: Path, exec_path: str, text: str | None = None) -> 
     copy = tmp_path / UNIT.name
     copy.write_text(source.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={exec_path} "))
     return copy
-
-
-def _verify(unit: Path) -> tuple[bool, str]:
-    """Run `systemd-analyze verify`; clean means exit 0 and no complaint about this unit.
-
-    verify exits 0 on an unknown directive or an unparsable value (it only warns and ignores
-    the line), so its messages about the unit count as failures too.
-    """
-    analyze = require_binary("systemd-analyze", "systemd")
-    result = subprocess.run(
-        [analyze, "verify", "--recursive-errors=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=unit.parent,
-    )
-    output = (result.stdout + result.stderr).strip()
-    complaints = [line for line in output.splitlines() if unit.name in line]
-    clean = result.returncode == 0 and not complaints
-    return clean, f"exit {result.returncode}\n{output}"
-
-
-def _security(unit: Path) -> subprocess.CompletedProcess[str]:
-    analyze = require_binary("systemd-analyze", "systemd")
-    return subprocess.run(
-        [analyze, "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_the_unit_verifies_clean_with_execstart_at_the_installed_console_script(
@@ -119,16 +79,6 @@ def test_verify_rejects_an_execstart_that_does_not_exist(tmp_path: Path) -> None
     clean, report = _verify(copy)
     assert not clean, report
     assert "not executable" in report
-
-
-def assert_rates_ok(unit: Path) -> None:
-    """``systemd-analyze security --offline`` passes its threshold and rates ``unit`` <= 2.0."""
-    result = _security(unit)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    match = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)", output)
-    assert match, output
-    assert float(match.group(1)) <= 2.0, output
 
 
 def test_the_unit_rates_ok_in_the_offline_security_analysis() -> None:
@@ -307,7 +257,7 @@ def test_rollbackd_runs_and_reaches_postgresql_with_write_execute_memory_denied(
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
     )
     if result.returncode == 77:
         pytest.skip(f"kernel without PR_SET_MDWE (Linux >= 6.3): {result.stdout.strip()}")

@@ -9,8 +9,8 @@ import pytest
 
 from daemon.db.validate import CheckResult, failures, validate_data, validate_database
 from probes.settings import SqlCheck
+from tests.harness.data import run, seed_visionforge, store_in
 from tests.harness.servers import PgCluster, free_port
-from tests.test_backups import run, seed_visionforge, store_in
 
 TABLES = ["users", "images", "audit_log"]
 
