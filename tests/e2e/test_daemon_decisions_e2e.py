@@ -25,6 +25,8 @@ from tests.harness.processes import (
 )
 from tests.harness.servers import free_port, wait_for
 
+pytestmark = pytest.mark.e2e
+
 FAST_POLICY = """\
 [guards]
 blind_after = "30s"

@@ -23,6 +23,8 @@ from tests.harness.config import config_file
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
 from tests.harness.servers import free_port, require_binary, wait_for
 
+pytestmark = pytest.mark.e2e
+
 POLICY = """\
 [[rule]]
 scenario = "high_latency"

@@ -28,6 +28,8 @@ from tests.harness.systemd import INSTALLED_EXEC, UNIT, assert_rates_ok
 from tests.harness.systemd import installed_console_script as _installed_console_script
 from tests.harness.systemd import verify_unit as _verify
 
+pytestmark = pytest.mark.e2e
+
 TABLES = ["users", "images", "audit_log"]
 SERVICE = SYSTEMD_DIR / "rollbackd-drill.service"
 TIMER = SYSTEMD_DIR / "rollbackd-drill.timer"

@@ -22,6 +22,8 @@ from policies.units import format_duration
 from tests.harness.cli import rollbackd
 from tests.harness.paths import REPLAYS, ROOT
 
+pytestmark = pytest.mark.e2e
+
 BUNDLED = "builtin:visionforge"
 FIELDS = ("t", "kind", "incident", "scenario", "severity", "action", "requested_action",
           "timeline_s", "mode", "reason")

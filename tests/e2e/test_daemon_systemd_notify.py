@@ -14,6 +14,8 @@ import pytest
 from tests.harness.processes import Proc, start_daemon
 from tests.harness.servers import free_port
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:

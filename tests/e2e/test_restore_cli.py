@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
 from daemon.db.backups import BackupStore, Manifest
 from daemon.fmt import when
@@ -17,6 +18,8 @@ from tests.harness.config import config_file
 from tests.harness.data import run, seed_visionforge, store_in, table_checksums
 from tests.harness.processes import Proc
 from tests.harness.servers import PgCluster, wait_for
+
+pytestmark = pytest.mark.e2e
 
 # An index whose every entry takes 20 ms to compute keeps pg_restore busy for a few seconds
 # in its post-data step: long enough to kill rollbackd while it runs.

@@ -15,6 +15,8 @@ from tests.harness.cli import rollbackd
 from tests.harness.config import config_file as write
 from tests.harness.paths import ROOT
 
+pytestmark = pytest.mark.e2e
+
 EXAMPLE = ROOT / "systemd" / "rollbackd.toml"
 
 

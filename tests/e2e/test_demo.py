@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness.paths import ROOT
 from tests.harness.servers import free_port
+
+pytestmark = pytest.mark.e2e
 
 
 def test_the_demo_watches_the_example_app_in_dry_run_and_cleans_up() -> None:

@@ -25,6 +25,8 @@ from tests.harness.processes import (
 )
 from tests.harness.servers import PgCluster, free_port, require_binary, wait_for
 
+pytestmark = pytest.mark.e2e
+
 INTERVAL = 1.0
 
 

@@ -21,9 +21,12 @@ import httpx
 import psycopg
 import pytest
 
+from tests.harness.paths import APP_DIR
 from tests.harness.servers import PgCluster, free_port, wait_for
 
-VF = Path(__file__).resolve().parent.parent / "examples" / "visionforge"
+pytestmark = pytest.mark.e2e
+
+VF = APP_DIR
 V1 = VF / "migrations"
 RELEASES = VF / "releases"
 V1_MIGRATIONS = ["001_users.sql", "002_images.sql", "003_audit_log.sql"]

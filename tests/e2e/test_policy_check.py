@@ -23,6 +23,8 @@ from probes.system import SystemProbe
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file as write
 
+pytestmark = pytest.mark.e2e
+
 
 def test_check_prints_the_effective_decision_matrix(tmp_path: Path) -> None:
     path = write(tmp_path, '[daemon]\nmode = "approve"\n')

@@ -20,6 +20,8 @@ from tests.harness.paths import APP_DIR, ROOT
 from tests.harness.processes import migrate
 from tests.harness.servers import PgCluster, wait_for
 
+pytestmark = pytest.mark.e2e
+
 
 def write_config(tmp_path: Path, dsn: str, *, min_free: str = "0", app: str = "") -> Path:
     return config_file(tmp_path, database={"dsn": dsn, "connect_timeout": "2s"},
