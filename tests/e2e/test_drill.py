@@ -1,10 +1,10 @@
-"""Restore drills against a real PostgreSQL, the drill units, and the drill metrics of a daemon."""
+"""`rollbackd drill` as a real process against a real PostgreSQL, and the drill metrics of a
+daemon."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,55 +14,25 @@ import psycopg
 import pytest
 
 from daemon.config import load_config
-from daemon.db.backups import BackupStore, Manifest
-from daemon.db.drill import DrillError, drill_lock_key, run_drill
-from daemon.journal import Journal
+from daemon.db.drill import run_drill
 from probes.pg import dbname_of
 from tests.harness.cli import rollbackd
-from tests.harness.config import config_file
-from tests.harness.data import flip_a_byte, seed_visionforge, store_in, table_checksums
-from tests.harness.paths import ROOT, SYSTEMD_DIR
+from tests.harness.data import (
+    flip_a_byte,
+    restore_point,
+    seed_visionforge,
+    store_in,
+    table_checksums,
+)
+from tests.harness.drill import journal, scratch_databases, write_config
+from tests.harness.paths import ROOT
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
-from tests.harness.servers import PgCluster, free_port, wait_for
-from tests.harness.systemd import INSTALLED_EXEC, UNIT, assert_rates_ok
-from tests.harness.systemd import installed_console_script as _installed_console_script
-from tests.harness.systemd import verify_unit as _verify
+from tests.harness.servers import PgCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-TABLES = ["users", "images", "audit_log"]
-SERVICE = SYSTEMD_DIR / "rollbackd-drill.service"
-TIMER = SYSTEMD_DIR / "rollbackd-drill.timer"
 VALIDATION = {"connect", "expected_tables", "constraints_validated", "indexes_valid",
               "row_counts"}
-
-
-def write_config(tmp_path: Path, dsn: str, *, min_free: str = "0", checks: str = "") -> Path:
-    return config_file(
-        tmp_path,
-        daemon={"listen": f"127.0.0.1:{free_port()}", "mode": "dry-run", "log_format": "json"},
-        app={"name": "visionforge"},
-        database={"dsn": dsn, "connect_timeout": "2s", "expected_tables": TABLES},
-        backups={"dir": tmp_path / "backups", "min_free": min_free, "restore_timeout": "60s"},
-        extra=checks)
-
-
-def restore_point(dsn: str, tmp_path: Path) -> tuple[BackupStore, Manifest]:
-    seed_visionforge(dsn)
-    store = store_in(tmp_path / "backups")
-    manifest = store.create(dsn, "restore_point")
-    assert store.verify(manifest.id).ok
-    return store, manifest
-
-
-def scratch_databases(cluster: PgCluster, dsn: str) -> list[str]:
-    rows = cluster.execute("SELECT datname FROM pg_database ORDER BY 1")
-    pattern = re.compile(re.escape(f"{dbname_of(dsn)}_drill_") + r"\d{14}$")
-    return [str(r[0]) for r in rows if pattern.match(str(r[0]))]
-
-
-def journal(tmp_path: Path) -> Journal:
-    return Journal.in_state_dir(tmp_path / "state")
 
 
 def failed_checks(report: dict[str, object]) -> set[str]:
@@ -203,64 +173,6 @@ def test_sigterm_during_a_drill_drops_the_scratch_database_and_journals_a_failed
     assert "interrupted" in drill.details["error"]
 
 
-# -- drills in process ----------------------------------------------------------------------
-
-
-def test_the_newest_verified_restore_point_is_drilled_not_an_unverified_or_other_backup(
-        pg_db: str, tmp_path: Path) -> None:
-    store, _older = restore_point(pg_db, tmp_path)
-    newest_verified = store.create(pg_db, "restore_point")
-    assert store.verify(newest_verified.id).ok
-    store.create(pg_db, "restore_point")  # never verified
-    manual = store.create(pg_db, "manual")
-    assert store.verify(manual.id).ok
-
-    report = run_drill(load_config(write_config(tmp_path, pg_db)))
-
-    assert report.ok, report.describe()
-    assert report.backup_id == newest_verified.id
-
-
-def test_a_drill_refuses_when_the_copy_would_cross_min_free_and_journals_the_refusal(
-        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
-    restore_point(pg_db, tmp_path)
-
-    report = run_drill(load_config(write_config(tmp_path, pg_db, min_free="1000TB")))
-
-    assert not report.ok
-    assert report.error is not None
-    assert "not enough free space on the server" in report.error
-    assert "backups.min_free is 1000.0 TB" in report.error
-    assert report.restore_seconds is None and report.checks == []
-    assert scratch_databases(pg_cluster, pg_db) == []
-    drill = journal(tmp_path).latest_drill()
-    assert drill is not None and not drill.ok
-
-
-def test_a_scratch_database_left_by_a_killed_drill_is_dropped_by_the_next_one(
-        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
-    restore_point(pg_db, tmp_path)
-    stale = f"{dbname_of(pg_db)}_drill_20000101000000"
-    pg_cluster.execute(f'CREATE DATABASE "{stale}"')
-
-    report = run_drill(load_config(write_config(tmp_path, pg_db)))
-
-    assert report.ok, report.describe()
-    assert scratch_databases(pg_cluster, pg_db) == []
-    assert any(stale in note for note in report.notes)
-
-
-def test_a_second_drill_of_the_same_database_is_refused_while_one_runs(
-        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
-    restore_point(pg_db, tmp_path)
-    config = load_config(write_config(tmp_path, pg_db))
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True, connect_timeout=5) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (drill_lock_key(dbname_of(pg_db) or ""),))
-        with pytest.raises(DrillError, match=r"another drill of \S+ is running"):
-            run_drill(config)
-    assert journal(tmp_path).latest_drill() is None
-
-
 # -- the daemon's metrics -------------------------------------------------------------------
 
 
@@ -285,66 +197,6 @@ def test_a_running_daemon_exports_the_last_successful_drill(
     assert series[("rollbackd_drill_last_success_timestamp_seconds", ())] == pytest.approx(
         report.finished_at, abs=0.001)
     assert series[("rollbackd_drill_duration_seconds", ())] == pytest.approx(report.duration)
-
-
-# -- the systemd units ----------------------------------------------------------------------
-
-
-def _assignments(path: Path) -> list[tuple[str, str]]:
-    pairs = []
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith(("#", ";", "[")):
-            key, _, value = line.partition("=")
-            pairs.append((key.strip(), value.strip()))
-    return pairs
-
-
-def _values(path: Path, key: str) -> list[str]:
-    return [value for k, value in _assignments(path) if k == key]
-
-
-def test_the_drill_service_and_timer_verify_clean_with_execstart_at_the_installed_script(
-        tmp_path: Path) -> None:
-    text = SERVICE.read_text()
-    assert f"ExecStart={INSTALLED_EXEC} drill\n" in text
-    service = tmp_path / SERVICE.name
-    service.write_text(text.replace(f"ExecStart={INSTALLED_EXEC} ",
-                                    f"ExecStart={_installed_console_script()} "))
-    timer = tmp_path / TIMER.name
-    shutil.copy(TIMER, timer)
-
-    for unit in (service, timer):
-        clean, report = _verify(unit)
-        assert clean, report
-
-
-def test_the_drill_service_rates_ok_in_the_offline_security_analysis() -> None:
-    assert_rates_ok(SERVICE)
-
-
-def test_the_drill_service_is_a_bounded_oneshot_as_the_daemons_user_with_its_hardening(
-        ) -> None:
-    assert _values(SERVICE, "Type") == ["oneshot"]
-    assert _values(SERVICE, "ExecStart") == [f"{INSTALLED_EXEC} drill"]
-    assert _values(SERVICE, "TimeoutStartSec") == ["2h"]
-    # Only the daemon's own lifecycle differs; every other setting must match it.
-    lifecycle = {"Description", "Type", "ExecStart", "ExecReload", "NotifyAccess", "WatchdogSec",
-                 "Restart", "RestartSec", "RestartPreventExitStatus", "TimeoutStopSec",
-                 "WantedBy"}
-    daemon = sorted(p for p in _assignments(UNIT) if p[0] not in lifecycle)
-    drill = sorted(p for p in _assignments(SERVICE) if p[0] not in lifecycle)
-    assert [p for p in daemon if p not in drill] == []
-    assert {k for k, _ in drill} - {k for k, _ in daemon} == {"TimeoutStartSec", "Nice"}
-
-
-def test_the_timer_runs_the_drill_service_monthly_and_catches_up_after_downtime() -> None:
-    assert _values(TIMER, "OnCalendar") == ["monthly"]
-    assert _values(TIMER, "Persistent") == ["true"]
-    assert _values(TIMER, "RandomizedDelaySec") == ["4h"]
-    assert _values(TIMER, "WantedBy") == ["timers.target"]
-    # No Unit=: a timer starts the service of its own name.
-    assert _values(TIMER, "Unit") == []
-    assert TIMER.with_suffix(".service") == SERVICE
 
 
 def test_on_a_terminal_a_drill_shows_what_it_is_doing_and_its_result(

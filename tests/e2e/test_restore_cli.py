@@ -10,12 +10,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.db.backups import BackupStore, Manifest
+from daemon.db.backups import Manifest
 from daemon.fmt import when
 from probes.pg import dbname_of
 from tests.harness.cli import ROLLBACKD, rollbackd
 from tests.harness.config import config_file
-from tests.harness.data import run, seed_visionforge, store_in, table_checksums
+from tests.harness.data import restore_point, run, seed_visionforge, store_in, table_checksums
 from tests.harness.processes import Proc
 from tests.harness.servers import PgCluster, wait_for
 
@@ -38,14 +38,6 @@ def write_config(tmp_path: Path, dsn: str) -> Path:
                   "key_tables": ["users", "images"]},
         backups={"dir": tmp_path / "backups", "min_free": "0", "terminate_timeout": "5s",
                  "restore_timeout": "2m", "lock_wait_timeout": "5s"})
-
-
-def restore_point(dsn: str, tmp_path: Path, *, images: int = 40) -> tuple[BackupStore, Manifest]:
-    seed_visionforge(dsn, images=images)
-    store = store_in(tmp_path / "backups")
-    manifest = store.create(dsn, "restore_point")
-    assert store.verify(manifest.id).ok
-    return store, manifest
 
 
 def test_restore_refuses_without_yes_naming_what_it_would_destroy(

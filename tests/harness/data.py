@@ -60,3 +60,13 @@ def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def restore_point(dsn: str, tmp_path: Path, *, images: int = 40) -> tuple[BackupStore, Manifest]:
+    """The example app's database seeded, and a verified restore point of it in
+    ``tmp_path/backups``."""
+    seed_visionforge(dsn, images=images)
+    store = store_in(tmp_path / "backups")
+    manifest = store.create(dsn, "restore_point")
+    assert store.verify(manifest.id).ok
+    return store, manifest

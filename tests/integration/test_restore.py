@@ -9,7 +9,6 @@ import psycopg
 import pytest
 
 from daemon.db.admin import derived_name
-from daemon.db.backups import BackupStore, Manifest
 from daemon.db.restore import (
     RestoreError,
     RestoreOptions,
@@ -26,6 +25,7 @@ from daemon.locks import LockError, advisory_lock, host_lock
 from probes.pg import dbname_of, with_dbname
 from tests.harness.data import (
     flip_a_byte,
+    restore_point,
     run,
     scalar,
     seed_visionforge,
@@ -44,14 +44,6 @@ def options(dsn: str, tmp_path: Path, **overrides: object) -> RestoreOptions:
         "terminate_timeout": 5.0, "lock_wait_timeout": 5.0, "statement_timeout": 30.0}
     values.update(overrides)
     return RestoreOptions(**values)  # type: ignore[arg-type]
-
-
-def restore_point(dsn: str, tmp_path: Path) -> tuple[BackupStore, Manifest]:
-    seed_visionforge(dsn)
-    store = store_in(tmp_path / "backups")
-    manifest = store.create(dsn, "restore_point")
-    assert store.verify(manifest.id).ok
-    return store, manifest
 
 
 def write_after_restore_point(dsn: str) -> None:
