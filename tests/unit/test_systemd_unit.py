@@ -6,14 +6,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from daemon.config import DEFAULT_PATH, ENV_VAR, BackupSettings, DaemonSettings
-from tests.harness.paths import ROOT, SYSTEMD_DIR
+from tests.harness.paths import SYSTEMD_DIR
 from tests.harness.servers import require_binary
 from tests.harness.systemd import INSTALLED_EXEC, UNIT, assert_rates_ok
 from tests.harness.systemd import analyze_security as _security
@@ -230,36 +229,3 @@ def test_the_polkit_rule_allows_only_that_user_that_unit_and_those_verbs(
     assert result.returncode == 0, result.stderr
     answers = dict(zip(cases, json.loads(result.stdout), strict=True))
     assert answers == cases
-
-
-# --- the runtime under the unit's memory protection ----------------------------------------
-
-_UNDER_MDWE = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-    print("no PR_SET_MDWE:", os.strerror(ctypes.get_errno()))
-    sys.exit(77)
-import daemon.cli, daemon.service.loop, probes.postgres, probes.http, probes.process, probes.system
-import psycopg
-with psycopg.connect(sys.argv[1], connect_timeout=5) as conn:
-    print(conn.execute("SELECT 1").fetchone()[0], psycopg.pq.__impl__)
-"""
-
-
-def test_rollbackd_runs_and_reaches_postgresql_with_write_execute_memory_denied(
-    pg_db: str,
-) -> None:
-    """The unit leaves MemoryDenyWriteExecute off for JIT children; rollbackd needs no W+X."""
-    result = subprocess.run(
-        [sys.executable, "-c", _UNDER_MDWE, pg_db],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    if result.returncode == 77:
-        pytest.skip(f"kernel without PR_SET_MDWE (Linux >= 6.3): {result.stdout.strip()}")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.split() == ["1", "binary"]
