@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
+
+from policies.engine import Decision
+from policies.policy import Action, Mode, Severity
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -57,6 +60,10 @@ BUSY_TIMEOUT = 5.0
 """Seconds a writer waits for another process's transaction (CLI and daemon share the file)."""
 
 
+DeployStatus = Literal["running", "succeeded", "failed"]
+IncidentState = Literal["open", "resolved"]
+
+
 @dataclass(frozen=True, slots=True)
 class Deploy:
     id: int
@@ -64,10 +71,17 @@ class Deploy:
     version: str
     started_at: float
     ended_at: float | None
-    status: str
+    status: DeployStatus
     code_version: str | None
     restore_point: str | None
     restore_point_verified: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "version": self.version,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "status": self.status, "code_version": self.code_version,
+                "restore_point": self.restore_point,
+                "restore_point_verified": self.restore_point_verified}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,40 @@ class Drill:
     ok: bool
     duration: float
     details: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "t": self.t, "backup": self.backup, "ok": self.ok,
+                "duration": self.duration, "details": self.details}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentSummary:
+    """How an incident opened and where it stands now (its first and latest decision)."""
+
+    incident: int
+    opened_at: float
+    opened_by: str
+    """The scenario that opened it."""
+    scenario: str
+    severity: Severity
+    action: Action
+    mode: Mode
+    state: IncidentState
+    updated_at: float
+    reason: str
+
+    @classmethod
+    def of(cls, first: Decision, last: Decision) -> IncidentSummary:
+        return cls(incident=first.incident, opened_at=first.t, opened_by=first.scenario,
+                   scenario=last.scenario, severity=last.severity, action=last.action,
+                   mode=last.mode, state="resolved" if last.kind == "resolve" else "open",
+                   updated_at=last.t, reason=last.reason)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"incident": self.incident, "opened_at": self.opened_at,
+                "opened_by": self.opened_by, "scenario": self.scenario,
+                "severity": self.severity, "action": self.action, "mode": self.mode,
+                "state": self.state, "updated_at": self.updated_at, "reason": self.reason}
 
 
 class JournalError(Exception):
@@ -234,13 +282,13 @@ class Journal:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def add_decision(self, decision: Mapping[str, Any]) -> int:
+    def add_decision(self, decision: Decision) -> int:
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO decisions (t, incident, kind, scenario, action, payload)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (decision["t"], decision["incident"], decision["kind"], decision["scenario"],
-                 decision["action"], json.dumps(decision, sort_keys=True)),
+                (decision.t, decision.incident, decision.kind, decision.scenario,
+                 decision.action, json.dumps(decision.as_json(), sort_keys=True)),
             )
             return int(cur.lastrowid or 0)
 
@@ -250,44 +298,48 @@ class Journal:
         return int(row[0])
 
     @_reads
-    def decisions(self, limit: int = 100, incident: int | None = None) -> list[dict[str, Any]]:
+    def decisions(self, limit: int = 100, incident: int | None = None) -> list[Decision]:
         """The newest ``limit`` decisions (of one incident), oldest first."""
         where, args = ("", (limit,)) if incident is None else (
             " WHERE incident = ?", (incident, limit))
         rows = self._db.execute(
-            f"SELECT payload FROM decisions{where} ORDER BY id DESC LIMIT ?", args
+            f"SELECT id, payload FROM decisions{where} ORDER BY id DESC LIMIT ?", args
         ).fetchall()
-        return [json.loads(r["payload"]) for r in reversed(rows)]
+        return [self._decision(r["id"], r["payload"]) for r in reversed(rows)]
+
+    # One query for every summary: each incident's first and latest decision, by a join on
+    # the ids the grouping found (never a query per incident).
+    _SUMMARIES = (
+        "WITH ends AS (SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
+        " {where} GROUP BY incident ORDER BY incident DESC LIMIT ?)"
+        " SELECT ends.incident, f.id AS first_id, f.payload AS first,"
+        " l.id AS last_id, l.payload AS last"
+        " FROM ends JOIN decisions f ON f.id = ends.first JOIN decisions l ON l.id = ends.last"
+        " ORDER BY ends.incident DESC"
+    )
 
     @_reads
-    def incidents(self, limit: int = 50) -> list[dict[str, Any]]:
+    def incidents(self, limit: int = 50) -> list[IncidentSummary]:
         """One summary per incident, newest first: how it opened and where it stands now."""
-        rows = self._db.execute(
-            "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
-            " GROUP BY incident ORDER BY incident DESC LIMIT ?", (limit,)
-        ).fetchall()
+        rows = self._db.execute(self._SUMMARIES.format(where=""), (limit,)).fetchall()
         return [self._summary(row) for row in rows]
 
     @_reads
-    def incident(self, number: int) -> dict[str, Any] | None:
+    def incident(self, number: int) -> IncidentSummary | None:
         """One incident's summary (as in :meth:`incidents`), or None."""
-        row = self._db.execute(
-            "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
-            " WHERE incident = ? GROUP BY incident", (number,)).fetchone()
+        row = self._db.execute(self._SUMMARIES.format(where="WHERE incident = ?"),
+                               (number, 1)).fetchone()
         return None if row is None else self._summary(row)
 
-    def _summary(self, row: sqlite3.Row) -> dict[str, Any]:
-        first = json.loads(self._db.execute(
-            "SELECT payload FROM decisions WHERE id = ?", (row["first"],)).fetchone()[0])
-        last = json.loads(self._db.execute(
-            "SELECT payload FROM decisions WHERE id = ?", (row["last"],)).fetchone()[0])
-        return {
-            "incident": row["incident"], "opened_at": first["t"],
-            "opened_by": first["scenario"], "scenario": last["scenario"],
-            "severity": last["severity"], "action": last["action"],
-            "mode": last["mode"], "state": "resolved" if last["kind"] == "resolve" else "open",
-            "updated_at": last["t"], "reason": last["reason"],
-        }
+    def _summary(self, row: sqlite3.Row) -> IncidentSummary:
+        return IncidentSummary.of(self._decision(row["first_id"], row["first"]),
+                                  self._decision(row["last_id"], row["last"]))
+
+    def _decision(self, row_id: int, payload: str) -> Decision:
+        try:
+            return Decision.from_json(json.loads(payload))
+        except ValueError as exc:  # json's errors are ValueErrors too
+            raise JournalError(f"{self.path}: decision {row_id} is malformed: {exc}") from None
 
     @_reads
     def latest_event(self, types: tuple[str, ...]) -> JournalEvent | None:
@@ -345,12 +397,22 @@ class Journal:
                      details=json.loads(found["payload"]))
 
 
+_DEPLOY_STATUSES: tuple[DeployStatus, ...] = get_args(DeployStatus)
+
+
+def _deploy_status(value: str) -> DeployStatus:
+    for status in _DEPLOY_STATUSES:
+        if value == status:
+            return status
+    raise sqlite3.DataError(f"deploy status {value!r} is not one of {', '.join(_DEPLOY_STATUSES)}")
+
+
 def _deploy(row: sqlite3.Row) -> Deploy:
     return Deploy(
         id=int(row["id"]), app=row["app"], version=row["version"],
         started_at=float(row["started_at"]),
         ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
-        status=row["status"], code_version=row["code_version"],
+        status=_deploy_status(row["status"]), code_version=row["code_version"],
         restore_point=row["restore_point"],
         restore_point_verified=bool(row["restore_point_verified"]),
     )

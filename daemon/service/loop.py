@@ -222,20 +222,20 @@ class Daemon:
         rollbacks that still count towards the rate limit."""
         cooldown = self.policy.guards.cooldown
         recent = [d for d in self.journal.decisions(limit=1000)
-                  if d["kind"] in ("open", "escalate") and d["mode"] == "auto"
-                  and d["action"] in ROLLBACKS and now - d["t"] < cooldown]
-        self.engine.remember_auto_rollbacks(d["t"] for d in recent)
+                  if d.kind in ("open", "escalate") and d.mode == "auto"
+                  and d.action in ROLLBACKS and now - d.t < cooldown]
+        self.engine.remember_auto_rollbacks(d.t for d in recent)
         latest = self.journal.incidents(limit=1)
-        if not latest or latest[0]["state"] != "open":
+        if not latest or latest[0].state != "open":
             return
         summary = latest[0]
-        lines = self.journal.decisions(limit=1000, incident=summary["incident"])
+        lines = self.journal.decisions(limit=1000, incident=summary.incident)
         resumed = self.engine.resume_incident(
-            summary["incident"], summary["scenario"], summary["action"], summary["mode"],
-            summary["opened_at"], [d["scenario"] for d in lines])
+            summary.incident, summary.scenario, summary.action, summary.mode,
+            summary.opened_at, [d.scenario for d in lines])
         self.log.warning("resumed the open incident of the previous run" if resumed else
                          "the open incident's rule is no longer in the policy; not resumed",
-                         incident=summary["incident"], scenario=summary["scenario"])
+                         incident=summary.incident, scenario=summary.scenario)
 
     def _feed(self, t: float, event: JournalEvent, catching_up: bool = False) -> None:
         """One journal event into the engine; a malformed one is logged and skipped (another
@@ -304,11 +304,11 @@ class Daemon:
         self.metrics.record_data_safety(backups, last, good)
 
     def _journal_decision(self, decision: Decision) -> None:
-        record = decision.as_dict()
+        record = decision.as_json()
         # Until the runbook executor exists, a decision is recorded as what would be done.
         self.log.warning("decision", executed=False, **record)
         try:
-            self.journal.add_decision(record)
+            self.journal.add_decision(decision)
         except JournalError as exc:
             self.log.error("cannot journal a decision", error=str(exc), decision=record)
 
