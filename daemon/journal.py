@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, get_args
 from policies.engine import Decision
 from policies.policy import Action, Mode, Severity
 
-SCHEMA = """
+SCHEMA_V0 = """
 CREATE TABLE IF NOT EXISTS deploys (
     id INTEGER PRIMARY KEY,
     app TEXT NOT NULL,
@@ -55,6 +55,34 @@ CREATE TABLE IF NOT EXISTS drills (
 );
 CREATE INDEX IF NOT EXISTS events_t ON events (t);
 """
+"""Version 0: the schema as the first release wrote it (``PRAGMA user_version`` 0). Never
+edited: every journal, new or old, starts from it and goes through the same migrations."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: statements run in one transaction with ``user_version`` set to
+    ``version`` (SQLite's DDL is transactional: a journal is at one version or the next)."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "decisions found by incident without a scan", (
+        "CREATE INDEX IF NOT EXISTS decisions_incident ON decisions (incident, id)",
+    )),
+)
+"""In order; append, never edit one that has shipped."""
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script without triggers or string literals holding ``;``."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
 
 BUSY_TIMEOUT = 5.0
 """Seconds a writer waits for another process's transaction (CLI and daemon share the file)."""
@@ -163,12 +191,54 @@ class Journal:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+        try:
+            self._refuse_newer(self._version())
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
         self._db.row_factory = sqlite3.Row
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path}: the journal was written by a newer rollbackd (schema version "
+                f"{version}; this one knows versions up to {SCHEMA_VERSION}): refusing to open "
+                "it")
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION in place; nothing is written when it is there.
+        Under the write lock the version is read again: of two processes opening an old
+        journal at once, one migrates and the other finds it done."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version()
+            self._refuse_newer(version)
+            if version == 0:
+                for statement in _statements(SCHEMA_V0):
+                    self._db.execute(statement)
+            for migration in MIGRATIONS:
+                if migration.version > version:
+                    for statement in migration.statements:
+                        self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> Journal:
