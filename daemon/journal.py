@@ -6,8 +6,10 @@ decisions it took are appended here, so a restarted daemon knows what happened b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
+from daemon.durable import fsync_dir
 from policies.engine import Decision
 from policies.policy import Action, Mode, Severity
 
@@ -73,6 +76,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "decisions found by incident without a scan", (
         "CREATE INDEX IF NOT EXISTS decisions_incident ON decisions (incident, id)",
     )),
+    Migration(2, "the journal's id, so that another journal put in its place is told apart", (
+        "CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO journal_meta (key, value) VALUES ('id', lower(hex(randomblob(16))))",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -83,6 +90,8 @@ def _statements(script: str) -> list[str]:
     """The statements of a script without triggers or string literals holding ``;``."""
     return [part.strip() for part in script.split(";") if part.strip()]
 
+
+MARKER_SUFFIX = ".id"
 
 BUSY_TIMEOUT = 5.0
 """Seconds a writer waits for another process's transaction (CLI and daemon share the file)."""
@@ -167,6 +176,11 @@ class JournalError(Exception):
     """The journal cannot be opened or written; ``str()`` names the file."""
 
 
+class StateDirError(JournalError):
+    """The configured state directory cannot be a directory (a file is in the way): a
+    configuration error, where other journal errors are failed operations."""
+
+
 _R = TypeVar("_R")
 
 
@@ -175,6 +189,7 @@ def _reads(method: Callable[..., _R]) -> Callable[..., _R]:
 
     @functools.wraps(method)
     def reading(self: Journal, *args: Any, **kwargs: Any) -> _R:
+        self._check_file()
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
@@ -188,16 +203,23 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.marker = path.with_suffix(MARKER_SUFFIX)
+        """Written beside the journal when it is created: its id, the state directory's
+        memory that it had a journal (and which)."""
+        self._make_dir()
+        self._refuse_fresh_over_history()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from None
         try:
             self._refuse_newer(self._version())
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
+            self.id = self._stored_id()
+            self._file = self._identity()
+            self._keep_marker()
         except sqlite3.Error as exc:
             self._db.close()
             raise JournalError(f"{path}: cannot open the journal: {exc}") from None
@@ -205,6 +227,117 @@ class Journal:
             self._db.close()
             raise
         self._db.row_factory = sqlite3.Row
+
+    def _make_dir(self) -> None:
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StateDirError(f"{directory}: not a directory (the journal {self.path.name} "
+                                "goes in it)") from None
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot create its directory: "
+                               f"{exc.strerror}") from None
+
+    def _refuse_fresh_over_history(self) -> None:
+        """A missing or empty (0-byte) journal is a new one only where no journal was before:
+        SQLite would take an emptied journal for a fresh one and the history would be gone
+        without a word."""
+        try:
+            empty = self.path.stat().st_size == 0
+        except FileNotFoundError:
+            empty = True
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot open the journal: {exc.strerror}") from None
+        if not empty:
+            return
+        history = [str(p) for p in (self.marker, self.path.parent / "incidents") if p.exists()]
+        with contextlib.suppress(OSError):
+            if history and self.path.stat().st_size > 0:
+                return  # created (and its marker written) by another process meanwhile
+        if history:
+            what = "empty (0 bytes)" if self.path.exists() else "missing"
+            raise JournalError(
+                f"{self.path}: the journal is {what} but this state directory had one "
+                f"({' and '.join(history)} exist): refusing to start a new journal over its "
+                f"history; put the journal back (from a backup), or move {' and '.join(history)}"
+                " aside to start afresh")
+
+    def _stored_id(self) -> str:
+        row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'id'").fetchone()
+        if row is None:
+            raise JournalError(f"{self.path}: the journal has no id (journal_meta is empty)")
+        return str(row[0])
+
+    def _identity(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_dev, st.st_ino
+
+    def _keep_marker(self) -> None:
+        """Check the journal against the id its state directory recorded, or record it (a new
+        journal, or one of the release before the marker)."""
+        try:
+            recorded: str | None = self.marker.read_text().strip()
+        except FileNotFoundError:
+            recorded = self._write_marker()
+        except OSError as exc:
+            raise JournalError(f"{self.marker}: cannot read: {exc.strerror}") from None
+        if recorded is not None and recorded != self.id:
+            raise JournalError(
+                f"{self.path}: not the journal of this state directory: its id is {self.id} "
+                f"but {self.marker} records {recorded or 'nothing'} (was the journal replaced?);"
+                f" put the right one back, or remove {self.marker} to adopt this one")
+
+    def _write_marker(self) -> str | None:
+        """Create the marker whole or not at all (written aside, then linked: an existing one
+        is never overwritten); the id a concurrent opener recorded first, or None when the
+        directory is not writable (a reader's command: the next writer records it)."""
+        temp = self.marker.with_name(f".{self.marker.name}.{os.getpid()}.tmp")
+        try:
+            temp.write_text(f"{self.id}\n")
+            with temp.open("rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(temp, self.marker)
+            except FileExistsError:
+                return self.marker.read_text().strip()
+            fsync_dir(self.marker.parent)
+            return self.id
+        except OSError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def check(self) -> None:
+        """Raise :class:`JournalError` when the file at :attr:`path` is no longer the journal
+        opened here (removed, replaced by another file, or another journal copied over it)."""
+        self._check_file()
+        try:
+            self._check_id(self._db)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {exc}") from None
+
+    def _check_file(self) -> None:
+        try:
+            same = self._identity() == self._file
+        except OSError as exc:
+            raise JournalError(
+                f"{self.path}: the journal rollbackd opened is gone ({exc.strerror}): nothing "
+                "is journaled until it is back (or rollbackd restarts with a new one)"
+            ) from None
+        if not same:
+            raise JournalError(
+                f"{self.path}: the journal file was replaced while rollbackd had it open: "
+                "nothing is journaled into either; restart rollbackd to use the new one")
+
+    def _check_id(self, db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT value FROM journal_meta WHERE key = 'id'").fetchone()
+        if row is None or row[0] != self.id:
+            raise JournalError(
+                f"{self.path}: the journal's id changed from {self.id} to "
+                f"{None if row is None else row[0]} while rollbackd had it open (another "
+                "journal copied over it?): nothing is journaled; restart rollbackd")
 
     def _version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -249,9 +382,12 @@ class Journal:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write: only into the journal opened here (checked under the write lock)."""
+        self._check_file()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._check_id(self._db)
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:

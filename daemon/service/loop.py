@@ -88,6 +88,7 @@ class Daemon:
         self._stop_reason = ""
         self._last_progress = time.monotonic()
         self._ready = False
+        self._journal_problem: str | None = None
         self._failing: dict[str, str] = {}
         self._status_line = f"{config.app_name}: starting"
         self._notify_failing = False
@@ -104,7 +105,24 @@ class Daemon:
         return time.monotonic() - self._last_progress < 2 * self.config.daemon.interval + 10
 
     def is_ready(self) -> bool:
-        return self._ready
+        """A first cycle completed, and the journal is still the one opened at start (a
+        daemon that cannot journal must not be sent alerts it would lose)."""
+        return self._ready and self._journal_usable()
+
+    def _journal_usable(self) -> bool:
+        """Check the journal; log when it stops being the one opened, and when it is back."""
+        try:
+            self.journal.check()
+        except JournalError as exc:
+            if self._journal_problem != str(exc):
+                self.log.error("the journal is unusable; refusing what cannot be journaled",
+                               path=str(self.journal.path), error=str(exc))
+            self._journal_problem = str(exc)
+            return False
+        if self._journal_problem is not None:
+            self.log.info("the journal is usable again", path=str(self.journal.path))
+            self._journal_problem = None
+        return True
 
     # -- signal handlers: they only set flags ------------------------------------------------
 
@@ -259,11 +277,12 @@ class Daemon:
         """One engine step: this cycle's samples, the events journaled since the last one."""
         now = max(now, self._last_step)  # the wall clock may step back; the engine may not
         self.engine.observe(now, values)
-        try:
-            events = self.journal.events_after(self._event_cursor)
-        except JournalError as exc:
-            self.log.error("cannot read the journal; its events wait", error=str(exc))
-            events = []
+        events: list[JournalEvent] = []
+        if self._journal_usable():
+            try:
+                events = self.journal.events_after(self._event_cursor)
+            except JournalError as exc:
+                self.log.error("cannot read the journal; its events wait", error=str(exc))
         for event in events:
             self._event_cursor = event.id
             if event.payload.get("type") == "baseline":
