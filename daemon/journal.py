@@ -80,6 +80,48 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "INSERT INTO journal_meta (key, value) VALUES ('id', lower(hex(randomblob(16))))",
     )),
+    Migration(3, "restores, linked to their deploy (then rolled back) and incident", (
+        """CREATE TABLE deploys_v3 (
+            id INTEGER PRIMARY KEY,
+            app TEXT NOT NULL,
+            version TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'succeeded', 'failed', 'rolled_back')),
+            code_version TEXT,
+            restore_point TEXT,
+            restore_point_verified INTEGER NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO deploys_v3 SELECT id, app, version, started_at, ended_at, status,"
+        " code_version, restore_point, restore_point_verified FROM deploys",
+        "DROP TABLE deploys",
+        "ALTER TABLE deploys_v3 RENAME TO deploys",
+        """CREATE TABLE restores (
+            id INTEGER PRIMARY KEY,
+            app TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            source TEXT NOT NULL,
+            strategy TEXT NOT NULL CHECK (strategy IN ('swap', 'in_place', 'tables', 'clone')),
+            database TEXT NOT NULL,
+            tables TEXT NOT NULL DEFAULT '[]',
+            requested_by TEXT NOT NULL,
+            deploy INTEGER REFERENCES deploys (id),
+            incident INTEGER,
+            status TEXT NOT NULL DEFAULT 'running' CHECK (status IN
+                ('running', 'restored', 'validation_failed', 'failed', 'interrupted')),
+            kept TEXT,
+            kept_kind TEXT CHECK (kept_kind IN ('database', 'backup', 'tables')),
+            safety_backup TEXT,
+            data_window_start REAL,
+            data_window_end REAL,
+            error TEXT,
+            report TEXT
+        )""",
+        "CREATE INDEX restores_incident ON restores (incident)",
+        "CREATE INDEX restores_deploy ON restores (deploy)",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -97,8 +139,16 @@ BUSY_TIMEOUT = 5.0
 """Seconds a writer waits for another process's transaction (CLI and daemon share the file)."""
 
 
-DeployStatus = Literal["running", "succeeded", "failed"]
+DeployStatus = Literal["running", "succeeded", "failed", "rolled_back"]
+"""``rolled_back``: a restore of the database put it back to before the deploy."""
 IncidentState = Literal["open", "resolved"]
+RestoreStrategy = Literal["swap", "in_place", "tables", "clone"]
+RestoreStatus = Literal["running", "restored", "validation_failed", "failed", "interrupted"]
+"""``restored``: done and validated; ``validation_failed``: done, but the database failed
+validation after it; ``failed``: refused or failed, nothing restored; ``interrupted``: the
+process was stopped during the restore (look at the database); ``running``: not finished, or
+the process was killed."""
+KeptKind = Literal["database", "backup", "tables"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +220,78 @@ class IncidentSummary:
                 "opened_by": self.opened_by, "scenario": self.scenario,
                 "severity": self.severity, "action": self.action, "mode": self.mode,
                 "state": self.state, "updated_at": self.updated_at, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """A restore of the database, by hand or by the executor, and what it is linked to: the
+    deploy whose restore point it restored (else the app's latest deploy) and the incident
+    open when it began."""
+
+    id: int
+    app: str
+    started_at: float
+    finished_at: float | None
+    source: str
+    """The backup restored, or the clone's name (strategy ``clone``)."""
+    strategy: RestoreStrategy
+    database: str
+    tables: tuple[str, ...]
+    requested_by: str
+    deploy: int | None
+    incident: int | None
+    status: RestoreStatus
+    kept: str | None
+    """Where the data it replaced is: a database, a safety backup, or kept tables."""
+    kept_kind: KeptKind | None
+    safety_backup: str | None
+    data_window_start: float | None
+    data_window_end: float | None
+    error: str | None
+
+    @property
+    def completed(self) -> bool:
+        """The database was replaced (validated or not)."""
+        return self.status in ("restored", "validation_failed")
+
+    @property
+    def rolls_back_deploy(self) -> bool:
+        """A whole-database restore that completed rolls its deploy back; the rows of some
+        tables do not."""
+        return self.completed and self.strategy != "tables"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "started_at": self.started_at,
+                "finished_at": self.finished_at, "source": self.source,
+                "strategy": self.strategy, "database": self.database,
+                "tables": list(self.tables), "by": self.requested_by, "deploy": self.deploy,
+                "incident": self.incident, "status": self.status,
+                "ok": self.status == "restored", "kept": self.kept, "kept_kind": self.kept_kind,
+                "safety_backup": self.safety_backup,
+                "data_window_start": self.data_window_start,
+                "data_window_end": self.data_window_end, "error": self.error}
+
+    def describe(self) -> str:
+        """One line: ``restore 3 restored: swap of rp-1 by alice``."""
+        what = f"tables {', '.join(self.tables)} from" if self.tables else f"{self.strategy} of"
+        return f"restore {self.id} {self.status}: {what} {self.source} by {self.requested_by}"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOutcome:
+    """How a restore ended, for :meth:`Journal.finish_restore`."""
+
+    status: RestoreStatus
+    finished_at: float
+    database: str | None = None
+    kept: str | None = None
+    kept_kind: KeptKind | None = None
+    safety_backup: str | None = None
+    data_window_start: float | None = None
+    data_window_end: float | None = None
+    error: str | None = None
+    report: Mapping[str, Any] | None = None
+    """The strategy's whole report (validation results, notes), kept as JSON."""
 
 
 class JournalError(Exception):
@@ -418,6 +540,10 @@ class Journal:
         return deploy
 
     def end_deploy(self, deploy_id: int, status: str, t: float) -> Deploy:
+        """End a running deploy as ``succeeded`` or ``failed`` (``rolled_back`` is set by
+        :meth:`finish_restore`)."""
+        if status not in ("succeeded", "failed"):
+            raise JournalError(f"a deploy ends succeeded or failed, not {status!r}")
         with self._transaction() as db:
             row = db.execute("SELECT version, status FROM deploys WHERE id = ?",
                              (deploy_id,)).fetchone()
@@ -575,6 +701,94 @@ class Journal:
             f"SELECT * FROM deploys{where} ORDER BY started_at DESC, id DESC", args).fetchall()
         return [_deploy(r) for r in rows]
 
+    # -- restores --------------------------------------------------------------------------
+
+    def begin_restore(self, app: str, *, source: str, strategy: RestoreStrategy, database: str,
+                      tables: Sequence[str], by: str, t: float,
+                      incident: int | None = None) -> Restore:
+        """Journal a restore before it touches the database, linked to its deploy (the one
+        whose restore point is ``source``, else ``app``'s latest) and to ``incident`` (default:
+        the incident open now, if any)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM deploys WHERE app = ? ORDER BY restore_point = ? DESC,"
+                " started_at DESC, id DESC LIMIT 1", (app, source)).fetchone()
+            deploy = None if row is None else int(row["id"])
+            if incident is None:
+                latest = db.execute(
+                    "SELECT incident, kind FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+                if latest is not None and latest["kind"] != "resolve":
+                    incident = int(latest["incident"])
+            cur = db.execute(
+                "INSERT INTO restores (app, started_at, source, strategy, database, tables,"
+                " requested_by, deploy, incident) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (app, t, source, strategy, database, json.dumps(list(tables)), by, deploy,
+                 incident))
+            restore_id = int(cur.lastrowid or 0)
+        restore = self.restore(restore_id)
+        assert restore is not None
+        return restore
+
+    def finish_restore(self, restore_id: int, outcome: RestoreOutcome, *,
+                       close_incident: bool = True) -> Restore:
+        """Journal how the restore ended, in one transaction with what follows from it: a
+        whole-database restore that completed marks its deploy ``rolled_back``; one that was
+        also validated, with ``close_incident``, closes its incident if still open (a
+        ``close`` event, which the daemon turns into the incident's ``resolve`` decision)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE restores SET finished_at = ?, status = ?,"
+                " database = coalesce(?, database), kept = ?, kept_kind = ?, safety_backup = ?,"
+                " data_window_start = ?, data_window_end = ?, error = ?, report = ?"
+                " WHERE id = ?",
+                (outcome.finished_at, outcome.status, outcome.database, outcome.kept,
+                 outcome.kept_kind, outcome.safety_backup, outcome.data_window_start,
+                 outcome.data_window_end, outcome.error,
+                 None if outcome.report is None else json.dumps(outcome.report, sort_keys=True),
+                 restore_id))
+            row = db.execute("SELECT * FROM restores WHERE id = ?", (restore_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"{self.path}: no restore {restore_id}")
+            restore = _restore(row)
+            if restore.rolls_back_deploy and restore.deploy is not None:
+                db.execute("UPDATE deploys SET status = 'rolled_back',"
+                           " ended_at = coalesce(ended_at, ?) WHERE id = ?",
+                           (outcome.finished_at, restore.deploy))
+            if (close_incident and restore.status == "restored"
+                    and restore.incident is not None
+                    and self._incident_open(db, restore.incident)):
+                self._insert_event(db, outcome.finished_at, {
+                    "type": "close", "incident": restore.incident, "by": restore.requested_by,
+                    "decision": f"rolled back by hand ({restore.describe()})"})
+        return restore
+
+    @staticmethod
+    def _incident_open(db: sqlite3.Connection, incident: int) -> bool:
+        row = db.execute("SELECT kind FROM decisions WHERE incident = ? ORDER BY id DESC"
+                         " LIMIT 1", (incident,)).fetchone()
+        return row is not None and row["kind"] != "resolve"
+
+    @_reads
+    def restore(self, restore_id: int) -> Restore | None:
+        row = self._db.execute("SELECT * FROM restores WHERE id = ?", (restore_id,)).fetchone()
+        return None if row is None else _restore(row)
+
+    @_reads
+    def restores(self, *, app: str | None = None, incident: int | None = None,
+                 deploy: int | None = None, limit: int = 100) -> list[Restore]:
+        """Restores, newest first; filtered by app, incident, deploy."""
+        clauses: list[str] = []
+        args: list[str | int] = []
+        for clause, value in (("app = ?", app), ("incident = ?", incident),
+                              ("deploy = ?", deploy)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(f"SELECT * FROM restores{where} ORDER BY id DESC LIMIT ?",
+                                [*args, limit]).fetchall()
+        return [_restore(r) for r in rows]
+
     # -- drills ----------------------------------------------------------------------------
 
     def add_drill(self, t: float, backup: str, ok: bool, duration: float,
@@ -607,10 +821,7 @@ _DEPLOY_STATUSES: tuple[DeployStatus, ...] = get_args(DeployStatus)
 
 
 def _deploy_status(value: str) -> DeployStatus:
-    for status in _DEPLOY_STATUSES:
-        if value == status:
-            return status
-    raise sqlite3.DataError(f"deploy status {value!r} is not one of {', '.join(_DEPLOY_STATUSES)}")
+    return _one_of("deploy status", value, _DEPLOY_STATUSES)
 
 
 def _deploy(row: sqlite3.Row) -> Deploy:
@@ -622,3 +833,31 @@ def _deploy(row: sqlite3.Row) -> Deploy:
         restore_point=row["restore_point"],
         restore_point_verified=bool(row["restore_point_verified"]),
     )
+
+
+_STRATEGIES: tuple[RestoreStrategy, ...] = get_args(RestoreStrategy)
+_RESTORE_STATUSES: tuple[RestoreStatus, ...] = get_args(RestoreStatus)
+_KEPT_KINDS: tuple[KeptKind, ...] = get_args(KeptKind)
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _one_of(what: str, value: object, allowed: tuple[_Choice, ...]) -> _Choice:
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise sqlite3.DataError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _restore(row: sqlite3.Row) -> Restore:
+    kept_kind = row["kept_kind"]
+    return Restore(
+        id=int(row["id"]), app=row["app"], started_at=float(row["started_at"]),
+        finished_at=None if row["finished_at"] is None else float(row["finished_at"]),
+        source=row["source"], strategy=_one_of("restore strategy", row["strategy"], _STRATEGIES),
+        database=row["database"], tables=tuple(json.loads(row["tables"])),
+        requested_by=row["requested_by"], deploy=row["deploy"], incident=row["incident"],
+        status=_one_of("restore status", row["status"], _RESTORE_STATUSES),
+        kept=row["kept"],
+        kept_kind=None if kept_kind is None else _one_of("kept kind", kept_kind, _KEPT_KINDS),
+        safety_backup=row["safety_backup"], data_window_start=row["data_window_start"],
+        data_window_end=row["data_window_end"], error=row["error"])

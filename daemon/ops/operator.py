@@ -10,12 +10,12 @@ from __future__ import annotations
 import getpass
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
 from daemon.fmt import when
-from daemon.journal import Deploy, Drill, IncidentSummary, Journal
+from daemon.journal import Deploy, Drill, IncidentSummary, Journal, Restore
 from policies.engine import Decision
 
 
@@ -81,6 +81,8 @@ class Status:
     incident: IncidentSummary | None
     """The latest incident, when it is open."""
     drill: Drill | None
+    restore: Restore | None = None
+    """The app's latest restore (by hand or by the executor)."""
 
     def as_json(self) -> dict[str, Any]:
         deploy, drill = self.deploy, self.drill
@@ -94,6 +96,7 @@ class Status:
             "drill": None if drill is None else {
                 "t": drill.t, "backup": drill.backup, "ok": drill.ok,
                 "duration": drill.duration},
+            "restore": None if self.restore is None else self.restore.as_json(),
         }
 
     def describe(self) -> list[str]:
@@ -117,7 +120,23 @@ class Status:
         else:
             lines.append(f"drill      {'passed' if drill.ok else 'FAILED'} at "
                          f"{when(drill.t)} ({drill.duration:.1f}s)")
+        if self.restore is not None:
+            lines.append(f"restore    {restore_line(self.restore)}")
         return lines
+
+
+def restore_line(restore: Restore) -> str:
+    """``restore 2 restored: swap of rp-1 by alice at ...; deploy 3, incident 1; kept in ...``"""
+    links = [f"deploy {restore.deploy}" + (" rolled back" if restore.rolls_back_deploy else "")
+             if restore.deploy is not None else "no deploy"]
+    if restore.incident is not None:
+        links.append(f"incident {restore.incident}")
+    line = f"{restore.describe()} at {when(restore.started_at)}; {', '.join(links)}"
+    if restore.kept is not None:
+        line += f"; data before it kept in {restore.kept_kind} {restore.kept}"
+    if restore.error is not None:
+        line += f": {restore.error.splitlines()[0]}"
+    return line
 
 
 def gather_status(config: Config, journal: Journal) -> Status:
@@ -126,8 +145,9 @@ def gather_status(config: Config, journal: Journal) -> Status:
     open_incident = incidents[0] if incidents and incidents[0].state == "open" else None
     pause_event = journal.latest_event(("pause", "resume"))
     paused = pause_event is not None and pause_event.payload["type"] == "pause"
+    restores = journal.restores(app=config.app_name, limit=1)
     return Status(app=config.app_name, paused=paused, deploy=deploy, incident=open_incident,
-                  drill=journal.latest_drill())
+                  drill=journal.latest_drill(), restore=restores[0] if restores else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +167,23 @@ class IncidentList:
 
 @dataclass(frozen=True, slots=True)
 class IncidentDecisions:
-    """Every decision of one incident, in order; JSON Lines in the replay output format."""
+    """Every decision of one incident, in order, and the restores linked to it. Its JSON is
+    JSON Lines of the decisions only: the replay output format, which has no restores."""
 
     lines: list[Decision]
+    restores: list[Restore] = field(default_factory=list)
     json_lines = True
 
     def as_json(self) -> list[dict[str, Any]]:
         return [line.as_json() for line in self.lines]
 
     def describe(self) -> list[str]:
-        return [f"{when(line.t)}  {line.kind:<8}  {line.scenario} "
-                f"({line.severity}) -> {line.action} [{line.mode}]: {line.reason}"
-                for line in self.lines]
+        timed = [(line.t, f"{when(line.t)}  {line.kind:<8}  {line.scenario} "
+                          f"({line.severity}) -> {line.action} [{line.mode}]: {line.reason}")
+                 for line in self.lines]
+        timed += [(r.started_at, f"{when(r.started_at)}  restore   {restore_line(r)}")
+                  for r in self.restores]
+        return [text for _, text in sorted(timed, key=lambda pair: pair[0])]
 
 
 def incident_decisions(journal: Journal, incident: int) -> IncidentDecisions:
@@ -166,4 +191,4 @@ def incident_decisions(journal: Journal, incident: int) -> IncidentDecisions:
     lines = journal.decisions(limit=1000, incident=incident)
     if not lines:
         raise DecisionError(f"no incident {incident} in the journal", missing=True)
-    return IncidentDecisions(lines)
+    return IncidentDecisions(lines, list(reversed(journal.restores(incident=incident))))

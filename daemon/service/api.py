@@ -232,8 +232,10 @@ class Api:
         if not decisions:
             raise ApiError(404, f"no incident {number} in the journal")
         state = "resolved" if decisions[-1].kind == "resolve" else "open"
+        restores = reversed(self.host.journal.restores(incident=number))
         return JSONResponse({"incident": number, "state": state,
-                             "decisions": [d.as_json() for d in decisions]})
+                             "decisions": [d.as_json() for d in decisions],
+                             "restores": [r.as_json() for r in restores]})
 
     async def pause(self, request: Request) -> Response:
         body = await self._parse(request, PauseBody)

@@ -7,10 +7,11 @@ import hashlib
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from daemon.journal import MIGRATIONS, SCHEMA_VERSION, Journal, JournalError
+from daemon.journal import MIGRATIONS, SCHEMA_VERSION, Journal, JournalError, RestoreOutcome
 
 # The schema of the previous release, copied from `git show f13d8d4:daemon/journal.py`
 # (deliberately not imported: the test must not follow later edits).
@@ -70,7 +71,7 @@ DECISIONS = [
     _decision(2000.0, "open", 2, "performance_degraded", "medium", "evaluate",
               "http.latency_p95 > 1.5 * baseline(http.latency_p95) held for 5m"),
 ]
-EVENTS = [
+EVENTS: list[tuple[float, dict[str, Any]]] = [
     (900.0, {"type": "deploy", "phase": "begin", "version": "v1", "deploy": 1,
              "verified": True}),
     (950.0, {"type": "deploy", "phase": "end", "status": "succeeded", "version": "v1",
@@ -156,9 +157,15 @@ def test_a_previous_release_journal_is_upgraded_in_place_and_keeps_everything(
         assert drill is not None and (drill.backup, drill.ok) == ("rp-2", False)
         assert good is not None and (good.backup, good.duration, good.details) == (
             "rp-1", 12.5, {"checks": []})
-        # The upgraded journal takes new rows after the old ones.
+        # The upgraded journal takes new rows after the old ones, restores included.
         assert journal.add_event(3000.0, {"type": "resume", "by": "bob"}) == len(EVENTS) + 1
         journal.end_deploy(2, "failed", 3001.0)
+        restore = journal.begin_restore("visionforge", source="rp-2", strategy="swap",
+                                        database="vf", tables=(), by="alice", t=3002.0)
+        journal.finish_restore(restore.id, RestoreOutcome(status="restored", finished_at=3003.0))
+        rolled_back = journal.deploy(2)
+        assert rolled_back is not None and rolled_back.status == "rolled_back"
+        assert (restore.deploy, restore.incident) == (2, 2)
     finally:
         journal.close()
     assert user_version(path) == SCHEMA_VERSION
