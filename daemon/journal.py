@@ -1,7 +1,9 @@
 """The journal: SQLite in WAL mode under the state directory, the daemon's durable memory.
 
-Deploys, the events the decision engine consumes (deploys, migrations, alerts) and the
-decisions it took are appended here, so a restarted daemon knows what happened before it.
+Deploys, the events the decision engine consumes (deploys, migrations, alerts, operators'
+commands), the decisions it took, drills and restores are recorded here, so a restarted daemon
+knows what happened before it and the CLI can say it. Rows come out as frozen dataclasses
+whose ``as_json()`` is the JSON the CLI and the API print.
 """
 
 from __future__ import annotations
@@ -321,6 +323,31 @@ def _reads(method: Callable[..., _R]) -> Callable[..., _R]:
 
 
 class Journal:
+    """One journal file, shared by the daemon and every CLI command (each its own connection;
+    writers wait up to BUSY_TIMEOUT for one another).
+
+    It owns the tables ``deploys``, ``events``, ``decisions``, ``drills``, ``restores`` and
+    ``journal_meta``, the schema's version (``PRAGMA user_version``) and the marker file
+    ``journal.id`` beside it. Invariants:
+
+    * The schema is at SCHEMA_VERSION once opened: an older journal is migrated in place, in
+      one transaction per migration, keeping every row; an up-to-date one is opened without a
+      write; a newer one (another rollbackd's) is refused, not touched.
+    * It is the journal of its state directory: a missing or empty file where the directory
+      had one (the marker, or incident reports) is refused, never taken for a fresh journal;
+      one whose id is not the marker's is refused. Every read and write first checks that the
+      file at :attr:`path` is still the one opened (and, for writes, under the write lock, that
+      its id is), so a journal replaced, removed or copied over while in use fails with
+      :class:`JournalError` rather than writing where nobody reads.
+    * A write is one transaction: all of it or none (a batch of events, a restore's end with
+      its deploy and its incident's close), and never left open after a failure.
+    * Events and decisions are appended, never changed; a deploy only goes from ``running``
+      to ``succeeded`` or ``failed``, and to ``rolled_back`` only with the restore that did it.
+    * Every failure of the file is a :class:`JournalError` whose text starts with its path
+      (:class:`StateDirError` when the state directory cannot be a directory); a request it
+      refuses (ending a deploy that already ended) is a JournalError saying why.
+    """
+
     FILE = "journal.sqlite3"
 
     def __init__(self, path: Path) -> None:
