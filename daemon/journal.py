@@ -406,11 +406,12 @@ class Journal:
                 return  # created (and its marker written) by another process meanwhile
         if history:
             what = "empty (0 bytes)" if self.path.exists() else "missing"
+            names = " and ".join(history)
             raise JournalError(
                 f"{self.path}: the journal is {what} but this state directory had one "
-                f"({' and '.join(history)} exist): refusing to start a new journal over its "
-                f"history; put the journal back (from a backup), or move {' and '.join(history)}"
-                " aside to start afresh")
+                f"({names} {'exists' if len(history) == 1 else 'exist'}): refusing to start a "
+                f"new journal over its history; put the journal back (from a backup), or move "
+                f"{names} aside to start afresh")
 
     def _stored_id(self) -> str:
         row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'id'").fetchone()

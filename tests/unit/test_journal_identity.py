@@ -49,7 +49,7 @@ def test_an_emptied_journal_is_not_taken_for_a_fresh_one(tmp_path: Path) -> None
 
 def test_an_incidents_directory_is_history_too(tmp_path: Path) -> None:
     (tmp_path / "state" / "incidents" / "1").mkdir(parents=True)
-    with pytest.raises(JournalError, match="incidents exist"):
+    with pytest.raises(JournalError, match="incidents exists"):
         Journal.in_state_dir(tmp_path / "state")
 
 
