@@ -256,7 +256,7 @@ def test_status_and_incident_endpoints_return_what_the_journal_holds(
 
     shown = daemon.call("GET", "/api/v1/incidents/1").json()
     assert shown["incident"] == 1 and shown["state"] == "open"
-    assert shown["decisions"] == daemon.journal.decisions(incident=1)
+    assert shown["decisions"] == [d.as_json() for d in daemon.journal.decisions(incident=1)]
     assert shown["decisions"][0]["kind"] == "open"
     missing = daemon.call("GET", "/api/v1/incidents/42")
     assert missing.status_code == 404 and "no incident 42" in missing.json()["error"]
@@ -290,7 +290,7 @@ def test_pause_resume_and_a_decision_through_the_api_act_like_the_cli(
     wait_for(lambda: daemon.call("GET", "/api/v1/incidents/1").json()["state"] == "resolved", 5,
              what="incident 1 to resolve")
     last = daemon.journal.decisions(incident=1)[-1]
-    assert last["kind"] == "resolve" and "alice decided: dismiss (false alarm)" in last["reason"]
+    assert last.kind == "resolve" and "alice decided: dismiss (false alarm)" in last.reason
 
     again = daemon.call("POST", "/api/v1/incidents/1/decision",
                         json={"decision": "fix_forward", "by": "alice"})

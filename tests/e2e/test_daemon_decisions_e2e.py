@@ -120,22 +120,22 @@ def test_an_app_failing_after_a_recorded_deploy_fires_the_rule_and_decides_a_rol
         wait_for(lambda: metric(url, "rollbackd_decisions_total", **decided) == 1, 5,
                  what="a planned_rollback decision")
         assert metric(url, "rollbackd_incident_open", severity="high") == 1
-        [opened] = [d for d in journal.decisions() if d["kind"] == "open"]
-        assert opened["scenario"] == "app_compromised" and opened["mode"] == "dry-run"
-        assert opened["requested_action"] == "planned_rollback"
+        [opened] = [d for d in journal.decisions() if d.kind == "open"]
+        assert opened.scenario == "app_compromised" and opened.mode == "dry-run"
+        assert opened.requested_action == "planned_rollback"
         assert '"executed": false' in daemon.output()
 
         set_faults(app_url, error_ratio=0.0)
         wait_for(lambda: metric(url, "rollbackd_incident_open", severity="high") == 0, 15,
                  what="the incident to resolve")
         assert metric(url, "rollbackd_rule_firing", **firing) == 0
-        assert [d["kind"] for d in journal.decisions()] == ["open", "resolve"]
+        assert [d.kind for d in journal.decisions()] == ["open", "resolve"]
 
         # A restarted daemon continues the incident numbering of the journal.
         assert daemon.stop() == 0
         daemon = start_daemon(daemon_config)
         set_faults(app_url, error_ratio=1.0)
-        wait_for(lambda: [d["incident"] for d in journal.decisions() if d["kind"] == "open"]
+        wait_for(lambda: [d.incident for d in journal.decisions() if d.kind == "open"]
                  == [1, 2], 15, what="a second incident numbered 2")
     finally:
         daemon.close()
@@ -223,12 +223,12 @@ def test_a_paused_daemon_pages_instead_of_rolling_back_and_says_so_until_resumed
         assert "[PAUSED]" in rollbackd_cli(daemon_config, "status").stdout
 
         set_faults(app_url, error_ratio=1.0)
-        wait_for(lambda: any(d["kind"] == "open" for d in journal.decisions()), 15,
+        wait_for(lambda: any(d.kind == "open" for d in journal.decisions()), 15,
                  what="an incident while paused")
         [opened] = journal.decisions()
-        assert (opened["action"], opened["requested_action"], opened["mode"]) == (
+        assert (opened.action, opened.requested_action, opened.mode) == (
             "page", "planned_rollback", "dry-run")
-        assert opened["reason"].startswith("paused")
+        assert opened.reason.startswith("paused")
 
         assert rollbackd_cli(daemon_config, "resume").returncode == 0
         wait_for(lambda: metric(url, "rollbackd_paused") == 0, 5, what="rollbackd_paused 0")

@@ -73,7 +73,7 @@ def test_a_restart_keeps_the_open_incident_and_the_rate_limit(
     journal.add_event(now - 45, {"type": "migration", "status": "failed"})
     first._decide(now - 40, {"http.error_ratio": 0.0})
     [opened] = journal.decisions()
-    assert (opened["kind"], opened["action"], opened["mode"]) == (
+    assert (opened.kind, opened.action, opened.mode) == (
         "open", "immediate_rollback", "auto")
 
     second = start(config_path)  # the same journal, a new process
@@ -85,10 +85,10 @@ def test_a_restart_keeps_the_open_incident_and_the_rate_limit(
                                  "decision": "dismiss"})
     second._decide(now - 20, {"http.error_ratio": 0.9})
     *_, resolved, reopened = journal.decisions()
-    assert (resolved["kind"], resolved["incident"]) == ("resolve", 1)
+    assert (resolved.kind, resolved.incident) == ("resolve", 1)
     # The rollback the first run decided still counts: the second within the hour pages.
-    assert (reopened["kind"], reopened["incident"], reopened["action"]) == ("open", 2, "page")
-    assert "rate limit" in reopened["reason"]
+    assert (reopened.kind, reopened.incident, reopened.action) == ("open", 2, "page")
+    assert "rate limit" in reopened.reason
 
 
 def test_a_restart_keeps_the_baseline_frozen_at_the_deploy(
@@ -118,6 +118,6 @@ def test_a_malformed_event_in_the_journal_is_skipped_and_cycles_go_on(
     daemon._decide(time.time(), {"http.error_ratio": 0.0})
     journal.add_event(time.time(), {"type": "migration", "status": "failed"})
     daemon._decide(time.time() + 1, {"http.error_ratio": 0.0})
-    assert [d["scenario"] for d in journal.decisions()] == ["migration_failed"]
+    assert [d.scenario for d in journal.decisions()] == ["migration_failed"]
     # A restart reads the bad event again during its catch-up, and still starts.
     assert start(config_path).engine.incident == (1, "critical")
