@@ -124,6 +124,54 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX restores_incident ON restores (incident)",
         "CREATE INDEX restores_deploy ON restores (deploy)",
     )),
+    Migration(4, "runbook runs, their steps, and pages", (
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            app TEXT NOT NULL,
+            incident INTEGER,
+            runbook TEXT NOT NULL,
+            action TEXT NOT NULL,
+            scenario TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            deadline REAL NOT NULL,
+            ended_at REAL,
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'succeeded', 'failed', 'abandoned')),
+            deploy INTEGER,
+            restore_point TEXT,
+            plan TEXT NOT NULL,
+            summary TEXT
+        )""",
+        "CREATE INDEX runs_incident ON runs (incident)",
+        """CREATE TABLE run_steps (
+            id INTEGER PRIMARY KEY,
+            run INTEGER NOT NULL REFERENCES runs (id),
+            idx INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            outcome TEXT CHECK (outcome IN ('ok', 'failed', 'skipped')),
+            message TEXT,
+            output TEXT,
+            details TEXT
+        )""",
+        "CREATE INDEX run_steps_run ON run_steps (run, idx, attempt)",
+        """CREATE TABLE pages (
+            id INTEGER PRIMARY KEY,
+            t REAL NOT NULL,
+            app TEXT NOT NULL,
+            incident INTEGER,
+            run INTEGER,
+            level INTEGER NOT NULL DEFAULT 1,
+            template TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}',
+            dedup_key TEXT NOT NULL UNIQUE
+        )""",
+        "CREATE INDEX pages_incident ON pages (incident)",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -151,6 +199,87 @@ validation after it; ``failed``: refused or failed, nothing restored; ``interrup
 process was stopped during the restore (look at the database); ``running``: not finished, or
 the process was killed."""
 KeptKind = Literal["database", "backup", "tables"]
+RunStatus = Literal["running", "succeeded", "failed", "abandoned"]
+"""``abandoned``: a crashed run that recovery could not continue (a page says why)."""
+StepOutcome = Literal["ok", "failed", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One execution of a runbook for an incident (or by hand)."""
+
+    id: int
+    app: str
+    incident: int | None
+    runbook: str
+    action: str
+    scenario: str
+    requested_by: str
+    started_at: float
+    deadline: float
+    """The decision's timeline as the run's budget (epoch seconds)."""
+    ended_at: float | None
+    status: RunStatus
+    deploy: int | None
+    restore_point: str | None
+    plan: tuple[str, ...]
+    """The steps' kinds, in order, as planned."""
+    summary: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "incident": self.incident,
+                "runbook": self.runbook, "action": self.action, "scenario": self.scenario,
+                "by": self.requested_by, "started_at": self.started_at,
+                "deadline": self.deadline, "ended_at": self.ended_at, "status": self.status,
+                "deploy": self.deploy, "restore_point": self.restore_point,
+                "plan": list(self.plan), "summary": self.summary}
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """One attempt at one step of a run: journaled as begun before its side effect, and
+    ended (outcome, output excerpt, facts) after it. ``ended_at`` None: it was interrupted."""
+
+    id: int
+    run: int
+    idx: int
+    kind: str
+    attempt: int
+    started_at: float
+    ended_at: float | None
+    outcome: StepOutcome | None
+    message: str | None
+    output: str | None
+    details: Mapping[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "run": self.run, "step": self.idx, "kind": self.kind,
+                "attempt": self.attempt, "started_at": self.started_at,
+                "ended_at": self.ended_at, "outcome": self.outcome, "message": self.message,
+                "output": self.output, "details": dict(self.details)}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page recorded for a person (delivered by the paging channels; ``journal`` until
+    then). ``dedup_key`` makes recording one twice (a recovered run) a no-op."""
+
+    id: int
+    t: float
+    app: str
+    incident: int | None
+    run: int | None
+    level: int
+    template: str
+    summary: str
+    details: Mapping[str, Any]
+    dedup_key: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "t": self.t, "app": self.app, "incident": self.incident,
+                "run": self.run, "level": self.level, "template": self.template,
+                "summary": self.summary, "details": dict(self.details),
+                "dedup_key": self.dedup_key}
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,9 +455,9 @@ class Journal:
     """One journal file, shared by the daemon and every CLI command (each its own connection;
     writers wait up to BUSY_TIMEOUT for one another).
 
-    It owns the tables ``deploys``, ``events``, ``decisions``, ``drills``, ``restores`` and
-    ``journal_meta``, the schema's version (``PRAGMA user_version``) and the marker file
-    ``journal.id`` beside it. Invariants:
+    It owns the tables ``deploys``, ``events``, ``decisions``, ``drills``, ``restores``,
+    ``runs``, ``run_steps``, ``pages`` and ``journal_meta``, the schema's version (``PRAGMA
+    user_version``) and the marker file ``journal.id`` beside it. Invariants:
 
     * The schema is at SCHEMA_VERSION once opened: an older journal is migrated in place, in
       one transaction per migration, keeping every row; an up-to-date one is opened without a
@@ -817,6 +946,96 @@ class Journal:
                                 [*args, limit]).fetchall()
         return [_restore(r) for r in rows]
 
+    # -- runbook runs, steps, pages --------------------------------------------------------
+
+    def begin_run(self, app: str, *, incident: int | None, runbook: str, action: str,
+                  scenario: str, by: str, t: float, deadline: float, deploy: int | None,
+                  restore_point: str | None, plan: Sequence[str]) -> Run:
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (app, incident, runbook, action, scenario, requested_by,"
+                " started_at, deadline, deploy, restore_point, plan)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (app, incident, runbook, action, scenario, by, t, deadline, deploy,
+                 restore_point, json.dumps(list(plan))))
+            run_id = int(cur.lastrowid or 0)
+        run = self.run(run_id)
+        assert run is not None
+        return run
+
+    def finish_run(self, run_id: int, status: RunStatus, summary: str, t: float) -> Run:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET status = ?, summary = ?, ended_at = ? WHERE id = ?",
+                       (status, summary, t, run_id))
+        run = self.run(run_id)
+        assert run is not None
+        return run
+
+    def begin_step(self, run_id: int, idx: int, kind: str, attempt: int, t: float) -> int:
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO run_steps (run, idx, kind, attempt, started_at)"
+                " VALUES (?, ?, ?, ?, ?)", (run_id, idx, kind, attempt, t))
+            return int(cur.lastrowid or 0)
+
+    def end_step(self, step_id: int, outcome: StepOutcome, message: str, output: str,
+                 details: Mapping[str, Any], t: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE run_steps SET ended_at = ?, outcome = ?, message = ?, output = ?,"
+                " details = ? WHERE id = ?",
+                (t, outcome, message, output, json.dumps(details, sort_keys=True, default=str),
+                 step_id))
+
+    @_reads
+    def run(self, run_id: int) -> Run | None:
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else _run(row)
+
+    @_reads
+    def runs(self, *, status: RunStatus | None = None, incident: int | None = None,
+             limit: int = 100) -> list[Run]:
+        """Runs, newest first."""
+        clauses, args = [], []
+        for clause, value in (("status = ?", status), ("incident = ?", incident)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT ?",
+                                [*args, limit]).fetchall()
+        return [_run(r) for r in rows]
+
+    @_reads
+    def steps(self, run_id: int) -> list[RunStep]:
+        """Every attempt at every step of a run, in the order they began."""
+        rows = self._db.execute("SELECT * FROM run_steps WHERE run = ? ORDER BY id",
+                                (run_id,)).fetchall()
+        return [_run_step(r) for r in rows]
+
+    def add_page(self, app: str, *, t: float, incident: int | None, run: int | None,
+                 level: int, template: str, summary: str, details: Mapping[str, Any],
+                 dedup_key: str) -> Page:
+        """Record a page once per ``dedup_key``; the page already recorded when it exists."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO pages (t, app, incident, run, level, template, summary,"
+                " details, dedup_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (t, app, incident, run, level, template, summary,
+                 json.dumps(details, sort_keys=True, default=str), dedup_key))
+        row = self._db.execute("SELECT * FROM pages WHERE dedup_key = ?",
+                               (dedup_key,)).fetchone()
+        return _page(row)
+
+    @_reads
+    def pages(self, *, incident: int | None = None, limit: int = 100) -> list[Page]:
+        """Pages, oldest first."""
+        where, args = ("", [limit]) if incident is None else (
+            " WHERE incident = ?", [incident, limit])
+        rows = self._db.execute(f"SELECT * FROM pages{where} ORDER BY id LIMIT ?",
+                                args).fetchall()
+        return [_page(r) for r in rows]
+
     # -- drills ----------------------------------------------------------------------------
 
     def add_drill(self, t: float, backup: str, ok: bool, duration: float,
@@ -889,3 +1108,34 @@ def _restore(row: sqlite3.Row) -> Restore:
         kept_kind=None if kept_kind is None else _one_of("kept kind", kept_kind, _KEPT_KINDS),
         safety_backup=row["safety_backup"], data_window_start=row["data_window_start"],
         data_window_end=row["data_window_end"], error=row["error"])
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(
+        id=int(row["id"]), app=row["app"], incident=row["incident"], runbook=row["runbook"],
+        action=row["action"], scenario=row["scenario"], requested_by=row["requested_by"],
+        started_at=float(row["started_at"]), deadline=float(row["deadline"]),
+        ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
+        status=_one_of("run status", row["status"], get_args(RunStatus)),
+        deploy=row["deploy"], restore_point=row["restore_point"],
+        plan=tuple(json.loads(row["plan"])), summary=row["summary"])
+
+
+def _run_step(row: sqlite3.Row) -> RunStep:
+    outcome = row["outcome"]
+    return RunStep(
+        id=int(row["id"]), run=int(row["run"]), idx=int(row["idx"]), kind=row["kind"],
+        attempt=int(row["attempt"]), started_at=float(row["started_at"]),
+        ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
+        outcome=None if outcome is None else _one_of("step outcome", outcome,
+                                                     get_args(StepOutcome)),
+        message=row["message"], output=row["output"],
+        details=json.loads(row["details"]) if row["details"] else {})
+
+
+def _page(row: sqlite3.Row) -> Page:
+    return Page(
+        id=int(row["id"]), t=float(row["t"]), app=row["app"], incident=row["incident"],
+        run=row["run"], level=int(row["level"]), template=row["template"],
+        summary=row["summary"], details=json.loads(row["details"]),
+        dedup_key=row["dedup_key"])

@@ -1,0 +1,43 @@
+"""The journal's record of runbook runs: every attempt at every step, begun before its side
+effect and ended after it, so a restarted daemon can tell where a run stopped; pages once per
+dedup key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.journal import Journal
+
+
+def test_a_run_keeps_its_plan_and_each_step_begun_and_ended(tmp_path: Path) -> None:
+    journal = Journal.in_state_dir(tmp_path)
+    run = journal.begin_run("visionforge", incident=3, runbook="immediate_rollback",
+                            action="immediate_rollback", scenario="migration_failed",
+                            by="rollbackd", t=100.0, deadline=1000.0, deploy=None,
+                            restore_point="rp-1", plan=["stop_app", "restore_database"])
+    first = journal.begin_step(run.id, 1, "stop_app", 1, 101.0)
+    journal.end_step(first, "ok", "stopped", "", {"pid": 42}, 102.0)
+    journal.begin_step(run.id, 2, "restore_database", 1, 103.0)
+
+    assert journal.runs(status="running") == [journal.run(run.id)]
+    stop, restore = journal.steps(run.id)
+    assert (stop.kind, stop.outcome, stop.details) == ("stop_app", "ok", {"pid": 42})
+    assert restore.ended_at is None and restore.outcome is None  # where it was interrupted
+
+    done = journal.finish_run(run.id, "failed", "restore failed", 110.0)
+    assert (done.status, done.plan, done.ended_at) == ("failed", ("stop_app",
+                                                                  "restore_database"), 110.0)
+    assert journal.runs(status="running") == []
+    assert journal.runs(incident=3) == [done]
+
+
+def test_a_page_is_recorded_once_per_dedup_key(tmp_path: Path) -> None:
+    journal = Journal.in_state_dir(tmp_path)
+    first = journal.add_page("visionforge", t=1.0, incident=3, run=1, level=1,
+                             template="emergency", summary="restore failed", details={},
+                             dedup_key="visionforge:3:1:failed")
+    again = journal.add_page("visionforge", t=2.0, incident=3, run=1, level=1,
+                             template="emergency", summary="restore failed", details={},
+                             dedup_key="visionforge:3:1:failed")
+    assert again == first
+    assert journal.pages(incident=3) == [first]
