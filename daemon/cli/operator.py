@@ -1,5 +1,6 @@
-"""What an operator does by hand: ``pause``, ``resume``, ``status``, ``incidents [show N]``,
-``decide N dismiss|fix_forward``. They work the same whether the daemon runs or not."""
+"""What an operator does by hand: ``pause``, ``resume``, ``status``, ``incidents [show N |
+report N]``, ``decide N dismiss|fix_forward``. They work the same whether the daemon runs or
+not."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from daemon.cli.common import (
     json_option,
     load_or_fail,
     render,
+    warn,
 )
 from daemon.config import Config
 from daemon.journal import Journal, JournalError, StateDirError
@@ -29,6 +31,7 @@ from daemon.ops.operator import (
     record_pause,
     record_resume,
 )
+from daemon.ops.reports import incident_report
 
 
 def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Journal]:
@@ -96,7 +99,8 @@ def status(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
 @json_option("A JSON array.")
 @click.pass_context
 def incidents(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
-    """List incidents, newest first (``incidents show N`` for one)."""
+    """List incidents, newest first (``incidents show N`` for one, ``incidents report N`` for
+    its report)."""
     if ctx.invoked_subcommand is not None:
         ctx.obj["incidents_config"] = config_file
         return
@@ -116,6 +120,26 @@ def show(ctx: click.Context, config_file: Path | None, incident: int, as_json: b
         render(incident_decisions(journal, incident), as_json)
     except DecisionError as exc:
         fail(str(exc), EXIT_FAILED)
+
+
+@incidents.command("report")
+@config_option
+@click.argument("incident", type=int)
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md",
+              show_default=True, help="Markdown, or the report as one JSON object.")
+@click.pass_context
+def report(ctx: click.Context, config_file: Path | None, incident: int, fmt: str) -> None:
+    """One incident's report: summary, impact, timeline, root cause, resolution, prevention
+    and the data window (the kept rows the restored database lacks). Printed from
+    state_dir/incidents/N/, which is written first when missing or older than the journal."""
+    config, journal = _journal(ctx, config_file or ctx.obj.get("incidents_config"))
+    try:
+        view = incident_report(config, journal, incident)
+    except DecisionError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if view.current.write_error is not None:
+        warn(f"{view.current.write_error} (printed, not saved)")
+    render(view, fmt == "json")
 
 
 @click.command()

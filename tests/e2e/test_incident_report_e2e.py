@@ -1,0 +1,53 @@
+"""`rollbackd incidents report N` (real processes, real PostgreSQL): the report of an incident
+journaled as the executor journals it, its data window compared in the restored database and
+the copy the swap kept; one line and exit 1 for an incident the journal does not have."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.journal import Journal
+from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
+from tests.harness.incidents import EXPECTED_WINDOW, journal_an_incident, live_and_kept
+from tests.harness.servers import PgCluster
+
+pytestmark = pytest.mark.e2e
+
+
+def window_of(report: dict[str, Any]) -> dict[str, tuple[Any, Any, Any]]:
+    [window] = report["data_window"]
+    return {t["table"]: (t["missing"], t["examples"], t["key"]) for t in window["tables"]}
+
+
+def test_the_cli_prints_the_report_writing_it_first_and_refuses_an_unknown_incident(
+        tmp_path: Path, pg_cluster: PgCluster) -> None:
+    live, kept = live_and_kept(pg_cluster)
+    config = config_file(tmp_path, app={"name": "visionforge"},
+                         database={"dsn": pg_cluster.dsn(live)})
+    journal = Journal.in_state_dir(tmp_path / "state")
+    journal_an_incident(journal, live, kept)
+    journal.close()
+    directory = tmp_path / "state" / "incidents" / "1"
+
+    printed = rollbackd("incidents", "report", "1", config=config)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == (directory / "report.md").read_text()
+    assert "## Data window" in printed.stdout and f"database {kept}" in printed.stdout
+    assert (directory / "execution.jsonl").read_text().count('"event": "step"') == 7
+
+    as_json = rollbackd("incidents", "report", "1", "--format", "json", config=config)
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report == json.loads((directory / "report.json").read_text())
+    assert window_of(report) == {k: tuple(v) for k, v in EXPECTED_WINDOW.items()}
+
+    for number in ("7", "99999999999999999999"):
+        unknown = rollbackd("incidents", "report", number, config=config)
+        assert unknown.returncode == 1
+        assert unknown.stdout == ""
+        assert unknown.stderr == f"rollbackd: no incident {number} in the journal\n"
