@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from daemon.config import Config
@@ -28,6 +29,8 @@ from daemon.ops.operator import (
     record_pause,
     record_resume,
 )
+from daemon.ops.reports import report_facts
+from daemon.runbooks.reports import current_report
 from daemon.service.metrics import Metrics
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -248,6 +251,27 @@ class Api:
                              "decisions": [d.as_json() for d in decisions],
                              "restores": [r.as_json() for r in restores]})
 
+    async def report(self, request: Request) -> Response:
+        """The incident's report (``?format=json``, the default, or ``md``), made again first
+        when missing or stale: the journal is read here, in the loop; the rest (databases
+        compared for the data window, files written) in a worker thread."""
+        number = _incident_number(request)
+        form = request.query_params.get("format", "json")
+        if form not in ("json", "md"):
+            raise ApiError(400, "format: must be json or md", "invalid")
+        try:
+            facts = report_facts(self.host.journal, number)
+        except DecisionError as exc:
+            raise ApiError(404, str(exc)) from None
+        current = await run_in_threadpool(current_report, self.host.config, facts)
+        if current.write_error is not None:
+            self.log.warning("incident report made but not saved", incident=number,
+                             error=current.write_error)
+        if form == "md":
+            return PlainTextResponse(current.report.markdown(),
+                                     media_type="text/markdown; charset=utf-8")
+        return JSONResponse(current.report.data)
+
     async def pause(self, request: Request) -> Response:
         body = await self._parse(request, PauseBody)
         record_pause(self.host.journal, body.by, body.reason)
@@ -302,6 +326,7 @@ def api_routes(host: ApiHost) -> list[BaseRoute]:
         Route("/api/v1/status", guarded(api.status), methods=["GET"]),
         Route("/api/v1/incidents", guarded(api.incidents), methods=["GET"]),
         Route("/api/v1/incidents/{incident:int}", guarded(api.incident), methods=["GET"]),
+        Route("/api/v1/incidents/{incident:int}/report", guarded(api.report), methods=["GET"]),
         Route("/api/v1/incidents/{incident:int}/decision", guarded(api.decide),
               methods=["POST"]),
         Route("/api/v1/pause", guarded(api.pause), methods=["POST"]),
