@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config, load_config
-from daemon.journal import Journal
+from daemon.journal import Journal, RestoreOutcome
 from daemon.runbooks.reports import (
     ReportError,
     ReportPaths,
@@ -23,7 +23,14 @@ from daemon.runbooks.reports import (
     write_incident_report,
 )
 from tests.harness.config import config_file
-from tests.harness.incidents import EXPECTED_WINDOW, T0, journal_an_incident, live_and_kept
+from tests.harness.data import run
+from tests.harness.incidents import (
+    EXPECTED_WINDOW,
+    T0,
+    decision,
+    journal_an_incident,
+    live_and_kept,
+)
 from tests.harness.servers import PgCluster
 
 
@@ -173,3 +180,29 @@ def test_an_incident_the_journal_does_not_have_has_no_report(tmp_path: Path) -> 
     assert gather_facts(journal, 4) is None
 
 
+
+
+def test_a_table_restores_kept_copies_are_compared_in_the_report(
+        tmp_path: Path, pg_cluster: PgCluster) -> None:
+    live, _ = live_and_kept(pg_cluster)
+    copies = ["rollbackd_kept.public_users_20270115080000_ab12",
+              "rollbackd_kept.public_memberships_20270115080000_ab12"]
+    run(pg_cluster.dsn(live), "CREATE SCHEMA rollbackd_kept",
+        f"CREATE TABLE {copies[0]} AS TABLE users", f"INSERT INTO {copies[0]} VALUES (40, 'x')",
+        f"CREATE TABLE {copies[1]} AS TABLE memberships")
+    config = config_for(tmp_path, pg_cluster, live)
+    journal = Journal.in_state_dir(config.daemon.state_dir)
+    journal.add_decision(decision(T0, "open", "data_validation_failed",
+                                  "db.validation_failures > 0 held for 1m"))
+    restore = journal.begin_restore("visionforge", source="rp-1", strategy="tables",
+                                    database=live, tables=["users", "memberships"],
+                                    by="alice", t=T0 + 10, incident=1)
+    journal.finish_restore(restore.id, RestoreOutcome(
+        status="restored", finished_at=T0 + 20, kept=", ".join(copies), kept_kind="tables",
+        safety_backup="20270115T080010Z-tables-ab12", data_window_start=T0 - 600,
+        data_window_end=T0 + 10), close_incident=False)
+    data = json.loads(write_incident_report(config, journal, 1).json.read_text())
+    [window] = data["data_window"]
+    assert [(t["table"], t["kept_as"], t["missing"], t["examples"]) for t in window["tables"]] \
+        == [("public.users", copies[0], 1, ["40"]), ("public.memberships", copies[1], 0, [])]
+    assert window["location"] == f"tables {', '.join(copies)} (in database {live})"
