@@ -14,7 +14,7 @@ from daemon.db.restore import (
     RestoreError,
     RestoreOptions,
     create_clone,
-    repair_interrupted_swap,
+    recover_interrupted_swap,
     restore_from_clone,
     restore_in_place,
     restore_swap,
@@ -326,10 +326,12 @@ def test_what_a_swap_killed_while_connections_were_blocked_leaves_is_repaired(
     pg_cluster.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(pg_db, connect_timeout=3).close()
-    assert repair_interrupted_swap(options(pg_db, tmp_path)) == [stale]
+    recovery = recover_interrupted_swap(options(pg_db, tmp_path))
+    assert (recovery.outcome, recovery.actions) == (
+        "reverted", [f"allowed connections to {name}", f"dropped {stale}"])
     assert databases_like(pg_cluster, f"{name}_shadow_%") == []
     assert scalar(pg_db, "SELECT count(*) FROM users") > 0
-    assert repair_interrupted_swap(options(pg_db, tmp_path)) == []
+    assert recover_interrupted_swap(options(pg_db, tmp_path)).outcome == "nothing"
 
 
 def test_an_in_place_restore_is_refused_while_the_app_is_connected(

@@ -1,4 +1,4 @@
-"""``rollbackd backup create|list|verify|prune|restore|clone``."""
+"""``rollbackd backup create|list|verify|prune|restore|clone|recover``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from daemon.ops.backups import (
     create_backup,
     list_backups,
     prune_backups,
+    swap_recovery,
     take_clone,
     verify_backup,
 )
@@ -188,3 +189,25 @@ def backup_clone(ctx: click.Context, config_file: Path | None, as_json: bool) ->
         render(take_clone(config), as_json)
     except OpsError as exc:
         fail(str(exc), EXIT_FAILED)
+
+
+@backup.command("recover")
+@config_option
+@click.option("--check", is_flag=True,
+              help="Only report what an interrupted swap left and what recovery would do.")
+@json_option("Print the findings as one JSON object.")
+@click.pass_context
+def backup_recover(ctx: click.Context, config_file: Path | None, check: bool,
+                   as_json: bool) -> None:
+    """Complete or revert a swap (or clone swap) that was killed midway, and say which.
+
+    Exit 1 when the state needs a person (nothing is changed then) or recovery failed."""
+    _, config = load_with_database(ctx, config_file)
+    try:
+        recovery = swap_recovery(config, repair=not check)
+    except OpsError as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(recovery, as_json)
+    if recovery.needs_operator:
+        fail(f"the interrupted swap of {recovery.database} needs a person: {recovery.advice}",
+             EXIT_FAILED)

@@ -10,9 +10,17 @@ from typing import Any
 from daemon.config import Config
 from daemon.db.backups import BackupError, BackupInfo, Kind, Manifest, Verification
 from daemon.db.backups import Progress as ProgressCallback
-from daemon.db.restore import RestoreError, RestoreOptions, create_clone
+from daemon.db.restore import (
+    RestoreError,
+    RestoreOptions,
+    SwapRecovery,
+    create_clone,
+    inspect_interrupted_swap,
+    recover_interrupted_swap,
+)
 from daemon.fmt import format_size, when
 from daemon.journal import JournalError
+from daemon.locks import LockError
 from daemon.ops.common import OpsError, database, open_journal, open_store
 from policies.units import format_duration
 
@@ -168,4 +176,19 @@ def take_clone(config: Config) -> Clone:
     try:
         return Clone(create_clone(RestoreOptions.from_config(config)))
     except RestoreError as exc:
+        raise OpsError(str(exc)) from None
+
+
+def swap_recovery(config: Config, *, repair: bool) -> SwapRecovery:
+    """What an interrupted swap of the configured database left behind, completed or
+    reverted when ``repair`` (under the rollback lock), else only inspected (no lock, no
+    change: for ``status``). ``OpsError`` (one line) when the server cannot be reached, the
+    lock is held by a rollback in progress, or a recovery step fails."""
+    database(config)
+    try:
+        options = RestoreOptions.from_config(config)
+        if repair:
+            return recover_interrupted_swap(options)
+        return inspect_interrupted_swap(options)
+    except (RestoreError, LockError) as exc:
         raise OpsError(str(exc)) from None

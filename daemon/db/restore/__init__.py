@@ -24,11 +24,17 @@ from daemon.db.restore.clone import create_clone, restore_from_clone
 from daemon.db.restore.common import RestoreReport, Strategy
 from daemon.db.restore.in_place import restore_in_place
 from daemon.db.restore.schema import DownMigration, SchemaDiff, run_down_migration, schema_diff
-from daemon.db.restore.swap import repair_interrupted_swap, restore_swap
+from daemon.db.restore.swap import (
+    SwapRecovery,
+    inspect_interrupted_swap,
+    recover_interrupted_swap,
+    restore_swap,
+)
 from daemon.db.restore.tables import KEPT_SCHEMA, restore_tables
 
 __all__ = [
     "KEPT_SCHEMA", "DownMigration", "RestoreError", "RestoreOptions", "RestoreReport",
-    "SchemaDiff", "Strategy", "create_clone", "repair_interrupted_swap", "restore_from_clone",
-    "restore_in_place", "restore_swap", "restore_tables", "run_down_migration", "schema_diff",
+    "SchemaDiff", "Strategy", "SwapRecovery", "create_clone", "inspect_interrupted_swap",
+    "recover_interrupted_swap", "restore_from_clone", "restore_in_place", "restore_swap",
+    "restore_tables", "run_down_migration", "schema_diff",
 ]
