@@ -112,8 +112,9 @@ def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]
 
     The copy is made from bytes read once, and the checksum is of those very bytes, so a file
     rewritten meanwhile cannot leave a copy that disagrees with its recorded sha256. Raises
-    ``CopyError`` for a file that is missing or unreadable: a restore point that silently
-    lacks a config file would roll back to a broken configuration.
+    ``CopyError`` for a file that is missing or unreadable, or whose copy cannot be written
+    (a full disk): a restore point that silently lacks a config file would roll back to a
+    broken configuration.
     """
     taken: list[ConfigFile] = []
     for given in files:
@@ -128,9 +129,13 @@ def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]
                                 f"{exc.strerror or exc}") from None
         relative = Path(CONFIG_DIR) / source.relative_to(source.anchor)
         target = backup_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Readable by us only: config files hold secrets, whatever their own mode.
-        write_new(target, content)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Readable by us only: config files hold secrets, whatever their own mode.
+            write_new(target, content)
+        except OSError as exc:
+            raise CopyError(f"cannot copy config file {source} into {backup_dir}: "
+                            f"{exc.strerror or exc}") from None
         taken.append(ConfigFile(
             path=str(source), file=relative.as_posix(),
             sha256=hashlib.sha256(content).hexdigest(), size=len(content),

@@ -54,12 +54,21 @@ def create_backup(config: Config, kind: Kind, *, tables: Sequence[str] | None = 
     db = database(config)
     store = open_store(config)
     try:
-        manifest = store.create(db.dsn, kind, tables=list(tables) if tables else None,
-                                progress=progress)
-        verification = store.verify(manifest.id, progress=progress) if verify else None
+        selected = list(tables) if tables else None
+        verification: Verification | None = None
+        if verify:
+            manifest, verification = store.create_verified(db.dsn, kind, tables=selected,
+                                                           progress=progress)
+        else:
+            manifest = store.create(db.dsn, kind, tables=selected, progress=progress)
     except BackupError as exc:
         raise OpsError(str(exc)) from None
     return CreatedBackup(manifest, verification)
+
+
+_USABLE = {"verified": "yes", "unverified": "NOT USABLE until verified",
+           "failed": "NOT USABLE: verification failed",
+           "incomplete": "NOT USABLE: incomplete (interrupted)"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +82,13 @@ class BackupList:
     def describe(self) -> list[str]:
         if not self.infos:
             return [f"no backups in {self.directory}"]
-        rows = [("id", "kind", "database", "created", "deploy", "size", "verified")]
+        rows = [("id", "kind", "database", "created", "deploy", "size", "verified", "usable")]
         for i in self.infos:
             verified = {None: "-", True: "yes", False: "FAILED"}[i.verified]
             rows.append((i.id, i.kind, i.database or "-",
                          when(i.created_at, missing="-") if i.complete else "incomplete",
                          "-" if i.deploy is None else str(i.deploy), format_size(i.size),
-                         verified))
+                         verified, _USABLE[i.state]))
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                 for row in rows]
