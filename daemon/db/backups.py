@@ -89,6 +89,9 @@ DUMP_FILE = "data.dump"
 DUMP_DIR = "data"
 SCHEMA_FILE = "schema.sql"
 FORMAT_VERSION = 1
+KEPT_SCHEMA = "rollbackd_kept"
+"""Where a table restore keeps the rows it replaced: left out of whole-database backups (a
+later restore point must not carry them, nor a restore bring them back)."""
 INCOMPLETE_GRACE = 3600.0
 """An incomplete backup directory younger than this may still be being written."""
 
@@ -461,7 +464,8 @@ class BackupStore:
             data = DUMP_DIR if method == "directory" else DUMP_FILE
             common = [f"--snapshot={snapshot}",
                       f"--lock-wait-timeout={milliseconds(self.settings.lock_wait_timeout)}"]
-            selection = [] if selected is None else [
+            selection = [f"--exclude-schema={dump_pattern_schema(KEPT_SCHEMA)}"] \
+                if selected is None else [
                 arg for t in selected for arg in ("-t", t.dump_pattern)]
             data_argv = [str(pg_dump.path), *self._format_args(method), *common, *selection,
                          "-f", str(directory / data)]
@@ -616,19 +620,22 @@ class BackupStore:
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove old backups; return the ids removed, oldest first.
 
-        Kept: the ``keep`` newest complete backups, every id in ``protect`` (e.g. restore
-        points of deploys inside the rollback window), and incomplete directories touched
-        within the last hour or ``backups.timeout`` (a backup may still be writing them).
+        Kept: the ``keep`` newest complete backups, and the ``keep`` newest usable ones
+        (verified: newer backups that failed verification never push them out), every id in
+        ``protect`` (e.g. restore points of deploys inside the rollback window), and
+        incomplete directories touched within the last hour or ``backups.timeout`` (a backup
+        may still be writing them).
         """
         if keep < 0:
             raise BackupError(f"keep must be >= 0, got {keep}")
         infos = self.list()
         complete = sorted((i for i in infos if i.complete),
                           key=lambda i: (i.created_at or 0.0, i.id), reverse=True)
-        kept = {i.id for i in complete[:keep]} | protect
+        usable = [i for i in complete if i.usable]
+        kept = {i.id for i in complete[:keep]} | {i.id for i in usable[:keep]} | protect
         grace = max(INCOMPLETE_GRACE, self.settings.timeout)
         now = time.time()
-        doomed = [i.id for i in complete[keep:] if i.id not in kept]
+        doomed = [i.id for i in complete if i.id not in kept]
         doomed += [i.id for i in infos if not i.complete and i.id not in protect
                    and now - _newest_mtime(self.dir / i.id) > grace]
         removed: list[str] = []
@@ -662,6 +669,11 @@ class BackupStore:
 
 def _no_progress(stage: str, done: float, total: float | None) -> None:
     return None
+
+
+def dump_pattern_schema(schema: str) -> str:
+    """A pg_dump ``-n``/``-N`` pattern matching exactly ``schema`` (quoted: no wildcards)."""
+    return '"' + schema.replace('"', '""') + '"'
 
 
 
@@ -723,7 +735,8 @@ def _resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str]) -> list
 
 def _count_rows(conn: psycopg.Connection[Any], selected: list[TableRef] | None,
                 report: Progress) -> list[TableCount]:
-    tables = selected if selected is not None else user_tables(conn)
+    tables = selected if selected is not None else [
+        t for t in user_tables(conn) if t.schema != KEPT_SCHEMA]
     counts: list[TableCount] = []
     for index, table in enumerate(tables):
         report("count rows", float(index), float(len(tables)))

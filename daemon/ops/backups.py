@@ -1,10 +1,10 @@
-"""Backups by hand: create, list, verify, prune, clone (``rollbackd backup``)."""
+"""Backups by hand: create, list, verify, prune, clone, recover (``rollbackd backup``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
@@ -16,6 +16,7 @@ from daemon.db.restore import (
     SwapRecovery,
     create_clone,
     inspect_interrupted_swap,
+    prune_kept,
     recover_interrupted_swap,
 )
 from daemon.fmt import format_size, when
@@ -145,27 +146,49 @@ def protected_restore_points(config: Config, window: float, now: float) -> set[s
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
+    """What ``backup prune`` removed: backups (``removed``, oldest first, as ever), and the
+    databases and tables restores kept (:func:`daemon.db.restore.prune_kept`)."""
+
     removed: list[str]
     protected: int
     window: float
+    databases: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What could have been removed but was left, and why (in use, an unresolved swap)."""
+    problems: list[str] = field(default_factory=list)
+    """What could not be pruned at all (the database unreachable, a rollback running)."""
 
-    def as_json(self) -> list[str]:
-        return self.removed
+    def as_json(self) -> dict[str, Any]:
+        return {"removed": self.removed, "removed_databases": self.databases,
+                "removed_tables": self.tables, "protected": self.protected,
+                "window": self.window, "notes": self.notes, "problems": self.problems}
 
     def describe(self) -> list[str]:
         return [*(f"removed {backup_id}" for backup_id in self.removed),
-                f"{len(self.removed)} backup(s) removed, {self.protected} restore point(s) "
-                f"protected (deploys within {format_duration(self.window)})"]
+                *(f"removed database {name}" for name in self.databases),
+                *(f"removed table {name}" for name in self.tables),
+                f"{len(self.removed)} backup(s), {len(self.databases)} kept database(s) and "
+                f"{len(self.tables)} kept table(s) removed, {self.protected} restore point(s) "
+                f"protected (deploys within {format_duration(self.window)})",
+                *(f"note: {note}" for note in self.notes)]
 
 
 def prune_backups(config: Config, keep: int, window: float) -> Pruned:
-    """Remove old backups, keeping ``keep`` and what a rollback within ``window`` may need."""
+    """Remove old backups, and the databases and tables restores kept, keeping ``keep`` of
+    each kind and what a rollback within ``window`` may need. The backups are pruned even when
+    the database cannot be reached (that is in ``problems``)."""
     try:
         protect = protected_restore_points(config, window, time.time())
         removed = open_store(config).prune(keep, protect)
     except (BackupError, JournalError) as exc:
         raise OpsError(str(exc)) from None
-    return Pruned(removed, len(protect), window)
+    try:
+        kept = prune_kept(RestoreOptions.from_config(config), keep, window)
+    except (RestoreError, LockError) as exc:
+        return Pruned(removed, len(protect), window,
+                      problems=[f"kept databases and tables not pruned: {exc}"])
+    return Pruned(removed, len(protect), window, kept.databases, kept.tables, kept.notes)
 
 
 @dataclass(frozen=True, slots=True)
