@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 import httpx
@@ -14,9 +18,13 @@ from policies.units import Duration
 
 
 class StrictModel(BaseModel):
-    """A settings model that rejects unknown keys, so a misspelt key is an error, not a default."""
+    """A settings model that rejects unknown keys, so a misspelt key is an error, not a default.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Its validation errors quote no input: settings hold secrets (header values, passwords in
+    a DSN), and an error is printed and logged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ProbeSettings(StrictModel):
@@ -26,12 +34,31 @@ class ProbeSettings(StrictModel):
     timeout: Duration = Field(default=3.0, gt=0)
 
 
+@dataclass(frozen=True, slots=True)
+class Notes:
+    """What a probe has to say about its latest measurement besides the numbers.
+
+    ``problems``: why a signal is unknown, or counted as failed, one line each, keyed by the
+    signal (``db.missing_tables``), the configured check (``check.<name>``) or ``connection``;
+    empty when nothing went wrong. Never holds secrets (header values, passwords).
+    ``info``: values that are text, not numbers, keyed by the signal they go with (the
+    migration tool's own version id under ``migration.version``).
+    """
+
+    problems: Mapping[str, str] = field(default_factory=dict)
+    info: Mapping[str, str] = field(default_factory=dict)
+
+
+NO_NOTES = Notes()
+
+
 @runtime_checkable
 class Probe(Protocol):
     """Something that measures a fixed set of signals.
 
     ``measure`` returns a value or ``None`` for each signal in ``signals``; raising means
     the probe itself failed (counted as such) and all its signals are unknown for that tick.
+    ``notes`` explains the latest ``measure`` (including one that raised part way).
     """
 
     kind: ClassVar[str]
@@ -41,6 +68,8 @@ class Probe(Protocol):
     def signals(self) -> list[str]: ...
 
     async def measure(self) -> Reading: ...
+
+    def notes(self) -> Notes: ...
 
     async def aclose(self) -> None: ...
 
@@ -69,3 +98,57 @@ def one_line(exc: BaseException, *, with_type: bool = False) -> str:
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text}" if with_type else text
+
+
+STARVATION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+"""The process (EMFILE) or the whole system (ENFILE) has no file descriptor left to give."""
+
+
+class DescriptorStarvationError(RuntimeError):
+    """rollbackd could not open a socket or a file for want of descriptors: it measured
+    nothing, and nothing about the app or the database follows from it."""
+
+    def __init__(self, cause: OSError) -> None:
+        why = cause.strerror or str(cause)
+        super().__init__(
+            f"rollbackd is starved of file descriptors ({why}): it could not open a socket, "
+            "so nothing was measured; raise its LimitNOFILE or look for a descriptor leak")
+
+
+def starvation_in(exc: BaseException) -> OSError | None:
+    """The EMFILE or ENFILE error among ``exc``, its causes and contexts, and the members of
+    exception groups (anyio reports failed connection attempts as one), if there is one."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STARVATION_ERRNOS:
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
+def starvation_now() -> OSError | None:
+    """The error opening a descriptor gives right now, if it is EMFILE or ENFILE.
+
+    For failures that do not say why: libpq reports a socket it could not create as "no
+    error details available", which would otherwise read as a database that is down.
+    """
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc if exc.errno in STARVATION_ERRNOS else None
+    os.close(fd)
+    return None
+
+
+def starved_of_descriptors(failure: BaseException) -> DescriptorStarvationError | None:
+    """:class:`DescriptorStarvationError` when ``failure`` (to connect, to open) came from
+    rollbackd having no descriptor left, else ``None``: then it is a measurement."""
+    cause = starvation_in(failure) or starvation_now()
+    return None if cause is None else DescriptorStarvationError(cause)

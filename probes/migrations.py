@@ -12,11 +12,17 @@ signals unknown: ``db.up`` of the postgres probe is the one that says so.
 * rails: the highest ``version`` in ``schema_migrations`` (a timestamp like 20240131120000);
 * flyway: the highest ``installed_rank`` of a successful row (Flyway versions such as 1.2.3
   are not numbers);
-* alembic: the revision when revision ids are decimal (``--rev-id 0042``), else a 48-bit
-  fingerprint of the current head revision(s): it changes exactly when the revision does, but
-  has no order (Alembic keeps only the current head, not a history to count);
+* alembic: a 48-bit fingerprint of the current head revision(s): it changes exactly when the
+  revision does, but has no order (Alembic keeps only the current head, not a history to
+  count). A revision is an id, never read as a number, even one of decimal digits only
+  (``191735000000`` is as likely a generated id as ``--rev-id`` numbering);
 * knex, prisma, liquibase, node-pg-migrate, django, sequelize: the number of applied
   migrations.
+
+The version as people read it (``a1b2c3d4e5f6``, ``20240131120000``) is in the probe's notes,
+``info["migration.version"]``: the status line and an info label show that, not the number.
+A version query that gives text (the alembic preset, or a custom query) is a revision id; one
+that gives a number is that number.
 
 Tools that record no failure (knex, node-pg-migrate, alembic, django, rails, sequelize) report
 ``migration.failed = 0`` from their tables: wrapping the migration command
@@ -28,15 +34,17 @@ sees it (it refuses to migrate until the lock is released).
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar, LiteralString
 
 import psycopg
 
 from policies.samples import Reading
-from probes.base import one_line
+from probes.base import Notes, one_line, starved_of_descriptors
 from probes.pg import KeptConnection
 from probes.postgres import MISSING_TABLE_NAMES_SQL
 from probes.settings import CustomMigrations, MigrationPreset, MigrationsProbeSettings
@@ -204,13 +212,9 @@ PRESETS: Mapping[str, Preset] = {
     "alembic": Preset(
         failed=NOT_RECORDED,
         in_progress=NOT_RECORDED,
+        # Several rows while branches are unmerged; none at base (no revision applied).
         version=Query(
-            "SELECT CASE WHEN count(*) = 0 THEN 0"
-            " WHEN bool_and(version_num ~ '^[0-9]{1,15}$')"
-            " THEN max(CASE WHEN version_num ~ '^[0-9]{1,15}$' THEN version_num::bigint END)"
-            " ELSE ('x' || left(md5(string_agg(version_num, ',' ORDER BY version_num)), 12))"
-            "::bit(48)::bigint END"
-            " FROM alembic_version",
+            "SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version",
             ("alembic_version",)),
     ),
     "django": Preset(
@@ -244,11 +248,53 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A version as a signal (``number``) and as the tool writes it (``text``, ``None`` when
+    nothing is recorded)."""
+
+    number: float
+    text: str | None
+
+
+def revision_fingerprint(revision: str) -> int:
+    """48 bits of the revision text's MD5: equal revisions, equal numbers; exact in a float.
+
+    The same number the SQL ``('x' || left(md5(t), 12))::bit(48)::bigint`` gives, which earlier
+    releases reported, so upgrading rollbackd does not look like a migration.
+    """
+    digest = hashlib.md5(revision.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:6], "big")
+
+
+def _version(value: Any) -> Version:
+    """A version query's value: text is a revision id, anything else a number."""
+    if value is None:
+        return Version(0.0, None)
+    if isinstance(value, str):
+        return Version(float(revision_fingerprint(value)), value)
+    number = _number(value)
+    return Version(number, _number_text(value))
+
+
+def _number_text(value: Any) -> str:
+    """A numeric version in whole digits (``20240215093000``, not ``2.02402e+13``)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 class MigrationsProbe:
     """The state a migration tool keeps in the database, read over one kept connection.
 
     After each ``measure``, ``last_error`` says why the database could not be read (or is
-    ``None``) and ``last_query_errors`` which signals were left unknown and why.
+    ``None``), ``last_query_errors`` which signals were left unknown and why, and
+    ``last_version_text`` the version as the tool writes it.
     """
 
     kind: ClassVar[str] = "migrations"
@@ -277,6 +323,7 @@ class MigrationsProbe:
             lock_timeout=self.timeout / 4, read_only=True)
         self.last_error: str | None = None
         self.last_query_errors: dict[str, str] = {}
+        self.last_version_text: str | None = None
 
     def signals(self) -> list[str]:
         return list(SIGNALS)
@@ -284,6 +331,7 @@ class MigrationsProbe:
     async def measure(self) -> Reading:
         self.last_error = None
         self.last_query_errors = {}
+        self.last_version_text = None
         try:
             async with self._connection.use() as (conn, _):
                 if self._custom is not None:
@@ -291,6 +339,8 @@ class MigrationsProbe:
                 assert self._preset is not None
                 return await self._preset_reading(conn, self._preset)
         except psycopg.OperationalError as exc:
+            if (starved := starved_of_descriptors(exc)) is not None:
+                raise starved from exc
             self.last_error = one_line(exc, with_type=True)
             return dict.fromkeys(SIGNALS)
 
@@ -334,19 +384,40 @@ class MigrationsProbe:
         sql: str,
         params: Mapping[str, Any] | None,
     ) -> float | None:
-        """The query's first value as a number (no row: 0), or ``None`` if it failed."""
+        """The query's first value as a number (no row: 0), or ``None`` if it failed; for
+        the version, its text is kept too."""
         try:
-            cur = await conn.execute(sql, params)
-            if not cur.description:
-                raise psycopg.ProgrammingError("the statement returns no column to read")
-            row = await cur.fetchone()
-            return 0.0 if row is None else _number(row[0])
+            value = await _first_value(conn, sql, params)
+            if signal != VERSION:
+                return _number(value)
+            version = _version(value)
         except (psycopg.Error, TypeError, ValueError, ArithmeticError) as exc:
             self.last_query_errors[signal] = one_line(exc, with_type=True)
             return None
+        self.last_version_text = version.text
+        return version.number
+
+    def notes(self) -> Notes:
+        problems: dict[str, str] = {}
+        if self.last_error is not None:
+            problems["connection"] = self.last_error
+        problems.update(self.last_query_errors)
+        info = {} if self.last_version_text is None else {VERSION: self.last_version_text}
+        return Notes(problems=problems, info=info)
 
     async def aclose(self) -> None:
         await self._connection.aclose()
+
+
+async def _first_value(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: Mapping[str, Any] | None
+) -> Any:
+    """The first column of the first row; ``None`` when there is no row."""
+    cur = await conn.execute(sql, params)
+    if not cur.description:
+        raise psycopg.ProgrammingError("the statement returns no column to read")
+    row = await cur.fetchone()
+    return None if row is None else row[0]
 
 
 async def _missing_tables(conn: psycopg.AsyncConnection[Any], tables: list[str]) -> set[str]:

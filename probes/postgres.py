@@ -4,6 +4,12 @@ A database that cannot be reached is a measurement (``db.up = 0``), not a probe 
 policy pages on it. Everything else is then unknown, since nothing else could be looked at.
 Each other signal comes from its own query, so one query that times out leaves only its own
 signal unknown.
+
+A configured check whose query no longer fits the schema (SQLSTATE class 42: an undefined
+column or table, a syntax error against the new schema) counts as a failed check: a deploy
+that breaks the data contract is what checks are there to catch. Permission denied (42501) is
+the exception: that is rollbackd unable to look, so, like a timeout or a lost connection, it
+leaves the check undetermined. Every reason is in :meth:`PostgresProbe.notes`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 
 from policies.samples import Reading
-from probes.base import one_line
+from probes.base import Notes, one_line, starved_of_descriptors
 from probes.pg import KeptConnection
 from probes.settings import PostgresProbeSettings, SqlCheck
 
@@ -26,6 +32,9 @@ UNVALIDATED_CONSTRAINTS = "db.unvalidated_constraints"
 MISSING_TABLES = "db.missing_tables"
 BLOCKED_QUERIES = "db.blocked_queries"
 VALIDATION_FAILURES = "db.validation_failures"
+
+SCHEMA_MISMATCH_CLASS = "42"
+INSUFFICIENT_PRIVILEGE = "42501"
 
 SIGNALS = (UP, LATENCY, CONNECTIONS_RATIO, INVALID_INDEXES, UNVALIDATED_CONSTRAINTS,
            MISSING_TABLES, BLOCKED_QUERIES, VALIDATION_FAILURES)
@@ -123,6 +132,8 @@ class PostgresProbe:
         except psycopg.OperationalError as exc:
             if reading[UP] is not None:
                 raise  # raised inside, after connecting: not a reachability verdict
+            if (starved := starved_of_descriptors(exc)) is not None:
+                raise starved from exc
             self.last_error = one_line(exc, with_type=True)
             reading[UP] = 0.0
         return reading
@@ -174,16 +185,20 @@ class PostgresProbe:
         return await _count(conn, MISSING_TABLES_SQL, (self.expected_tables,))
 
     async def _run_checks(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, bool]:
-        """How many configured checks found offending rows, and whether any could not run."""
+        """How many configured checks failed (found offending rows, or no longer fit the
+        schema), and whether any could not run."""
         undetermined = False
         for check in self.checks:
             try:
                 if await _check_fails(conn, check):
                     self.last_failed_checks.append(check.name)
             except psycopg.Error as exc:
-                # A check that cannot run (syntax, timeout, permissions) neither passes nor
-                # fails: its reason is kept for the log.
-                self.last_check_errors[check.name] = one_line(exc, with_type=True)
+                self.last_check_errors[check.name] = sql_error(exc)
+                if no_longer_fits_schema(exc):
+                    self.last_failed_checks.append(check.name)
+                    continue
+                # A check that cannot run for reasons of the moment (timeout, permissions, a
+                # lost connection) neither passes nor fails.
                 undetermined = True
                 if conn.closed:
                     lost = one_line(exc, with_type=True)
@@ -192,8 +207,33 @@ class PostgresProbe:
                     break
         return len(self.last_failed_checks), undetermined
 
+    def notes(self) -> Notes:
+        problems: dict[str, str] = {}
+        if self.last_error is not None:
+            problems[UP] = self.last_error
+        problems.update(self.last_query_errors)
+        for name, error in self.last_check_errors.items():
+            verdict = ("counted as failed: the query no longer fits the schema"
+                       if name in self.last_failed_checks else "undetermined")
+            problems[f"check.{name}"] = f"{error} ({verdict})"
+        return Notes(problems=problems)
+
     async def aclose(self) -> None:
         await self._connection.aclose()
+
+
+def sql_error(exc: psycopg.Error) -> str:
+    """One line naming the error's SQLSTATE and class, e.g. ``SQLSTATE 42703 UndefinedColumn:
+    column "email" does not exist``."""
+    text = one_line(exc, with_type=True)
+    return text if exc.sqlstate is None else f"SQLSTATE {exc.sqlstate} {text}"
+
+
+def no_longer_fits_schema(exc: psycopg.Error) -> bool:
+    """True for the errors of a query written against another schema (class 42), except a
+    missing grant: that one is about who asks, not about the data."""
+    state = exc.sqlstate or ""
+    return state.startswith(SCHEMA_MISMATCH_CLASS) and state != INSUFFICIENT_PRIVILEGE
 
 
 async def _count(

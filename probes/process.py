@@ -17,6 +17,7 @@ from typing import ClassVar
 import psutil
 
 from policies.samples import Reading
+from probes.base import NO_NOTES, Notes
 from probes.settings import ProcessProbeSettings
 
 SIGNALS = ("process.up", "process.cpu_ratio", "process.rss_bytes", "process.restarts")
@@ -226,6 +227,10 @@ class ProcessProbe:
             reason = lines[-1] if lines else f"exit status {proc.returncode}"
             raise ProcessQueryError(f"systemctl show {unit} failed: {reason}")
         return parse_systemctl_show(out.decode(errors="replace"))
+
+    def notes(self) -> Notes:
+        # Every failure of this probe raises, so the outcome's error says it all.
+        return NO_NOTES
 
     async def aclose(self) -> None:
         return None

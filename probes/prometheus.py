@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from policies.samples import Reading
-from probes.base import redact_url, tls_context
+from probes.base import NO_NOTES, Notes, redact_url, tls_context
 from probes.settings import PrometheusProbeSettings
 
 # The query's own evaluation deadline is set a little under ours so that Prometheus reports a
@@ -110,6 +110,10 @@ class PrometheusProbe:
                 f"{redact_url(self.endpoint)} answered HTTP {response.status_code} without JSON"
             ) from None
         return value_of(payload)
+
+    def notes(self) -> Notes:
+        # Every failure of this probe raises, so the outcome's error says it all.
+        return NO_NOTES
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -99,8 +99,11 @@ def set_faults(app_url: str, **faults: object) -> None:
     response.raise_for_status()
 
 
-def start_daemon(config: Path, env: dict[str, str] | None = None, ready: bool = True) -> Proc:
-    proc = Proc([*ROLLBACKD, "run", "--config", str(config)], env=env)
+def start_daemon(config: Path, env: dict[str, str] | None = None, ready: bool = True,
+                 limits: list[str] | None = None) -> Proc:
+    """``limits``: prlimit(1) options for the daemon, e.g. ``["--nofile=1024:1024"]``."""
+    wrapper = ["prlimit", *limits, "--"] if limits else []
+    proc = Proc([*wrapper, *ROLLBACKD, "run", "--config", str(config)], env=env)
     if ready:
         url = daemon_url(config)
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 20,

@@ -155,3 +155,32 @@ def test_a_journal_that_is_not_a_database_is_one_line_not_a_traceback(tmp_path: 
         result = rollbackd(*command, "--config", str(path))
         assert result.returncode == 2, command
         assert result.stderr.count("\n") == 1 and "cannot open the journal" in result.stderr
+
+
+ALERT_POLICY = """\
+[[rule]]
+scenario = "latency_alert"
+when = "alert.HighLatency > 0"
+severity = "medium"
+action = "evaluate"
+timeline = "60m"
+"""
+
+
+def test_check_warns_when_a_rule_reads_alerts_but_the_api_that_receives_them_is_off(
+        tmp_path: Path) -> None:
+    (tmp_path / "policy.toml").write_text(ALERT_POLICY)
+    config = write(tmp_path, f'[daemon]\npolicy = "{tmp_path / "policy.toml"}"\n'
+                             f'state_dir = "{tmp_path}"\n')
+    result = rollbackd("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert ("warning   rule latency_alert reads alert.HighLatency, but the API is disabled "
+            "(no api.token_files): Alertmanager cannot deliver alerts") in result.stdout
+
+    token = tmp_path / "token"
+    token.write_text("a-long-enough-secret-token\n")
+    with config.open("a") as handle:
+        handle.write(f'\n[api]\ntoken_files = ["{token}"]\n')
+    enabled = rollbackd("check", "--config", str(config))
+    assert enabled.returncode == 0, enabled.stderr
+    assert "API is disabled" not in enabled.stdout

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from daemon.journal import Journal
@@ -169,6 +170,11 @@ def test_a_failed_migration_journaled_by_the_deploy_wrapper_is_an_immediate_roll
         wait_for(lambda: metric(url, "rollbackd_decisions_total", **decided) == 1, 10,
                  what="an immediate rollback decision")
         assert metric(url, "rollbackd_incident_open", severity="critical") == 1
+        # knex's table records only successes: the probe reads 0, the engine holds the
+        # journaled failure at 1, and what operators see is the engine's value.
+        wait_for(lambda: metric(url, "rollbackd_signal", signal="migration.failed") == 1, 5,
+                 what="migration.failed exported as the engine holds it")
+        assert "migration FAILED" in httpx.get(f"{url}/", timeout=5).text
     finally:
         daemon.close()
         journal.close()

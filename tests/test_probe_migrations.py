@@ -193,7 +193,9 @@ TOOLS: dict[str, Tool] = {
         tables=("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL,"
                 " CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",),
         steps=(
-            Step("clean", ("INSERT INTO alembic_version VALUES ('0042')",), (0, 0, 42)),
+            # A revision is an id even when it is all digits: its version is a fingerprint.
+            Step("clean", ("INSERT INTO alembic_version VALUES ('0042')",),
+                 (0, 0, 214282601322874)),
         ),
     ),
     "django": Tool(

@@ -182,13 +182,14 @@ async def test_configured_checks_fail_on_rows_and_say_why_when_they_cannot_run(
     ]
     async with postgres_probe(pg_db, checks=checks, statement_timeout="300ms") as probe:
         reading = await probe.measure()
-        assert probe.last_failed_checks == ["emails_present"]
+        # A query that does not fit the schema (the typo: SQLSTATE class 42) fails its check.
+        assert probe.last_failed_checks == ["emails_present", "typo"]
         assert set(probe.last_check_errors) == {"typo", "slow", "writes"}
         assert "SyntaxError" in probe.last_check_errors["typo"]
         assert "QueryCanceled" in probe.last_check_errors["slow"]
         assert "read-only" in probe.last_check_errors["writes"]
-    # One check found offending rows; those that could not run can only add to that.
-    assert reading["db.validation_failures"] == 1.0
+    # Two checks failed; those that could not run can only add to that.
+    assert reading["db.validation_failures"] == 2.0
     assert reading["db.up"] == 1.0
     # The check that tried to write did not: the probe's session is read-only.
     assert rows(pg_db, "SELECT count(*) FROM users") == [(2,)]

@@ -336,19 +336,6 @@ def test_what_a_swap_killed_while_connections_were_blocked_leaves_is_repaired(
     assert recover_interrupted_swap(options(pg_db, tmp_path)).outcome == "nothing"
 
 
-def test_an_in_place_restore_is_refused_while_the_app_is_connected(
-        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
-    store, rp = restore_point(pg_db, tmp_path)
-    write_after_restore_point(pg_db)
-    before = table_checksums(pg_db, rp)
-    with (psycopg.connect(pg_db, connect_timeout=5, application_name="visionforge"),
-          pytest.raises(RestoreError, match=r"needs the application stopped: 1 session")):
-        restore_in_place(store, rp.id, options(pg_db, tmp_path))
-    assert table_checksums(pg_db, rp) == before
-    assert [b.kind for b in store.list()] == ["restore_point"]  # no safety backup was needed
-
-
-
 def test_shortened_names_of_two_long_database_names_never_collide() -> None:
     first, second = "visionforge_" + "x" * 50 + "_eu", "visionforge_" + "x" * 50 + "_us"
     suffix = "_shadow_20260101000000"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import psutil
 
+from daemon.config import load_config
 from daemon.db.backups import BackupStore, Manifest
+from daemon.db.restore import RestoreOptions, recover_interrupted_in_place
 from daemon.fmt import when
 from probes.pg import dbname_of
 from tests.processes import ROOT, Proc
@@ -156,8 +158,13 @@ def test_an_in_place_restore_killed_midway_leaves_the_database_unchanged(
         proc.close()
     wait_for(lambda: pg_cluster.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = '" + str(name)
-        + "' AND application_name = 'rollbackd'") == [(0,)], 30,
+        + "' AND application_name LIKE 'rollbackd%'") == [(0,)], 30,
         what="the killed pg_restore's session to end")
+    # It was killed while it held every other session out: rollbackd's next start (or
+    # restore) lets them in again.
+    assert pg_cluster.execute(
+        f"SELECT datallowconn FROM pg_database WHERE datname = '{name}'") == [(False,)]
+    recover_interrupted_in_place(RestoreOptions.from_config(load_config(config)))
     assert table_checksums(pg_db, rp) == before
 
 

@@ -156,6 +156,13 @@ def test_the_unit_speaks_notify_reloads_by_sighup_and_is_watched() -> None:
     assert _values("TimeoutStopSec") == ["15s"]
 
 
+def test_the_unit_raises_the_descriptor_limit_above_what_the_http_server_may_take() -> None:
+    from daemon.service.http import FD_SHARE, MAX_CONNECTIONS
+
+    [limit] = _values("LimitNOFILE")
+    assert int(limit) >= FD_SHARE * MAX_CONNECTIONS
+
+
 def test_the_unit_paths_match_the_config_defaults() -> None:
     assert _values("Environment") == [f"{ENV_VAR}={DEFAULT_PATH}"]
     assert _values("ConfigurationDirectory") == [DEFAULT_PATH.parent.name]

@@ -10,7 +10,7 @@ Three adapters, chosen by ``[app].control``:
 
 Every operation returns a :class:`StepResult` and never raises for a failure it can expect
 (a command failing, timing out or missing; a signal not permitted); exceptions are left for
-programming errors. Everything is synchronous with every wait bounded; the executor calls it
+programming errors. Everything is synchronous with every wait bounded; async callers run it
 through ``asyncio.to_thread``.
 """
 

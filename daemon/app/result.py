@@ -1,4 +1,4 @@
-"""What every side effect on the app host returns, for the executor to journal."""
+"""What every side effect on the app host returns: one line, the output, structured facts."""
 
 from __future__ import annotations
 

@@ -79,6 +79,10 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
         if missing:
             click.echo(f"warning   rule {rule.scenario} cannot fire: nothing configured feeds "
                        + ", ".join(missing))
+        alerts = sorted(s for s in rule.signals if s.startswith("alert."))
+        if alerts and not config.api.tokens:
+            click.echo(f"warning   rule {rule.scenario} reads {', '.join(alerts)}, but the API is "
+                       "disabled (no api.token_files): Alertmanager cannot deliver alerts")
 
 
 async def _fed_signals(config: Config) -> set[str]:

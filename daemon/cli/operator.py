@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -38,6 +39,17 @@ def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Jour
         fail(f"{path}: daemon.state_dir: {exc}")
 
 
+def _record_then_render(ctx: click.Context, config_file: Path | None,
+                        record: Callable[[Journal], None], notice: Notice,
+                        as_json: bool) -> None:
+    _, journal = _journal(ctx, config_file)
+    try:
+        record(journal)
+    except JournalError as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(notice, as_json)
+
+
 @click.command()
 @config_option
 @click.option("--reason", default="", help="Why (shown in every page while paused).")
@@ -46,14 +58,11 @@ def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Jour
 def pause(ctx: click.Context, config_file: Path | None, reason: str, as_json: bool) -> None:
     """Pause automatic action: rollbackd keeps watching and deciding, executes nothing, and
     says it is paused in every page (for maintenance)."""
-    _, journal = _journal(ctx, config_file)
     by = operator_name()
-    try:
-        record_pause(journal, by, reason)
-    except JournalError as exc:
-        fail(str(exc), EXIT_FAILED)
-    render(Notice("paused: rollbackd decides and pages but executes nothing until "
-                  "`rollbackd resume`", {"paused": True, "by": by, "reason": reason}), as_json)
+    _record_then_render(ctx, config_file, lambda journal: record_pause(journal, by, reason),
+                        Notice("paused: rollbackd decides and pages but executes nothing "
+                               "until `rollbackd resume`",
+                               {"paused": True, "by": by, "reason": reason}), as_json)
 
 
 @click.command()
@@ -62,13 +71,9 @@ def pause(ctx: click.Context, config_file: Path | None, reason: str, as_json: bo
 @click.pass_context
 def resume(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     """End a pause."""
-    _, journal = _journal(ctx, config_file)
     by = operator_name()
-    try:
-        record_resume(journal, by)
-    except JournalError as exc:
-        fail(str(exc), EXIT_FAILED)
-    render(Notice("resumed", {"paused": False, "by": by}), as_json)
+    _record_then_render(ctx, config_file, lambda journal: record_resume(journal, by),
+                        Notice("resumed", {"paused": False, "by": by}), as_json)
 
 
 @click.command()

@@ -1,6 +1,7 @@
 """Administration sessions on PostgreSQL: the one way rollbackd connects for its own work
 (backups, restores, validation, drills), and what restores and drills do to whole databases:
-derived names that fit 63 bytes, terminating sessions, dropping, creating a database like
+derived names that fit 63 bytes, terminating sessions, holding every other session out of a
+database, ending what a killed restore left running, dropping, creating a database like
 another (encoding, locale, owner, grants, settings).
 """
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,13 +22,18 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from probes.base import one_line
-from probes.pg import connect_sync, dbname_of, with_dbname
+from probes.pg import APPLICATION_NAME, connect_sync, dbname_of, with_dbname
 from probes.settings import SqlCheck
 
 if TYPE_CHECKING:
     from daemon.config import Config
 
 MAX_IDENTIFIER = 63
+
+RESTORE_APPLICATION = "rollbackd-restore:"
+"""``application_name`` prefix of the sessions a restore works in
+(``rollbackd-restore:<pid>@<host>``): how the next restore, or rollbackd's start, finds what a
+killed one left running."""
 
 
 TERMINATE_STEP = 5.0
@@ -46,7 +54,7 @@ class RestoreOptions:
     """Where and how to restore; ``from_config`` builds it from ``[database]``/``[backups]``.
 
     ``take_lock=False`` is for a caller that already holds :func:`daemon.locks.rollback_lock`
-    (the runbook executor holds it for the whole runbook).
+    (one that restores several things under one hold).
     """
 
     dsn: str
@@ -98,6 +106,7 @@ class RestoreOptions:
 def connect(dsn: str, *, connect_timeout: float, statement_timeout: float,
             lock_timeout: float, read_only: bool = False,
             error: Callable[[str], Exception] = RestoreError,
+            application_name: str = APPLICATION_NAME,
             ) -> Iterator[psycopg.Connection[Any]]:
     """A bounded session (every wait has a timeout) for rollbackd's own work; a failure to
     connect, or a database error inside the block, is raised as ``error(one line)`` (libpq's
@@ -105,7 +114,7 @@ def connect(dsn: str, *, connect_timeout: float, statement_timeout: float,
     try:
         conn = connect_sync(dsn, connect_timeout=connect_timeout,
                             statement_timeout=statement_timeout, lock_timeout=lock_timeout,
-                            read_only=read_only)
+                            read_only=read_only, application_name=application_name)
     except psycopg.Error as exc:
         raise error(f"cannot connect to database {dbname_of(dsn) or '(default)'}: "
                     f"{one_line(exc)}") from None
@@ -143,6 +152,92 @@ def terminate_sessions(admin: psycopg.Connection[Any], database: str, deadline: 
             return []
         if time.monotonic() >= deadline:
             return [int(pid) for pid, ended in rows if not ended]
+
+
+# Every session of the database but ours and ``keep``: the client backends listed in
+# pg_stat_activity, and those still starting. A backend takes a lock on its database's
+# pg_database row before it checks datallowconn and holds it until its start-up transaction
+# ends, after it shows up in pg_stat_activity: so once connections are disallowed, a scan of
+# both that finds nobody means nobody else can get in.
+_OTHER_SESSIONS = """
+SELECT pid, pg_terminate_backend(pid, %(wait)s) FROM (
+    SELECT pid FROM pg_stat_activity
+    WHERE datname = %(db)s AND backend_type = 'client backend'
+    UNION
+    SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.objid
+    WHERE l.locktype = 'object' AND l.classid = 'pg_database'::regclass
+      AND d.datname = %(db)s AND l.pid IS NOT NULL
+) s WHERE pid <> pg_backend_pid() AND pid <> ALL(%(keep)s::int[])"""
+
+
+def hold_out(admin: psycopg.Connection[Any], database: str, keep: Collection[int],
+             deadline: float) -> None:
+    """Disallow new connections to ``database`` and end every session of it but ``keep``'s
+    (superusers', rollbackd's own and those still starting included); ``RestoreError`` naming
+    the sessions left at the deadline. The caller allows connections again (even on error)."""
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+        sql.Identifier(database)))
+    left: list[int] = []
+    while True:
+        wait = milliseconds_left(deadline, TERMINATE_STEP)
+        rows = admin.execute(_OTHER_SESSIONS, {"wait": max(wait, 1), "db": database,
+                                               "keep": list(keep)}).fetchall()
+        if not rows:
+            return
+        left = [int(pid) for pid, ended in rows if not ended]
+        if time.monotonic() >= deadline:
+            break
+    raise RestoreError(
+        f"the sessions of {database} would not end within backups.terminate_timeout "
+        f"(pids {', '.join(map(str, left)) or 'still arriving'}); nothing was restored")
+
+
+def allow_connections(admin: psycopg.Connection[Any], database: str) -> None:
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+        sql.Identifier(database)))
+
+
+def restore_application_name(pid: int | None = None, host: str | None = None) -> str:
+    """``rollbackd-restore:<pid>@<host>`` (this process's by default), cut to 63 bytes as
+    PostgreSQL cuts application names."""
+    name = (f"{RESTORE_APPLICATION}{os.getpid() if pid is None else pid}"
+            f"@{socket.gethostname() if host is None else host}")
+    return name.encode()[:MAX_IDENTIFIER].decode(errors="ignore")
+
+
+def end_leftover_restores(admin: psycopg.Connection[Any], deadline: float) -> list[int]:
+    """End the sessions of restores that are no longer running (a pg_restore that outlived a
+    killed rollbackd, its locks and its uncommitted transaction): named by
+    :func:`restore_application_name` for this process (a finished restore's) or for a pid
+    that no longer runs on this host. Call it holding the rollback lock: then a restore of
+    another host is not running either, so its sessions are ended too. The pids ended."""
+    rows = admin.execute(
+        "SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE %s"
+        " AND pid <> pg_backend_pid()", (RESTORE_APPLICATION + "%",),
+    ).fetchall()
+    doomed = [int(pid) for pid, name in rows if _leftover(str(name))]
+    for pid in doomed:
+        admin.execute("SELECT pg_terminate_backend(%s, %s)",
+                      (pid, max(milliseconds_left(deadline, TERMINATE_STEP), 1)))
+    return doomed
+
+
+def _leftover(name: str) -> bool:
+    owner, _, _ = name.removeprefix(RESTORE_APPLICATION).partition("@")
+    if not owner.isdigit():
+        return False
+    pid = int(owner)
+    if name != restore_application_name(pid):
+        return True  # another host's: it would hold the rollback lock if it were running
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def milliseconds_left(deadline: float, cap: float) -> int:

@@ -257,6 +257,13 @@ def _os_error(exc: OSError, where: Path) -> str:
 class BackupStore:
     """The backups under ``settings.dir``: create, verify, list, get, prune.
 
+    Owns one directory per backup (``<stamp>-<kind>-<hex>``) holding the dump, the schema,
+    the config copies, ``manifest.json`` and ``verified.json``. Invariants: a manifest is
+    written only once everything it describes is on disk, so a directory without one is
+    incomplete and never offered for a restore; a backup is trusted only after a verification
+    (checksums and ``pg_restore --list``) recorded in ``verified.json``; metadata is replaced
+    atomically, never rewritten in place.
+
     ``connect_timeout`` bounds each connection to PostgreSQL (``database.connect_timeout``);
     ``settings.timeout`` bounds a whole backup or verification, and
     ``settings.lock_wait_timeout`` how long pg_dump waits for a table lock (a migration

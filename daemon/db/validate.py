@@ -1,7 +1,7 @@
 """The procedures' checklists: is a database fit to serve, and is its data complete.
 
 Used after every restore (on the shadow database before it is swapped in, and on the live one
-after), in drills and by the runbooks. Each check is a :class:`CheckResult` whose message says
+after) and in drills. Each check is a :class:`CheckResult` whose message says
 what is wrong and what to do about it, never just "failed".
 
 The verdicts use the very queries the PostgreSQL probe counts with (``probes.postgres``), so a
@@ -9,7 +9,7 @@ restore is judged by the same rules that raised the alarm; the detail queries he
 the offending objects for the message.
 
 Everything is synchronous (one psycopg connection per call, every wait bounded by
-``timeout``); the runbook executor calls it through ``asyncio.to_thread``.
+``timeout``); async callers run it through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Restores by hand and by the executor: which strategy, with what warning."""
+"""Restores, shared by the CLI and the API: which strategy, with what warning."""
 
 from __future__ import annotations
 

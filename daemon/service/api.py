@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -169,7 +169,8 @@ class Api:
     def _refused(self, request: Request, exc: ApiError) -> Response:
         if exc.reason is not None:
             self.host.metrics.api_rejected.labels(exc.reason).inc()
-            self.log.warning("API request refused", path=request.url.path, status=exc.status,
+            log = self.log.debug if exc.reason == "disconnected" else self.log.warning
+            log("API request refused", path=request.url.path, status=exc.status,
                              reason=exc.reason, error=str(exc),
                              client=request.client.host if request.client else None)
         return exc.response()
@@ -191,10 +192,16 @@ class Api:
                            "too_large")
         # Without a Content-Length (chunked), count while reading: never buffer past the limit.
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"body is over api.max_body ({limit} bytes)", "too_large")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"body is over api.max_body ({limit} bytes)",
+                                   "too_large")
+        except ClientDisconnect:
+            # Nobody is left to answer; nothing was recorded. Not an error of ours.
+            raise ApiError(400, "the client went away before sending the whole body",
+                           "disconnected") from None
         return bytes(body)
 
     async def _parse(self, request: Request, model: type[Model]) -> Model:
@@ -203,8 +210,12 @@ class Api:
             data = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
             raise ApiError(400, f"body is not JSON: {exc}", "invalid") from None
+        except RecursionError:
+            raise ApiError(400, "body is nested too deeply", "invalid") from None
         try:
             return model.model_validate(data)
+        except RecursionError:
+            raise ApiError(400, "body is nested too deeply", "invalid") from None
         except ValidationError as exc:
             raise ApiError(400, describe_validation(exc), "invalid") from None
 
@@ -227,7 +238,7 @@ class Api:
         return JSONResponse(self.host.journal.incidents())
 
     async def incident(self, request: Request) -> Response:
-        number: int = request.path_params["incident"]
+        number = _incident_number(request)
         decisions = self.host.journal.decisions(limit=1000, incident=number)
         if not decisions:
             raise ApiError(404, f"no incident {number} in the journal")
@@ -247,7 +258,7 @@ class Api:
         return _accepted({"paused": False, "by": body.by})
 
     async def decide(self, request: Request) -> Response:
-        number: int = request.path_params["incident"]
+        number = _incident_number(request)
         body = await self._parse(request, DecisionBody)
         try:
             record_decision(self.host.journal, number, body.decision, body.reason, body.by)
@@ -256,6 +267,14 @@ class Api:
         self.log.warning("decision recorded through the API", incident=number,
                          decision=body.decision, by=body.by, reason=body.reason)
         return _accepted({"incident": number, "decision": body.decision, "by": body.by})
+
+
+def _incident_number(request: Request) -> int:
+    number: int = request.path_params["incident"]
+    # SQLite integers are 64-bit: a bigger number cannot name an incident.
+    if not 0 < number < 2**63:
+        raise ApiError(404, f"no incident {number} in the journal")
+    return number
 
 
 def _accepted(content: dict[str, Any]) -> Response:

@@ -19,7 +19,12 @@ from daemon.db.backups import BackupError, BackupStore
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
 from daemon.service.api import api_routes
-from daemon.service.http import build_app
+from daemon.service.http import (
+    GuardedH11Protocol,
+    build_app,
+    collect_refusals,
+    connection_cap,
+)
 from daemon.service.metrics import Metrics
 from daemon.service.probeset import ProbeSet, build_probes
 from daemon.service.sd_notify import Notifier
@@ -64,7 +69,47 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+PROBLEM_LOG_EVERY = 300.0
+"""A problem whose wording keeps changing (counts, timings) is logged again at most this often."""
+
+
+class ProblemLog:
+    """Which probe problems (ProbeOutcome.problems) to log: a new one at once, a changed one
+    at most every PROBLEM_LOG_EVERY seconds, and a cleared one once; a check failing every
+    tick must not write a line every tick."""
+
+    def __init__(self) -> None:
+        self._logged: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def changes(self, outcomes: list[ProbeOutcome],
+                now: float) -> list[tuple[str, str, str | None]]:
+        """``(probe, about, problem)`` to log; ``problem`` is ``None`` when it cleared."""
+        current = {(o.probe_id, about): text
+                   for o in outcomes for about, text in o.problems.items()}
+        due: list[tuple[str, str, str | None]] = []
+        for key, text in current.items():
+            logged = self._logged.get(key)
+            if logged is None or (logged[0] != text and now - logged[1] >= PROBLEM_LOG_EVERY):
+                self._logged[key] = (text, now)
+                due.append((*key, text))
+        measured = {o.probe_id for o in outcomes}
+        for key in [k for k in self._logged if k not in current and k[0] in measured]:
+            del self._logged[key]
+            due.append((*key, None))
+        return due
+
+
 class Daemon:
+    """The long-running service of one application host.
+
+    Owns the main loop (probe, feed the engine, journal its decisions, export, notify
+    systemd), the HTTP server (metrics, health, the API) and the reload and stop signals. Its
+    invariants: the loop keeps its interval whatever a probe, the journal or a webhook does (a
+    failing cycle is logged and counted, never fatal); signal handlers only set flags; every
+    decision the engine takes is journaled before it is exported; a restart resumes from the
+    journal (the open incident, the rate limit, the frozen baselines) rather than from zero.
+    """
+
     def __init__(self, config_path: Path, config: Config, policy: Policy, journal: Journal,
                  notifier: Notifier | None = None) -> None:
         self.config_path = config_path
@@ -89,6 +134,7 @@ class Daemon:
         self._last_progress = time.monotonic()
         self._ready = False
         self._failing: dict[str, str] = {}
+        self._problems = ProblemLog()
         self._status_line = f"{config.app_name}: starting"
         self._notify_failing = False
         self._warn_about_slow_probes()
@@ -124,9 +170,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        GuardedH11Protocol.cap = connection_cap()
         server = _EmbeddedServer(uvicorn.Config(
             build_app(self, self.metrics.registry, api_routes(self)), log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
+            http=GuardedH11Protocol,
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())
@@ -197,12 +245,33 @@ class Daemon:
         self._log_probe_changes(outcomes)
         self._decide(now, values)
         self._refresh_data_safety()
-        self._status_line = describe(self.config.app_name, outcomes, values, self.engine)
+        self._note_cut_connections()
+        shown = self._as_decided(values)
+        self._status_line = describe(self.config.app_name, outcomes, shown, self.engine)
         duration = time.monotonic() - started
-        self.metrics.record_tick(outcomes, values, duration, now)
+        self.metrics.record_tick(outcomes, shown, duration, now)
         self.log.info("cycle", status=self._status_line, duration=round(duration, 4))
         self._notified(self.notifier.status(self._status_line))
         self._ready = True
+
+    def _as_decided(self, values: dict[str, float | None]) -> dict[str, float | None]:
+        """The signals as the engine uses them, for /metrics and the status line: every probed
+        one and every one a rule reads. A migration failure journaled by ``deploy run`` holds
+        ``migration.failed`` at 1 even though the tool's own table (knex records only
+        successes) says nothing; ``alert.*`` count the firing alerts."""
+        names = set(values) | self.policy.signals()
+        return {name: self.engine.value(name) for name in names}
+
+    def _note_cut_connections(self) -> None:
+        """One line per cycle for the HTTP connections cut since the last one (a flood would
+        otherwise log a line per connection)."""
+        over_limit, too_slow = collect_refusals()
+        if not (over_limit or too_slow):
+            return
+        self.metrics.http_refused.labels("limit").inc(over_limit)
+        self.metrics.http_refused.labels("slow").inc(too_slow)
+        self.log.warning("HTTP connections cut", over_the_limit=over_limit,
+                         too_slow=too_slow, limit=GuardedH11Protocol.cap)
 
     def _catch_up(self, now: float) -> int:
         """Feed the engine the journal's recent events, so a restart remembers the last deploy."""
@@ -305,7 +374,7 @@ class Daemon:
 
     def _journal_decision(self, decision: Decision) -> None:
         record = decision.as_dict()
-        # Until the runbook executor exists, a decision is recorded as what would be done.
+        # Journaled and logged only: no runbook acts on a decision (executed=false).
         self.log.warning("decision", executed=False, **record)
         try:
             self.journal.add_decision(record)
@@ -321,6 +390,11 @@ class Daemon:
             elif outcome.ok and probe in self._failing:
                 del self._failing[probe]
                 self.log.info("probe recovered", probe=probe)
+        for probe, about, problem in self._problems.changes(outcomes, time.monotonic()):
+            if problem is None:
+                self.log.info("probe problem cleared", probe=probe, about=about)
+            else:
+                self.log.warning("probe problem", probe=probe, about=about, problem=problem)
 
     async def _reload_guarded(self) -> None:
         try:

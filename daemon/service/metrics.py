@@ -24,7 +24,7 @@ from policies.policy import SEVERITY_RANK, Policy, blind_rule
 from probes.runner import ProbeOutcome
 
 ALERT_STATUSES = ("firing", "resolved")
-API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled")
+API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled", "disconnected")
 
 
 class Metrics:
@@ -59,6 +59,11 @@ class Metrics:
         self.signal = Gauge(
             "rollbackd_signal", "Latest value of each signal; NaN while it is unknown", ["signal"],
             registry=r,
+        )
+        self.signal_info = Gauge(
+            "rollbackd_signal_info",
+            "1 for the text that goes with a signal (e.g. the migration tool's own version)",
+            ["signal", "text"], registry=r,
         )
         self.paused = Gauge("rollbackd_paused", "1 while rollbackd is paused", registry=r)
         self.cycles = Counter("rollbackd_cycles_total", "Main loop cycles completed", registry=r)
@@ -121,8 +126,16 @@ class Metrics:
         )
         for reason in API_REJECTIONS:
             self.api_rejected.labels(reason)
+        self.http_refused = Counter(
+            "rollbackd_http_connections_refused_total",
+            "HTTP connections closed unserved: over the connection limit, or too slow to send "
+            "their request", ["reason"], registry=r,
+        )
+        for reason in ("limit", "slow"):
+            self.http_refused.labels(reason)
         self._probes: set[str] = set()
         self._signals: set[str] = set()
+        self._info: dict[str, str] = {}
 
     def track(self, probes: Iterable[str], signals: Iterable[str]) -> None:
         """Initialise the series of the configured probes and signals; drop those no longer in."""
@@ -131,6 +144,15 @@ class Metrics:
             _sync_children(metric, self._probes, wanted_probes)
         _sync_children(self.signal, self._signals, wanted_signals, initial=math.nan)
         self._probes, self._signals = wanted_probes, wanted_signals
+
+    def _record_info(self, info: Mapping[str, str]) -> None:
+        """One series per signal with a text: the old one goes when the text changes, so the
+        label set stays bounded; a text not measured this tick is dropped, not left stale."""
+        for signal, text in set(self._info.items()) - set(info.items()):
+            self.signal_info.remove(signal, text)
+        for signal, text in info.items():
+            self.signal_info.labels(signal, text).set(1)
+        self._info = dict(info)
 
     def track_policy(self, policy: Policy) -> None:
         """Initialise the series of every rule, so that a rule that never fired reads 0."""
@@ -179,6 +201,8 @@ class Metrics:
             self.probe_duration.labels(probe).set(outcome.duration)
         for name, value in signals.items():
             self.signal.labels(name).set(math.nan if value is None else value)
+        self._record_info({name: text for outcome in outcomes
+                           for name, text in outcome.info.items()})
         self.cycles.inc()
         self.cycle_duration.set(duration)
         self.last_cycle.set(ended_at)

@@ -47,12 +47,13 @@ def _database(signals: Signals) -> str | None:
     return f"{text}, {', '.join(problems)}" if problems else text
 
 
-def _migrations(signals: Signals) -> str | None:
+def _migrations(signals: Signals, version: str | None) -> str | None:
+    """``version`` is the tool's own text (ProbeOutcome.info): the migration.version signal
+    is a number for changed(), a fingerprint for Alembic revisions, never for reading."""
     if "migration.failed" not in signals:
         return None
     failed, running = signals.get("migration.failed"), signals.get("migration.in_progress")
-    version = signals.get("migration.version")
-    at = "" if version is None else f" at version {version:g}"
+    at = "" if version is None else f" at version {version}"
     if failed is None:
         return "migrations unknown"
     if failed >= 1:
@@ -77,11 +78,17 @@ def _engine(engine: Engine | None) -> str | None:
 def describe(app: str, outcomes: Sequence[ProbeOutcome], signals: Signals,
              engine: Engine | None = None) -> str:
     """E.g. ``visionforge: app up, errors 0.0%, p95 12ms; database up (1ms); 6/6 probes ok``."""
+    version = next((o.info["migration.version"] for o in outcomes
+                    if "migration.version" in o.info), None)
     parts = [text for text in (_engine(engine), _http(signals), _database(signals),
-                               _migrations(signals)) if text]
+                               _migrations(signals, version)) if text]
     failing = [o for o in outcomes if not o.ok]
     probes = f"{len(outcomes) - len(failing)}/{len(outcomes)} probes ok"
     if failing:
         probes += " (failing: " + ", ".join(f"{o.probe_id}: {o.error}" for o in failing) + ")"
+    problems = [f"{o.probe_id} {about}: {text}" for o in outcomes
+                for about, text in o.problems.items()]
+    if problems:
+        probes += " (problems: " + "; ".join(problems) + ")"
     parts.append(probes)
     return f"{app}: " + "; ".join(parts)

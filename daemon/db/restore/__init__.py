@@ -23,7 +23,12 @@ from daemon.db.admin import RestoreError, RestoreOptions
 from daemon.db.backups import KEPT_SCHEMA
 from daemon.db.restore.clone import create_clone, restore_from_clone
 from daemon.db.restore.common import RestoreReport, Strategy
-from daemon.db.restore.in_place import restore_in_place
+from daemon.db.restore.in_place import (
+    InterruptedRestore,
+    interrupted_in_place,
+    recover_interrupted_in_place,
+    restore_in_place,
+)
 from daemon.db.restore.kept import KeptPruned, prune_kept
 from daemon.db.restore.schema import DownMigration, SchemaDiff, run_down_migration, schema_diff
 from daemon.db.restore.swap import (
@@ -35,8 +40,9 @@ from daemon.db.restore.swap import (
 from daemon.db.restore.tables import restore_tables
 
 __all__ = [
-    "KEPT_SCHEMA", "DownMigration", "KeptPruned", "RestoreError", "RestoreOptions",
-    "RestoreReport", "SchemaDiff", "Strategy", "SwapRecovery", "create_clone",
-    "inspect_interrupted_swap", "prune_kept", "recover_interrupted_swap", "restore_from_clone",
+    "KEPT_SCHEMA", "DownMigration", "InterruptedRestore", "KeptPruned", "RestoreError",
+    "RestoreOptions", "RestoreReport", "SchemaDiff", "Strategy", "SwapRecovery",
+    "create_clone", "inspect_interrupted_swap", "interrupted_in_place", "prune_kept",
+    "recover_interrupted_in_place", "recover_interrupted_swap", "restore_from_clone",
     "restore_in_place", "restore_swap", "restore_tables", "run_down_migration", "schema_diff",
 ]

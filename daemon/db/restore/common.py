@@ -166,14 +166,26 @@ def restore_tool(manifest: Manifest, name: str) -> Any:
         raise RestoreError(str(exc)) from None
 
 
-def tool_env(dsn: str, options: RestoreOptions) -> dict[str, str]:
-    """libpq environment, with a lock_timeout: a restore fails rather than queue for locks."""
+CLIENT_CHECK_INTERVAL_MS = 1000
+"""How often a restore tool's server session checks that the tool is still there during a long
+statement (PostgreSQL 14+): a killed pg_restore's session ends within this, not when the index
+it was building is done."""
+
+
+def tool_env(dsn: str, options: RestoreOptions, *, application_name: str | None = None,
+             lock_timeout: float | None = None) -> dict[str, str]:
+    """libpq environment, with a lock_timeout (``options.lock_wait_timeout`` unless given): a
+    restore fails rather than queue for locks; and the session ends soon after the tool does."""
     try:
         env = libpq_env(dsn, connect_timeout=options.connect_timeout)
     except ProcError as exc:
         raise RestoreError(str(exc)) from None
-    lock = f"-c lock_timeout={max(1, int(options.lock_wait_timeout * 1000))}"
-    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {lock}".strip()
+    if application_name is not None:
+        env["PGAPPNAME"] = application_name
+    wait = options.lock_wait_timeout if lock_timeout is None else lock_timeout
+    ours = (f"-c lock_timeout={max(1, int(wait * 1000))} "
+            f"-c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}")
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {ours}".strip()
     return env
 
 
@@ -186,11 +198,17 @@ def run_client(tool: Path, args: list[str], env: Any, deadline: float, what: str
         result = run_process([str(tool), *args], env=env, timeout=remaining)
     except ProcError as exc:
         raise RestoreError(f"{what} failed: {exc}" + _kept(kept)) from None
+    check_exit(result, what, kept)
+    return result
+
+
+def check_exit(result: Any, what: str, kept: str | None) -> None:
+    """``RestoreError`` with the tool's own messages unless it exited 0 (a single-transaction
+    or fresh-database restore that failed changed nothing)."""
     if result.returncode != 0:
         raise RestoreError(f"{what} failed (exit status {result.returncode}); nothing was "
                            f"changed" + _kept(kept) + ". Its messages:\n"
                            + (excerpt(result.stderr, lines=30, first=True) or "(no output)"))
-    return result
 
 
 def _kept(kept: str | None) -> str:
