@@ -448,8 +448,10 @@ def _plan(admin: psycopg.Connection[Any], live: str) -> SwapRecovery:
         return SwapRecovery(live, "live_blocked", "needs_operator",
                             f"{live} refuses connections (ALLOW_CONNECTIONS false) and no "
                             "interrupted swap explains it",
-                            advice=f"if nobody meant to block it, run ALTER DATABASE {live} "
-                                   "ALLOW_CONNECTIONS true")
+                            advice="an interrupted in-place restore leaves it so too "
+                                   "(recover_interrupted_in_place lets connections in again); "
+                                   "otherwise, if nobody meant to block it, run ALTER DATABASE "
+                                   f"{live} ALLOW_CONNECTIONS true")
     else:
         return SwapRecovery(live, "none", "nothing", "nothing left by a swap")
     if plan.needs_operator:
