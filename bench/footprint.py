@@ -21,8 +21,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.processes import migrate, start_app, start_daemon
-from tests.servers import PgCluster, free_port
+from tests.harness.processes import migrate, start_app, start_daemon
+from tests.harness.servers import PgCluster, free_port
 
 RSS_TARGET_MB = 60.0
 CPU_TARGET = 0.02

@@ -48,8 +48,9 @@ from daemon.db.restore import RestoreOptions, create_clone, restore_from_clone, 
 from daemon.db.tools import find_tool, libpq_env, server_major
 from daemon.fmt import format_size
 from daemon.proc import run_process
-from tests.processes import APP_DIR, migrate
-from tests.servers import PgCluster
+from tests.harness.paths import APP_DIR
+from tests.harness.processes import migrate
+from tests.harness.servers import PgCluster
 
 DATABASE = "visionforge"
 APP_TABLES = ["users", "images", "audit_log"]

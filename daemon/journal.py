@@ -1,21 +1,29 @@
 """The journal: SQLite in WAL mode under the state directory, the daemon's durable memory.
 
-Deploys, the events the decision engine consumes (deploys, migrations, alerts) and the
-decisions it took are appended here, so a restarted daemon knows what happened before it.
+Deploys, the events the decision engine consumes (deploys, migrations, alerts, operators'
+commands), the decisions it took, drills and restores are recorded here, so a restarted daemon
+knows what happened before it and the CLI can say it. Rows come out as frozen dataclasses
+whose ``as_json()`` is the JSON the CLI and the API print.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
-SCHEMA = """
+from daemon.durable import fsync_dir
+from policies.engine import Decision
+from policies.policy import Action, Mode, Severity
+
+SCHEMA_V0 = """
 CREATE TABLE IF NOT EXISTS deploys (
     id INTEGER PRIMARY KEY,
     app TEXT NOT NULL,
@@ -52,9 +60,97 @@ CREATE TABLE IF NOT EXISTS drills (
 );
 CREATE INDEX IF NOT EXISTS events_t ON events (t);
 """
+"""Version 0: the schema as the first release wrote it (``PRAGMA user_version`` 0). Never
+edited: every journal, new or old, starts from it and goes through the same migrations."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: statements run in one transaction with ``user_version`` set to
+    ``version`` (SQLite's DDL is transactional: a journal is at one version or the next)."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "decisions found by incident without a scan", (
+        "CREATE INDEX IF NOT EXISTS decisions_incident ON decisions (incident, id)",
+    )),
+    Migration(2, "the journal's id, so that another journal put in its place is told apart", (
+        "CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO journal_meta (key, value) VALUES ('id', lower(hex(randomblob(16))))",
+    )),
+    Migration(3, "restores, linked to their deploy (then rolled back) and incident", (
+        """CREATE TABLE deploys_v3 (
+            id INTEGER PRIMARY KEY,
+            app TEXT NOT NULL,
+            version TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            status TEXT NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'succeeded', 'failed', 'rolled_back')),
+            code_version TEXT,
+            restore_point TEXT,
+            restore_point_verified INTEGER NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO deploys_v3 SELECT id, app, version, started_at, ended_at, status,"
+        " code_version, restore_point, restore_point_verified FROM deploys",
+        "DROP TABLE deploys",
+        "ALTER TABLE deploys_v3 RENAME TO deploys",
+        """CREATE TABLE restores (
+            id INTEGER PRIMARY KEY,
+            app TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            source TEXT NOT NULL,
+            strategy TEXT NOT NULL CHECK (strategy IN ('swap', 'in_place', 'tables', 'clone')),
+            database TEXT NOT NULL,
+            tables TEXT NOT NULL DEFAULT '[]',
+            requested_by TEXT NOT NULL,
+            deploy INTEGER REFERENCES deploys (id),
+            incident INTEGER,
+            status TEXT NOT NULL DEFAULT 'running' CHECK (status IN
+                ('running', 'restored', 'validation_failed', 'failed', 'interrupted')),
+            kept TEXT,
+            kept_kind TEXT CHECK (kept_kind IN ('database', 'backup', 'tables')),
+            safety_backup TEXT,
+            data_window_start REAL,
+            data_window_end REAL,
+            error TEXT,
+            report TEXT
+        )""",
+        "CREATE INDEX restores_incident ON restores (incident)",
+        "CREATE INDEX restores_deploy ON restores (deploy)",
+    )),
+)
+"""In order; append, never edit one that has shipped."""
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script without triggers or string literals holding ``;``."""
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+MARKER_SUFFIX = ".id"
 
 BUSY_TIMEOUT = 5.0
 """Seconds a writer waits for another process's transaction (CLI and daemon share the file)."""
+
+
+DeployStatus = Literal["running", "succeeded", "failed", "rolled_back"]
+"""``rolled_back``: a restore of the database put it back to before the deploy."""
+IncidentState = Literal["open", "resolved"]
+RestoreStrategy = Literal["swap", "in_place", "tables", "clone"]
+RestoreStatus = Literal["running", "restored", "validation_failed", "failed", "interrupted"]
+"""``restored``: done and validated; ``validation_failed``: done, but the database failed
+validation after it; ``failed``: refused or failed, nothing restored; ``interrupted``: the
+process was stopped during the restore (look at the database); ``running``: not finished, or
+the process was killed."""
+KeptKind = Literal["database", "backup", "tables"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +160,17 @@ class Deploy:
     version: str
     started_at: float
     ended_at: float | None
-    status: str
+    status: DeployStatus
     code_version: str | None
     restore_point: str | None
     restore_point_verified: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "version": self.version,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "status": self.status, "code_version": self.code_version,
+                "restore_point": self.restore_point,
+                "restore_point_verified": self.restore_point_verified}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +189,120 @@ class Drill:
     duration: float
     details: dict[str, Any]
 
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "t": self.t, "backup": self.backup, "ok": self.ok,
+                "duration": self.duration, "details": self.details}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentSummary:
+    """How an incident opened and where it stands now (its first and latest decision)."""
+
+    incident: int
+    opened_at: float
+    opened_by: str
+    """The scenario that opened it."""
+    scenario: str
+    severity: Severity
+    action: Action
+    mode: Mode
+    state: IncidentState
+    updated_at: float
+    reason: str
+
+    @classmethod
+    def of(cls, first: Decision, last: Decision) -> IncidentSummary:
+        return cls(incident=first.incident, opened_at=first.t, opened_by=first.scenario,
+                   scenario=last.scenario, severity=last.severity, action=last.action,
+                   mode=last.mode, state="resolved" if last.kind == "resolve" else "open",
+                   updated_at=last.t, reason=last.reason)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"incident": self.incident, "opened_at": self.opened_at,
+                "opened_by": self.opened_by, "scenario": self.scenario,
+                "severity": self.severity, "action": self.action, "mode": self.mode,
+                "state": self.state, "updated_at": self.updated_at, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """A restore of the database, by hand or by the executor, and what it is linked to: the
+    deploy whose restore point it restored (else the app's latest deploy) and the incident
+    open when it began."""
+
+    id: int
+    app: str
+    started_at: float
+    finished_at: float | None
+    source: str
+    """The backup restored, or the clone's name (strategy ``clone``)."""
+    strategy: RestoreStrategy
+    database: str
+    tables: tuple[str, ...]
+    requested_by: str
+    deploy: int | None
+    incident: int | None
+    status: RestoreStatus
+    kept: str | None
+    """Where the data it replaced is: a database, a safety backup, or kept tables."""
+    kept_kind: KeptKind | None
+    safety_backup: str | None
+    data_window_start: float | None
+    data_window_end: float | None
+    error: str | None
+
+    @property
+    def completed(self) -> bool:
+        """The database was replaced (validated or not)."""
+        return self.status in ("restored", "validation_failed")
+
+    @property
+    def rolls_back_deploy(self) -> bool:
+        """A whole-database restore that completed rolls its deploy back; the rows of some
+        tables do not."""
+        return self.completed and self.strategy != "tables"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "started_at": self.started_at,
+                "finished_at": self.finished_at, "source": self.source,
+                "strategy": self.strategy, "database": self.database,
+                "tables": list(self.tables), "by": self.requested_by, "deploy": self.deploy,
+                "incident": self.incident, "status": self.status,
+                "ok": self.status == "restored", "kept": self.kept, "kept_kind": self.kept_kind,
+                "safety_backup": self.safety_backup,
+                "data_window_start": self.data_window_start,
+                "data_window_end": self.data_window_end, "error": self.error}
+
+    def describe(self) -> str:
+        """One line: ``restore 3 restored: swap of rp-1 by alice``."""
+        what = f"tables {', '.join(self.tables)} from" if self.tables else f"{self.strategy} of"
+        return f"restore {self.id} {self.status}: {what} {self.source} by {self.requested_by}"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOutcome:
+    """How a restore ended, for :meth:`Journal.finish_restore`."""
+
+    status: RestoreStatus
+    finished_at: float
+    database: str | None = None
+    kept: str | None = None
+    kept_kind: KeptKind | None = None
+    safety_backup: str | None = None
+    data_window_start: float | None = None
+    data_window_end: float | None = None
+    error: str | None = None
+    report: Mapping[str, Any] | None = None
+    """The strategy's whole report (validation results, notes), kept as JSON."""
+
 
 class JournalError(Exception):
     """The journal cannot be opened or written; ``str()`` names the file."""
+
+
+class StateDirError(JournalError):
+    """The configured state directory cannot be a directory (a file is in the way): a
+    configuration error, where other journal errors are failed operations."""
 
 
 _R = TypeVar("_R")
@@ -99,6 +313,7 @@ def _reads(method: Callable[..., _R]) -> Callable[..., _R]:
 
     @functools.wraps(method)
     def reading(self: Journal, *args: Any, **kwargs: Any) -> _R:
+        self._check_file()
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
@@ -108,19 +323,205 @@ def _reads(method: Callable[..., _R]) -> Callable[..., _R]:
 
 
 class Journal:
+    """One journal file, shared by the daemon and every CLI command (each its own connection;
+    writers wait up to BUSY_TIMEOUT for one another).
+
+    It owns the tables ``deploys``, ``events``, ``decisions``, ``drills``, ``restores`` and
+    ``journal_meta``, the schema's version (``PRAGMA user_version``) and the marker file
+    ``journal.id`` beside it. Invariants:
+
+    * The schema is at SCHEMA_VERSION once opened: an older journal is migrated in place, in
+      one transaction per migration, keeping every row; an up-to-date one is opened without a
+      write; a newer one (another rollbackd's) is refused, not touched.
+    * It is the journal of its state directory: a missing or empty file where the directory
+      had one (the marker, or incident reports) is refused, never taken for a fresh journal;
+      one whose id is not the marker's is refused. Every read and write first checks that the
+      file at :attr:`path` is still the one opened (and, for writes, under the write lock, that
+      its id is), so a journal replaced, removed or copied over while in use fails with
+      :class:`JournalError` rather than writing where nobody reads.
+    * A write is one transaction: all of it or none (a batch of events, a restore's end with
+      its deploy and its incident's close), and never left open after a failure.
+    * Events and decisions are appended, never changed; a deploy only goes from ``running``
+      to ``succeeded`` or ``failed``, and to ``rolled_back`` only with the restore that did it.
+    * Every failure of the file is a :class:`JournalError` whose text starts with its path
+      (:class:`StateDirError` when the state directory cannot be a directory); a request it
+      refuses (ending a deploy that already ended) is a JournalError saying why.
+    """
+
     FILE = "journal.sqlite3"
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.marker = path.with_suffix(MARKER_SUFFIX)
+        """Written beside the journal when it is created: its id, the state directory's
+        memory that it had a journal (and which)."""
+        self._make_dir()
+        self._refuse_fresh_over_history()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+        try:
+            self._refuse_newer(self._version())
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            self._migrate()
+            self.id = self._stored_id()
+            self._file = self._identity()
+            self._keep_marker()
+        except sqlite3.Error as exc:
+            self._db.close()
             raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
         self._db.row_factory = sqlite3.Row
+
+    def _make_dir(self) -> None:
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StateDirError(f"{directory}: not a directory (the journal {self.path.name} "
+                                "goes in it)") from None
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot create its directory: "
+                               f"{exc.strerror}") from None
+
+    def _refuse_fresh_over_history(self) -> None:
+        """A missing or empty (0-byte) journal is a new one only where no journal was before:
+        SQLite would take an emptied journal for a fresh one and the history would be gone
+        without a word."""
+        try:
+            empty = self.path.stat().st_size == 0
+        except FileNotFoundError:
+            empty = True
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot open the journal: {exc.strerror}") from None
+        if not empty:
+            return
+        history = [str(p) for p in (self.marker, self.path.parent / "incidents") if p.exists()]
+        with contextlib.suppress(OSError):
+            if history and self.path.stat().st_size > 0:
+                return  # created (and its marker written) by another process meanwhile
+        if history:
+            what = "empty (0 bytes)" if self.path.exists() else "missing"
+            names = " and ".join(history)
+            raise JournalError(
+                f"{self.path}: the journal is {what} but this state directory had one "
+                f"({names} {'exists' if len(history) == 1 else 'exist'}): refusing to start a "
+                f"new journal over its history; put the journal back (from a backup), or move "
+                f"{names} aside to start afresh")
+
+    def _stored_id(self) -> str:
+        row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'id'").fetchone()
+        if row is None:
+            raise JournalError(f"{self.path}: the journal has no id (journal_meta is empty)")
+        return str(row[0])
+
+    def _identity(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_dev, st.st_ino
+
+    def _keep_marker(self) -> None:
+        """Check the journal against the id its state directory recorded, or record it (a new
+        journal, or one of the release before the marker)."""
+        try:
+            recorded: str | None = self.marker.read_text().strip()
+        except FileNotFoundError:
+            recorded = self._write_marker()
+        except OSError as exc:
+            raise JournalError(f"{self.marker}: cannot read: {exc.strerror}") from None
+        if recorded is not None and recorded != self.id:
+            raise JournalError(
+                f"{self.path}: not the journal of this state directory: its id is {self.id} "
+                f"but {self.marker} records {recorded or 'nothing'} (was the journal replaced?);"
+                f" put the right one back, or remove {self.marker} to adopt this one")
+
+    def _write_marker(self) -> str | None:
+        """Create the marker whole or not at all (written aside, then linked: an existing one
+        is never overwritten); the id a concurrent opener recorded first, or None when the
+        directory is not writable (a reader's command: the next writer records it)."""
+        temp = self.marker.with_name(f".{self.marker.name}.{os.getpid()}.tmp")
+        try:
+            temp.write_text(f"{self.id}\n")
+            with temp.open("rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(temp, self.marker)
+            except FileExistsError:
+                return self.marker.read_text().strip()
+            fsync_dir(self.marker.parent)
+            return self.id
+        except OSError:
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def check(self) -> None:
+        """Raise :class:`JournalError` when the file at :attr:`path` is no longer the journal
+        opened here (removed, replaced by another file, or another journal copied over it)."""
+        self._check_file()
+        try:
+            self._check_id(self._db)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {exc}") from None
+
+    def _check_file(self) -> None:
+        try:
+            same = self._identity() == self._file
+        except OSError as exc:
+            raise JournalError(
+                f"{self.path}: the journal rollbackd opened is gone ({exc.strerror}): nothing "
+                "is journaled until it is back (or rollbackd restarts with a new one)"
+            ) from None
+        if not same:
+            raise JournalError(
+                f"{self.path}: the journal file was replaced while rollbackd had it open: "
+                "nothing is journaled into either; restart rollbackd to use the new one")
+
+    def _check_id(self, db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT value FROM journal_meta WHERE key = 'id'").fetchone()
+        if row is None or row[0] != self.id:
+            raise JournalError(
+                f"{self.path}: the journal's id changed from {self.id} to "
+                f"{None if row is None else row[0]} while rollbackd had it open (another "
+                "journal copied over it?): nothing is journaled; restart rollbackd")
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path}: the journal was written by a newer rollbackd (schema version "
+                f"{version}; this one knows versions up to {SCHEMA_VERSION}): refusing to open "
+                "it")
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION in place; nothing is written when it is there.
+        Under the write lock the version is read again: of two processes opening an old
+        journal at once, one migrates and the other finds it done."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version()
+            self._refuse_newer(version)
+            if version == 0:
+                for statement in _statements(SCHEMA_V0):
+                    self._db.execute(statement)
+            for migration in MIGRATIONS:
+                if migration.version > version:
+                    for statement in migration.statements:
+                        self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> Journal:
@@ -131,9 +532,12 @@ class Journal:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write: only into the journal opened here (checked under the write lock)."""
+        self._check_file()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._check_id(self._db)
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
@@ -164,6 +568,10 @@ class Journal:
         return deploy
 
     def end_deploy(self, deploy_id: int, status: str, t: float) -> Deploy:
+        """End a running deploy as ``succeeded`` or ``failed`` (``rolled_back`` is set by
+        :meth:`finish_restore`)."""
+        if status not in ("succeeded", "failed"):
+            raise JournalError(f"a deploy ends succeeded or failed, not {status!r}")
         with self._transaction() as db:
             row = db.execute("SELECT version, status FROM deploys WHERE id = ?",
                              (deploy_id,)).fetchone()
@@ -234,13 +642,13 @@ class Journal:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def add_decision(self, decision: Mapping[str, Any]) -> int:
+    def add_decision(self, decision: Decision) -> int:
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO decisions (t, incident, kind, scenario, action, payload)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (decision["t"], decision["incident"], decision["kind"], decision["scenario"],
-                 decision["action"], json.dumps(decision, sort_keys=True)),
+                (decision.t, decision.incident, decision.kind, decision.scenario,
+                 decision.action, json.dumps(decision.as_json(), sort_keys=True)),
             )
             return int(cur.lastrowid or 0)
 
@@ -250,44 +658,48 @@ class Journal:
         return int(row[0])
 
     @_reads
-    def decisions(self, limit: int = 100, incident: int | None = None) -> list[dict[str, Any]]:
+    def decisions(self, limit: int = 100, incident: int | None = None) -> list[Decision]:
         """The newest ``limit`` decisions (of one incident), oldest first."""
         where, args = ("", (limit,)) if incident is None else (
             " WHERE incident = ?", (incident, limit))
         rows = self._db.execute(
-            f"SELECT payload FROM decisions{where} ORDER BY id DESC LIMIT ?", args
+            f"SELECT id, payload FROM decisions{where} ORDER BY id DESC LIMIT ?", args
         ).fetchall()
-        return [json.loads(r["payload"]) for r in reversed(rows)]
+        return [self._decision(r["id"], r["payload"]) for r in reversed(rows)]
+
+    # One query for every summary: each incident's first and latest decision, by a join on
+    # the ids the grouping found (never a query per incident).
+    _SUMMARIES = (
+        "WITH ends AS (SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
+        " {where} GROUP BY incident ORDER BY incident DESC LIMIT ?)"
+        " SELECT ends.incident, f.id AS first_id, f.payload AS first,"
+        " l.id AS last_id, l.payload AS last"
+        " FROM ends JOIN decisions f ON f.id = ends.first JOIN decisions l ON l.id = ends.last"
+        " ORDER BY ends.incident DESC"
+    )
 
     @_reads
-    def incidents(self, limit: int = 50) -> list[dict[str, Any]]:
+    def incidents(self, limit: int = 50) -> list[IncidentSummary]:
         """One summary per incident, newest first: how it opened and where it stands now."""
-        rows = self._db.execute(
-            "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
-            " GROUP BY incident ORDER BY incident DESC LIMIT ?", (limit,)
-        ).fetchall()
+        rows = self._db.execute(self._SUMMARIES.format(where=""), (limit,)).fetchall()
         return [self._summary(row) for row in rows]
 
     @_reads
-    def incident(self, number: int) -> dict[str, Any] | None:
+    def incident(self, number: int) -> IncidentSummary | None:
         """One incident's summary (as in :meth:`incidents`), or None."""
-        row = self._db.execute(
-            "SELECT incident, min(id) AS first, max(id) AS last FROM decisions"
-            " WHERE incident = ? GROUP BY incident", (number,)).fetchone()
+        row = self._db.execute(self._SUMMARIES.format(where="WHERE incident = ?"),
+                               (number, 1)).fetchone()
         return None if row is None else self._summary(row)
 
-    def _summary(self, row: sqlite3.Row) -> dict[str, Any]:
-        first = json.loads(self._db.execute(
-            "SELECT payload FROM decisions WHERE id = ?", (row["first"],)).fetchone()[0])
-        last = json.loads(self._db.execute(
-            "SELECT payload FROM decisions WHERE id = ?", (row["last"],)).fetchone()[0])
-        return {
-            "incident": row["incident"], "opened_at": first["t"],
-            "opened_by": first["scenario"], "scenario": last["scenario"],
-            "severity": last["severity"], "action": last["action"],
-            "mode": last["mode"], "state": "resolved" if last["kind"] == "resolve" else "open",
-            "updated_at": last["t"], "reason": last["reason"],
-        }
+    def _summary(self, row: sqlite3.Row) -> IncidentSummary:
+        return IncidentSummary.of(self._decision(row["first_id"], row["first"]),
+                                  self._decision(row["last_id"], row["last"]))
+
+    def _decision(self, row_id: int, payload: str) -> Decision:
+        try:
+            return Decision.from_json(json.loads(payload))
+        except ValueError as exc:  # json's errors are ValueErrors too
+            raise JournalError(f"{self.path}: decision {row_id} is malformed: {exc}") from None
 
     @_reads
     def latest_event(self, types: tuple[str, ...]) -> JournalEvent | None:
@@ -317,6 +729,94 @@ class Journal:
             f"SELECT * FROM deploys{where} ORDER BY started_at DESC, id DESC", args).fetchall()
         return [_deploy(r) for r in rows]
 
+    # -- restores --------------------------------------------------------------------------
+
+    def begin_restore(self, app: str, *, source: str, strategy: RestoreStrategy, database: str,
+                      tables: Sequence[str], by: str, t: float,
+                      incident: int | None = None) -> Restore:
+        """Journal a restore before it touches the database, linked to its deploy (the one
+        whose restore point is ``source``, else ``app``'s latest) and to ``incident`` (default:
+        the incident open now, if any)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM deploys WHERE app = ? ORDER BY restore_point = ? DESC,"
+                " started_at DESC, id DESC LIMIT 1", (app, source)).fetchone()
+            deploy = None if row is None else int(row["id"])
+            if incident is None:
+                latest = db.execute(
+                    "SELECT incident, kind FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+                if latest is not None and latest["kind"] != "resolve":
+                    incident = int(latest["incident"])
+            cur = db.execute(
+                "INSERT INTO restores (app, started_at, source, strategy, database, tables,"
+                " requested_by, deploy, incident) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (app, t, source, strategy, database, json.dumps(list(tables)), by, deploy,
+                 incident))
+            restore_id = int(cur.lastrowid or 0)
+        restore = self.restore(restore_id)
+        assert restore is not None
+        return restore
+
+    def finish_restore(self, restore_id: int, outcome: RestoreOutcome, *,
+                       close_incident: bool = True) -> Restore:
+        """Journal how the restore ended, in one transaction with what follows from it: a
+        whole-database restore that completed marks its deploy ``rolled_back``; one that was
+        also validated, with ``close_incident``, closes its incident if still open (a
+        ``close`` event, which the daemon turns into the incident's ``resolve`` decision)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE restores SET finished_at = ?, status = ?,"
+                " database = coalesce(?, database), kept = ?, kept_kind = ?, safety_backup = ?,"
+                " data_window_start = ?, data_window_end = ?, error = ?, report = ?"
+                " WHERE id = ?",
+                (outcome.finished_at, outcome.status, outcome.database, outcome.kept,
+                 outcome.kept_kind, outcome.safety_backup, outcome.data_window_start,
+                 outcome.data_window_end, outcome.error,
+                 None if outcome.report is None else json.dumps(outcome.report, sort_keys=True),
+                 restore_id))
+            row = db.execute("SELECT * FROM restores WHERE id = ?", (restore_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"{self.path}: no restore {restore_id}")
+            restore = _restore(row)
+            if restore.rolls_back_deploy and restore.deploy is not None:
+                db.execute("UPDATE deploys SET status = 'rolled_back',"
+                           " ended_at = coalesce(ended_at, ?) WHERE id = ?",
+                           (outcome.finished_at, restore.deploy))
+            if (close_incident and restore.status == "restored"
+                    and restore.incident is not None
+                    and self._incident_open(db, restore.incident)):
+                self._insert_event(db, outcome.finished_at, {
+                    "type": "close", "incident": restore.incident, "by": restore.requested_by,
+                    "decision": f"rolled back by hand ({restore.describe()})"})
+        return restore
+
+    @staticmethod
+    def _incident_open(db: sqlite3.Connection, incident: int) -> bool:
+        row = db.execute("SELECT kind FROM decisions WHERE incident = ? ORDER BY id DESC"
+                         " LIMIT 1", (incident,)).fetchone()
+        return row is not None and row["kind"] != "resolve"
+
+    @_reads
+    def restore(self, restore_id: int) -> Restore | None:
+        row = self._db.execute("SELECT * FROM restores WHERE id = ?", (restore_id,)).fetchone()
+        return None if row is None else _restore(row)
+
+    @_reads
+    def restores(self, *, app: str | None = None, incident: int | None = None,
+                 deploy: int | None = None, limit: int = 100) -> list[Restore]:
+        """Restores, newest first; filtered by app, incident, deploy."""
+        clauses: list[str] = []
+        args: list[str | int] = []
+        for clause, value in (("app = ?", app), ("incident = ?", incident),
+                              ("deploy = ?", deploy)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(f"SELECT * FROM restores{where} ORDER BY id DESC LIMIT ?",
+                                [*args, limit]).fetchall()
+        return [_restore(r) for r in rows]
+
     # -- drills ----------------------------------------------------------------------------
 
     def add_drill(self, t: float, backup: str, ok: bool, duration: float,
@@ -345,12 +845,47 @@ class Journal:
                      details=json.loads(found["payload"]))
 
 
+_DEPLOY_STATUSES: tuple[DeployStatus, ...] = get_args(DeployStatus)
+
+
+def _deploy_status(value: str) -> DeployStatus:
+    return _one_of("deploy status", value, _DEPLOY_STATUSES)
+
+
 def _deploy(row: sqlite3.Row) -> Deploy:
     return Deploy(
         id=int(row["id"]), app=row["app"], version=row["version"],
         started_at=float(row["started_at"]),
         ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
-        status=row["status"], code_version=row["code_version"],
+        status=_deploy_status(row["status"]), code_version=row["code_version"],
         restore_point=row["restore_point"],
         restore_point_verified=bool(row["restore_point_verified"]),
     )
+
+
+_STRATEGIES: tuple[RestoreStrategy, ...] = get_args(RestoreStrategy)
+_RESTORE_STATUSES: tuple[RestoreStatus, ...] = get_args(RestoreStatus)
+_KEPT_KINDS: tuple[KeptKind, ...] = get_args(KeptKind)
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _one_of(what: str, value: object, allowed: tuple[_Choice, ...]) -> _Choice:
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise sqlite3.DataError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _restore(row: sqlite3.Row) -> Restore:
+    kept_kind = row["kept_kind"]
+    return Restore(
+        id=int(row["id"]), app=row["app"], started_at=float(row["started_at"]),
+        finished_at=None if row["finished_at"] is None else float(row["finished_at"]),
+        source=row["source"], strategy=_one_of("restore strategy", row["strategy"], _STRATEGIES),
+        database=row["database"], tables=tuple(json.loads(row["tables"])),
+        requested_by=row["requested_by"], deploy=row["deploy"], incident=row["incident"],
+        status=_one_of("restore status", row["status"], _RESTORE_STATUSES),
+        kept=row["kept"],
+        kept_kind=None if kept_kind is None else _one_of("kept kind", kept_kind, _KEPT_KINDS),
+        safety_backup=row["safety_backup"], data_window_start=row["data_window_start"],
+        data_window_end=row["data_window_end"], error=row["error"])

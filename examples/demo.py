@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import APP_DIR, Proc, migrate, start_app
-from tests.servers import PgCluster, free_port
+from tests.harness.paths import APP_DIR
+from tests.harness.processes import Proc, migrate, start_app
+from tests.harness.servers import PgCluster, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

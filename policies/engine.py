@@ -13,7 +13,7 @@ import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 from policies import catalogue
 from policies.events import parse_event
@@ -21,30 +21,84 @@ from policies.expr import baseline_signals, evaluate, longest_window
 from policies.policy import (
     MONITORING_BLIND,
     ROLLBACKS,
+    Action,
+    Mode,
     Policy,
     Rule,
+    Severity,
     blind_rule,
 )
 from policies.units import format_duration
 
 Event = Mapping[str, Any]
-DECISION_KINDS = ("open", "escalate", "attach", "resolve")
+DecisionKind = Literal["open", "escalate", "attach", "resolve"]
+DECISION_KINDS: tuple[DecisionKind, ...] = get_args(DecisionKind)
+_SEVERITIES: tuple[Severity, ...] = get_args(Severity)
+_ACTIONS: tuple[Action, ...] = get_args(Action)
+_MODES: tuple[Mode, ...] = get_args(Mode)
+_Choice = TypeVar("_Choice", bound=str)
 
 
-@dataclass(frozen=True, slots=True)
+def _one_of(name: str, value: object, allowed: tuple[_Choice, ...]) -> _Choice:
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ValueError(f"decision {name} {value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Decision:
+    """One decision of the arbiter: a line of the replay contract's output, a journal row.
+
+    ``kind``, ``severity``, ``action``, ``requested_action`` and ``mode`` hold only the
+    contract's values: the constructor takes plain strings (rules carry the policy's values as
+    ``str``) and raises ``ValueError`` for any other, as :meth:`from_json` does for a record.
+    """
+
     t: float
-    kind: str
+    kind: DecisionKind
     incident: int
     scenario: str
-    severity: str
-    action: str
-    requested_action: str
+    severity: Severity
+    action: Action
+    requested_action: Action
     timeline_s: int | None
-    mode: str
+    mode: Mode
     reason: str
 
-    def as_dict(self) -> dict[str, Any]:
+    def __init__(self, t: float, kind: str, incident: int, scenario: str, severity: str,
+                 action: str, requested_action: str, timeline_s: int | None, mode: str,
+                 reason: str) -> None:
+        fields: dict[str, object] = {
+            "t": t, "kind": _one_of("kind", kind, DECISION_KINDS), "incident": incident,
+            "scenario": scenario, "severity": _one_of("severity", severity, _SEVERITIES),
+            "action": _one_of("action", action, _ACTIONS),
+            "requested_action": _one_of("requested_action", requested_action, _ACTIONS),
+            "timeline_s": timeline_s, "mode": _one_of("mode", mode, _MODES), "reason": reason,
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        """A decision from its :meth:`as_json` object (a journal row); ``ValueError`` naming
+        the first key that is missing or of the wrong type."""
+        def typed(key: str, kinds: type | tuple[type, ...]) -> Any:
+            if key not in data:
+                raise ValueError(f"decision: {key} is missing")
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"decision: {key} {value!r} has the wrong type")
+            return value
+
+        return cls(t=float(typed("t", (int, float))), kind=typed("kind", str),
+                   incident=typed("incident", int), scenario=typed("scenario", str),
+                   severity=typed("severity", str), action=typed("action", str),
+                   requested_action=typed("requested_action", str),
+                   timeline_s=typed("timeline_s", (int, type(None))), mode=typed("mode", str),
+                   reason=typed("reason", str))
+
+    def as_json(self) -> dict[str, Any]:
         """The replay contract's object, keys in the contract's order."""
         return {
             "t": self.t, "kind": self.kind, "incident": self.incident, "scenario": self.scenario,
@@ -52,6 +106,10 @@ class Decision:
             "requested_action": self.requested_action, "timeline_s": self.timeline_s,
             "mode": self.mode, "reason": self.reason,
         }
+
+    def as_dict(self) -> dict[str, Any]:
+        """Same as :meth:`as_json` (the name callers used first)."""
+        return self.as_json()
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import PgCluster
+from tests.harness.servers import PgCluster
 
 _db_names = itertools.count()
 

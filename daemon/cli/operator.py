@@ -17,7 +17,7 @@ from daemon.cli.common import (
     render,
 )
 from daemon.config import Config
-from daemon.journal import Journal, JournalError
+from daemon.journal import Journal, JournalError, StateDirError
 from daemon.ops.operator import (
     DecisionError,
     IncidentList,
@@ -32,11 +32,16 @@ from daemon.ops.operator import (
 
 
 def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Journal]:
+    """The config and its journal. A state_dir that cannot be a directory is a config error
+    (exit 2); a journal that cannot be opened (damaged, replaced, emptied, of a newer
+    rollbackd) is a failed operation (exit 1), its path named."""
     path, config = load_or_fail(ctx, config_file)
     try:
         return config, Journal.in_state_dir(config.daemon.state_dir)
-    except JournalError as exc:
+    except StateDirError as exc:
         fail(f"{path}: daemon.state_dir: {exc}")
+    except JournalError as exc:
+        fail(str(exc), EXIT_FAILED)
 
 
 def _record_then_render(ctx: click.Context, config_file: Path | None,

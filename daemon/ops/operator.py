@@ -10,12 +10,13 @@ from __future__ import annotations
 import getpass
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
 from daemon.fmt import when
-from daemon.journal import Journal
+from daemon.journal import Deploy, Drill, IncidentSummary, Journal, Restore
+from policies.engine import Decision
 
 
 class DecisionError(Exception):
@@ -50,7 +51,7 @@ def record_decision(journal: Journal, incident: int, choice: str, reason: str, b
     summary = journal.incident(incident)
     if summary is None:
         raise DecisionError(f"no incident {incident} in the journal", missing=True)
-    if summary["state"] != "open":
+    if summary.state != "open":
         raise DecisionError(f"incident {incident} is already resolved", missing=False)
     decision = choice if not reason else f"{choice} ({reason})"
     _record(journal, {"type": "close", "incident": incident, "by": by, "decision": decision})
@@ -76,13 +77,27 @@ class Status:
 
     app: str
     paused: bool
-    deploy: dict[str, Any] | None
-    incident: dict[str, Any] | None
-    drill: dict[str, Any] | None
+    deploy: Deploy | None
+    incident: IncidentSummary | None
+    """The latest incident, when it is open."""
+    drill: Drill | None
+    restore: Restore | None = None
+    """The app's latest restore (by hand or by the executor)."""
 
     def as_json(self) -> dict[str, Any]:
-        return {"app": self.app, "paused": self.paused, "deploy": self.deploy,
-                "incident": self.incident, "drill": self.drill}
+        deploy, drill = self.deploy, self.drill
+        return {
+            "app": self.app, "paused": self.paused,
+            "deploy": None if deploy is None else {
+                "id": deploy.id, "version": deploy.version, "started_at": deploy.started_at,
+                "status": deploy.status, "restore_point": deploy.restore_point,
+                "restore_point_verified": deploy.restore_point_verified},
+            "incident": None if self.incident is None else self.incident.as_json(),
+            "drill": None if drill is None else {
+                "t": drill.t, "backup": drill.backup, "ok": drill.ok,
+                "duration": drill.duration},
+            "restore": None if self.restore is None else self.restore.as_json(),
+        }
 
     def describe(self) -> list[str]:
         lines = [f"app        {self.app}" + ("  [PAUSED]" if self.paused else "")]
@@ -90,71 +105,85 @@ class Status:
         if deploy is None:
             lines.append("deploy     none recorded")
         else:
-            verified = "verified" if deploy["restore_point_verified"] else "NOT verified"
-            lines.append(f"deploy     {deploy['version']} ({deploy['status']}) at "
-                         f"{when(deploy['started_at'])}, restore point "
-                         f"{deploy['restore_point'] or 'none'} ({verified})")
+            verified = "verified" if deploy.restore_point_verified else "NOT verified"
+            lines.append(f"deploy     {deploy.version} ({deploy.status}) at "
+                         f"{when(deploy.started_at)}, restore point "
+                         f"{deploy.restore_point or 'none'} ({verified})")
         if incident is None:
             lines.append("incident   none open")
         else:
-            lines.append(f"incident   {incident['incident']} open: {incident['scenario']} "
-                         f"({incident['severity']}) -> {incident['action']} "
-                         f"[{incident['mode']}] since {when(incident['opened_at'])}")
+            lines.append(f"incident   {incident.incident} open: {incident.scenario} "
+                         f"({incident.severity}) -> {incident.action} "
+                         f"[{incident.mode}] since {when(incident.opened_at)}")
         if drill is None:
             lines.append("drill      never run")
         else:
-            lines.append(f"drill      {'passed' if drill['ok'] else 'FAILED'} at "
-                         f"{when(drill['t'])} ({drill['duration']:.1f}s)")
+            lines.append(f"drill      {'passed' if drill.ok else 'FAILED'} at "
+                         f"{when(drill.t)} ({drill.duration:.1f}s)")
+        if self.restore is not None:
+            lines.append(f"restore    {restore_line(self.restore)}")
         return lines
+
+
+def restore_line(restore: Restore) -> str:
+    """``restore 2 restored: swap of rp-1 by alice at ...; deploy 3, incident 1; kept in ...``"""
+    links = [f"deploy {restore.deploy}" + (" rolled back" if restore.rolls_back_deploy else "")
+             if restore.deploy is not None else "no deploy"]
+    if restore.incident is not None:
+        links.append(f"incident {restore.incident}")
+    line = f"{restore.describe()} at {when(restore.started_at)}; {', '.join(links)}"
+    if restore.kept is not None:
+        line += f"; data before it kept in {restore.kept_kind} {restore.kept}"
+    if restore.error is not None:
+        line += f": {restore.error.splitlines()[0]}"
+    return line
 
 
 def gather_status(config: Config, journal: Journal) -> Status:
     deploy = journal.latest_deploy(config.app_name)
     incidents = journal.incidents(limit=1)
-    open_incident = incidents[0] if incidents and incidents[0]["state"] == "open" else None
+    open_incident = incidents[0] if incidents and incidents[0].state == "open" else None
     pause_event = journal.latest_event(("pause", "resume"))
     paused = pause_event is not None and pause_event.payload["type"] == "pause"
-    drill = journal.latest_drill()
-    return Status(
-        app=config.app_name, paused=paused,
-        deploy=None if deploy is None else {
-            "id": deploy.id, "version": deploy.version, "started_at": deploy.started_at,
-            "status": deploy.status, "restore_point": deploy.restore_point,
-            "restore_point_verified": deploy.restore_point_verified},
-        incident=open_incident,
-        drill=None if drill is None else {
-            "t": drill.t, "backup": drill.backup, "ok": drill.ok, "duration": drill.duration})
+    restores = journal.restores(app=config.app_name, limit=1)
+    return Status(app=config.app_name, paused=paused, deploy=deploy, incident=open_incident,
+                  drill=journal.latest_drill(), restore=restores[0] if restores else None)
 
 
 @dataclass(frozen=True, slots=True)
 class IncidentList:
-    rows: list[dict[str, Any]]
+    rows: list[IncidentSummary]
 
     def as_json(self) -> list[dict[str, Any]]:
-        return self.rows
+        return [row.as_json() for row in self.rows]
 
     def describe(self) -> list[str]:
         if not self.rows:
             return ["no incidents"]
-        return [f"{row['incident']:>5}  {row['state']:<8}  {when(row['opened_at'])}  "
-                f"{row['scenario']} ({row['severity']}) -> {row['action']} [{row['mode']}]"
+        return [f"{row.incident:>5}  {row.state:<8}  {when(row.opened_at)}  "
+                f"{row.scenario} ({row.severity}) -> {row.action} [{row.mode}]"
                 for row in self.rows]
 
 
 @dataclass(frozen=True, slots=True)
 class IncidentDecisions:
-    """Every decision of one incident, in order; JSON Lines in the replay output format."""
+    """Every decision of one incident, in order, and the restores linked to it. Its JSON is
+    JSON Lines of the decisions only: the replay output format, which has no restores."""
 
-    lines: list[dict[str, Any]]
+    lines: list[Decision]
+    restores: list[Restore] = field(default_factory=list)
     json_lines = True
 
     def as_json(self) -> list[dict[str, Any]]:
-        return self.lines
+        return [line.as_json() for line in self.lines]
 
     def describe(self) -> list[str]:
-        return [f"{when(line['t'])}  {line['kind']:<8}  {line['scenario']} "
-                f"({line['severity']}) -> {line['action']} [{line['mode']}]: {line['reason']}"
-                for line in self.lines]
+        timed = [(line.t, f"{when(line.t)}  {line.kind:<8}  {line.scenario} "
+                          f"({line.severity}) -> {line.action} [{line.mode}]: {line.reason}")
+                 for line in self.lines]
+        timed += [(r.started_at, f"{when(r.started_at)}  restore   {restore_line(r)}")
+                  for r in self.restores]
+        return [text for _, text in sorted(timed, key=lambda pair: pair[0])]
 
 
 def incident_decisions(journal: Journal, incident: int) -> IncidentDecisions:
@@ -162,4 +191,4 @@ def incident_decisions(journal: Journal, incident: int) -> IncidentDecisions:
     lines = journal.decisions(limit=1000, incident=incident)
     if not lines:
         raise DecisionError(f"no incident {incident} in the journal", missing=True)
-    return IncidentDecisions(lines)
+    return IncidentDecisions(lines, list(reversed(journal.restores(incident=incident))))

@@ -235,15 +235,18 @@ class Api:
         return JSONResponse(gather_status(self.host.config, self.host.journal).as_json())
 
     async def incidents(self, _: Request) -> Response:
-        return JSONResponse(self.host.journal.incidents())
+        return JSONResponse([row.as_json() for row in self.host.journal.incidents()])
 
     async def incident(self, request: Request) -> Response:
         number = _incident_number(request)
         decisions = self.host.journal.decisions(limit=1000, incident=number)
         if not decisions:
             raise ApiError(404, f"no incident {number} in the journal")
-        state = "resolved" if decisions[-1]["kind"] == "resolve" else "open"
-        return JSONResponse({"incident": number, "state": state, "decisions": decisions})
+        state = "resolved" if decisions[-1].kind == "resolve" else "open"
+        restores = reversed(self.host.journal.restores(incident=number))
+        return JSONResponse({"incident": number, "state": state,
+                             "decisions": [d.as_json() for d in decisions],
+                             "restores": [r.as_json() for r in restores]})
 
     async def pause(self, request: Request) -> Response:
         body = await self._parse(request, PauseBody)

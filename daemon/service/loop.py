@@ -133,6 +133,7 @@ class Daemon:
         self._stop_reason = ""
         self._last_progress = time.monotonic()
         self._ready = False
+        self._journal_problem: str | None = None
         self._failing: dict[str, str] = {}
         self._problems = ProblemLog()
         self._status_line = f"{config.app_name}: starting"
@@ -150,7 +151,24 @@ class Daemon:
         return time.monotonic() - self._last_progress < 2 * self.config.daemon.interval + 10
 
     def is_ready(self) -> bool:
-        return self._ready
+        """A first cycle completed, and the journal is still the one opened at start (a
+        daemon that cannot journal must not be sent alerts it would lose)."""
+        return self._ready and self._journal_usable()
+
+    def _journal_usable(self) -> bool:
+        """Check the journal; log when it stops being the one opened, and when it is back."""
+        try:
+            self.journal.check()
+        except JournalError as exc:
+            if self._journal_problem != str(exc):
+                self.log.error("the journal is unusable; refusing what cannot be journaled",
+                               path=str(self.journal.path), error=str(exc))
+            self._journal_problem = str(exc)
+            return False
+        if self._journal_problem is not None:
+            self.log.info("the journal is usable again", path=str(self.journal.path))
+            self._journal_problem = None
+        return True
 
     # -- signal handlers: they only set flags ------------------------------------------------
 
@@ -291,20 +309,20 @@ class Daemon:
         rollbacks that still count towards the rate limit."""
         cooldown = self.policy.guards.cooldown
         recent = [d for d in self.journal.decisions(limit=1000)
-                  if d["kind"] in ("open", "escalate") and d["mode"] == "auto"
-                  and d["action"] in ROLLBACKS and now - d["t"] < cooldown]
-        self.engine.remember_auto_rollbacks(d["t"] for d in recent)
+                  if d.kind in ("open", "escalate") and d.mode == "auto"
+                  and d.action in ROLLBACKS and now - d.t < cooldown]
+        self.engine.remember_auto_rollbacks(d.t for d in recent)
         latest = self.journal.incidents(limit=1)
-        if not latest or latest[0]["state"] != "open":
+        if not latest or latest[0].state != "open":
             return
         summary = latest[0]
-        lines = self.journal.decisions(limit=1000, incident=summary["incident"])
+        lines = self.journal.decisions(limit=1000, incident=summary.incident)
         resumed = self.engine.resume_incident(
-            summary["incident"], summary["scenario"], summary["action"], summary["mode"],
-            summary["opened_at"], [d["scenario"] for d in lines])
+            summary.incident, summary.scenario, summary.action, summary.mode,
+            summary.opened_at, [d.scenario for d in lines])
         self.log.warning("resumed the open incident of the previous run" if resumed else
                          "the open incident's rule is no longer in the policy; not resumed",
-                         incident=summary["incident"], scenario=summary["scenario"])
+                         incident=summary.incident, scenario=summary.scenario)
 
     def _feed(self, t: float, event: JournalEvent, catching_up: bool = False) -> None:
         """One journal event into the engine; a malformed one is logged and skipped (another
@@ -328,11 +346,12 @@ class Daemon:
         """One engine step: this cycle's samples, the events journaled since the last one."""
         now = max(now, self._last_step)  # the wall clock may step back; the engine may not
         self.engine.observe(now, values)
-        try:
-            events = self.journal.events_after(self._event_cursor)
-        except JournalError as exc:
-            self.log.error("cannot read the journal; its events wait", error=str(exc))
-            events = []
+        events: list[JournalEvent] = []
+        if self._journal_usable():
+            try:
+                events = self.journal.events_after(self._event_cursor)
+            except JournalError as exc:
+                self.log.error("cannot read the journal; its events wait", error=str(exc))
         for event in events:
             self._event_cursor = event.id
             if event.payload.get("type") == "baseline":
@@ -373,11 +392,11 @@ class Daemon:
         self.metrics.record_data_safety(backups, last, good)
 
     def _journal_decision(self, decision: Decision) -> None:
-        record = decision.as_dict()
+        record = decision.as_json()
         # Journaled and logged only: no runbook acts on a decision (executed=false).
         self.log.warning("decision", executed=False, **record)
         try:
-            self.journal.add_decision(record)
+            self.journal.add_decision(decision)
         except JournalError as exc:
             self.log.error("cannot journal a decision", error=str(exc), decision=record)
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_api import Rollbackd, alert, webhook
+from tests.harness.api import Rollbackd, alert, webhook
 
 pytestmark = pytest.mark.e2e
 

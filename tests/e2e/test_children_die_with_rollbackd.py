@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.processes import Proc
-from tests.servers import wait_for
+from tests.harness.processes import Proc
+from tests.harness.servers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from daemon.journal import Journal
-from tests.processes import Proc, daemon_url, migrate, scrape, start_app, start_daemon
-from tests.servers import PgCluster, free_port
+from tests.harness.processes import Proc, daemon_url, migrate, scrape, start_app, start_daemon
+from tests.harness.servers import PgCluster, free_port
 
 pytestmark = pytest.mark.e2e
 

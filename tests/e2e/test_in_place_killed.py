@@ -18,9 +18,10 @@ from daemon.config import load_config
 from daemon.db.restore import RestoreOptions, interrupted_in_place, recover_interrupted_in_place
 from daemon.db.restore.in_place import STATE_FILE
 from probes.pg import dbname_of
-from tests.processes import ROOT, Proc
-from tests.servers import PgCluster, wait_for
-from tests.test_backups import run, seed_visionforge, store_in, table_checksums
+from tests.harness.data import run, seed_visionforge, store_in, table_checksums
+from tests.harness.paths import ROOT
+from tests.harness.processes import Proc
+from tests.harness.servers import PgCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 

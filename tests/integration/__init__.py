@@ -1,0 +1,1 @@
+"""Tests against real servers: PostgreSQL, Prometheus, Alertmanager, a local HTTP server."""

@@ -25,9 +25,7 @@ from daemon.db.restore import (
 )
 from daemon.db.restore.in_place import STATE_FILE
 from probes.pg import APPLICATION_NAME, dbname_of
-from tests.processes import Proc
-from tests.servers import PgCluster, wait_for
-from tests.test_backups import (
+from tests.harness.data import (
     restore_into_fresh_database,
     run,
     scalar,
@@ -35,6 +33,8 @@ from tests.test_backups import (
     store_in,
     table_checksums,
 )
+from tests.harness.processes import Proc
+from tests.harness.servers import PgCluster, wait_for
 
 TABLES = ["users", "images", "audit_log"]
 

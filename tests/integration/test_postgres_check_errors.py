@@ -20,7 +20,7 @@ from probes.postgres import PostgresProbe
 from probes.runner import ProbeOutcome, measure_one
 from probes.settings import CustomMigrations, MigrationsProbeSettings, PostgresProbeSettings
 from probes.settings import SqlCheck as Check
-from tests.servers import free_port
+from tests.harness.servers import free_port
 
 EMAILS_PRESENT = Check(name="emails_present", sql="SELECT id FROM users WHERE email IS NULL")
 

@@ -17,7 +17,7 @@ from probes.http import HttpProbe
 from probes.runner import ProbeOutcome, measure_one
 from probes.settings import HttpProbeSettings, SystemProbeSettings
 from probes.system import SystemProbe
-from tests.servers import free_port
+from tests.harness.servers import free_port
 
 
 class Unavailable(BaseHTTPRequestHandler):

@@ -21,7 +21,7 @@ import pytest
 
 from probes.migrations import SIGNALS as MIGRATION_SIGNALS
 from probes.postgres import SIGNALS as DB_SIGNALS
-from tests.processes import ROOT
+from tests.harness.paths import ROOT
 
 
 class Healthy(BaseHTTPRequestHandler):

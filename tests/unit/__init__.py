@@ -1,0 +1,1 @@
+"""Pure tests: no servers and no server processes; they run in seconds."""
