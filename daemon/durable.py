@@ -1,5 +1,6 @@
 """Files written so that a crash leaves either the old content or the whole new one, and
-checked copies of files (the config files a restore point keeps).
+checked copies of files (the config files a restore point keeps); and the named crash points
+at which tests stop rollbackd to kill it (:func:`hold_point`).
 
 Config files are copied byte for byte with their mode and owner, so that rolling the config
 back (write to temp, fsync, rename) can recreate them exactly.
@@ -12,6 +13,8 @@ import hashlib
 import os
 import secrets
 import stat
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 CONFIG_DIR = "config"
 CHUNK = 1 << 20
+HOLD_ENV = "ROLLBACKD_TEST_HOLD"
+RELEASE_ENV = "ROLLBACKD_TEST_RELEASE"
 
 
 class CopyError(Exception):
@@ -142,3 +147,23 @@ def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]
             mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid,
         ))
     return taken
+
+
+def hold_point(point: str) -> None:
+    """A named step where a test can stop rollbackd, to kill it (or disturb its world) exactly
+    there: ``ROLLBACKD_TEST_HOLD=swap:after_first_rename`` (several: comma-separated).
+
+    At a matching point the process writes ``rollbackd: test hold at <point> (pid N)`` on
+    stderr and waits: until the file named by ``ROLLBACKD_TEST_RELEASE`` exists when that is
+    set, else until it is killed. Without ``ROLLBACKD_TEST_HOLD`` it costs one environment
+    lookup. Points: ``swap:*`` (:mod:`daemon.db.restore.swap`), ``backup:before_metadata``
+    (:mod:`daemon.db.backups`).
+    """
+    wanted = os.environ.get(HOLD_ENV)
+    if not wanted or point not in (p.strip() for p in wanted.split(",")):
+        return
+    release = os.environ.get(RELEASE_ENV)
+    sys.stderr.write(f"rollbackd: test hold at {point} (pid {os.getpid()})\n")
+    sys.stderr.flush()
+    while release is None or not Path(release).exists():
+        time.sleep(0.05)

@@ -72,13 +72,13 @@ from daemon.durable import (
     ConfigFile,
     CopyError,
     fsync_dir,
+    hold_point,
     replace_atomically,
     sha256_file,
     snapshot_config,
 )
 from daemon.fmt import excerpt, format_size, iso, stamp
 from daemon.proc import run_process
-from daemon.testhooks import hold
 from probes.pg import (
     milliseconds,
 )
@@ -447,7 +447,7 @@ class BackupStore:
                 "duration": round(time.time() - started, 3),
             })
             verification = self._verification(directory, report, manifest) if verify else None
-            hold("backup:before_metadata")
+            hold_point("backup:before_metadata")
             if verification is not None:
                 write_json_atomic(directory / VERIFIED, verification.model_dump(mode="json"))
             write_json_atomic(directory / MANIFEST, manifest.dump())

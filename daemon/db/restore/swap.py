@@ -27,7 +27,7 @@ the exact statement naming the kept copy. Every restore runs the recovery first 
 lock); the daemon runs it at start-up; ``status`` reports :func:`inspect_interrupted_swap`'s
 read-only view.
 
-``ROLLBACKD_TEST_HOLD`` (:mod:`daemon.testhooks`) stops the process at the named steps
+``ROLLBACKD_TEST_HOLD`` (:func:`daemon.durable.hold_point`) stops the process at the named steps
 ``swap:shadow_created``, ``swap:shadow_filled``, ``swap:marked``, ``swap:connections_blocked``,
 ``swap:after_first_rename``, ``swap:after_second_rename`` and ``swap:aside_allowed``.
 """
@@ -66,9 +66,9 @@ from daemon.db.restore.common import (
     verified_manifest,
 )
 from daemon.db.validate import summary, validate_data, validate_database
+from daemon.durable import hold_point
 from daemon.fmt import db_stamp, when
 from daemon.locks import ROLLBACK_LOCK_KEY
-from daemon.testhooks import hold
 from probes.base import one_line
 from probes.pg import with_dbname
 
@@ -136,9 +136,9 @@ def restore_swap(store: BackupStore, backup_id: str, options: RestoreOptions) ->
             props = database_properties(admin, live)
             create_like(admin, shadow, props)
         try:
-            hold("swap:shadow_created")
+            hold_point("swap:shadow_created")
             restore_into(store, manifest, options, shadow, props)
-            hold("swap:shadow_filled")
+            hold_point("swap:shadow_filled")
             validate_replacement(options, shadow, manifest)
             marker = SwapMarker(live=live, replacement=shadow, aside=aside, kind="shadow",
                                 source=manifest.id, validated_at=time.time())
@@ -195,11 +195,11 @@ def swap_in(admin: psycopg.Connection[Any], options: RestoreOptions,
     module docstring); seconds live refused connections."""
     live, replacement, aside = marker.live, marker.replacement, marker.aside
     _set_comment(admin, replacement, marker.comment())
-    hold("swap:marked")
+    hold_point("swap:marked")
     blocked_at = time.monotonic()
     try:
         _allow_connections(admin, live, allow=False)
-        hold("swap:connections_blocked")
+        hold_point("swap:connections_blocked")
         _rename_when_free(admin, live, aside, time.monotonic() + options.terminate_timeout)
     except BaseException:
         with contextlib.suppress(psycopg.Error):
@@ -207,7 +207,7 @@ def swap_in(admin: psycopg.Connection[Any], options: RestoreOptions,
         with contextlib.suppress(psycopg.Error):
             _set_comment(admin, replacement, marker.previous_comment)
         raise
-    hold("swap:after_first_rename")
+    hold_point("swap:after_first_rename")
     try:
         _rename_when_free(admin, replacement, live, time.monotonic() + options.terminate_timeout)
     except BaseException as exc:
@@ -216,13 +216,13 @@ def swap_in(admin: psycopg.Connection[Any], options: RestoreOptions,
             _set_comment(admin, replacement, marker.previous_comment)
         raise
     blocked = time.monotonic() - blocked_at
-    hold("swap:after_second_rename")
+    hold_point("swap:after_second_rename")
     # The kept database is for people to read the newer data from: let them in. The swap
     # has happened by now, so a failure here must not make it look as if it had not (the
     # marker stays, and the next recovery finishes this).
     with contextlib.suppress(psycopg.Error):
         _allow_connections(admin, aside, allow=True)
-        hold("swap:aside_allowed")
+        hold_point("swap:aside_allowed")
         _set_comment(admin, live, None)
     return blocked
 
