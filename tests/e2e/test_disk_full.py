@@ -16,10 +16,11 @@ import pytest
 
 from daemon.db.backups import BackupError
 from daemon.journal import Journal
-from tests.processes import ROLLBACKD, Proc
-from tests.servers import IN_CI, wait_for
-from tests.test_backups import seed_small, store_in
-from tests.test_deploy_cli import rollbackd
+from tests.harness.cli import ROLLBACKD, rollbackd
+from tests.harness.config import config_file
+from tests.harness.data import run, store_in
+from tests.harness.processes import Proc
+from tests.harness.servers import IN_CI, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -58,12 +59,14 @@ def fill(directory: Path) -> None:
     assert shutil.disk_usage(directory).free == 0
 
 
+def seed_small(dsn: str) -> None:
+    run(dsn, "CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)",
+        "INSERT INTO notes (body) SELECT md5(g::text) FROM generate_series(1, 2000) g")
+
+
 def write_config(tmp_path: Path, dsn: str, backups: Path) -> Path:
-    path = tmp_path / "rollbackd.toml"
-    path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n\n'
-                    f'[database]\ndsn = "{dsn}"\nconnect_timeout = "2s"\n\n'
-                    f'[backups]\ndir = "{backups}"\nmin_free = "0"\n')
-    return path
+    return config_file(tmp_path, database={"dsn": dsn, "connect_timeout": "2s"},
+                       backups={"dir": backups, "min_free": "0"})
 
 
 def backup_dirs(directory: Path) -> list[str]:

@@ -9,13 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from daemon.config import BackupSettings
+from daemon.db.backups import BackupStore
 from daemon.fmt import db_stamp
 from probes.pg import dbname_of
-from tests.servers import PgCluster
-from tests.test_backups import run, seed_visionforge
-from tests.test_deploy_cli import complete_backups, rollbackd, write_config
+from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
+from tests.harness.data import run, seed_visionforge
+from tests.harness.servers import PgCluster
 
 pytestmark = pytest.mark.e2e
+
+
+def write_config(tmp_path: Path, dsn: str) -> Path:
+    return config_file(tmp_path, database={"dsn": dsn, "connect_timeout": "2s"},
+                       backups={"dir": tmp_path / "backups", "min_free": "0"})
+
+
+def complete_backups(tmp_path: Path) -> list[str]:
+    store = BackupStore(BackupSettings(dir=tmp_path / "backups"))
+    return [i.id for i in store.list() if i.complete]
 
 
 def test_backup_prune_removes_old_kept_databases_and_tables_and_reports_them(

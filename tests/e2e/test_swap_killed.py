@@ -8,8 +8,6 @@ stderr; the test kills it there, so each intermediate state is reached exactly.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -18,43 +16,19 @@ import pytest
 
 from daemon.db.restore import inspect_interrupted_swap, recover_interrupted_swap
 from probes.pg import dbname_of, with_dbname
-from tests.processes import ROLLBACKD, Proc
-from tests.servers import PgCluster, wait_for
-from tests.test_backups import run, scalar, table_checksums
-from tests.test_restore import options, restore_point, write_after_restore_point
-from tests.test_restore_cli import rollbackd, write_config
+from tests.harness.cli import ROLLBACKD, rollbackd
+from tests.harness.data import restore_point, run, scalar, table_checksums
+from tests.harness.restores import (
+    cluster_state,
+    killed_at,
+    restore_config,
+    write_after_restore_point,
+)
+from tests.harness.restores import restore_options as options
+from tests.harness.restores import rollbackd_sessions_gone as sessions_gone
+from tests.harness.servers import PgCluster
 
 pytestmark = pytest.mark.e2e
-
-HOLD = "ROLLBACKD_TEST_HOLD"
-
-
-def killed_at(point: str, argv: list[str]) -> str:
-    """Run ``argv`` until it holds at ``point``, SIGKILL it there; its output."""
-    proc = Proc(argv, env={**os.environ, HOLD: point})
-    try:
-        wait_for(lambda: f"test hold at {point}" in proc.output(), 120,
-                 interval=0.05, what=f"the restore to reach {point}")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.popen.wait(10)
-    finally:
-        proc.close()
-    return proc.output()
-
-
-def cluster_state(cluster: PgCluster, name: str) -> list[tuple[object, ...]]:
-    """Every database of this test, whether it takes connections, and its comment."""
-    return cluster.execute(
-        "SELECT datname, datallowconn, shobj_description(oid, 'pg_database') FROM pg_database"
-        f" WHERE datname = '{name}' OR datname LIKE '{name}\\_%' ORDER BY 1")
-
-
-def sessions_gone(cluster: PgCluster) -> None:
-    """The killed process's sessions end once the server sees its sockets close."""
-    wait_for(lambda: cluster.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'rollbackd%'")
-        == [(0,)], 30, what="the killed restore's sessions to end")
-
 
 SWAP_STEPS = [
     # point, state recovery finds, what it does, which data live then holds
@@ -78,7 +52,7 @@ def test_a_swap_killed_at_each_step_is_completed_or_reverted_and_says_which(
     at_restore_point = table_checksums(pg_db, rp)
     write_after_restore_point(pg_db)
     before = table_checksums(pg_db, rp)
-    config = write_config(tmp_path, pg_db)
+    config = restore_config(tmp_path, pg_db)
 
     killed_at(point, [*ROLLBACKD, "backup", "restore", rp.id, "--yes", "--config",
                       str(config)])
@@ -133,7 +107,7 @@ def test_a_clone_swap_killed_at_each_step_is_completed_or_reverted(
     name = str(dbname_of(pg_db))
     _, rp = restore_point(pg_db, tmp_path)
     at_clone = table_checksums(pg_db, rp)
-    config = write_config(tmp_path, pg_db)
+    config = restore_config(tmp_path, pg_db)
     taken = rollbackd("backup", "clone", "--json", "--config", str(config))
     assert taken.returncode == 0, taken.stderr
     clone = json.loads(taken.stdout)["clone"]
@@ -167,7 +141,7 @@ def test_rerunning_a_restore_killed_between_the_renames_completes_it_and_names_t
     _, rp = restore_point(pg_db, tmp_path)
     at_restore_point = table_checksums(pg_db, rp)
     write_after_restore_point(pg_db)
-    config = write_config(tmp_path, pg_db)
+    config = restore_config(tmp_path, pg_db)
     killed_at("swap:after_first_rename", [*ROLLBACKD, "backup", "restore", rp.id, "--yes",
                                           "--config", str(config)])
     sessions_gone(pg_cluster)
@@ -196,7 +170,7 @@ def test_recover_by_hand_reverts_a_swap_killed_while_live_refused_connections(
     _, rp = restore_point(pg_db, tmp_path)
     write_after_restore_point(pg_db)
     before = table_checksums(pg_db, rp)
-    config = write_config(tmp_path, pg_db)
+    config = restore_config(tmp_path, pg_db)
     killed_at("swap:connections_blocked", [*ROLLBACKD, "backup", "restore", rp.id, "--yes",
                                            "--config", str(config)])
     sessions_gone(pg_cluster)

@@ -16,10 +16,10 @@ from daemon.db.restore.clone import CLONE_COMMENT
 from daemon.fmt import db_stamp
 from daemon.proc import run_process
 from probes.pg import dbname_of
-from tests.e2e.test_swap_killed import cluster_state
-from tests.servers import PgCluster
-from tests.test_backups import run, scalar, seed_visionforge, store_in
-from tests.test_restore import options, restore_point, write_after_restore_point
+from tests.harness.data import restore_point, run, scalar, seed_visionforge, store_in
+from tests.harness.restores import cluster_state, write_after_restore_point
+from tests.harness.restores import restore_options as options
+from tests.harness.servers import PgCluster
 
 HOUR = 3600.0
 

@@ -11,7 +11,6 @@ import pytest
 from daemon.db.admin import derived_name
 from daemon.db.restore import (
     RestoreError,
-    RestoreOptions,
     create_clone,
     recover_interrupted_swap,
     restore_from_clone,
@@ -32,25 +31,9 @@ from tests.harness.data import (
     store_in,
     table_checksums,
 )
+from tests.harness.restores import restore_options as options
+from tests.harness.restores import write_after_restore_point
 from tests.harness.servers import PgCluster
-
-TABLES = ["users", "images", "audit_log"]
-
-
-def options(dsn: str, tmp_path: Path, **overrides: object) -> RestoreOptions:
-    values: dict[str, object] = {
-        "dsn": dsn, "state_dir": tmp_path / "state", "expected_tables": TABLES,
-        "key_tables": TABLES, "connect_timeout": 2.0, "restore_timeout": 60.0,
-        "terminate_timeout": 5.0, "lock_wait_timeout": 5.0, "statement_timeout": 30.0}
-    values.update(overrides)
-    return RestoreOptions(**values)  # type: ignore[arg-type]
-
-
-def write_after_restore_point(dsn: str) -> None:
-    run(dsn, "INSERT INTO users (email, name) VALUES ('late@example.com', 'Late')",
-        "INSERT INTO images (user_id, filename) SELECT max(id), 'late.jpg' FROM users",
-        "UPDATE images SET title = 'changed' WHERE id <= 5",
-        "DELETE FROM audit_log WHERE id % 3 = 0")
 
 
 def databases_like(cluster: PgCluster, pattern: str) -> list[str]:

@@ -17,10 +17,10 @@ from daemon.db.restore import (
 )
 from daemon.locks import LockError, advisory_lock
 from probes.pg import dbname_of, with_dbname
-from tests.e2e.test_swap_killed import cluster_state
-from tests.servers import PgCluster
-from tests.test_backups import table_checksums
-from tests.test_restore import options, restore_point, write_after_restore_point
+from tests.harness.data import restore_point, table_checksums
+from tests.harness.restores import cluster_state, write_after_restore_point
+from tests.harness.restores import restore_options as options
+from tests.harness.servers import PgCluster
 
 STAMP = "20260101000000"
 
