@@ -16,6 +16,7 @@ from daemon.db.restore import (
     SwapRecovery,
     create_clone,
     inspect_interrupted_swap,
+    interrupted_in_place,
     prune_kept,
     recover_interrupted_swap,
 )
@@ -130,8 +131,9 @@ def verify_backup(config: Config, backup_id: str, *,
 
 def protected_restore_points(config: Config, window: float, now: float) -> set[str]:
     """What prune must keep: restore points of deploys begun within ``window`` seconds or
-    still running, and safety copies taken by restores within it (they hold the only copy of
-    the data those restores undid)."""
+    still running, safety copies taken by restores within it (they hold the only copy of
+    the data those restores undid), and, whatever their age, the safety copies of in-place
+    restores that were interrupted (until a person has looked: they may be the only copy)."""
     journal = open_journal(config)
     try:
         recent = journal.deploys(since=now - window)
@@ -141,7 +143,9 @@ def protected_restore_points(config: Config, window: float, now: float) -> set[s
     safety = {b.id for b in open_store(config).list()
               if b.kind in ("safety", "tables") and b.created_at is not None
               and now - b.created_at < window}
-    return {d.restore_point for d in (*recent, *running) if d.restore_point} | safety
+    interrupted = interrupted_in_place(config.daemon.state_dir)
+    held = set() if interrupted is None else set(interrupted.safety_backups)
+    return {d.restore_point for d in (*recent, *running) if d.restore_point} | safety | held
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,3 +80,32 @@ def test_backup_prune_still_prunes_backups_when_the_database_is_down_and_says_so
     assert json.loads(result.stdout)["removed"] == [made[0]]
     [line] = result.stderr.strip().splitlines()
     assert "kept databases and tables not pruned" in line and "cannot connect" in line, line
+
+
+def test_prune_keeps_the_safety_backup_of_an_interrupted_in_place_restore_whatever_its_age(
+        pg_db: str, tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from daemon.db.restore.in_place import STATE_FILE, Attempt, InterruptedRestore
+
+    seed_visionforge(pg_db, images=4)
+    config = write_config(tmp_path, pg_db)
+    made = rollbackd("backup", "create", "--kind", "safety", "--json", "--config", str(config))
+    assert made.returncode == 0, made.stderr
+    safety = json.loads(made.stdout)["id"]
+    record = InterruptedRestore(str(dbname_of(pg_db)), [Attempt(
+        backup_id="rp", pid=1, host="h", started_at=0.0, safety_backup=safety,
+        may_have_restored=True)])
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / STATE_FILE).write_text(json.dumps(asdict(record)))
+
+    newer = rollbackd("backup", "create", "--json", "--config", str(config))
+    assert newer.returncode == 0, newer.stderr
+    time.sleep(1.5)  # both now older than the window below
+
+    pruned = rollbackd("backup", "prune", "--keep", "0", "--window", "1s", "--json",
+                       "--config", str(config))
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(newer.stdout)["id"] in json.loads(pruned.stdout)["removed"]
+    assert safety in complete_backups(tmp_path), pruned.stdout
