@@ -80,6 +80,14 @@ class _RuleState:
             self.true_for = 0.0
         self.last, self.last_t = value, t
 
+    def rearm(self, t: float, holds_incident: bool) -> None:
+        """A deploy began at ``t``: what the rule saw before it says nothing about the new
+        release. A rule that holds the open incident keeps holding it, but must again be clear
+        for its clear_for, counted from the deploy, before the incident resolves."""
+        self.true_for = self.false_for = 0.0
+        self.last_t = t
+        self.firing = self.firing and holds_incident
+
 
 @dataclass(slots=True)
 class _Incident:
@@ -197,6 +205,16 @@ class Engine:
         before = self.value(catalogue.MIGRATION_FAILED)
         self._migration_event = 0.0
         self._track_change(catalogue.MIGRATION_FAILED, before, t)
+        self._rearm(t)
+
+    def _rearm(self, t: float) -> None:
+        """Each deploy re-arms the rules, so that a failure of the new release is a decision
+        of its own and never waits behind the last release's clear_for (a dismissed failed
+        migration once hid the next one for 5 minutes). monitoring_blind is left alone: it is
+        about the probes, not the release."""
+        held = set(self._incident.attached) if self._incident is not None else set()
+        for state in self._states:
+            state.rearm(t, holds_incident=state.rule.scenario in held)
 
     def _record_alert(self, t: float, event: Event) -> None:
         labels = dict(event["labels"])
