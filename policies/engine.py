@@ -117,9 +117,18 @@ class Engine:
     """One application's decision engine. Feed it with :meth:`observe` and :meth:`record`, then
     call :meth:`decide` once per time step; :meth:`step` does all three."""
 
-    def __init__(self, policy: Policy, mode: str = "auto", last_incident: int = 0) -> None:
+    def __init__(self, policy: Policy, mode: str = "auto", last_incident: int = 0, *,
+                 recorded: bool = False) -> None:
         """``last_incident``: the highest incident number already used (a restarted daemon
-        continues the journal's numbering instead of reusing numbers)."""
+        continues the journal's numbering instead of reusing numbers).
+
+        ``recorded``: the samples are a replay's record of the values the daemon used, not
+        probe readings, so a sample and an event setting ``migration.failed`` simply
+        supersede each other, the later one winning. Fed by probes, a reported failure holds
+        the signal at 1 over the readings until a deploy begins: knex and most tools record
+        only successes, and their reading of 0 would hide the failure.
+        """
+        self.recorded = recorded
         self.policy = policy
         self.mode = mode
         self._states = [_RuleState(r) for r in policy.rules]
@@ -129,7 +138,8 @@ class Engine:
         self._probed: set[str] = set()
         self._unknown_since: dict[str, float] = {}
         self._last_change: dict[str, float] = {}
-        self._migration_event: float = 0.0
+        # What the latest migration or deploy event says, in force over the readings.
+        self._migration_report: float | None = None
         self._alerts: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
         self._alert_counts: dict[str, float] = {}
         self._deploy: _Deploy | None = None
@@ -162,6 +172,8 @@ class Engine:
             before = self.value(name)
             self._probed.add(name)
             self._probe_values[name] = value
+            if self.recorded and name == catalogue.MIGRATION_FAILED:
+                self._migration_report = None
             self._track_change(name, before, t)
 
     def record(self, t: float, raw: Event) -> None:
@@ -173,9 +185,7 @@ class Engine:
         if kind == "deploy":
             self._record_deploy(t, event)
         elif kind == "migration":
-            before = self.value(catalogue.MIGRATION_FAILED)
-            self._migration_event = 1.0 if event.get("status") == "failed" else 0.0
-            self._track_change(catalogue.MIGRATION_FAILED, before, t)
+            self._report_migration(t, failed=event.get("status") == "failed")
         elif kind == "alert":
             self._record_alert(t, event)
         elif kind == "pause":
@@ -202,10 +212,15 @@ class Engine:
         self._at_deploy = {s: self.value(s) for s in self._rule_signals}
         # No "verified" means no verified restore point: rollbacks then page instead.
         self._deploy = _Deploy(t, event.get("version", ""), event.get("verified", False))
-        before = self.value(catalogue.MIGRATION_FAILED)
-        self._migration_event = 0.0
-        self._track_change(catalogue.MIGRATION_FAILED, before, t)
+        self._report_migration(t, failed=False)
         self._rearm(t)
+
+    def _report_migration(self, t: float, failed: bool) -> None:
+        """A migration outcome, or a deploy's reset: a failure holds ``migration.failed`` at
+        1; anything else sets 0 in a replay and, fed by probes, ends the hold."""
+        before = self.value(catalogue.MIGRATION_FAILED)
+        self._migration_report = 1.0 if failed else 0.0 if self.recorded else None
+        self._track_change(catalogue.MIGRATION_FAILED, before, t)
 
     def _rearm(self, t: float) -> None:
         """Each deploy re-arms the rules, so that a failure of the new release is a decision
@@ -250,8 +265,8 @@ class Engine:
             return self._alert_counts.get(signal, 0.0)
         if signal == catalogue.MIGRATION_FAILED:
             # The deploy wrapper's failure report stands even when the tool's table says nothing.
-            if self._migration_event:
-                return 1.0
+            if self._migration_report is not None:
+                return self._migration_report
             if signal not in self._probed:
                 return 0.0
         return self._probe_values.get(signal)

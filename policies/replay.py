@@ -101,7 +101,7 @@ def parse_replay(lines: Iterable[str | bytes]) -> list[ReplayLine]:
 
 def run(policy: Policy, lines: Iterable[ReplayLine], mode: str = "auto") -> Iterator[Decision]:
     """Feed the engine line by line; it decides once per distinct ``t``, after all its lines."""
-    engine = Engine(policy, mode)
+    engine = Engine(policy, mode, recorded=True)
     current: float | None = None
     for line in lines:
         if current is not None and line.t != current:
