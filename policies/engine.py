@@ -113,6 +113,12 @@ def _word(label: str) -> str:
     return f"_{word}" if word[0].isdigit() else word
 
 
+def _alert_signals(labels: Mapping[str, str]) -> tuple[str, str]:
+    """The two signals an alert counts towards: its name's and its severity's."""
+    return (f"alert.{_word(labels.get('alertname', ''))}",
+            f"alert.severity_{_word(labels.get('severity', '').lower())}")
+
+
 class Engine:
     """One application's decision engine. Feed it with :meth:`observe` and :meth:`record`, then
     call :meth:`decide` once per time step; :meth:`step` does all three."""
@@ -232,22 +238,26 @@ class Engine:
             state.rearm(t, holds_incident=state.rule.scenario in held)
 
     def _record_alert(self, t: float, event: Event) -> None:
+        """Counts move by one per alert that starts or stops firing: one webhook can carry
+        thousands of alerts, and recounting them all per alert blocked the loop for a minute."""
         labels = dict(event["labels"])
         key = tuple(sorted(labels.items()))
         if event.get("status") == "firing":
+            if key in self._alerts:
+                return
             self._alerts[key] = labels
+            step = 1.0
+        elif self._alerts.pop(key, None) is not None:
+            step = -1.0
         else:
-            self._alerts.pop(key, None)
-        counts: dict[str, float] = {}
-        for alert in self._alerts.values():
-            for name in (f"alert.{_word(alert.get('alertname', ''))}",
-                         f"alert.severity_{_word(alert.get('severity', '').lower())}"):
-                counts[name] = counts.get(name, 0.0) + 1.0
-        for name in set(counts) | set(self._alert_counts):
-            before = self._alert_counts.get(name, 0.0)
-            if counts.get(name, 0.0) != before:
-                self._last_change[name] = t
-        self._alert_counts = counts
+            return
+        for name in _alert_signals(labels):
+            count = self._alert_counts.get(name, 0.0) + step
+            if count:
+                self._alert_counts[name] = count
+            else:
+                del self._alert_counts[name]
+            self._last_change[name] = t
 
     def _track_change(self, name: str, before: float | None, t: float) -> None:
         after = self.value(name)
