@@ -43,7 +43,7 @@ class ConfigError(Exception):
 
 class DaemonSettings(StrictModel):
     state_dir: Path = Path("/var/lib/rollbackd")
-    interval: Duration = Field(default=5.0, ge=0.2, le=3600)
+    interval: Duration = Field(default=5.0, ge=0.2, le=3600, description="0.2s to 1h")
     listen: str = "127.0.0.1:9797"
     policy: str = "builtin:visionforge"
     mode: Literal["auto", "approve", "dry-run"] = "auto"
@@ -82,7 +82,7 @@ class ProcessControl(StrictModel):
     adapter: Literal["process"]
     pidfile: Path
     start: list[str] = Field(min_length=1)
-    stop_timeout: Duration = 30.0
+    stop_timeout: Duration = Field(default=30.0, description="0 to 30d")
 
 
 class GitCode(StrictModel):
@@ -129,23 +129,26 @@ class DatabaseSettings(StrictModel):
     key_tables: list[str] = Field(
         default_factory=list,
         description="tables whose row counts must not fall below the restore point's")
-    connect_timeout: Duration = Field(default=5.0, ge=2.0)
+    connect_timeout: Duration = Field(default=5.0, ge=2.0, description="2s to 30d")
 
 
 class BackupSettings(StrictModel):
     dir: Path = Path("/var/backups/rollbackd")
     format: Literal["custom", "directory"] = "custom"
-    jobs: int = Field(default=2, ge=1, le=64)
-    min_free: Size = 5 * 1000**3
-    keep: int = Field(default=10, ge=1)
-    timeout: Duration = Field(default=3600.0, gt=0, description="bound on one backup or verify")
+    jobs: int = Field(default=2, ge=1, le=64, strict=True, description="1 to 64")
+    min_free: Size = Field(default=5 * 1000**3, description="0 to 1PiB")
+    keep: int = Field(default=10, ge=1, le=10_000, strict=True, description="1 to 10,000")
+    timeout: Duration = Field(default=3600.0, gt=0,
+                              description="bound on one backup or verify; up to 30d")
     lock_wait_timeout: Duration = Field(
-        default=30.0, gt=0, description="pg_dump --lock-wait-timeout: waits for table locks")
+        default=30.0, gt=0,
+        description="pg_dump --lock-wait-timeout: waits for table locks; up to 30d")
     restore_timeout: Duration = Field(
-        default=3600.0, gt=0, description="bound on one pg_restore (or psql) run of a restore")
+        default=3600.0, gt=0,
+        description="bound on one pg_restore (or psql) run of a restore; up to 30d")
     terminate_timeout: Duration = Field(
         default=15.0, gt=0,
-        description="bound on terminating the live database's sessions before a swap")
+        description="bound on terminating the live database's sessions before a swap; up to 30d")
 
 
 class ProbesSettings(StrictModel):
@@ -202,7 +205,7 @@ class ApiSettings(StrictModel):
     token_files: list[Annotated[Path, AfterValidator(_readable_token_file)]] = Field(
         default_factory=list,
         description="files holding one bearer token each; none means the API is disabled")
-    max_body: Size = Field(default=1024**2, ge=1024, le=64 * 1024**2)
+    max_body: Size = Field(default=1024**2, ge=1024, le=64 * 1024**2, description="1KiB to 64MiB")
     _tokens: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from policies import catalogue
 from policies.expr import Expr, ExprError, parse_condition, render, signals_of
 from policies.samples import SIGNAL_NAME
-from policies.units import Duration, parse_duration
+from policies.units import Duration, check_duration, parse_duration
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 BUILTIN_PREFIX = "builtin:"
@@ -48,26 +48,33 @@ class _Strict(BaseModel):
 
 
 class BaselineSettings(_Strict):
-    window: Duration = Field(default=1800.0, gt=0)
-    gap: Duration = Field(default=600.0, ge=0)
-    min_points: int = Field(default=10, ge=1)
+    window: Duration = Field(default=1800.0, gt=0,
+                             description="history the median is taken over; up to 30d")
+    gap: Duration = Field(default=600.0, ge=0,
+                          description="with no deploy, the window ends this long ago; 0 to 30d")
+    min_points: int = Field(default=10, ge=1, le=100_000, strict=True,
+                            description="fewer points make the baseline unknown; 1 to 100,000")
 
 
 class GuardSettings(_Strict):
-    rollback_window: Duration = Field(default=6 * 3600.0, gt=0)
-    max_auto_rollbacks: int = Field(default=1, ge=0)
-    cooldown: Duration = Field(default=3600.0, gt=0)
-    blind_after: Duration = Field(default=120.0, gt=0)
+    rollback_window: Duration = Field(
+        default=6 * 3600.0, gt=0,
+        description="a rollback needs a deploy at most this long ago; up to 30d")
+    max_auto_rollbacks: int = Field(default=1, ge=0, le=100, strict=True,
+                                    description="automatic rollbacks per cooldown; 0 to 100")
+    cooldown: Duration = Field(default=3600.0, gt=0, description="up to 30d")
+    blind_after: Duration = Field(
+        default=120.0, gt=0, description="a needed signal unknown longer pages; up to 30d")
 
 
 class _RuleFile(_Strict):
     scenario: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)
     when: str = Field(min_length=1)
-    for_: Duration = Field(default=0.0, ge=0, alias="for")
-    clear_for: Duration = Field(default=300.0, ge=0)
+    for_: Duration = Field(default=0.0, ge=0, alias="for", description="0 to 30d")
+    clear_for: Duration = Field(default=300.0, ge=0, description="0 to 30d")
     severity: Severity
     action: Action
-    timeline: str
+    timeline: str = Field(description='a duration up to 30d, or "next release"')
     runbook: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -75,7 +82,7 @@ class _RuleFile(_Strict):
     @classmethod
     def _timeline(cls, value: str) -> str:
         if value != NEXT_RELEASE:
-            parse_duration(value)
+            check_duration(parse_duration(value))
         return value
 
 
