@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -177,12 +178,29 @@ MIN_TOKEN_LENGTH = 16
 """Shorter bearer tokens can be guessed; ``openssl rand -hex 32`` gives 64 characters."""
 
 
+MAX_TOKEN_FILE = 4096
+"""A token file holds one token; a bigger one is not a token file (``/dev/zero`` would be read
+until memory runs out)."""
+
+
+def _token_file_bytes(path: Path) -> bytes:
+    try:
+        # A pipe would block the load until a writer comes, a device may never end.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValueError(f"token file {path} is not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TOKEN_FILE:
+        raise ValueError(f"token file {path} is larger than 4KiB: it must hold a single token")
+    return data
+
+
 def read_token(path: Path) -> str:
     """The one bearer token a token file holds (surrounding whitespace and newline dropped)."""
     try:
-        text = path.read_text(encoding="ascii")
-    except OSError as exc:
-        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+        text = _token_file_bytes(path).decode("ascii")
     except UnicodeDecodeError:
         raise ValueError(f"token file {path} is not ASCII") from None
     token = text.strip()
