@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from policies.policy import Policy, PolicyError, parse_policy, resolve_ref
+from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
 from policies.units import Duration, Size
 from probes.base import StrictModel, one_line
 from probes.settings import (
@@ -303,9 +302,9 @@ def _describe(path: Path, error: ValidationError) -> str:
 
 def parse_config(text: str, path: Path) -> Config:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = load_toml(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

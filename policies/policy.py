@@ -187,13 +187,27 @@ def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str])
     )
 
 
+def load_toml(text: str) -> dict[str, Any]:
+    """``text`` as TOML; a :class:`ValueError` whose message is one line otherwise."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per level: 10,000 nested arrays are a 3,000-line traceback.
+        raise ValueError("not valid TOML: nested too deeply") from None
+    except ValueError as exc:
+        # An integer of thousands of digits: Python's own message ends in advice for coders.
+        raise ValueError(f"not valid TOML: {str(exc).split(':')[0]}") from None
+
+
 def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Policy:
     """Parse and check a policy; ``extra_signals`` are names the configuration feeds (e.g. its
     Prometheus query probes) that a rule may use besides the catalogue's."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+        data = load_toml(text)
+    except ValueError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
     try:
         spec = _PolicyFile.model_validate(data)
     except ValidationError as exc:

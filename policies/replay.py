@@ -9,7 +9,7 @@ from typing import Any
 
 from policies.catalogue import EVENT_FED_PREFIX
 from policies.engine import Decision, Engine
-from policies.events import EventError, is_number, parse_event
+from policies.events import EventError, excerpt, is_number, parse_event
 from policies.policy import Policy
 from policies.samples import SIGNAL_NAME
 
@@ -39,9 +39,11 @@ def _signals(raw: Any, line: int) -> dict[str, float | None]:
             raise ReplayError(line, f"{name}: alert signals come from alert events, "
                                     "not from signals lines")
         if not SIGNAL_NAME.fullmatch(name):
-            raise ReplayError(line, f"{name!r} is not a signal name (e.g. http.error_ratio)")
+            raise ReplayError(line, f"{excerpt(name)} is not a signal name "
+                                    "(e.g. http.error_ratio)")
         if value is not None and not is_number(value):
-            raise ReplayError(line, f"signal {name}: expected a number or null, got {value!r}")
+            raise ReplayError(line, f"signal {name}: expected a number or null, "
+                                    f"got {excerpt(value)}")
         values[name] = None if value is None else float(value)
     return values
 
@@ -71,6 +73,8 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
         raise ReplayError(line, f"not JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise ReplayError(line, "JSON nested too deeply") from None
+    except ValueError:
+        raise ReplayError(line, "a number has too many digits") from None
     if not isinstance(data, dict):
         raise ReplayError(line, "expected a JSON object")
     t = data.get("t")
@@ -78,7 +82,7 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
         raise ReplayError(line, '"t" must be a number of seconds >= 0')
     extra = set(data) - {"t", "signals", "event"}
     if extra:
-        raise ReplayError(line, f"unknown key {sorted(extra)[0]!r}")
+        raise ReplayError(line, f"unknown key {excerpt(sorted(extra)[0])}")
     if ("signals" in data) == ("event" in data):
         raise ReplayError(line, 'a line has either "signals" or "event"')
     if "signals" in data:
