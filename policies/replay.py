@@ -90,21 +90,30 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
     return ReplayLine(float(t), None, _event(data["event"], line))
 
 
-def parse_replay(lines: Iterable[str | bytes]) -> list[ReplayLine]:
-    """Every line checked before anything runs, so a bad line costs no partial output."""
-    parsed: list[ReplayLine] = []
+def parse_replay(lines: Iterable[str | bytes]) -> Iterator[ReplayLine]:
+    """The replay's lines, each read and checked only when the engine asks for it, so memory
+    is bounded by the policy's windows and not by the file (a 100 MB replay held as a list
+    took 656 MB).
+
+    A bad line raises :class:`ReplayError` when the iteration reaches it: by then decisions of
+    the lines before it may have come out of :func:`run`. A caller that must not show partial
+    output collects the decisions before showing any; ``lines`` must stay readable (a file
+    open) until the iteration ends.
+    """
+    last: float | None = None
     for number, text in enumerate(lines, start=1):
         line = parse_line(text, number)
         if line is None:
             continue
-        if parsed and line.t < parsed[-1].t:
+        if last is not None and line.t < last:
             raise ReplayError(number, f"t={line.t:g} is earlier than the line before")
-        parsed.append(line)
-    return parsed
+        last = line.t
+        yield line
 
 
 def run(policy: Policy, lines: Iterable[ReplayLine], mode: str = "auto") -> Iterator[Decision]:
-    """Feed the engine line by line; it decides once per distinct ``t``, after all its lines."""
+    """Feed the engine line by line as ``lines`` yields them; it decides once per distinct
+    ``t``, after all its lines. Holds no line once the engine has taken it."""
     engine = Engine(policy, mode, recorded=True)
     current: float | None = None
     for line in lines:
