@@ -20,7 +20,7 @@ from pydantic import (
 
 from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
 from policies.units import Duration, Size
-from probes.base import StrictModel, one_line
+from probes.base import StrictModel
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -110,6 +110,26 @@ class AppSettings(StrictModel):
     config_files: list[Path] = Field(default_factory=list)
 
 
+# libpq's messages quote the text at the fault, which may be the password: each is told in
+# words of our own instead, by a phrase that identifies it.
+_DSN_FAULTS = (
+    ('missing "=" after', 'a term without "=" (write key=value, quote values with spaces)'),
+    ("unterminated quoted string", "a quoted value without its closing quote"),
+    ("invalid connection option", "an unknown connection option"),
+    ("percent-encoded", "a malformed %-escape in the URI"),
+    ("URI query parameter", "a malformed parameter after ? in the URI"),
+    ("IPv6", "an unclosed [ in the URI"),
+)
+
+
+def _dsn_fault(libpq_message: str) -> str:
+    """What is wrong with a DSN, never repeating any of it."""
+    for phrase, fault in _DSN_FAULTS:
+        if phrase in libpq_message:
+            return fault
+    return "libpq cannot parse it (the text is not repeated: it may hold a password)"
+
+
 class DatabaseSettings(StrictModel):
     dsn: str = Field(min_length=1)
 
@@ -119,8 +139,7 @@ class DatabaseSettings(StrictModel):
         try:
             conninfo_to_dict(value)
         except psycopg.Error as exc:
-            # libpq's message names the bad part; the DSN itself may hold a password.
-            raise ValueError(f"not a libpq connection string: {one_line(exc)}") from None
+            raise ValueError(f"not a libpq connection string: {_dsn_fault(str(exc))}") from None
         return value
     maintenance_db: str = "postgres"
     migrations: MigrationPreset | CustomMigrations | None = None
