@@ -155,7 +155,7 @@ class BackupSettings(StrictModel):
     dir: Path = Path("/var/backups/rollbackd")
     format: Literal["custom", "directory"] = "custom"
     jobs: int = Field(default=2, ge=1, le=64, strict=True, description="1 to 64")
-    min_free: Size = Field(default=5 * 1000**3, description="0 to 1PiB")
+    min_free: Size = Field(default=5 * 1000**3, description="0 to 1EiB")
     keep: int = Field(default=10, ge=1, le=10_000, strict=True, description="1 to 10,000")
     timeout: Duration = Field(default=3600.0, gt=0,
                               description="bound on one backup or verify; up to 30d")

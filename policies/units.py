@@ -1,7 +1,7 @@
 """Durations ("5s", "2m", "1h30m") and sizes ("5GB", "512MiB") as config and policy values.
 
 Every duration is a finite number of seconds from 0 to :data:`MAX_DURATION` (30 days) and
-every size a finite number of bytes from 0 to :data:`MAX_SIZE` (1 PiB), unless a field narrows
+every size a finite number of bytes from 0 to :data:`MAX_SIZE` (1 EiB), unless a field narrows
 its own range further. Booleans are not numbers here: ``interval = true`` is a mistake, not
 one second.
 """
@@ -27,8 +27,8 @@ MAX_DURATION = 30 * 86400.0
 """The longest duration a setting takes (30 days): longer is a typo, and a window that long
 would keep more history than the daemon should hold."""
 
-MAX_SIZE = 1024**5
-"""The largest size a setting takes (1 PiB)."""
+MAX_SIZE = 1024**6
+"""The largest size a setting takes (1 EiB)."""
 
 _SHOWN = 40  # characters of a bad value repeated in a message, so that it stays one short line
 
@@ -108,7 +108,7 @@ def _size(value: Any) -> Any:
     size = (parse_size(value) if isinstance(value, str)
             else _number(value, "a size", '"5GB" or a number of bytes'))
     if not math.isfinite(size) or size > MAX_SIZE:
-        raise ValueError("size is larger than the 1PiB a setting may be")
+        raise ValueError("size is larger than the 1EiB a setting may be")
     if size < 0:
         raise ValueError("size must not be negative")
     # An integral float (5e9) is returned as a number of bytes; pydantic refuses a fraction.
@@ -137,4 +137,4 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 ``5s``."""
 
 Size = Annotated[int, BeforeValidator(_size)]
-"""A size in bytes, from 0 to 1 PiB, written in config as a number or a string like ``5GB``."""
+"""A size in bytes, from 0 to 1 EiB, written in config as a number or a string like ``5GB``."""

@@ -58,7 +58,7 @@ def test_parse_size_refuses_what_is_not_a_finite_positive_size(text: str) -> Non
 
 def test_the_documented_upper_bounds() -> None:
     assert MAX_DURATION == 30 * 86400
-    assert MAX_SIZE == 1024**5
+    assert MAX_SIZE == 1024**6
 
 
 @pytest.mark.parametrize(("line", "key"), [
@@ -126,7 +126,7 @@ HTTP = '[[probes.http]]\nname = "api"\nurl = "http://127.0.0.1:3000/"\n'
     ("[backups]\nmin_free = true\n", "backups.min_free"),
     ("[backups]\nmin_free = -1\n", "backups.min_free"),
     ("[backups]\nmin_free = inf\n", "backups.min_free"),
-    ('[backups]\nmin_free = "1025TiB"\n', "backups.min_free"),
+    ('[backups]\nmin_free = "1048577TiB"\n', "backups.min_free"),
     ("[backups]\nmin_free = 1e300\n", "backups.min_free"),
     ("[backups]\njobs = true\n", "backups.jobs"),
     ("[backups]\nkeep = true\n", "backups.keep"),
