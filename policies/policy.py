@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from policies import catalogue
 from policies.expr import Expr, ExprError, parse_condition, render, signals_of
 from policies.samples import SIGNAL_NAME
-from policies.units import Duration, parse_duration
+from policies.units import Duration, check_duration, parse_duration
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 BUILTIN_PREFIX = "builtin:"
@@ -48,26 +48,33 @@ class _Strict(BaseModel):
 
 
 class BaselineSettings(_Strict):
-    window: Duration = Field(default=1800.0, gt=0)
-    gap: Duration = Field(default=600.0, ge=0)
-    min_points: int = Field(default=10, ge=1)
+    window: Duration = Field(default=1800.0, gt=0,
+                             description="history the median is taken over; up to 30d")
+    gap: Duration = Field(default=600.0, ge=0,
+                          description="with no deploy, the window ends this long ago; 0 to 30d")
+    min_points: int = Field(default=10, ge=1, le=100_000, strict=True,
+                            description="fewer points make the baseline unknown; 1 to 100,000")
 
 
 class GuardSettings(_Strict):
-    rollback_window: Duration = Field(default=6 * 3600.0, gt=0)
-    max_auto_rollbacks: int = Field(default=1, ge=0)
-    cooldown: Duration = Field(default=3600.0, gt=0)
-    blind_after: Duration = Field(default=120.0, gt=0)
+    rollback_window: Duration = Field(
+        default=6 * 3600.0, gt=0,
+        description="a rollback needs a deploy at most this long ago; up to 30d")
+    max_auto_rollbacks: int = Field(default=1, ge=0, le=100, strict=True,
+                                    description="automatic rollbacks per cooldown; 0 to 100")
+    cooldown: Duration = Field(default=3600.0, gt=0, description="up to 30d")
+    blind_after: Duration = Field(
+        default=120.0, gt=0, description="a needed signal unknown longer pages; up to 30d")
 
 
 class _RuleFile(_Strict):
     scenario: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)
     when: str = Field(min_length=1)
-    for_: Duration = Field(default=0.0, ge=0, alias="for")
-    clear_for: Duration = Field(default=300.0, ge=0)
+    for_: Duration = Field(default=0.0, ge=0, alias="for", description="0 to 30d")
+    clear_for: Duration = Field(default=300.0, ge=0, description="0 to 30d")
     severity: Severity
     action: Action
-    timeline: str
+    timeline: str = Field(description='a duration up to 30d, or "next release"')
     runbook: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -75,7 +82,7 @@ class _RuleFile(_Strict):
     @classmethod
     def _timeline(cls, value: str) -> str:
         if value != NEXT_RELEASE:
-            parse_duration(value)
+            check_duration(parse_duration(value))
         return value
 
 
@@ -180,13 +187,27 @@ def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str])
     )
 
 
+def load_toml(text: str) -> dict[str, Any]:
+    """``text`` as TOML; a :class:`ValueError` whose message is one line otherwise."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per level: 10,000 nested arrays are a 3,000-line traceback.
+        raise ValueError("not valid TOML: nested too deeply") from None
+    except ValueError as exc:
+        # An integer of thousands of digits: Python's own message ends in advice for coders.
+        raise ValueError(f"not valid TOML: {str(exc).split(':')[0]}") from None
+
+
 def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Policy:
     """Parse and check a policy; ``extra_signals`` are names the configuration feeds (e.g. its
     Prometheus query probes) that a rule may use besides the catalogue's."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+        data = load_toml(text)
+    except ValueError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
     try:
         spec = _PolicyFile.model_validate(data)
     except ValidationError as exc:
