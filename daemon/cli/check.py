@@ -133,20 +133,22 @@ def simulate(policy_ref: str, replay_file: Path, fmt: str, mode: str) -> None:
         fail(f"{path}: cannot read policy: {exc.strerror or exc}")
     except PolicyError as exc:
         fail(str(exc))
+    # The replay streams through the engine (memory bounded by the policy's windows, not the
+    # file); its decisions are kept and printed only once every line has checked, so that a
+    # bad line late in the file prints no decisions, only its error.
     try:
         with replay_file.open("rb") as handle:
-            lines = parse_replay(handle)
+            decisions = list(run(policy, parse_replay(handle), mode))
     except OSError as exc:
         fail(f"{replay_file}: cannot read replay: {exc.strerror or exc}")
     except ReplayError as exc:
         fail(f"{replay_file}: {exc}")
-    decisions = run(policy, lines, mode)
     if fmt == "jsonl":
         out = sys.stdout
         for decision in decisions:
             out.write(to_jsonl(decision) + "\n")
         return
-    _print_decisions(list(decisions))
+    _print_decisions(decisions)
 
 
 def _print_decisions(decisions: list[Decision]) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from policies.policy import parse_policy, resolve_ref
 from policies.replay import parse_replay, run
-from tests.test_decisions import MODES, REPLAYS, decisions, fixture_names, mismatches, policy_for
+from tests.harness.paths import REPLAYS
+from tests.harness.replays import MODES, decisions, fixture_names, mismatches, policy_for
 
 
 @pytest.mark.parametrize("name", fixture_names())
