@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policies import catalogue
 from policies.expr import Expr, ExprError, parse_condition, render, signals_of
+from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
+from policies.runbooks import Runbook, RunbookError, parse_runbooks
+from policies.runbooks import resolve as resolve_runbook
 from policies.samples import SIGNAL_NAME
 from policies.units import Duration, check_duration, parse_duration
 
@@ -93,6 +96,7 @@ class _PolicyFile(_Strict):
     # Extra signal names a rule may use, e.g. those of Prometheus query probes.
     signals: list[str] = Field(default_factory=list)
     rule: list[dict[str, Any]] = Field(min_length=1)
+    runbook: list[dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,9 @@ class Policy:
     guards: GuardSettings
     modes: Mapping[str, str]
     extra_signals: frozenset[str]
+    runbooks: Mapping[str, Runbook] = field(default_factory=dict)
+    """The policy's own ``[[runbook]]`` tables (the bundled ones are in
+    :data:`policies.runbooks.BUILTIN`)."""
 
     def mode_for(self, action: str, global_mode: str) -> str:
         """The stricter of the daemon's mode and the policy's mode for this action."""
@@ -145,6 +152,15 @@ class Policy:
 
     def signals(self) -> frozenset[str]:
         return frozenset().union(*(r.signals for r in self.rules))
+
+    def runbook_for(self, rule: Rule) -> Runbook | None:
+        """What a decision of ``rule`` runs: its ``runbook``, else its action's bundled one;
+        None for actions that run none (evaluate, page, fix_forward)."""
+        return resolve_runbook(rule.action, rule.runbook, self.runbooks)
+
+    def all_runbooks(self) -> dict[str, Runbook]:
+        """The bundled runbooks and the policy's own, by name."""
+        return {**BUILTIN_RUNBOOKS, **self.runbooks}
 
 
 def resolve_ref(ref: str) -> Path:
@@ -222,5 +238,17 @@ def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Pol
         if rule.scenario in seen or rule.scenario == MONITORING_BLIND:
             raise PolicyError(f"{path}: rule {rule.scenario!r}: scenario is not unique")
         seen.add(rule.scenario)
+    try:
+        runbooks = parse_runbooks(spec.runbook, path)
+    except RunbookError as exc:
+        raise PolicyError(str(exc)) from None
+    for rule in rules:
+        if rule.runbook is not None and rule.runbook not in {**BUILTIN_RUNBOOKS, **runbooks}:
+            raise PolicyError(f"{path}: rule {rule.scenario!r}: runbook: no runbook named "
+                              f"{rule.runbook!r} (bundled: {', '.join(BUILTIN_RUNBOOKS)})")
+        if rule.runbook is not None and rule.action not in ROLLBACKS:
+            raise PolicyError(f"{path}: rule {rule.scenario!r}: runbook: action {rule.action} "
+                              "runs no runbook (only the rollback actions do)")
     return Policy(path=path, rules=rules, baseline=spec.baseline, guards=spec.guards,
-                  modes={str(k): str(v) for k, v in spec.modes.items()}, extra_signals=extra)
+                  modes={str(k): str(v) for k, v in spec.modes.items()}, extra_signals=extra,
+                  runbooks=runbooks)

@@ -73,6 +73,7 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
         click.echo("  (none configured: rollbackd would see nothing)")
     click.echo("")
     print_matrix(policy, d.mode)
+    print_runbooks(policy)
     fed = asyncio.run(_fed_signals(config))
     for rule in policy.rules:
         missing = sorted(s for s in rule.signals if s not in fed and not is_event_fed(s))
@@ -93,6 +94,20 @@ async def _fed_signals(config: Config) -> set[str]:
         return set(probes.signals())
     finally:
         await probes.aclose()
+
+
+def print_runbooks(policy: Policy) -> None:
+    """Every runbook a rule may run, bundled or the policy's own, step by step."""
+    used = {rule.scenario: book.name for rule in policy.rules
+            if (book := policy.runbook_for(rule)) is not None}
+    for name, book in policy.all_runbooks().items():
+        users = sorted(scenario for scenario, chosen in used.items() if chosen == name)
+        origin = "policy" if name in policy.runbooks else "bundled"
+        click.echo("")
+        click.echo(f"runbook   {name} ({origin}; run by "
+                   f"{', '.join(users) if users else 'no rule'}): {book.description}".rstrip())
+        for line in book.describe():
+            click.echo(f"  {line}")
 
 
 def print_matrix(policy: Policy, mode: str) -> None:
