@@ -200,6 +200,8 @@ class BackupInfo:
     complete: bool
     reason: str | None = None
     """Why the latest verification failed."""
+    version: str | None = None
+    """The application version the deploy shipped (restore points)."""
 
     @property
     def state(self) -> BackupState:
@@ -218,7 +220,7 @@ class BackupInfo:
         return {"id": self.id, "kind": self.kind, "database": self.database,
                 "created_at": self.created_at, "deploy": self.deploy, "size": self.size,
                 "verified": self.verified, "complete": self.complete, "state": self.state,
-                "usable": self.usable, "reason": self.reason}
+                "usable": self.usable, "reason": self.reason, "version": self.version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +339,8 @@ class BackupStore:
                           size=manifest.size,
                           verified=None if verification is None else verification.ok,
                           complete=True,
-                          reason=None if verification is None else verification.reason)
+                          reason=None if verification is None else verification.reason,
+                          version=manifest.version)
 
     @staticmethod
     def _read_manifest(directory: Path) -> Manifest | None:

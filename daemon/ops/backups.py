@@ -84,13 +84,14 @@ class BackupList:
     def describe(self) -> list[str]:
         if not self.infos:
             return [f"no backups in {self.directory}"]
-        rows = [("id", "kind", "database", "created", "deploy", "size", "verified", "usable")]
+        rows = [("id", "kind", "database", "created", "deploy", "version", "size", "verified",
+                 "usable")]
         for i in self.infos:
             verified = {None: "-", True: "yes", False: "FAILED"}[i.verified]
             rows.append((i.id, i.kind, i.database or "-",
                          when(i.created_at, missing="-") if i.complete else "incomplete",
-                         "-" if i.deploy is None else str(i.deploy), format_size(i.size),
-                         verified, _USABLE[i.state]))
+                         "-" if i.deploy is None else str(i.deploy), i.version or "-",
+                         format_size(i.size), verified, _USABLE[i.state]))
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                 for row in rows]
