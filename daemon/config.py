@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +19,7 @@ from pydantic import (
 
 from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
 from policies.units import Duration, Size
-from probes.base import StrictModel
+from probes.base import StrictModel, read_secret_file
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -201,27 +200,9 @@ MAX_TOKEN_FILE = 4096
 until memory runs out)."""
 
 
-def _token_file_bytes(path: Path) -> bytes:
-    try:
-        # A pipe would block the load until a writer comes, a device may never end.
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ValueError(f"token file {path} is not a regular file")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_TOKEN_FILE + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_TOKEN_FILE:
-        raise ValueError(f"token file {path} is larger than 4KiB: it must hold a single token")
-    return data
-
-
 def read_token(path: Path) -> str:
     """The one bearer token a token file holds (surrounding whitespace and newline dropped)."""
-    try:
-        text = _token_file_bytes(path).decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError(f"token file {path} is not ASCII") from None
-    token = text.strip()
+    token = read_secret_file(path, MAX_TOKEN_FILE, "token file").strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
     # One token per file; whitespace inside means a second word, a comment or a pasted header.

@@ -27,7 +27,7 @@ def test_a_token_file_larger_than_the_cap_is_refused(tmp_path: Path) -> None:
     big.write_text("a" * (MAX_TOKEN_FILE + 1), encoding="ascii")
     message = load(big)
     assert message.startswith(f"{CONFIG}: api.token_files[0]: token file {big} ")
-    assert "larger than 4KiB" in message
+    assert "larger than 4 KiB" in message
 
 
 def test_a_token_file_of_exactly_the_cap_is_read(tmp_path: Path) -> None:
