@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,9 +17,9 @@ from pydantic import (
     model_validator,
 )
 
-from policies.policy import Policy, PolicyError, parse_policy, resolve_ref
+from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
 from policies.units import Duration, Size
-from probes.base import StrictModel, one_line
+from probes.base import StrictModel, read_secret_file
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -43,7 +42,7 @@ class ConfigError(Exception):
 
 class DaemonSettings(StrictModel):
     state_dir: Path = Path("/var/lib/rollbackd")
-    interval: Duration = Field(default=5.0, ge=0.2, le=3600)
+    interval: Duration = Field(default=5.0, ge=0.2, le=3600, description="0.2s to 1h")
     listen: str = "127.0.0.1:9797"
     policy: str = "builtin:visionforge"
     mode: Literal["auto", "approve", "dry-run"] = "auto"
@@ -82,7 +81,7 @@ class ProcessControl(StrictModel):
     adapter: Literal["process"]
     pidfile: Path
     start: list[str] = Field(min_length=1)
-    stop_timeout: Duration = 30.0
+    stop_timeout: Duration = Field(default=30.0, description="0 to 30d")
 
 
 class GitCode(StrictModel):
@@ -110,6 +109,26 @@ class AppSettings(StrictModel):
     config_files: list[Path] = Field(default_factory=list)
 
 
+# libpq's messages quote the text at the fault, which may be the password: each is told in
+# words of our own instead, by a phrase that identifies it.
+_DSN_FAULTS = (
+    ('missing "=" after', 'a term without "=" (write key=value, quote values with spaces)'),
+    ("unterminated quoted string", "a quoted value without its closing quote"),
+    ("invalid connection option", "an unknown connection option"),
+    ("percent-encoded", "a malformed %-escape in the URI"),
+    ("URI query parameter", "a malformed parameter after ? in the URI"),
+    ("IPv6", "an unclosed [ in the URI"),
+)
+
+
+def _dsn_fault(libpq_message: str) -> str:
+    """What is wrong with a DSN, never repeating any of it."""
+    for phrase, fault in _DSN_FAULTS:
+        if phrase in libpq_message:
+            return fault
+    return "libpq cannot parse it (the text is not repeated: it may hold a password)"
+
+
 class DatabaseSettings(StrictModel):
     dsn: str = Field(min_length=1)
 
@@ -119,8 +138,7 @@ class DatabaseSettings(StrictModel):
         try:
             conninfo_to_dict(value)
         except psycopg.Error as exc:
-            # libpq's message names the bad part; the DSN itself may hold a password.
-            raise ValueError(f"not a libpq connection string: {one_line(exc)}") from None
+            raise ValueError(f"not a libpq connection string: {_dsn_fault(str(exc))}") from None
         return value
     maintenance_db: str = "postgres"
     migrations: MigrationPreset | CustomMigrations | None = None
@@ -129,23 +147,26 @@ class DatabaseSettings(StrictModel):
     key_tables: list[str] = Field(
         default_factory=list,
         description="tables whose row counts must not fall below the restore point's")
-    connect_timeout: Duration = Field(default=5.0, ge=2.0)
+    connect_timeout: Duration = Field(default=5.0, ge=2.0, description="2s to 30d")
 
 
 class BackupSettings(StrictModel):
     dir: Path = Path("/var/backups/rollbackd")
     format: Literal["custom", "directory"] = "custom"
-    jobs: int = Field(default=2, ge=1, le=64)
-    min_free: Size = 5 * 1000**3
-    keep: int = Field(default=10, ge=1)
-    timeout: Duration = Field(default=3600.0, gt=0, description="bound on one backup or verify")
+    jobs: int = Field(default=2, ge=1, le=64, strict=True, description="1 to 64")
+    min_free: Size = Field(default=5 * 1000**3, description="0 to 1EiB")
+    keep: int = Field(default=10, ge=1, le=10_000, strict=True, description="1 to 10,000")
+    timeout: Duration = Field(default=3600.0, gt=0,
+                              description="bound on one backup or verify; up to 30d")
     lock_wait_timeout: Duration = Field(
-        default=30.0, gt=0, description="pg_dump --lock-wait-timeout: waits for table locks")
+        default=30.0, gt=0,
+        description="pg_dump --lock-wait-timeout: waits for table locks; up to 30d")
     restore_timeout: Duration = Field(
-        default=3600.0, gt=0, description="bound on one pg_restore (or psql) run of a restore")
+        default=3600.0, gt=0,
+        description="bound on one pg_restore (or psql) run of a restore; up to 30d")
     terminate_timeout: Duration = Field(
         default=15.0, gt=0,
-        description="bound on terminating the live database's sessions before a swap")
+        description="bound on terminating the live database's sessions before a swap; up to 30d")
 
 
 class ProbesSettings(StrictModel):
@@ -174,15 +195,14 @@ MIN_TOKEN_LENGTH = 16
 """Shorter bearer tokens can be guessed; ``openssl rand -hex 32`` gives 64 characters."""
 
 
+MAX_TOKEN_FILE = 4096
+"""A token file holds one token; a bigger one is not a token file (``/dev/zero`` would be read
+until memory runs out)."""
+
+
 def read_token(path: Path) -> str:
     """The one bearer token a token file holds (surrounding whitespace and newline dropped)."""
-    try:
-        text = path.read_text(encoding="ascii")
-    except OSError as exc:
-        raise ValueError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"token file {path} is not ASCII") from None
-    token = text.strip()
+    token = read_secret_file(path, MAX_TOKEN_FILE, "token file").strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
     # One token per file; whitespace inside means a second word, a comment or a pasted header.
@@ -202,7 +222,7 @@ class ApiSettings(StrictModel):
     token_files: list[Annotated[Path, AfterValidator(_readable_token_file)]] = Field(
         default_factory=list,
         description="files holding one bearer token each; none means the API is disabled")
-    max_body: Size = Field(default=1024**2, ge=1024, le=64 * 1024**2)
+    max_body: Size = Field(default=1024**2, ge=1024, le=64 * 1024**2, description="1KiB to 64MiB")
     _tokens: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
@@ -282,9 +302,9 @@ def _describe(path: Path, error: ValidationError) -> str:
 
 def parse_config(text: str, path: Path) -> Config:
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = load_toml(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

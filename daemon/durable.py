@@ -1,5 +1,6 @@
 """Files written so that a crash leaves either the old content or the whole new one, and
-checked copies of files (the config files a restore point keeps).
+checked copies of files (the config files a restore point keeps); and the named crash points
+at which tests stop rollbackd to kill it (:func:`hold_point`).
 
 Config files are copied byte for byte with their mode and owner, so that rolling the config
 back (write to temp, fsync, rename) can recreate them exactly.
@@ -12,6 +13,8 @@ import hashlib
 import os
 import secrets
 import stat
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 CONFIG_DIR = "config"
 CHUNK = 1 << 20
+HOLD_ENV = "ROLLBACKD_TEST_HOLD"
+RELEASE_ENV = "ROLLBACKD_TEST_RELEASE"
 
 
 class CopyError(Exception):
@@ -112,8 +117,9 @@ def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]
 
     The copy is made from bytes read once, and the checksum is of those very bytes, so a file
     rewritten meanwhile cannot leave a copy that disagrees with its recorded sha256. Raises
-    ``CopyError`` for a file that is missing or unreadable: a restore point that silently
-    lacks a config file would roll back to a broken configuration.
+    ``CopyError`` for a file that is missing or unreadable, or whose copy cannot be written
+    (a full disk): a restore point that silently lacks a config file would roll back to a
+    broken configuration.
     """
     taken: list[ConfigFile] = []
     for given in files:
@@ -128,12 +134,36 @@ def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]
                                 f"{exc.strerror or exc}") from None
         relative = Path(CONFIG_DIR) / source.relative_to(source.anchor)
         target = backup_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Readable by us only: config files hold secrets, whatever their own mode.
-        write_new(target, content)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Readable by us only: config files hold secrets, whatever their own mode.
+            write_new(target, content)
+        except OSError as exc:
+            raise CopyError(f"cannot copy config file {source} into {backup_dir}: "
+                            f"{exc.strerror or exc}") from None
         taken.append(ConfigFile(
             path=str(source), file=relative.as_posix(),
             sha256=hashlib.sha256(content).hexdigest(), size=len(content),
             mode=stat.S_IMODE(info.st_mode), uid=info.st_uid, gid=info.st_gid,
         ))
     return taken
+
+
+def hold_point(point: str) -> None:
+    """A named step where a test can stop rollbackd, to kill it (or disturb its world) exactly
+    there: ``ROLLBACKD_TEST_HOLD=swap:after_first_rename`` (several: comma-separated).
+
+    At a matching point the process writes ``rollbackd: test hold at <point> (pid N)`` on
+    stderr and waits: until the file named by ``ROLLBACKD_TEST_RELEASE`` exists when that is
+    set, else until it is killed. Without ``ROLLBACKD_TEST_HOLD`` it costs one environment
+    lookup. Points: ``swap:*`` (:mod:`daemon.db.restore.swap`), ``backup:before_metadata``
+    (:mod:`daemon.db.backups`).
+    """
+    wanted = os.environ.get(HOLD_ENV)
+    if not wanted or point not in (p.strip() for p in wanted.split(",")):
+        return
+    release = os.environ.get(RELEASE_ENV)
+    sys.stderr.write(f"rollbackd: test hold at {point} (pid {os.getpid()})\n")
+    sys.stderr.flush()
+    while release is None or not Path(release).exists():
+        time.sleep(0.05)

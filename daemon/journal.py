@@ -846,14 +846,8 @@ class Journal:
     def deploys(self, app: str | None = None, *, since: float | None = None,
                 status: str | None = None) -> list[Deploy]:
         """Deploys, newest first; filtered by app, start time (``started_at >= since``), status."""
-        clauses: list[str] = []
-        args: list[str | float] = []
-        for clause, value in (("app = ?", app), ("started_at >= ?", since),
-                              ("status = ?", status)):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, args = _where(("app = ?", app), ("started_at >= ?", since),
+                             ("status = ?", status))
         rows = self._db.execute(
             f"SELECT * FROM deploys{where} ORDER BY started_at DESC, id DESC", args).fetchall()
         return [_deploy(r) for r in rows]
@@ -934,14 +928,8 @@ class Journal:
     def restores(self, *, app: str | None = None, incident: int | None = None,
                  deploy: int | None = None, limit: int = 100) -> list[Restore]:
         """Restores, newest first; filtered by app, incident, deploy."""
-        clauses: list[str] = []
-        args: list[str | int] = []
-        for clause, value in (("app = ?", app), ("incident = ?", incident),
-                              ("deploy = ?", deploy)):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, args = _where(("app = ?", app), ("incident = ?", incident),
+                             ("deploy = ?", deploy))
         rows = self._db.execute(f"SELECT * FROM restores{where} ORDER BY id DESC LIMIT ?",
                                 [*args, limit]).fetchall()
         return [_restore(r) for r in rows]
@@ -996,12 +984,7 @@ class Journal:
     def runs(self, *, status: RunStatus | None = None, incident: int | None = None,
              limit: int = 100) -> list[Run]:
         """Runs, newest first."""
-        clauses, args = [], []
-        for clause, value in (("status = ?", status), ("incident = ?", incident)):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, args = _where(("status = ?", status), ("incident = ?", incident))
         rows = self._db.execute(f"SELECT * FROM runs{where} ORDER BY id DESC LIMIT ?",
                                 [*args, limit]).fetchall()
         return [_run(r) for r in rows]
@@ -1108,6 +1091,15 @@ def _restore(row: sqlite3.Row) -> Restore:
         kept_kind=None if kept_kind is None else _one_of("kept kind", kept_kind, _KEPT_KINDS),
         safety_backup=row["safety_backup"], data_window_start=row["data_window_start"],
         data_window_end=row["data_window_end"], error=row["error"])
+
+
+def _where(*filters: tuple[str, str | float | None]) -> tuple[str, list[str | float]]:
+    """A WHERE clause of the filters given a value (``("app = ?", app)``), and its arguments."""
+    given = [(clause, value) for clause, value in filters if value is not None]
+    if not given:
+        return "", []
+    return (" WHERE " + " AND ".join(clause for clause, _ in given),
+            [value for _, value in given if value is not None])
 
 
 def _run(row: sqlite3.Row) -> Run:

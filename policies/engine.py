@@ -138,6 +138,14 @@ class _RuleState:
             self.true_for = 0.0
         self.last, self.last_t = value, t
 
+    def rearm(self, t: float, holds_incident: bool) -> None:
+        """A deploy began at ``t``: what the rule saw before it says nothing about the new
+        release. A rule that holds the open incident keeps holding it, but must again be clear
+        for its clear_for, counted from the deploy, before the incident resolves."""
+        self.true_for = self.false_for = 0.0
+        self.last_t = t
+        self.firing = self.firing and holds_incident
+
 
 @dataclass(slots=True)
 class _Incident:
@@ -163,13 +171,28 @@ def _word(label: str) -> str:
     return f"_{word}" if word[0].isdigit() else word
 
 
+def _alert_signals(labels: Mapping[str, str]) -> tuple[str, str]:
+    """The two signals an alert counts towards: its name's and its severity's."""
+    return (f"alert.{_word(labels.get('alertname', ''))}",
+            f"alert.severity_{_word(labels.get('severity', '').lower())}")
+
+
 class Engine:
     """One application's decision engine. Feed it with :meth:`observe` and :meth:`record`, then
     call :meth:`decide` once per time step; :meth:`step` does all three."""
 
-    def __init__(self, policy: Policy, mode: str = "auto", last_incident: int = 0) -> None:
+    def __init__(self, policy: Policy, mode: str = "auto", last_incident: int = 0, *,
+                 recorded: bool = False) -> None:
         """``last_incident``: the highest incident number already used (a restarted daemon
-        continues the journal's numbering instead of reusing numbers)."""
+        continues the journal's numbering instead of reusing numbers).
+
+        ``recorded``: the samples are a replay's record of the values the daemon used, not
+        probe readings, so a sample and an event setting ``migration.failed`` simply
+        supersede each other, the later one winning. Fed by probes, a reported failure holds
+        the signal at 1 over the readings until a deploy begins: knex and most tools record
+        only successes, and their reading of 0 would hide the failure.
+        """
+        self.recorded = recorded
         self.policy = policy
         self.mode = mode
         self._states = [_RuleState(r) for r in policy.rules]
@@ -179,7 +202,8 @@ class Engine:
         self._probed: set[str] = set()
         self._unknown_since: dict[str, float] = {}
         self._last_change: dict[str, float] = {}
-        self._migration_event: float = 0.0
+        # What the latest migration or deploy event says, in force over the readings.
+        self._migration_report: float | None = None
         self._alerts: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
         self._alert_counts: dict[str, float] = {}
         self._deploy: _Deploy | None = None
@@ -212,6 +236,8 @@ class Engine:
             before = self.value(name)
             self._probed.add(name)
             self._probe_values[name] = value
+            if self.recorded and name == catalogue.MIGRATION_FAILED:
+                self._migration_report = None
             self._track_change(name, before, t)
 
     def record(self, t: float, raw: Event) -> None:
@@ -223,9 +249,7 @@ class Engine:
         if kind == "deploy":
             self._record_deploy(t, event)
         elif kind == "migration":
-            before = self.value(catalogue.MIGRATION_FAILED)
-            self._migration_event = 1.0 if event.get("status") == "failed" else 0.0
-            self._track_change(catalogue.MIGRATION_FAILED, before, t)
+            self._report_migration(t, failed=event.get("status") == "failed")
         elif kind == "alert":
             self._record_alert(t, event)
         elif kind == "pause":
@@ -252,27 +276,46 @@ class Engine:
         self._at_deploy = {s: self.value(s) for s in self._rule_signals}
         # No "verified" means no verified restore point: rollbacks then page instead.
         self._deploy = _Deploy(t, event.get("version", ""), event.get("verified", False))
+        self._report_migration(t, failed=False)
+        self._rearm(t)
+
+    def _report_migration(self, t: float, failed: bool) -> None:
+        """A migration outcome, or a deploy's reset: a failure holds ``migration.failed`` at
+        1; anything else sets 0 in a replay and, fed by probes, ends the hold."""
         before = self.value(catalogue.MIGRATION_FAILED)
-        self._migration_event = 0.0
+        self._migration_report = 1.0 if failed else 0.0 if self.recorded else None
         self._track_change(catalogue.MIGRATION_FAILED, before, t)
 
+    def _rearm(self, t: float) -> None:
+        """Each deploy re-arms the rules, so that a failure of the new release is a decision
+        of its own and never waits behind the last release's clear_for (a dismissed failed
+        migration once hid the next one for 5 minutes). monitoring_blind is left alone: it is
+        about the probes, not the release."""
+        held = set(self._incident.attached) if self._incident is not None else set()
+        for state in self._states:
+            state.rearm(t, holds_incident=state.rule.scenario in held)
+
     def _record_alert(self, t: float, event: Event) -> None:
+        """Counts move by one per alert that starts or stops firing: one webhook can carry
+        thousands of alerts, and recounting them all per alert blocked the loop for a minute."""
         labels = dict(event["labels"])
         key = tuple(sorted(labels.items()))
         if event.get("status") == "firing":
+            if key in self._alerts:
+                return
             self._alerts[key] = labels
+            step = 1.0
+        elif self._alerts.pop(key, None) is not None:
+            step = -1.0
         else:
-            self._alerts.pop(key, None)
-        counts: dict[str, float] = {}
-        for alert in self._alerts.values():
-            for name in (f"alert.{_word(alert.get('alertname', ''))}",
-                         f"alert.severity_{_word(alert.get('severity', '').lower())}"):
-                counts[name] = counts.get(name, 0.0) + 1.0
-        for name in set(counts) | set(self._alert_counts):
-            before = self._alert_counts.get(name, 0.0)
-            if counts.get(name, 0.0) != before:
-                self._last_change[name] = t
-        self._alert_counts = counts
+            return
+        for name in _alert_signals(labels):
+            count = self._alert_counts.get(name, 0.0) + step
+            if count:
+                self._alert_counts[name] = count
+            else:
+                del self._alert_counts[name]
+            self._last_change[name] = t
 
     def _track_change(self, name: str, before: float | None, t: float) -> None:
         after = self.value(name)
@@ -290,8 +333,8 @@ class Engine:
             return self._alert_counts.get(signal, 0.0)
         if signal == catalogue.MIGRATION_FAILED:
             # The deploy wrapper's failure report stands even when the tool's table says nothing.
-            if self._migration_event:
-                return 1.0
+            if self._migration_report is not None:
+                return self._migration_report
             if signal not in self._probed:
                 return 0.0
         return self._probe_values.get(signal)

@@ -22,8 +22,21 @@ class EventError(ValueError):
     """An event the engine cannot use; ``str()`` says which field is wrong."""
 
 
+def excerpt(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: a message stays one readable line
+    whatever the input holds."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 4]}...{text[-1]}"
+
+
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number the engine can compute with (an integer too large for a float is not)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def parse_event(raw: Any) -> dict[str, Any]:
@@ -32,7 +45,7 @@ def parse_event(raw: Any) -> dict[str, Any]:
         raise EventError("an event must be an object")
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in ENUMS:
-        raise EventError(f"event type {kind!r} is not one of {', '.join(ENUMS)}")
+        raise EventError(f"event type {excerpt(kind)} is not one of {', '.join(ENUMS)}")
     for key, allowed in ENUMS[kind].items():
         if raw.get(key) not in allowed:
             raise EventError(f"{kind} event: {key} must be one of {', '.join(allowed)}")

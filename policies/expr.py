@@ -126,6 +126,9 @@ _ARITHMETIC: Final = frozenset({"+", "-", "*", "/"})
 # Python's recursion limit whatever text they are given.
 _MAX_NESTING: Final = 32
 _MAX_DEPTH: Final = 64
+MAX_WINDOW: Final = 365 * 86400.0
+"""The longest window of avg/max/min/quantile (a year): the engine keeps that much history of
+the signal, so the window bounds its memory."""
 
 _PRECEDENCE: Final = {
     "or": 1, "and": 2, "not": 3,
@@ -414,7 +417,10 @@ def _number(token: _Token) -> Num:
     if _NUMBER.fullmatch(text):
         value, duration = float(text), False
     elif _DURATION.fullmatch(text):
-        value, duration = parse_duration(text), True
+        try:
+            value, duration = parse_duration(text), True
+        except ValueError:
+            raise ExprError("duration too large", token.column) from None
     else:
         raise ExprError(f"invalid number or duration {text!r} "
                         "(e.g. 0.25, 1e3, 500ms, 5s, 2m, 1h30m)", token.column)
@@ -436,8 +442,9 @@ def _check_arguments(name: str, args: list[_Typed], closing: _Token) -> None:
             ok = isinstance(node, Signal)
             wanted = "a signal name"
         elif kind == _WINDOW_ARG:
-            ok = isinstance(node, Num) and node.value > 0
-            wanted = "a window: a duration or number of seconds greater than 0"
+            ok = isinstance(node, Num) and 0 < node.value <= MAX_WINDOW
+            wanted = (f"a window: a duration or number of seconds greater than 0 and at most "
+                      f"{format_duration(MAX_WINDOW)}")
         else:
             ok = isinstance(node, Num) and not node.duration and 0 <= node.value <= 1
             wanted = "a number between 0 and 1"

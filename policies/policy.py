@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policies import catalogue
 from policies.expr import Expr, ExprError, parse_condition, render, signals_of
+from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
+from policies.runbooks import Runbook, RunbookError, parse_runbooks
+from policies.runbooks import resolve as resolve_runbook
 from policies.samples import SIGNAL_NAME
-from policies.units import Duration, parse_duration
+from policies.units import Duration, check_duration, parse_duration
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 BUILTIN_PREFIX = "builtin:"
@@ -48,26 +51,33 @@ class _Strict(BaseModel):
 
 
 class BaselineSettings(_Strict):
-    window: Duration = Field(default=1800.0, gt=0)
-    gap: Duration = Field(default=600.0, ge=0)
-    min_points: int = Field(default=10, ge=1)
+    window: Duration = Field(default=1800.0, gt=0,
+                             description="history the median is taken over; up to 30d")
+    gap: Duration = Field(default=600.0, ge=0,
+                          description="with no deploy, the window ends this long ago; 0 to 30d")
+    min_points: int = Field(default=10, ge=1, le=100_000, strict=True,
+                            description="fewer points make the baseline unknown; 1 to 100,000")
 
 
 class GuardSettings(_Strict):
-    rollback_window: Duration = Field(default=6 * 3600.0, gt=0)
-    max_auto_rollbacks: int = Field(default=1, ge=0)
-    cooldown: Duration = Field(default=3600.0, gt=0)
-    blind_after: Duration = Field(default=120.0, gt=0)
+    rollback_window: Duration = Field(
+        default=6 * 3600.0, gt=0,
+        description="a rollback needs a deploy at most this long ago; up to 30d")
+    max_auto_rollbacks: int = Field(default=1, ge=0, le=100, strict=True,
+                                    description="automatic rollbacks per cooldown; 0 to 100")
+    cooldown: Duration = Field(default=3600.0, gt=0, description="up to 30d")
+    blind_after: Duration = Field(
+        default=120.0, gt=0, description="a needed signal unknown longer pages; up to 30d")
 
 
 class _RuleFile(_Strict):
     scenario: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)
     when: str = Field(min_length=1)
-    for_: Duration = Field(default=0.0, ge=0, alias="for")
-    clear_for: Duration = Field(default=300.0, ge=0)
+    for_: Duration = Field(default=0.0, ge=0, alias="for", description="0 to 30d")
+    clear_for: Duration = Field(default=300.0, ge=0, description="0 to 30d")
     severity: Severity
     action: Action
-    timeline: str
+    timeline: str = Field(description='a duration up to 30d, or "next release"')
     runbook: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -75,7 +85,7 @@ class _RuleFile(_Strict):
     @classmethod
     def _timeline(cls, value: str) -> str:
         if value != NEXT_RELEASE:
-            parse_duration(value)
+            check_duration(parse_duration(value))
         return value
 
 
@@ -86,6 +96,7 @@ class _PolicyFile(_Strict):
     # Extra signal names a rule may use, e.g. those of Prometheus query probes.
     signals: list[str] = Field(default_factory=list)
     rule: list[dict[str, Any]] = Field(min_length=1)
+    runbook: list[dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +141,9 @@ class Policy:
     guards: GuardSettings
     modes: Mapping[str, str]
     extra_signals: frozenset[str]
+    runbooks: Mapping[str, Runbook] = field(default_factory=dict)
+    """The policy's own ``[[runbook]]`` tables (the bundled ones are in
+    :data:`policies.runbooks.BUILTIN`)."""
 
     def mode_for(self, action: str, global_mode: str) -> str:
         """The stricter of the daemon's mode and the policy's mode for this action."""
@@ -138,6 +152,15 @@ class Policy:
 
     def signals(self) -> frozenset[str]:
         return frozenset().union(*(r.signals for r in self.rules))
+
+    def runbook_for(self, rule: Rule) -> Runbook | None:
+        """What a decision of ``rule`` runs: its ``runbook``, else its action's bundled one;
+        None for actions that run none (evaluate, page, fix_forward)."""
+        return resolve_runbook(rule.action, rule.runbook, self.runbooks)
+
+    def all_runbooks(self) -> dict[str, Runbook]:
+        """The bundled runbooks and the policy's own, by name."""
+        return {**BUILTIN_RUNBOOKS, **self.runbooks}
 
 
 def resolve_ref(ref: str) -> Path:
@@ -180,13 +203,27 @@ def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str])
     )
 
 
+def load_toml(text: str) -> dict[str, Any]:
+    """``text`` as TOML; a :class:`ValueError` whose message is one line otherwise."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per level: 10,000 nested arrays are a 3,000-line traceback.
+        raise ValueError("not valid TOML: nested too deeply") from None
+    except ValueError as exc:
+        # An integer of thousands of digits: Python's own message ends in advice for coders.
+        raise ValueError(f"not valid TOML: {str(exc).split(':')[0]}") from None
+
+
 def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Policy:
     """Parse and check a policy; ``extra_signals`` are names the configuration feeds (e.g. its
     Prometheus query probes) that a rule may use besides the catalogue's."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+        data = load_toml(text)
+    except ValueError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
     try:
         spec = _PolicyFile.model_validate(data)
     except ValidationError as exc:
@@ -201,5 +238,17 @@ def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Pol
         if rule.scenario in seen or rule.scenario == MONITORING_BLIND:
             raise PolicyError(f"{path}: rule {rule.scenario!r}: scenario is not unique")
         seen.add(rule.scenario)
+    try:
+        runbooks = parse_runbooks(spec.runbook, path)
+    except RunbookError as exc:
+        raise PolicyError(str(exc)) from None
+    for rule in rules:
+        if rule.runbook is not None and rule.runbook not in {**BUILTIN_RUNBOOKS, **runbooks}:
+            raise PolicyError(f"{path}: rule {rule.scenario!r}: runbook: no runbook named "
+                              f"{rule.runbook!r} (bundled: {', '.join(BUILTIN_RUNBOOKS)})")
+        if rule.runbook is not None and rule.action not in ROLLBACKS:
+            raise PolicyError(f"{path}: rule {rule.scenario!r}: runbook: action {rule.action} "
+                              "runs no runbook (only the rollback actions do)")
     return Policy(path=path, rules=rules, baseline=spec.baseline, guards=spec.guards,
-                  modes={str(k): str(v) for k, v in spec.modes.items()}, extra_signals=extra)
+                  modes={str(k): str(v) for k, v in spec.modes.items()}, extra_signals=extra,
+                  runbooks=runbooks)

@@ -9,7 +9,7 @@ from typing import Any
 
 from policies.catalogue import EVENT_FED_PREFIX
 from policies.engine import Decision, Engine
-from policies.events import EventError, is_number, parse_event
+from policies.events import EventError, excerpt, is_number, parse_event
 from policies.policy import Policy
 from policies.samples import SIGNAL_NAME
 
@@ -39,9 +39,11 @@ def _signals(raw: Any, line: int) -> dict[str, float | None]:
             raise ReplayError(line, f"{name}: alert signals come from alert events, "
                                     "not from signals lines")
         if not SIGNAL_NAME.fullmatch(name):
-            raise ReplayError(line, f"{name!r} is not a signal name (e.g. http.error_ratio)")
+            raise ReplayError(line, f"{excerpt(name)} is not a signal name "
+                                    "(e.g. http.error_ratio)")
         if value is not None and not is_number(value):
-            raise ReplayError(line, f"signal {name}: expected a number or null, got {value!r}")
+            raise ReplayError(line, f"signal {name}: expected a number or null, "
+                                    f"got {excerpt(value)}")
         values[name] = None if value is None else float(value)
     return values
 
@@ -71,6 +73,8 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
         raise ReplayError(line, f"not JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise ReplayError(line, "JSON nested too deeply") from None
+    except ValueError:
+        raise ReplayError(line, "a number has too many digits") from None
     if not isinstance(data, dict):
         raise ReplayError(line, "expected a JSON object")
     t = data.get("t")
@@ -78,7 +82,7 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
         raise ReplayError(line, '"t" must be a number of seconds >= 0')
     extra = set(data) - {"t", "signals", "event"}
     if extra:
-        raise ReplayError(line, f"unknown key {sorted(extra)[0]!r}")
+        raise ReplayError(line, f"unknown key {excerpt(sorted(extra)[0])}")
     if ("signals" in data) == ("event" in data):
         raise ReplayError(line, 'a line has either "signals" or "event"')
     if "signals" in data:
@@ -86,22 +90,31 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
     return ReplayLine(float(t), None, _event(data["event"], line))
 
 
-def parse_replay(lines: Iterable[str | bytes]) -> list[ReplayLine]:
-    """Every line checked before anything runs, so a bad line costs no partial output."""
-    parsed: list[ReplayLine] = []
+def parse_replay(lines: Iterable[str | bytes]) -> Iterator[ReplayLine]:
+    """The replay's lines, each read and checked only when the engine asks for it, so memory
+    is bounded by the policy's windows and not by the file (a 100 MB replay held as a list
+    took 656 MB).
+
+    A bad line raises :class:`ReplayError` when the iteration reaches it: by then decisions of
+    the lines before it may have come out of :func:`run`. A caller that must not show partial
+    output collects the decisions before showing any; ``lines`` must stay readable (a file
+    open) until the iteration ends.
+    """
+    last: float | None = None
     for number, text in enumerate(lines, start=1):
         line = parse_line(text, number)
         if line is None:
             continue
-        if parsed and line.t < parsed[-1].t:
+        if last is not None and line.t < last:
             raise ReplayError(number, f"t={line.t:g} is earlier than the line before")
-        parsed.append(line)
-    return parsed
+        last = line.t
+        yield line
 
 
 def run(policy: Policy, lines: Iterable[ReplayLine], mode: str = "auto") -> Iterator[Decision]:
-    """Feed the engine line by line; it decides once per distinct ``t``, after all its lines."""
-    engine = Engine(policy, mode)
+    """Feed the engine line by line as ``lines`` yields them; it decides once per distinct
+    ``t``, after all its lines. Holds no line once the engine has taken it."""
+    engine = Engine(policy, mode, recorded=True)
     current: float | None = None
     for line in lines:
         if current is not None and line.t != current:

@@ -1,7 +1,14 @@
-"""Durations ("5s", "2m", "1h30m") and sizes ("5GB", "512MiB") as config and policy values."""
+"""Durations ("5s", "2m", "1h30m") and sizes ("5GB", "512MiB") as config and policy values.
+
+Every duration is a finite number of seconds from 0 to :data:`MAX_DURATION` (30 days) and
+every size a finite number of bytes from 0 to :data:`MAX_SIZE` (1 EiB), unless a field narrows
+its own range further. Booleans are not numbers here: ``interval = true`` is a mistake, not
+one second.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -16,9 +23,24 @@ _SIZE_FACTORS = {
     "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
 }
 
+MAX_DURATION = 30 * 86400.0
+"""The longest duration a setting takes (30 days): longer is a typo, and a window that long
+would keep more history than the daemon should hold."""
+
+MAX_SIZE = 1024**6
+"""The largest size a setting takes (1 EiB)."""
+
+_SHOWN = 40  # characters of a bad value repeated in a message, so that it stays one short line
+
+
+def _shown(value: object) -> str:
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN - 4]}...{text[-1]}"
+
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``5s``, ``1m30s`` or ``250ms``; a bare number is seconds."""
+    """Seconds in a duration such as ``5s``, ``1m30s`` or ``250ms``; a bare number is seconds.
+    Refuses what is not a finite duration of 0 seconds or more (``inf``, ``nan``, ``1e999``)."""
     value = text.strip()
     if not value:
         raise ValueError("empty duration")
@@ -33,10 +55,12 @@ def parse_duration(text: str) -> float:
             pos = match.end()
         if pos != len(value) or pos == 0:
             raise ValueError(
-                f"invalid duration {text!r} (expected e.g. 500ms, 5s, 2m, 1h30m)"
+                f"invalid duration {_shown(text)} (expected e.g. 500ms, 5s, 2m, 1h30m)"
             ) from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration {_shown(text)} is not a finite number of seconds")
     if seconds < 0:
-        raise ValueError(f"negative duration {text!r}")
+        raise ValueError(f"negative duration {_shown(text)}")
     return seconds
 
 
@@ -44,9 +68,51 @@ def parse_size(text: str) -> int:
     """Bytes in a size such as ``5GB`` (decimal) or ``512MiB`` (binary); a bare number is bytes."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise ValueError(f"invalid size {text!r} (expected e.g. 500MB, 5GB, 2GiB)")
+        raise ValueError(f"invalid size {_shown(text)} (expected e.g. 500MB, 5GB, 2GiB)")
     unit = (match.group(2) or "B").upper()
-    return int(float(match.group(1)) * _SIZE_FACTORS[unit])
+    size = float(match.group(1)) * _SIZE_FACTORS[unit]
+    if not math.isfinite(size):
+        raise ValueError(f"size {_shown(text)} is not a finite number of bytes")
+    return int(size)
+
+
+def check_duration(seconds: float, maximum: float = MAX_DURATION) -> float:
+    """``seconds`` if it is a finite duration from 0 to ``maximum``."""
+    if not math.isfinite(seconds):
+        raise ValueError("duration is not a finite number of seconds")
+    if seconds < 0:
+        raise ValueError("duration must not be negative")
+    if seconds > maximum:
+        raise ValueError(f"duration is longer than the {format_duration(maximum)} a setting "
+                         "may be")
+    return seconds
+
+
+def _number(value: Any, what: str, example: str) -> float:
+    """A TOML number as a float; booleans and other types are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected {what} such as {example}, not {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf  # an integer too large for a float: refused as out of range
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, str):
+        return check_duration(parse_duration(value))
+    return check_duration(_number(value, "a duration", '"5s" or a number of seconds'))
+
+
+def _size(value: Any) -> Any:
+    size = (parse_size(value) if isinstance(value, str)
+            else _number(value, "a size", '"5GB" or a number of bytes'))
+    if not math.isfinite(size) or size > MAX_SIZE:
+        raise ValueError("size is larger than the 1EiB a setting may be")
+    if size < 0:
+        raise ValueError("size must not be negative")
+    # An integral float (5e9) is returned as a number of bytes; pydantic refuses a fraction.
+    return size
 
 
 def format_duration(seconds: float) -> str:
@@ -66,20 +132,9 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_duration(value)
-    return value
-
-
-def _size(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_size(value)
-    return value
-
-
 Duration = Annotated[float, BeforeValidator(_duration)]
-"""A duration in seconds, written in config as a number or a string like ``5s``."""
+"""A duration in seconds, from 0 to 30 days, written in config as a number or a string like
+``5s``."""
 
 Size = Annotated[int, BeforeValidator(_size)]
-"""A size in bytes, written in config as a number or a string like ``5GB``."""
+"""A size in bytes, from 0 to 1 EiB, written in config as a number or a string like ``5GB``."""

@@ -6,8 +6,10 @@ import errno
 import functools
 import os
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import httpx
@@ -75,6 +77,25 @@ class Probe(Protocol):
 
 
 @functools.cache
+def read_secret_file(path: Path, limit: int, what: str) -> str:
+    """The ASCII text of a small file that holds a secret (a token, a session cookie): a
+    regular file (a pipe would block the load, a device may never end), at most ``limit``
+    bytes. ``ValueError`` naming ``what`` and the path, never quoting the content."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValueError(f"{what} {path} is not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ValueError(f"{what} {path} is larger than {limit // 1024} KiB")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not ASCII") from None
+
+
 def tls_context() -> ssl.SSLContext:
     """One verifying TLS context for every HTTP client of the daemon: each client building
     its own loads the CA bundle again (about 1.3 MB of memory per probe)."""

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from policies.units import Duration
-from probes.base import ProbeSettings, StrictModel
+from probes.base import ProbeSettings, StrictModel, read_secret_file
 
 MigrationPreset = Literal[
     "knex",
@@ -113,17 +113,7 @@ def read_header_file(path: Path) -> str:
     """The file's one line, without its line break; never the content in an error."""
     if not path.is_absolute():
         raise ValueError(f"{path}: a header file must be given by an absolute path")
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_HEADER_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_HEADER_FILE_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_HEADER_FILE_BYTES // 1024} KiB")
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not ASCII text") from None
+    text = read_secret_file(path, MAX_HEADER_FILE_BYTES, "header file")
     return text.removesuffix("\n").removesuffix("\r")
 
 

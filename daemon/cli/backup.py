@@ -1,4 +1,4 @@
-"""``rollbackd backup create|list|verify|prune|restore|clone``."""
+"""``rollbackd backup create|list|verify|prune|restore|clone|recover``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from daemon.ops.backups import (
     create_backup,
     list_backups,
     prune_backups,
+    swap_recovery,
     take_clone,
     verify_backup,
 )
@@ -104,22 +105,27 @@ def backup_verify(ctx: click.Context, config_file: Path | None, backup_id: str,
 @backup.command("prune")
 @config_option
 @click.option("--keep", type=click.IntRange(min=0), default=None,
-              help="Backups to keep (default: backups.keep).")
+              help="Backups (and kept databases, clones, kept table sets) to keep "
+                   "(default: backups.keep).")
 @click.option("--window", default=None, metavar="DURATION",
               help="Keep restore points of deploys begun this recently "
                    "(default: the policy's guards.rollback_window).")
-@json_option("Print the removed ids as a JSON array.")
+@json_option("Print one JSON object: removed (backup ids), removed_databases, removed_tables.")
 @click.pass_context
 def backup_prune(ctx: click.Context, config_file: Path | None, keep: int | None,
                  window: str | None, as_json: bool) -> None:
-    """Remove old backups, keeping backups.keep and the restore points still needed."""
+    """Remove old backups, kept databases (<db>_rolledback_*, clones) and kept tables
+    (rollbackd_kept), keeping the newest --keep of each and all from within the window.
+    Exit 1 when part of it could not be done (what was done is still printed)."""
     path, config = load_with_database(ctx, config_file)
     seconds = _window(path, config, window)
     try:
-        render(prune_backups(config, config.backups.keep if keep is None else keep, seconds),
-               as_json)
+        pruned = prune_backups(config, config.backups.keep if keep is None else keep, seconds)
     except OpsError as exc:
         fail(str(exc), EXIT_FAILED)
+    render(pruned, as_json)
+    if pruned.problems:
+        fail("; ".join(pruned.problems), EXIT_FAILED)
 
 
 def _window(path: Path, config: Config, given: str | None) -> float:
@@ -188,3 +194,25 @@ def backup_clone(ctx: click.Context, config_file: Path | None, as_json: bool) ->
         render(take_clone(config), as_json)
     except OpsError as exc:
         fail(str(exc), EXIT_FAILED)
+
+
+@backup.command("recover")
+@config_option
+@click.option("--check", is_flag=True,
+              help="Only report what an interrupted swap left and what recovery would do.")
+@json_option("Print the findings as one JSON object.")
+@click.pass_context
+def backup_recover(ctx: click.Context, config_file: Path | None, check: bool,
+                   as_json: bool) -> None:
+    """Complete or revert a swap (or clone swap) that was killed midway, and say which.
+
+    Exit 1 when the state needs a person (nothing is changed then) or recovery failed."""
+    _, config = load_with_database(ctx, config_file)
+    try:
+        recovery = swap_recovery(config, repair=not check)
+    except OpsError as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(recovery, as_json)
+    if recovery.needs_operator:
+        fail(f"the interrupted swap of {recovery.database} needs a person: {recovery.advice}",
+             EXIT_FAILED)

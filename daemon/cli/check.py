@@ -73,6 +73,7 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
         click.echo("  (none configured: rollbackd would see nothing)")
     click.echo("")
     print_matrix(policy, d.mode)
+    print_runbooks(policy)
     fed = asyncio.run(_fed_signals(config))
     for rule in policy.rules:
         missing = sorted(s for s in rule.signals if s not in fed and not is_event_fed(s))
@@ -93,6 +94,20 @@ async def _fed_signals(config: Config) -> set[str]:
         return set(probes.signals())
     finally:
         await probes.aclose()
+
+
+def print_runbooks(policy: Policy) -> None:
+    """Every runbook a rule may run, bundled or the policy's own, step by step."""
+    used = {rule.scenario: book.name for rule in policy.rules
+            if (book := policy.runbook_for(rule)) is not None}
+    for name, book in policy.all_runbooks().items():
+        users = sorted(scenario for scenario, chosen in used.items() if chosen == name)
+        origin = "policy" if name in policy.runbooks else "bundled"
+        click.echo("")
+        click.echo(f"runbook   {name} ({origin}; run by "
+                   f"{', '.join(users) if users else 'no rule'}): {book.description}".rstrip())
+        for line in book.describe():
+            click.echo(f"  {line}")
 
 
 def print_matrix(policy: Policy, mode: str) -> None:
@@ -133,20 +148,22 @@ def simulate(policy_ref: str, replay_file: Path, fmt: str, mode: str) -> None:
         fail(f"{path}: cannot read policy: {exc.strerror or exc}")
     except PolicyError as exc:
         fail(str(exc))
+    # The replay streams through the engine (memory bounded by the policy's windows, not the
+    # file); its decisions are kept and printed only once every line has checked, so that a
+    # bad line late in the file prints no decisions, only its error.
     try:
         with replay_file.open("rb") as handle:
-            lines = parse_replay(handle)
+            decisions = list(run(policy, parse_replay(handle), mode))
     except OSError as exc:
         fail(f"{replay_file}: cannot read replay: {exc.strerror or exc}")
     except ReplayError as exc:
         fail(f"{replay_file}: {exc}")
-    decisions = run(policy, lines, mode)
     if fmt == "jsonl":
         out = sys.stdout
         for decision in decisions:
             out.write(to_jsonl(decision) + "\n")
         return
-    _print_decisions(list(decisions))
+    _print_decisions(decisions)
 
 
 def _print_decisions(decisions: list[Decision]) -> None:

@@ -91,7 +91,7 @@ def resume(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
 def status(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     """The latest deploy, the open incident, pause, and the last drill, from the journal."""
     config, journal = _journal(ctx, config_file)
-    render(gather_status(config, journal), as_json)
+    render(gather_status(config, journal, inspect=True), as_json)
 
 
 @click.group(invoke_without_command=True)

@@ -7,7 +7,13 @@ Layout under ``backups.dir``, one directory per backup::
         schema.sql         pg_dump --schema-only  (same snapshot as the data)
         config/...         config files, at their absolute paths (restore points)
         manifest.json      written last, atomically: without it the backup is incomplete
-        verified.json      the latest verification's outcome
+        verified.json      the latest verification's outcome (written before the manifest
+                           when the backup is verified as it is taken)
+
+Every metadata file is written atomically (temp file, fsync, rename) and checked: a write that
+fails (a full disk) is a :class:`BackupError`, and a new backup whose manifest or verification
+could not be recorded is removed, never left to look complete. A backup is *usable* only when
+it is complete and its latest recorded verification passed (:attr:`BackupInfo.usable`).
 
 Consistency: one REPEATABLE READ transaction exports its snapshot, counts the rows of every
 table in it, and both pg_dump runs import that snapshot (``--snapshot``). The manifest's row
@@ -15,10 +21,12 @@ counts are therefore exactly what the dump holds, whatever is written meanwhile.
 
 API (``store = BackupStore(config.backups, connect_timeout=config.database.connect_timeout)``):
 
-* ``store.create(dsn, kind, ...) -> Manifest`` takes a backup; ``store.verify(id) ->
-  Verification`` checks one (and stores the outcome); ``store.get(id) -> Manifest`` refuses
-  incomplete backups; ``store.verification(id)`` is the last stored outcome; ``store.list()``;
-  ``store.prune(keep, protect)``; ``store.check_free_space(dsn)``.
+* ``store.create(dsn, kind, ...) -> Manifest`` takes a backup; ``store.create_verified(dsn,
+  kind, ...) -> (Manifest, Verification)`` takes one and verifies it before it is recorded as
+  complete; ``store.verify(id) -> Verification`` checks one (and stores the outcome);
+  ``store.get(id) -> Manifest`` refuses incomplete backups; ``store.verification(id)`` is the
+  last stored outcome; ``store.list()`` (each :class:`BackupInfo` says whether it is
+  ``usable``); ``store.prune(keep, protect)``; ``store.check_free_space(dsn)``.
 * For restores: ``store.data_path(manifest)`` is what pg_restore reads,
   ``store.path(id) / manifest.schema_file`` the schema dump, ``manifest.config`` the config
   files (``store.path(id) / entry.file``), ``find_restore_tool(manifest)`` the pg_restore (or
@@ -64,6 +72,7 @@ from daemon.durable import (
     ConfigFile,
     CopyError,
     fsync_dir,
+    hold_point,
     replace_atomically,
     sha256_file,
     snapshot_config,
@@ -80,6 +89,9 @@ DUMP_FILE = "data.dump"
 DUMP_DIR = "data"
 SCHEMA_FILE = "schema.sql"
 FORMAT_VERSION = 1
+KEPT_SCHEMA = "rollbackd_kept"
+"""Where a table restore keeps the rows it replaced: left out of whole-database backups (a
+later restore point must not carry them, nor a restore bring them back)."""
 INCOMPLETE_GRACE = 3600.0
 """An incomplete backup directory younger than this may still be being written."""
 
@@ -170,6 +182,9 @@ class Verification(_Model):
     toc_entries: int = 0
 
 
+BackupState = Literal["verified", "unverified", "failed", "incomplete"]
+
+
 @dataclass(frozen=True, slots=True)
 class BackupInfo:
     """One backup directory as ``list`` sees it."""
@@ -183,11 +198,29 @@ class BackupInfo:
     verified: bool | None
     """True/False: the latest verification's outcome; None: never verified."""
     complete: bool
+    reason: str | None = None
+    """Why the latest verification failed."""
+    version: str | None = None
+    """The application version the deploy shipped (restore points)."""
+
+    @property
+    def state(self) -> BackupState:
+        if not self.complete:
+            return "incomplete"
+        if self.verified is None:
+            return "unverified"
+        return "verified" if self.verified else "failed"
+
+    @property
+    def usable(self) -> bool:
+        """Complete, and its latest recorded verification passed: safe to restore now."""
+        return self.state == "verified"
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "database": self.database,
                 "created_at": self.created_at, "deploy": self.deploy, "size": self.size,
-                "verified": self.verified, "complete": self.complete}
+                "verified": self.verified, "complete": self.complete, "state": self.state,
+                "usable": self.usable, "reason": self.reason, "version": self.version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +237,22 @@ def new_id(kind: str, at: float) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one."""
-    replace_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new
+    one; :class:`BackupError` (one line: the file, the error, the free space) if it cannot."""
+    try:
+        replace_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise BackupError(f"cannot write {path.name}: {_os_error(exc, path.parent)}") from None
+
+
+def _os_error(exc: OSError, where: Path) -> str:
+    """``No space left on device (0 B free in /var/backups)``."""
+    message = exc.strerror or str(exc)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return message
+    return f"{message} ({format_size(free)} free in {where})"
 
 
 
@@ -263,8 +310,11 @@ class BackupStore:
             return Verification.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValidationError, ValueError):
-            return None
+        except (OSError, ValidationError, ValueError) as exc:
+            # Written atomically, so never torn by a crash: damaged since. Not to be trusted.
+            reason = exc.strerror if isinstance(exc, OSError) else "not a verification record"
+            return Verification(id=backup_id, ok=False, checked_at=0.0, duration=0.0,
+                                reason=f"{VERIFIED} is unreadable ({reason}): verify again")
 
     def _dirs(self) -> Iterator[Path]:
         if not self.dir.is_dir():
@@ -288,7 +338,9 @@ class BackupStore:
                           created_at=manifest.created_at, deploy=manifest.deploy,
                           size=manifest.size,
                           verified=None if verification is None else verification.ok,
-                          complete=True)
+                          complete=True,
+                          reason=None if verification is None else verification.reason,
+                          version=manifest.version)
 
     @staticmethod
     def _read_manifest(directory: Path) -> Manifest | None:
@@ -337,9 +389,34 @@ class BackupStore:
         ``tables`` limits the data to those tables (``name`` or ``schema.name``, with their
         owned sequences); ``config_files`` are snapshotted into ``config/``. Refuses (with
         ``BackupError``) when free space would fall below ``backups.min_free``. On failure
-        the partial directory is removed; one left by a crash has no manifest and is listed
-        as incomplete until ``prune`` removes it.
+        (a full disk included) the partial directory is removed; one left by a crash has no
+        manifest and is listed as incomplete until ``prune`` removes it.
         """
+        manifest, _ = self._create(dsn, kind, deploy=deploy, version=version, tables=tables,
+                                   config_files=config_files, code_version=code_version,
+                                   progress=progress, verify=False)
+        return manifest
+
+    def create_verified(self, dsn: str, kind: Kind, *, deploy: int | None = None,
+                        version: str | None = None, tables: Sequence[str] | None = None,
+                        config_files: Sequence[Path] = (), code_version: str | None = None,
+                        progress: Progress | None = None) -> tuple[Manifest, Verification]:
+        """:meth:`create`, verified before it is recorded as complete: ``verified.json`` is
+        written before ``manifest.json``, so a backup killed or starved of disk space before
+        both are written is incomplete (and removed, when the process lives to do it), never
+        complete and unverified. A backup that fails verification is kept, recorded as
+        failed, for inspection; check ``verification.ok``."""
+        manifest, verification = self._create(
+            dsn, kind, deploy=deploy, version=version, tables=tables,
+            config_files=config_files, code_version=code_version, progress=progress,
+            verify=True)
+        assert verification is not None
+        return manifest, verification
+
+    def _create(self, dsn: str, kind: Kind, *, deploy: int | None, version: str | None,
+                tables: Sequence[str] | None, config_files: Sequence[Path],
+                code_version: str | None, progress: Progress | None,
+                verify: bool) -> tuple[Manifest, Verification | None]:
         if kind not in KINDS:
             raise BackupError(f"unknown backup kind {kind!r} (one of {', '.join(KINDS)})")
         if kind == "tables" and not tables:
@@ -353,23 +430,37 @@ class BackupStore:
             pg_dump = _find(server.version_num, "pg_dump")
             backup_id = new_id(kind, started)
             directory = self.path(backup_id)
-            directory.mkdir(parents=True, exist_ok=False)
+            try:
+                directory.mkdir(parents=True, exist_ok=False)
+            except OSError as exc:
+                raise BackupError(f"cannot create the backup directory {directory}: "
+                                  f"{_os_error(exc, self.dir)}") from None
             try:
                 manifest = self._take(conn, dsn, server, pg_dump, directory, kind, deadline,
                                       tables, config_files, report)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(directory, ignore_errors=True)
+                if isinstance(exc, OSError):
+                    raise BackupError(f"backup {backup_id} failed and was removed: "
+                                      f"{_os_error(exc, directory.parent)}") from None
                 raise
-        manifest = manifest.model_copy(update={
-            "deploy": deploy, "version": version, "code_version": code_version,
-            "duration": round(time.time() - started, 3),
-        })
         try:
+            manifest = manifest.model_copy(update={
+                "deploy": deploy, "version": version, "code_version": code_version,
+                "duration": round(time.time() - started, 3),
+            })
+            verification = self._verification(directory, report, manifest) if verify else None
+            hold_point("backup:before_metadata")
+            if verification is not None:
+                write_json_atomic(directory / VERIFIED, verification.model_dump(mode="json"))
             write_json_atomic(directory / MANIFEST, manifest.dump())
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(exc, BackupError):
+                raise BackupError(f"backup {backup_id} could not be recorded and was removed: "
+                                  f"{exc}") from None
             raise
-        return manifest
+        return manifest, verification
 
     def _take(self, conn: psycopg.Connection[Any], dsn: str, server: _Server, pg_dump: Tool,
               directory: Path, kind: Kind, deadline: float, tables: Sequence[str] | None,
@@ -383,7 +474,8 @@ class BackupStore:
             data = DUMP_DIR if method == "directory" else DUMP_FILE
             common = [f"--snapshot={snapshot}",
                       f"--lock-wait-timeout={milliseconds(self.settings.lock_wait_timeout)}"]
-            selection = [] if selected is None else [
+            selection = [f"--exclude-schema={dump_pattern_schema(KEPT_SCHEMA)}"] \
+                if selected is None else [
                 arg for t in selected for arg in ("-t", t.dump_pattern)]
             data_argv = [str(pg_dump.path), *self._format_args(method), *common, *selection,
                          "-f", str(directory / data)]
@@ -460,27 +552,46 @@ class BackupStore:
         Sound means: a manifest; every file in it present with its size and sha256; a TOC
         pg_restore can read (``--list``); every data block readable and decompressable
         (``pg_restore -f /dev/null``). The first failure found is the ``reason``.
-        ``BackupError`` only when there is no such backup directory.
+        ``BackupError`` when there is no such backup directory, or when the outcome cannot be
+        recorded (a full disk): then an earlier record that says otherwise is removed, so
+        that the backup counts as unverified rather than as what it no longer is.
         """
         directory = self.path(backup_id)
         if not directory.is_dir():
             raise BackupError(f"no backup {backup_id} in {self.dir}")
-        started = time.monotonic()
-        report = progress or _no_progress
+        result = self._verification(directory, progress or _no_progress, None)
+        earlier = self.verification(backup_id)
         try:
-            files, toc = self._check(directory, report)
+            write_json_atomic(directory / VERIFIED, result.model_dump(mode="json"))
+        except BackupError as exc:
+            outcome = "sound" if result.ok else f"NOT sound ({result.reason})"
+            if earlier is not None and earlier.ok == result.ok:
+                stands = "the earlier verification, which said the same, stands"
+            else:
+                with contextlib.suppress(OSError):
+                    (directory / VERIFIED).unlink()  # frees space; needs none
+                stands = "it now counts as unverified"
+            raise BackupError(f"backup {backup_id} was checked and is {outcome}, but the "
+                              f"outcome could not be recorded: {exc}; {stands}") from None
+        return result
+
+    def _verification(self, directory: Path, report: Progress,
+                      manifest: Manifest | None) -> Verification:
+        started = time.monotonic()
+        try:
+            files, toc = self._check(directory, report, manifest)
             ok, reason = True, None
         except BackupError as exc:
             files, toc, ok, reason = 0, 0, False, str(exc)
-        result = Verification(id=backup_id, ok=ok, reason=reason, checked_at=time.time(),
-                              duration=round(time.monotonic() - started, 3), files=files,
-                              toc_entries=toc)
-        write_json_atomic(directory / VERIFIED, result.model_dump(mode="json"))
-        return result
+        return Verification(id=directory.name, ok=ok, reason=reason, checked_at=time.time(),
+                            duration=round(time.monotonic() - started, 3), files=files,
+                            toc_entries=toc)
 
-    def _check(self, directory: Path, report: Progress) -> tuple[int, int]:
+    def _check(self, directory: Path, report: Progress,
+               manifest: Manifest | None) -> tuple[int, int]:
         deadline = time.monotonic() + self.settings.timeout
-        manifest = self._read_manifest(directory)
+        if manifest is None:
+            manifest = self._read_manifest(directory)
         if manifest is None:
             raise BackupError(f"incomplete: no {MANIFEST} (the backup was interrupted)")
         check_files(directory, manifest, report)
@@ -519,19 +630,22 @@ class BackupStore:
     def prune(self, keep: int, protect: set[str]) -> list[str]:
         """Remove old backups; return the ids removed, oldest first.
 
-        Kept: the ``keep`` newest complete backups, every id in ``protect`` (e.g. restore
-        points of deploys inside the rollback window), and incomplete directories touched
-        within the last hour or ``backups.timeout`` (a backup may still be writing them).
+        Kept: the ``keep`` newest complete backups, and the ``keep`` newest usable ones
+        (verified: newer backups that failed verification never push them out), every id in
+        ``protect`` (e.g. restore points of deploys inside the rollback window), and
+        incomplete directories touched within the last hour or ``backups.timeout`` (a backup
+        may still be writing them).
         """
         if keep < 0:
             raise BackupError(f"keep must be >= 0, got {keep}")
         infos = self.list()
         complete = sorted((i for i in infos if i.complete),
                           key=lambda i: (i.created_at or 0.0, i.id), reverse=True)
-        kept = {i.id for i in complete[:keep]} | protect
+        usable = [i for i in complete if i.usable]
+        kept = {i.id for i in complete[:keep]} | {i.id for i in usable[:keep]} | protect
         grace = max(INCOMPLETE_GRACE, self.settings.timeout)
         now = time.time()
-        doomed = [i.id for i in complete[keep:] if i.id not in kept]
+        doomed = [i.id for i in complete if i.id not in kept]
         doomed += [i.id for i in infos if not i.complete and i.id not in protect
                    and now - _newest_mtime(self.dir / i.id) > grace]
         removed: list[str] = []
@@ -565,6 +679,11 @@ class BackupStore:
 
 def _no_progress(stage: str, done: float, total: float | None) -> None:
     return None
+
+
+def dump_pattern_schema(schema: str) -> str:
+    """A pg_dump ``-n``/``-N`` pattern matching exactly ``schema`` (quoted: no wildcards)."""
+    return '"' + schema.replace('"', '""') + '"'
 
 
 
@@ -626,7 +745,8 @@ def _resolve_tables(conn: psycopg.Connection[Any], names: Sequence[str]) -> list
 
 def _count_rows(conn: psycopg.Connection[Any], selected: list[TableRef] | None,
                 report: Progress) -> list[TableCount]:
-    tables = selected if selected is not None else user_tables(conn)
+    tables = selected if selected is not None else [
+        t for t in user_tables(conn) if t.schema != KEPT_SCHEMA]
     counts: list[TableCount] = []
     for index, table in enumerate(tables):
         report("count rows", float(index), float(len(tables)))

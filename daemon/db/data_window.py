@@ -22,7 +22,8 @@ import psycopg
 from psycopg import sql
 
 from daemon.db.admin import connect, derived_name
-from daemon.db.restore.tables import KEPT_SCHEMA
+from daemon.db.backups import KEPT_SCHEMA
+from daemon.db.restore.kept import KEPT_TABLE_SUFFIX
 from probes.base import one_line
 
 KEY_CAP = 1_000_000
@@ -145,7 +146,7 @@ def compare_databases(live_dsn: str, kept_dsn: str, *, connect_timeout: float,
         return diffs
 
 
-_COPY_SUFFIX = re.compile(r"_\d{14}_[0-9a-f]{4}$")
+_COPY_SUFFIX = re.compile(KEPT_TABLE_SUFFIX)
 
 
 def compare_kept_tables(dsn: str, copies: Sequence[str], *, connect_timeout: float,

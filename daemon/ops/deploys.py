@@ -83,9 +83,9 @@ def start_deploy(config: Config, version: str, *,
     try:
         code = code_version(config.app)
         files = config.app.config_files if config.app is not None else []
-        manifest = store.create(db.dsn, "restore_point", version=version, config_files=files,
-                                code_version=code, progress=progress)
-        verification = store.verify(manifest.id, progress=progress)
+        manifest, verification = store.create_verified(
+            db.dsn, "restore_point", version=version, config_files=files, code_version=code,
+            progress=progress)
         if not verification.ok:
             raise OpsError(f"restore point {manifest.id} failed verification: "
                            f"{verification.reason}; no deploy recorded")

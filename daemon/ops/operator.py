@@ -16,6 +16,7 @@ from typing import Any
 from daemon.config import Config
 from daemon.fmt import when
 from daemon.journal import Deploy, Drill, IncidentSummary, Journal, Restore
+from daemon.ops.recovery import inspect_interrupted_restores
 from policies.engine import Decision
 
 
@@ -83,6 +84,8 @@ class Status:
     drill: Drill | None
     restore: Restore | None = None
     """The app's latest restore (by hand or by the executor)."""
+    interrupted: tuple[str, ...] = ()
+    """What a killed restore left behind (an interrupted swap or in-place restore)."""
 
     def as_json(self) -> dict[str, Any]:
         deploy, drill = self.deploy, self.drill
@@ -97,6 +100,7 @@ class Status:
                 "t": drill.t, "backup": drill.backup, "ok": drill.ok,
                 "duration": drill.duration},
             "restore": None if self.restore is None else self.restore.as_json(),
+            "interrupted": list(self.interrupted),
         }
 
     def describe(self) -> list[str]:
@@ -122,6 +126,7 @@ class Status:
                          f"{when(drill.t)} ({drill.duration:.1f}s)")
         if self.restore is not None:
             lines.append(f"restore    {restore_line(self.restore)}")
+        lines += [f"INTERRUPTED {line}" for line in self.interrupted]
         return lines
 
 
@@ -139,15 +144,19 @@ def restore_line(restore: Restore) -> str:
     return line
 
 
-def gather_status(config: Config, journal: Journal) -> Status:
+def gather_status(config: Config, journal: Journal, *, inspect: bool = False) -> Status:
+    """``inspect``: also look at the database for what a killed restore left (a connection
+    of up to ``database.connect_timeout``; the CLI does, the API's handler does not)."""
     deploy = journal.latest_deploy(config.app_name)
     incidents = journal.incidents(limit=1)
     open_incident = incidents[0] if incidents and incidents[0].state == "open" else None
     pause_event = journal.latest_event(("pause", "resume"))
     paused = pause_event is not None and pause_event.payload["type"] == "pause"
     restores = journal.restores(app=config.app_name, limit=1)
+    interrupted = tuple(inspect_interrupted_restores(config).describe()) if inspect else ()
     return Status(app=config.app_name, paused=paused, deploy=deploy, incident=open_incident,
-                  drill=journal.latest_drill(), restore=restores[0] if restores else None)
+                  drill=journal.latest_drill(), restore=restores[0] if restores else None,
+                  interrupted=interrupted)
 
 
 @dataclass(frozen=True, slots=True)

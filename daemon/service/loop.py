@@ -18,6 +18,7 @@ from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.db.backups import BackupError, BackupStore
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
+from daemon.ops.recovery import recover_interrupted_restores
 from daemon.service.api import api_routes
 from daemon.service.http import (
     GuardedH11Protocol,
@@ -39,6 +40,8 @@ DATA_SAFETY_EVERY = 30.0
 """Seconds between reads of the backup store and drill results for the metrics."""
 
 STOP_GRACE = 5.0
+RECOVERY_TIMEOUT = 60.0
+"""Longest the start-up recovery of interrupted restores may take before the loop starts."""
 """Seconds the HTTP server gets to finish in-flight requests at shutdown."""
 
 
@@ -177,6 +180,41 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
+    async def _recover_interrupted_restores(self) -> None:
+        """Before the first cycle: put right what a restore killed with a previous rollbackd
+        left (a database refusing connections, no live database between a swap's renames),
+        and record a page saying what was found and done."""
+        task = asyncio.create_task(asyncio.to_thread(recover_interrupted_restores, self.config))
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while not task.done() and time.monotonic() < deadline:
+            # The loop is alive meanwhile (the work is in a thread): keep the watchdog fed.
+            self._last_progress = time.monotonic()
+            await asyncio.wait({task}, timeout=1.0)
+        if not task.done():
+            self.log.error("recovery of interrupted restores did not finish in time; the next "
+                           "restore will retry it", timeout=RECOVERY_TIMEOUT)
+            return
+        try:
+            recovery = task.result()
+        except Exception as exc:  # a bug there must not stop the daemon from watching
+            self.log.error("recovery of interrupted restores failed", error=one_line(exc),
+                           exc_info=(type(exc), exc, exc.__traceback__))
+            return
+        for problem in recovery.problems:
+            self.log.warning("cannot check for interrupted restores", problem=problem)
+        if not recovery.found:
+            return
+        lines = recovery.describe()
+        self.log.warning("interrupted restore found at start-up", what=lines,
+                         needs_operator=recovery.needs_operator)
+        try:
+            self.journal.add_page(
+                self.config.app_name, t=time.time(), incident=None, run=None, level=1,
+                template="emergency", summary="; ".join(lines), details=recovery.as_json(),
+                dedup_key=f"{self.config.app_name}:recovery:{time.time():.0f}")
+        except JournalError as exc:
+            self.log.error("cannot journal the recovery's page", error=str(exc))
+
     def request_reload(self) -> None:
         self._reload_requested = True
         self._wake.set()
@@ -201,6 +239,7 @@ class Daemon:
             listen=self.config.daemon.listen, interval=self.config.daemon.interval,
             mode=self.config.daemon.mode, probes=self._probe_ids(),
         )
+        await self._recover_interrupted_restores()
         self._notified(self.notifier.ready())
         try:
             await self._loop()

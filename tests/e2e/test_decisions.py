@@ -21,12 +21,17 @@ import pytest
 from policies.units import format_duration
 from tests.harness.cli import rollbackd
 from tests.harness.paths import REPLAYS, ROOT
+from tests.harness.replays import (
+    BUNDLED,
+    MODES,
+    decisions,
+    fixture_names,
+    mismatches,
+    policy_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-BUNDLED = "builtin:visionforge"
-FIELDS = ("t", "kind", "incident", "scenario", "severity", "action", "requested_action",
-          "timeline_s", "mode", "reason")
 
 # What each replay shows, read as the procedure it checks; every fixture must have one.
 SCENARIOS: dict[str, str] = {
@@ -74,8 +79,6 @@ SCENARIOS: dict[str, str] = {
     "age_is_unknown_while_blind":
         "age() of a signal that cannot be measured is unknown, so blindness never rolls back",
 }
-# Replays that simulate a daemon mode other than auto.
-MODES = {"dry_run_mode": "dry-run"}
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,6 @@ class Run:
     stderr: str
 
 
-def fixture_names() -> list[str]:
-    return sorted(p.name.removesuffix(".expected.jsonl")
-                  for p in REPLAYS.glob("*.expected.jsonl"))
-
-
-def policy_for(name: str) -> str:
-    own = REPLAYS / f"{name}.policy.toml"
-    return str(own) if own.exists() else BUNDLED
 
 
 def simulate(policy: str, replay: Path, fmt: str = "jsonl", mode: str = "auto") -> Run:
@@ -121,18 +116,7 @@ def runs() -> dict[tuple[str, str], Run]:
         return dict(zip(jobs, results, strict=True))
 
 
-def decisions(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-
-def mismatches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    wrong = [f"{key}: expected {expected[key]!r}, got {actual.get(key)!r}"
-             for key in FIELDS if key != "reason" and expected[key] != actual.get(key)]
-    if expected["reason"] not in actual.get("reason", ""):
-        wrong.append(f"reason: {actual.get('reason')!r} does not say {expected['reason']!r}")
-    if set(actual) != set(FIELDS):
-        wrong.append(f"keys: {sorted(actual)} are not the contract's {sorted(FIELDS)}")
-    return wrong
 
 
 def procedures() -> list[Any]:

@@ -82,10 +82,14 @@ def test_deploy_begin_json_names_the_deploy_and_its_verified_restore_point(
                                           "schema.sql").read_text()
 
     listed = json.loads(rollbackd("backup", "list", "--json", "--config", str(config)).stdout)
-    assert [(b["id"], b["kind"], b["deploy"], b["verified"]) for b in listed] == [
-        (manifest.id, "restore_point", deploy.id, True)]
+    assert [(b["id"], b["kind"], b["deploy"], b["version"], b["verified"])
+            for b in listed] == [(manifest.id, "restore_point", deploy.id, "v2-good", True)]
     assert set(listed[0]) >= {"id", "kind", "database", "created_at", "deploy", "size",
                               "verified"}
+    human = rollbackd("backup", "list", "--config", str(config)).stdout
+    assert human.splitlines()[0].split() == ["id", "kind", "database", "created", "deploy",
+                                             "version", "size", "verified", "usable"]
+    assert "  v2-good  " in human.splitlines()[1]
 
 
 def test_deploy_begin_refuses_when_the_database_is_down_and_records_nothing(
@@ -245,7 +249,7 @@ def test_backup_prune_keeps_the_restore_point_of_a_recent_deploy(
                        "--config", str(config))
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [manual[0]]
+    assert json.loads(result.stdout)["removed"] == [manual[0]]
     assert sorted(complete_backups(tmp_path)) == sorted(
         [json.loads(begun.stdout)["restore_point"], safety, manual[1]])
 

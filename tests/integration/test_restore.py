@@ -11,9 +11,8 @@ import pytest
 from daemon.db.admin import derived_name
 from daemon.db.restore import (
     RestoreError,
-    RestoreOptions,
     create_clone,
-    repair_interrupted_swap,
+    recover_interrupted_swap,
     restore_from_clone,
     restore_in_place,
     restore_swap,
@@ -32,25 +31,9 @@ from tests.harness.data import (
     store_in,
     table_checksums,
 )
+from tests.harness.restores import restore_options as options
+from tests.harness.restores import write_after_restore_point
 from tests.harness.servers import PgCluster
-
-TABLES = ["users", "images", "audit_log"]
-
-
-def options(dsn: str, tmp_path: Path, **overrides: object) -> RestoreOptions:
-    values: dict[str, object] = {
-        "dsn": dsn, "state_dir": tmp_path / "state", "expected_tables": TABLES,
-        "key_tables": TABLES, "connect_timeout": 2.0, "restore_timeout": 60.0,
-        "terminate_timeout": 5.0, "lock_wait_timeout": 5.0, "statement_timeout": 30.0}
-    values.update(overrides)
-    return RestoreOptions(**values)  # type: ignore[arg-type]
-
-
-def write_after_restore_point(dsn: str) -> None:
-    run(dsn, "INSERT INTO users (email, name) VALUES ('late@example.com', 'Late')",
-        "INSERT INTO images (user_id, filename) SELECT max(id), 'late.jpg' FROM users",
-        "UPDATE images SET title = 'changed' WHERE id <= 5",
-        "DELETE FROM audit_log WHERE id % 3 = 0")
 
 
 def databases_like(cluster: PgCluster, pattern: str) -> list[str]:
@@ -161,7 +144,9 @@ def test_table_restore_replaces_only_the_named_tables_and_their_sequences(
     assert after["public.images"] == at_restore_point["public.images"]
     assert after["public.users"] == before["public.users"]
     assert after["public.audit_log"] == before["public.audit_log"]
-    assert scalar(pg_db, "SELECT last_value FROM images_id_seq") == seq_at_rp
+    # Not back to the restore point's value: past the id of the row written since, which is
+    # kept aside (tests/integration/test_leftovers.py).
+    assert scalar(pg_db, "SELECT last_value FROM images_id_seq") == seq_at_rp + 1
     assert report.tables == ["public.images"] and report.kept_kind == "tables"
     # The rows it replaced were copied aside in the same transaction: nothing written after
     # the safety dump is lost.
@@ -318,10 +303,12 @@ def test_what_a_swap_killed_while_connections_were_blocked_leaves_is_repaired(
     pg_cluster.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(pg_db, connect_timeout=3).close()
-    assert repair_interrupted_swap(options(pg_db, tmp_path)) == [stale]
+    recovery = recover_interrupted_swap(options(pg_db, tmp_path))
+    assert (recovery.outcome, recovery.actions) == (
+        "reverted", [f"allowed connections to {name}", f"dropped {stale}"])
     assert databases_like(pg_cluster, f"{name}_shadow_%") == []
     assert scalar(pg_db, "SELECT count(*) FROM users") > 0
-    assert repair_interrupted_swap(options(pg_db, tmp_path)) == []
+    assert recover_interrupted_swap(options(pg_db, tmp_path)).outcome == "nothing"
 
 
 def test_shortened_names_of_two_long_database_names_never_collide() -> None:

@@ -90,3 +90,40 @@ def test_a_runbook_may_not_take_a_bundled_name_or_be_defined_twice() -> None:
     twice = [{"name": "mine", "steps": [{"step": "notify"}]}] * 2
     with pytest.raises(RunbookError, match="runbook mine: name: a runbook mine is already"):
         parse_runbooks(twice, "p.toml")
+
+
+def test_a_policys_rule_runs_its_named_runbook_or_its_actions_bundled_one() -> None:
+    from policies.policy import parse_policy
+
+    policy = parse_policy("""
+[[rule]]
+scenario = "a"
+when = "http.up == 0"
+severity = "high"
+action = "planned_rollback"
+timeline = "30m"
+
+[[rule]]
+scenario = "b"
+when = "http.up == 0"
+severity = "high"
+action = "selective_rollback"
+timeline = "30m"
+runbook = "mine"
+
+[[rule]]
+scenario = "c"
+when = "http.up == 0"
+severity = "low"
+action = "page"
+timeline = "30m"
+
+[[runbook]]
+name = "mine"
+steps = [{ step = "rollback_code" }]
+""", "p.toml")
+    a, b, c = policy.rules
+    assert policy.runbook_for(a) is BUILTIN["planned_rollback"]
+    assert policy.runbook_for(b) is policy.runbooks["mine"]
+    assert policy.runbook_for(c) is None
+    assert set(policy.all_runbooks()) == {*BUILTIN, "mine"}

@@ -20,6 +20,7 @@ synchronous with every wait bounded; the daemon calls it through ``asyncio.to_th
 """
 
 from daemon.db.admin import RestoreError, RestoreOptions
+from daemon.db.backups import KEPT_SCHEMA
 from daemon.db.restore.clone import create_clone, restore_from_clone
 from daemon.db.restore.common import RestoreReport, Strategy
 from daemon.db.restore.in_place import (
@@ -28,13 +29,20 @@ from daemon.db.restore.in_place import (
     recover_interrupted_in_place,
     restore_in_place,
 )
+from daemon.db.restore.kept import KeptPruned, prune_kept
 from daemon.db.restore.schema import DownMigration, SchemaDiff, run_down_migration, schema_diff
-from daemon.db.restore.swap import repair_interrupted_swap, restore_swap
-from daemon.db.restore.tables import KEPT_SCHEMA, restore_tables
+from daemon.db.restore.swap import (
+    SwapRecovery,
+    inspect_interrupted_swap,
+    recover_interrupted_swap,
+    restore_swap,
+)
+from daemon.db.restore.tables import restore_tables
 
 __all__ = [
-    "KEPT_SCHEMA", "DownMigration", "InterruptedRestore", "RestoreError", "RestoreOptions",
-    "RestoreReport", "SchemaDiff", "Strategy", "create_clone", "interrupted_in_place",
-    "recover_interrupted_in_place", "repair_interrupted_swap", "restore_from_clone",
+    "KEPT_SCHEMA", "DownMigration", "InterruptedRestore", "KeptPruned", "RestoreError",
+    "RestoreOptions", "RestoreReport", "SchemaDiff", "Strategy", "SwapRecovery",
+    "create_clone", "inspect_interrupted_swap", "interrupted_in_place", "prune_kept",
+    "recover_interrupted_in_place", "recover_interrupted_swap", "restore_from_clone",
     "restore_in_place", "restore_swap", "restore_tables", "run_down_migration", "schema_diff",
 ]

@@ -22,7 +22,14 @@ from daemon.db.restore.common import (
     locked,
     validate_live,
 )
-from daemon.db.restore.swap import finish_replacement, swap_in, validate_replacement
+from daemon.db.restore.swap import (
+    ASIDE_INFIX,
+    SwapMarker,
+    finish_replacement,
+    recover_swap_locked,
+    swap_in,
+    validate_replacement,
+)
 from daemon.fmt import db_stamp
 
 CLONE_COMMENT = "rollbackd clone of {db} taken at {at}"
@@ -55,34 +62,49 @@ def create_clone(options: RestoreOptions, name: str | None = None) -> str:
 
 
 def restore_from_clone(options: RestoreOptions, clone: str) -> RestoreReport:
-    """Swap the clone in as the live database; the current live is kept as ``_rolledback_``."""
+    """Swap the clone in as the live database; the current live is kept as ``_rolledback_``.
+    A swap interrupted earlier is completed or reverted first (the report's notes say which);
+    reverted, the clone is a clone again."""
     live = options.database
     with locked(options, f"clone restore from {clone}"):
         started = time.time()
-        aside = derived_name(live, "_rolledback_" + db_stamp(started))
+        aside = derived_name(live, ASIDE_INFIX + db_stamp(started))
         with admin_session(options) as admin:
+            recovery = recover_swap_locked(admin, options)
             props = database_properties(admin, live)
             database_properties(admin, clone)
-            taken = _clone_time(admin, clone, live)
+            comment = _comment(admin, clone)
+            taken = _clone_time(comment, live)
             if taken is None:
                 # Only a clone rollbackd took of this very database may replace it.
                 raise RestoreError(f"{clone} is not a rollbackd clone of {live} (its comment "
                                    "does not say so): refusing to swap it in")
         finish_replacement(options, clone, props)
         validate_replacement(options, clone, None)
+        marker = SwapMarker(live=live, replacement=clone, aside=aside, kind="clone",
+                            source=clone, validated_at=time.time(), previous_comment=comment)
         with admin_session(options) as admin:
-            blocked = swap_in(admin, options, live, clone, aside)
+            blocked = swap_in(admin, options, marker)
         return RestoreReport(
             strategy="clone", backup_id=None, source=f"clone {clone}", database=live,
             started_at=started, finished_at=time.time(), data_window_start=taken,
             data_window_end=started, kept=aside, kept_kind="database",
-            blocked_seconds=round(blocked, 3), validation=validate_live(options, None))
+            blocked_seconds=round(blocked, 3), validation=validate_live(options, None),
+            notes=recovery.notes())
 
 
-def _clone_time(admin: psycopg.Connection[Any], clone: str, live: str) -> float | None:
+def _comment(admin: psycopg.Connection[Any], name: str) -> str:
     row = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database"
-                        " WHERE datname = %s", (clone,)).fetchone()
-    comment = str(row[0]) if row and row[0] else ""
+                        " WHERE datname = %s", (name,)).fetchone()
+    return str(row[0]) if row and row[0] else ""
+
+
+def clone_time(comment: str | None, live: str) -> float | None:
+    """When the clone was taken, if ``comment`` is a rollbackd clone comment for ``live``."""
+    return _clone_time(comment or "", live)
+
+
+def _clone_time(comment: str, live: str) -> float | None:
     match = re.fullmatch(re.escape(CLONE_COMMENT.format(db=live, at="@")).replace(
         "@", r"([0-9.]+)"), comment)
     return float(match.group(1)) if match else None

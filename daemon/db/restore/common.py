@@ -128,10 +128,9 @@ def safety_backup(store: BackupStore, options: RestoreOptions,
                    tables: list[str] | None) -> str:
     try:
         if tables is None:
-            taken = store.create(options.dsn, "safety")
+            taken, result = store.create_verified(options.dsn, "safety")
         else:
-            taken = store.create(options.dsn, "tables", tables=tables)
-        result = store.verify(taken.id)
+            taken, result = store.create_verified(options.dsn, "tables", tables=tables)
     except BackupError as exc:
         raise RestoreError(f"the safety backup failed, nothing was restored: {exc}") from None
     if not result.ok:

@@ -2,6 +2,13 @@
 transaction (``TRUNCATE`` + the archive's COPY data), after a verified safety dump of those
 tables; the rows replaced are copied aside into ``rollbackd_kept`` in the same transaction.
 Tables referenced by foreign keys from other tables are refused unless ``cascade``.
+
+Each sequence owned by an integer column of a restored table is then set, in the same
+transaction, to at least the highest value of that column among the kept rows (``setval`` to
+the greater of the restore point's value and that maximum): new rows never take the ids of
+the kept rows, so those can be merged back. ``rollbackd_kept`` is left out of whole-database
+backups (:data:`daemon.db.backups.KEPT_SCHEMA`) and pruned with them
+(:mod:`daemon.db.restore.kept`).
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,7 @@ from daemon.db.admin import (
     derived_name,
     session,
 )
-from daemon.db.backups import BackupStore, Manifest
+from daemon.db.backups import KEPT_SCHEMA, BackupStore, Manifest
 from daemon.db.catalog import NoSuchTableError, TableRef, dump_pattern, resolve_tables
 from daemon.db.restore.common import (
     RestoreReport,
@@ -41,8 +49,12 @@ from daemon.fmt import db_stamp
 _TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (TABLE DATA|SEQUENCE SET) (\S+) (\S+) \S+$")
 
 
-KEPT_SCHEMA = "rollbackd_kept"
-"""Where a table restore keeps the rows it replaced, copied in the same transaction."""
+@dataclass(frozen=True, slots=True)
+class _OwnedSequence:
+    seq: TableRef
+    table_oid: int
+    column: str | None
+    """The column owning it, when it is of an integer type (its values are the ids)."""
 
 
 def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
@@ -70,12 +82,18 @@ def restore_tables(store: BackupStore, backup_id: str, options: RestoreOptions,
         unique = f"_{stamp}_{secrets.token_hex(2)}"  # two restores may share a second
         copies = [f"{KEPT_SCHEMA}.{derived_name(f'{t.schema}_{t.name}', unique)}"
                   for t in chosen]
-        _restore_table_data(store, manifest, options, chosen, sequences, safety, copies)
+        copy_of = {t.oid: copy for t, copy in zip(chosen, copies, strict=True)}
+        _restore_table_data(store, manifest, options, chosen, sequences, safety, copies,
+                            copy_of)
         with session(options.dsn, options) as conn:
             for table in chosen:
                 conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
+            moved = _sequences_past_kept(conn, sequences, copy_of)
         notes = ([f"--cascade also restored {', '.join(t.qualified for t in added)} (they "
                   f"reference {', '.join(t.qualified for t in selected)})"] if added else [])
+        notes += [f"sequence {seq} continues after {top}, the highest id among the rows kept "
+                  "aside (not from the restore point's value), so they can be merged back "
+                  "without colliding" for seq, top in moved]
         return RestoreReport(
             strategy="tables", backup_id=manifest.id, source=manifest.id, database=live,
             started_at=started, finished_at=time.time(),
@@ -143,14 +161,51 @@ def _referenced_first(conn: psycopg.Connection[Any], tables: list[TableRef]) -> 
     return [by_oid[oid] for oid in order]
 
 
-def _owned_sequences(conn: psycopg.Connection[Any], tables: list[TableRef]) -> list[TableRef]:
+def _owned_sequences(conn: psycopg.Connection[Any],
+                     tables: list[TableRef]) -> list[_OwnedSequence]:
     rows = conn.execute(
-        "SELECT DISTINCT s.oid::int, n.nspname, s.relname FROM pg_depend d"
+        "SELECT DISTINCT s.oid::int, n.nspname, s.relname, d.refobjid::int, a.attname,"
+        " a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)"
+        " FROM pg_depend d"
         " JOIN pg_class s ON s.oid = d.objid JOIN pg_namespace n ON n.oid = s.relnamespace"
+        " LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
         " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
         " AND d.refobjid = ANY(%s::oid[]) AND s.relkind = 'S' AND d.deptype IN ('a', 'i')"
         " ORDER BY 2, 3", ([t.oid for t in tables],)).fetchall()
-    return [TableRef(int(o), str(s), str(n)) for o, s, n in rows]
+    return [_OwnedSequence(TableRef(int(o), str(s), str(n)), int(table),
+                           str(column) if column is not None and integer else None)
+            for o, s, n, table, column, integer in rows]
+
+
+def _sequence_floor(owned: _OwnedSequence, copy: str) -> str:
+    """SQL moving ``owned`` past the highest id among the kept rows ``copy``: setval only
+    when its next value would not exceed that id (an ascending sequence; otherwise as the
+    restore point left it)."""
+    assert owned.column is not None
+    seq = owned.seq.dump_pattern
+    regclass = "'" + seq.replace("'", "''") + "'::regclass"
+    column = '"' + owned.column.replace('"', '""') + '"'
+    return (f"SELECT setval({regclass}, k.top) FROM (SELECT max({column})::bigint AS top"
+            f" FROM {dump_pattern(copy)}) k, {seq} s, pg_sequence p"
+            f" WHERE p.seqrelid = {regclass} AND p.seqincrement > 0 AND k.top IS NOT NULL"
+            " AND k.top >= s.last_value + CASE WHEN s.is_called THEN p.seqincrement ELSE 0 END;"
+            "\n")
+
+
+def _sequences_past_kept(conn: psycopg.Connection[Any], owned: list[_OwnedSequence],
+                         copy_of: dict[int, str]) -> list[tuple[str, int]]:
+    """The sequences now standing at the kept rows' highest id, and that id."""
+    moved: list[tuple[str, int]] = []
+    for o in owned:
+        if o.column is None or o.table_oid not in copy_of:
+            continue
+        row = conn.execute(sql.SQL("SELECT s.last_value, (SELECT max({})::bigint FROM {})"
+                                   " FROM {} s").format(
+            sql.Identifier(o.column), sql.Identifier(*copy_of[o.table_oid].split(".", 1)),
+            o.seq.ident)).fetchone()
+        if row is not None and row[1] is not None and int(row[0]) == int(row[1]):
+            moved.append((o.seq.qualified, int(row[1])))
+    return moved
 
 
 def _check_in_backup(manifest: Manifest, tables: list[TableRef]) -> None:
@@ -161,37 +216,53 @@ def _check_in_backup(manifest: Manifest, tables: list[TableRef]) -> None:
 
 
 def _restore_table_data(store: BackupStore, manifest: Manifest, options: RestoreOptions,
-                        tables: list[TableRef], sequences: list[TableRef], safety: str,
-                        copies: list[str]) -> None:
+                        tables: list[TableRef], sequences: list[_OwnedSequence], safety: str,
+                        copies: list[str], copy_of: dict[int, str]) -> None:
     """One psql transaction: lock the tables, copy their rows aside (so that nothing written
-    since the safety dump is lost), empty them and load the backup's rows."""
+    since the safety dump is lost), empty them, load the backup's rows, and move the owned
+    sequences past the kept rows' ids."""
+    try:
+        store.dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".restore-", dir=store.dir) as scratch:
+            _load(store, manifest, options, tables, sequences, safety, copies, copy_of,
+                  Path(scratch))
+    except OSError as exc:
+        raise RestoreError(f"cannot write the table restore's scratch files in {store.dir}: "
+                           f"{exc.strerror or exc}; nothing was restored") from None
+
+
+def _load(store: BackupStore, manifest: Manifest, options: RestoreOptions,
+          tables: list[TableRef], sequences: list[_OwnedSequence], safety: str,
+          copies: list[str], copy_of: dict[int, str], scratch: Path) -> None:
     pg_restore = restore_tool(manifest, "pg_restore")
     psql = restore_tool(manifest, "psql")
     archive = str(store.data_path(manifest))
     deadline = time.monotonic() + options.restore_timeout
     toc = run_client(pg_restore.path, ["--list", archive], os.environ, deadline,
                "pg_restore --list", kept=None).stdout
-    entries = _select_entries(toc, tables, sequences, manifest.id)
-    store.dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".restore-", dir=store.dir) as scratch:
-        listing = Path(scratch) / "entries.list"
-        listing.write_text("\n".join(entries) + "\n")
-        data = Path(scratch) / "data.sql"
-        run_client(pg_restore.path, ["--data-only", "-L", str(listing), "-f", str(data), archive],
-             os.environ, deadline, "pg_restore (extracting the tables' data)", kept=None)
-        truncate = Path(scratch) / "truncate.sql"
-        names = ", ".join(t.dump_pattern for t in tables)
-        keep = "".join(f"CREATE TABLE {dump_pattern(copy)} AS TABLE ONLY {t.dump_pattern};\n"
-                       for t, copy in zip(tables, copies, strict=True))
-        truncate.write_text(
-            f"LOCK TABLE ONLY {names} IN ACCESS EXCLUSIVE MODE;\n"
-            f"CREATE SCHEMA IF NOT EXISTS {KEPT_SCHEMA};\n"
-            f"{keep}TRUNCATE TABLE ONLY {names};\n")
-        env = tool_env(options.dsn, options)
-        run_client(psql.path, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                         "-f", str(truncate), "-f", str(data)], env, deadline,
-             "psql (replacing the tables' rows, one transaction)",
-             kept=f"safety backup {safety}")
+    entries = _select_entries(toc, tables, [o.seq for o in sequences], manifest.id)
+    listing = scratch / "entries.list"
+    listing.write_text("\n".join(entries) + "\n")
+    data = scratch / "data.sql"
+    run_client(pg_restore.path, ["--data-only", "-L", str(listing), "-f", str(data), archive],
+         os.environ, deadline, "pg_restore (extracting the tables' data)", kept=None)
+    truncate = scratch / "truncate.sql"
+    names = ", ".join(t.dump_pattern for t in tables)
+    keep = "".join(f"CREATE TABLE {dump_pattern(copy)} AS TABLE ONLY {t.dump_pattern};\n"
+                   for t, copy in zip(tables, copies, strict=True))
+    truncate.write_text(
+        f"LOCK TABLE ONLY {names} IN ACCESS EXCLUSIVE MODE;\n"
+        f"CREATE SCHEMA IF NOT EXISTS {KEPT_SCHEMA};\n"
+        f"{keep}TRUNCATE TABLE ONLY {names};\n")
+    floors = scratch / "sequences.sql"
+    floors.write_text("".join(_sequence_floor(o, copy_of[o.table_oid]) for o in sequences
+                              if o.column is not None and o.table_oid in copy_of))
+    env = tool_env(options.dsn, options)
+    run_client(psql.path, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                           "-o", os.devnull, "-f", str(truncate), "-f", str(data),
+                           "-f", str(floors)], env, deadline,
+         "psql (replacing the tables' rows, one transaction)",
+         kept=f"safety backup {safety}")
 
 
 def _select_entries(toc: str, tables: list[TableRef], sequences: list[TableRef],
