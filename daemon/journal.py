@@ -789,6 +789,8 @@ class Journal:
     @_reads
     def decisions(self, limit: int = 100, incident: int | None = None) -> list[Decision]:
         """The newest ``limit`` decisions (of one incident), oldest first."""
+        if incident is not None and not _fits(incident):
+            return []
         where, args = ("", (limit,)) if incident is None else (
             " WHERE incident = ?", (incident, limit))
         rows = self._db.execute(
@@ -816,6 +818,8 @@ class Journal:
     @_reads
     def incident(self, number: int) -> IncidentSummary | None:
         """One incident's summary (as in :meth:`incidents`), or None."""
+        if not _fits(number):
+            return None
         row = self._db.execute(self._SUMMARIES.format(where="WHERE incident = ?"),
                                (number, 1)).fetchone()
         return None if row is None else self._summary(row)
@@ -1091,6 +1095,11 @@ def _restore(row: sqlite3.Row) -> Restore:
         kept_kind=None if kept_kind is None else _one_of("kept kind", kept_kind, _KEPT_KINDS),
         safety_backup=row["safety_backup"], data_window_start=row["data_window_start"],
         data_window_end=row["data_window_end"], error=row["error"])
+
+
+def _fits(number: int) -> bool:
+    """Whether ``number`` can be an incident number: SQLite integers are 64-bit."""
+    return -(2**63) <= number < 2**63
 
 
 def _where(*filters: tuple[str, str | float | None]) -> tuple[str, list[str | float]]:

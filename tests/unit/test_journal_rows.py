@@ -80,3 +80,12 @@ def test_a_decision_outside_the_contract_is_refused() -> None:
     with pytest.raises(ValueError, match="decision: incident"):
         Decision.from_json({**good, "incident": "1"})
     assert Decision.from_json(good) == decision(1.0, "open", 1)
+
+
+def test_an_incident_number_beyond_64_bits_is_simply_not_in_the_journal(tmp_path: Path) -> None:
+    journal = Journal.in_state_dir(tmp_path)
+    try:
+        assert journal.incident(2**64) is None
+        assert journal.decisions(incident=99999999999999999999) == []
+    finally:
+        journal.close()

@@ -12,7 +12,8 @@ TESTS = ROOT / "tests"
 # Harness modules that start servers or real processes, or need them.
 SERVER_HARNESS = {"tests.harness.processes", "tests.harness.prometheus_server",
                   "tests.harness.alertmanager_server", "tests.harness.data",
-                  "tests.harness.drill", "tests.harness.restores"}
+                  "tests.harness.drill", "tests.harness.restores",
+                  "tests.harness.incidents"}
 SERVER_FIXTURES = {"pg_cluster", "pg_db", "pg_private"}
 
 
