@@ -192,7 +192,7 @@ class Engine:
         the signal at 1 over the readings until a deploy begins: knex and most tools record
         only successes, and their reading of 0 would hide the failure.
         """
-        self.recorded = recorded
+        self._recorded = recorded
         self.policy = policy
         self.mode = mode
         self._states = [_RuleState(r) for r in policy.rules]
@@ -236,7 +236,7 @@ class Engine:
             before = self.value(name)
             self._probed.add(name)
             self._probe_values[name] = value
-            if self.recorded and name == catalogue.MIGRATION_FAILED:
+            if self._recorded and name == catalogue.MIGRATION_FAILED:
                 self._migration_report = None
             self._track_change(name, before, t)
 
@@ -283,7 +283,7 @@ class Engine:
         """A migration outcome, or a deploy's reset: a failure holds ``migration.failed`` at
         1; anything else sets 0 in a replay and, fed by probes, ends the hold."""
         before = self.value(catalogue.MIGRATION_FAILED)
-        self._migration_report = 1.0 if failed else 0.0 if self.recorded else None
+        self._migration_report = 1.0 if failed else 0.0 if self._recorded else None
         self._track_change(catalogue.MIGRATION_FAILED, before, t)
 
     def _rearm(self, t: float) -> None:

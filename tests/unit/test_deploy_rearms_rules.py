@@ -46,8 +46,7 @@ def run_steps(engine: Engine, steps: Sequence[tuple[float, dict[str, float | Non
     return decisions
 
 
-def test_a_deploy_rearms_a_rule_held_by_clear_for_so_the_next_failed_migration_opens_anew(
-        ) -> None:
+def test_a_deploy_rearms_a_rule_held_by_clear_for() -> None:
     # Incident 1 is dismissed; v2's deploy resets migration.failed to 0, which would leave
     # migration_failed firing for its 5 minute clear_for; v2's migration fails inside them.
     decisions = run_steps(Engine(POLICY), [
