@@ -130,9 +130,9 @@ EPISODE_GAPS = st.sampled_from([0] * 8 + [600, 3600, 21600])
 def episodes() -> st.SearchStrategy[list[Segment]]:
     """Streams made of realistic episodes in random order and spacing, after a deploy: denser
     in incidents, repeated rollbacks and rate-limited ones than fully random streams."""
-    episode = st.builds(lambda gap, e: Segment(gap, 10, e[0], e[1], e[2], True), EPISODE_GAPS,
+    episode = st.builds(lambda gap, e: Segment(gap, 10, e[0], e[1], e[2], False), EPISODE_GAPS,
                         st.sampled_from(EPISODES))
-    deploy = Segment(0, 10, 1, HEALTHY, [VERIFIED_DEPLOY], True)
+    deploy = Segment(0, 10, 1, HEALTHY, [VERIFIED_DEPLOY], False)
     return st.lists(episode, min_size=3, max_size=30).map(lambda rest: [deploy, *rest])
 
 
