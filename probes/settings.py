@@ -150,7 +150,8 @@ class HttpProbeSettings(ProbeSettings):
     method: HttpMethod = "GET"
     timeout: Duration = Field(default=2.0, gt=0)
     window: Duration = Field(default=60.0, gt=0, description="sliding window of ratios, quantiles")
-    requests: int = Field(default=1, ge=1, le=20, strict=True, description="requests per tick; 1 to 20")
+    requests: int = Field(default=1, ge=1, le=20, strict=True,
+                          description="requests per tick; 1 to 20")
     headers: dict[str, SecretStr | HeaderFile] = Field(
         default_factory=dict,
         description="request headers: a value, or { file = PATH, prefix = TEXT } to read it "
