@@ -76,7 +76,6 @@ class Probe(Protocol):
     async def aclose(self) -> None: ...
 
 
-@functools.cache
 def read_secret_file(path: Path, limit: int, what: str) -> str:
     """The ASCII text of a small file that holds a secret (a token, a session cookie): a
     regular file (a pipe would block the load, a device may never end), at most ``limit``
@@ -96,6 +95,7 @@ def read_secret_file(path: Path, limit: int, what: str) -> str:
         raise ValueError(f"{what} {path} is not ASCII") from None
 
 
+@functools.cache
 def tls_context() -> ssl.SSLContext:
     """One verifying TLS context for every HTTP client of the daemon: each client building
     its own loads the CA bundle again (about 1.3 MB of memory per probe)."""
