@@ -41,6 +41,8 @@ DATA_SAFETY_EVERY = 30.0
 
 STOP_GRACE = 5.0
 RECOVERY_TIMEOUT = 60.0
+ACCEPT_BATCH = 64
+"""Connections accepted at once; each is then served or, over the cap, closed."""
 """Longest the start-up recovery of interrupted restores may take before the loop starts."""
 """Seconds the HTTP server gets to finish in-flight requests at shutdown."""
 
@@ -231,6 +233,9 @@ class Daemon:
             build_app(self, self.metrics.registry, api_routes(self)), log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
             http=GuardedH11Protocol,
+            # asyncio accepts up to ``backlog`` sockets in one go before any protocol sees
+            # them: uvicorn's 2048 would run past the descriptor limit in a flood.
+            backlog=ACCEPT_BATCH,
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())
