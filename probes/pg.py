@@ -9,6 +9,7 @@ swap step terminating sessions, tells them apart from the application's).
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,9 +82,13 @@ async def connect(
     Raises ``psycopg.OperationalError`` when the server cannot be reached, refuses the login,
     or does not answer in time (``psycopg.errors.ConnectionTimeout``).
     """
-    return await psycopg.AsyncConnection.connect(dsn, **_bounded(
-        dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout,
-        lock_timeout=lock_timeout, read_only=read_only))
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, **_bounded(
+            dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout, read_only=read_only))
+    except psycopg.Error as exc:
+        scrub_connect_error(exc, dsn)
+        raise
 
 
 def connect_sync(
@@ -99,10 +104,14 @@ def connect_sync(
     """:func:`connect`'s synchronous twin, for the work that runs in threads (backups,
     restores, validation, locks). ``keep_idle`` exempts the session from the server's
     ``idle_session_timeout``, for a session that only holds a lock."""
-    return psycopg.connect(dsn, **_bounded(
-        dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout,
-        lock_timeout=lock_timeout, read_only=read_only, application_name=application_name,
-        keep_idle=keep_idle))
+    try:
+        return psycopg.connect(dsn, **_bounded(
+            dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout, read_only=read_only, application_name=application_name,
+            keep_idle=keep_idle))
+    except psycopg.Error as exc:
+        scrub_connect_error(exc, dsn)
+        raise
 
 
 def _bounded(dsn: str, *, connect_timeout: float, statement_timeout: float,
@@ -118,6 +127,26 @@ def _bounded(dsn: str, *, connect_timeout: float, statement_timeout: float,
         options += " -c idle_session_timeout=0"
     return {"autocommit": True, "connect_timeout": libpq_connect_timeout(connect_timeout),
             "application_name": application_name[:63], "options": options}
+
+
+_QUOTED_VALUE = re.compile(r'(value:?) "[^"]*"')
+
+
+def scrub_connect_error(exc: psycopg.Error, dsn: str) -> None:
+    """Take out of ``exc``'s message what libpq quotes from the DSN: the value it found
+    invalid (``invalid integer value "..." for connection option "port"``: a password typed
+    into the wrong field) and the password itself. The exception keeps its class and
+    SQLSTATE; only its text changes, before anyone logs it."""
+    text = str(exc)
+    scrubbed = _QUOTED_VALUE.sub(lambda m: f'{m.group(1)} "***"', text)
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        scrubbed = scrubbed.replace(str(password), "***")
+    if scrubbed != text:
+        exc.args = (scrubbed, *exc.args[1:])
 
 
 async def round_trip(conn: psycopg.AsyncConnection[Any]) -> float:
