@@ -14,6 +14,7 @@ from daemon.cli.common import (
     load_with_database,
     progress_bars,
     render,
+    render_outcome,
     working,
 )
 from daemon.config import Config, ConfigError, load_policy
@@ -77,10 +78,7 @@ def backup_create(ctx: click.Context, config_file: Path | None, kind: str,
 def backup_list(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     """List the backups, oldest first."""
     _, config = load_with_database(ctx, config_file)
-    try:
-        render(list_backups(config), as_json)
-    except OpsError as exc:
-        fail(str(exc), EXIT_FAILED)
+    render_outcome(lambda: list_backups(config), as_json)
 
 
 @backup.command("verify")
@@ -190,10 +188,7 @@ def backup_clone(ctx: click.Context, config_file: Path | None, as_json: bool) ->
     """Take a fast restore point: CREATE DATABASE ... TEMPLATE, while the app is stopped for
     the deploy. `backup restore NAME --strategy clone` swaps it back in seconds."""
     _, config = load_with_database(ctx, config_file)
-    try:
-        render(take_clone(config), as_json)
-    except OpsError as exc:
-        fail(str(exc), EXIT_FAILED)
+    render_outcome(lambda: take_clone(config), as_json)
 
 
 @backup.command("recover")

@@ -14,6 +14,7 @@ import click
 
 from daemon.config import Config, ConfigError, load_config, load_policy, resolve_path
 from daemon.db.backups import Progress as ProgressCallback
+from daemon.ops.common import OpsError
 
 if TYPE_CHECKING:
     from policies.policy import Policy
@@ -45,6 +46,16 @@ def render(result: Renderable, as_json: bool) -> None:
             click.echo(json.dumps(item, sort_keys=True))
         return
     click.echo(json.dumps(data, sort_keys=True))
+
+
+def render_outcome(operation: Callable[[], Renderable], as_json: bool) -> None:
+    """Run one service operation and render its result; its refusal (``OpsError``) is the
+    one line and exit 1 every verb gives."""
+    try:
+        result = operation()
+    except OpsError as exc:
+        fail(str(exc), EXIT_FAILED)
+    render(result, as_json)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -18,6 +18,7 @@ from daemon.cli.common import (
     load_with_database,
     progress_bars,
     render,
+    render_outcome,
     warn,
 )
 from daemon.config import Config
@@ -71,10 +72,7 @@ def deploy_end(ctx: click.Context, config_file: Path | None, status: str,
                deploy_id: int | None, as_json: bool) -> None:
     """Record the end of a deploy."""
     _, config = load_with_database(ctx, config_file)
-    try:
-        render(end_deploy(config, status, deploy_id), as_json)
-    except OpsError as exc:
-        fail(str(exc), EXIT_FAILED)
+    render_outcome(lambda: end_deploy(config, status, deploy_id), as_json)
 
 
 def duration_param(ctx: click.Context, param: click.Parameter, value: str) -> float:
