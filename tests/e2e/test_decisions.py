@@ -78,6 +78,12 @@ SCENARIOS: dict[str, str] = {
         "a migration failing in the step a person dismisses an incident opens a new one",
     "age_is_unknown_while_blind":
         "age() of a signal that cannot be measured is unknown, so blindness never rolls back",
+    "dismissed_then_the_next_release_fails_its_migration":
+        "a person dismisses a failed migration; the next release's failed migration opens anew",
+    "migration_event_supersedes_a_signals_line":
+        "a migration event after a signals line setting migration.failed wins, and vice versa",
+    "signals_line_supersedes_a_failed_migration_event":
+        "a signals line of 0 after a failed migration event wins: the incident resolves",
 }
 
 
