@@ -12,7 +12,7 @@ import re
 import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, get_args
 
 from policies import catalogue
@@ -147,6 +147,28 @@ class _RuleState:
         self.firing = self.firing and holds_incident
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """A runbook run's latest event: ``phase`` begin, or end with ``status`` and ``restored``."""
+
+    incident: int | None
+    runbook: str
+    phase: str
+    t: float
+    status: str | None
+    restored: bool
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "end" and self.status == "succeeded"
+
+    @property
+    def rolls_back(self) -> bool:
+        """The run rolled the deploy back, or at least put its database back: the failed
+        migration's hold ends and the deploy has nothing left to roll back to."""
+        return self.phase == "end" and (self.status == "succeeded" or self.restored)
+
+
 @dataclass(slots=True)
 class _Incident:
     id: int
@@ -155,6 +177,12 @@ class _Incident:
     mode: str
     opened_at: float
     attached: list[str] = field(default_factory=list)
+    auto_rollback: bool = False
+    """An automatic rollback was decided in it: never a second one."""
+    run: _Run | None = None
+    """The latest runbook run recorded for it: from then on it only pages."""
+    fired_again: bool = False
+    """A rule fired after the run ended (the watch period was not clean)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +190,7 @@ class _Deploy:
     t: float
     version: str
     verified: bool
+    rolled_back: bool = False
 
 
 def _word(label: str) -> str:
@@ -226,6 +255,9 @@ class Engine:
         self._auto_rollbacks: deque[float] = deque()
         self._paused = False
         self._close_requested: tuple[int, str] | None = None
+        # The latest runbook event, kept for resume_incident: a restarted daemon reads the
+        # journal's events before it takes back the open incident.
+        self._last_run: _Run | None = None
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -261,6 +293,8 @@ class Engine:
             decision = event.get("decision")
             why = f"{by} decided: {decision}" if decision else f"closed by {by}"
             self._close_requested = (event["incident"], why)
+        elif kind == "runbook":
+            self._record_run(t, event)
         elif kind == "baseline":
             # Baselines frozen at the deploy, journaled so that a restart does not lose them.
             self._deploy_baselines.update(
@@ -285,6 +319,46 @@ class Engine:
         before = self.value(catalogue.MIGRATION_FAILED)
         self._migration_report = 1.0 if failed else 0.0 if self._recorded else None
         self._track_change(catalogue.MIGRATION_FAILED, before, t)
+
+    def _record_run(self, t: float, event: Event) -> None:
+        """A runbook run began or ended. Whatever its incident, a run that rolled the deploy
+        back (or restored its database) ends a failed migration's hold and leaves the deploy
+        nothing to roll back to. For the open incident: it only pages from now on, and a
+        successful end starts its watch period."""
+        run = _Run(incident=event.get("incident"), runbook=event["runbook"],
+                   phase=event["phase"], t=t, status=event.get("status"),
+                   restored=event.get("restored", False))
+        self._last_run = run
+        if run.rolls_back:
+            self._report_migration(t, failed=False)
+            if self._deploy is not None:
+                self._deploy = replace(self._deploy, rolled_back=True)
+        incident = self._incident
+        if incident is not None and run.incident == incident.id:
+            self._take_run(incident, run)
+            if run.succeeded:
+                self._restart_rules(t)
+
+    @staticmethod
+    def _take_run(incident: _Incident, run: _Run) -> None:
+        incident.run = run
+        incident.action = "page"
+        incident.fired_again = False  # each successful run has a watch period of its own
+
+    def _restart_rules(self, t: float) -> None:
+        """A rollback ended: what the rules saw before it says nothing about the release
+        running now. Every rule, monitoring_blind too, starts again from ``t`` as not firing,
+        so that any rule firing in the watch period is seen as firing again."""
+        for state in [*self._states, self._blind]:
+            state.true_for = state.false_for = 0.0
+            state.last_t = t
+            state.firing = False
+
+    def _watch_until(self, incident: _Incident) -> float | None:
+        run = incident.run
+        if run is None or not run.succeeded:
+            return None
+        return run.t + self.policy.guards.watch_for
 
     def _rearm(self, t: float) -> None:
         """Each deploy re-arms the rules, so that a failure of the new release is a decision
@@ -407,6 +481,10 @@ class Engine:
         # A person's close applies first: what starts firing in the same step opens anew.
         closed = self._close(t)
         decisions = [closed] if closed is not None else []
+        # So does the end of a clean watch period: nothing fired inside it.
+        watched = self._end_clean_watch(t)
+        if watched is not None:
+            decisions.append(watched)
         decisions += [d for rule in newly if (d := self._arbitrate(t, rule)) is not None]
         resolved = self._maybe_resolve(t)
         if resolved is not None:
@@ -443,30 +521,50 @@ class Engine:
         if incident is None:
             self._incidents += 1
             action, mode, reason = self._guard(t, rule)
-            self._incident = _Incident(self._incidents, rule, action, mode, t, [rule.scenario])
+            self._incident = _Incident(self._incidents, rule, action, mode, t, [rule.scenario],
+                                       auto_rollback=_is_auto_rollback(action, mode))
             return self._decision(t, "open", self._incidents, rule, action, mode, reason)
+        if self._fires_again(incident, t):
+            # The procedures' first hour: whatever fires again after the rollback pages the
+            # next escalation level, whatever its rank; a person takes it from here.
+            action, mode, reason = self._guard(t, rule, incident)
+            incident.fired_again = True
+            if rule.scenario not in incident.attached:
+                incident.attached.append(rule.scenario)
+            if rule.rank > incident.rule.rank:
+                incident.rule, incident.mode = rule, mode
+            return self._decision(t, "escalate", incident.id, rule, action, mode, reason)
         if rule.scenario in incident.attached:
             return None  # already evidence of this incident
         incident.attached.append(rule.scenario)
         if rule.rank > incident.rule.rank:
-            action, mode, reason = self._guard(t, rule)
+            action, mode, reason = self._guard(t, rule, incident)
             reason = f"escalated from {incident.rule.scenario}: {reason}"
             incident.rule, incident.action, incident.mode = rule, action, mode
+            incident.auto_rollback |= _is_auto_rollback(action, mode)
             return self._decision(t, "escalate", incident.id, rule, action, mode, reason)
         reason = (f"attached to incident {incident.id} as evidence; it ranks below "
                   f"{incident.rule.scenario}")
         return self._decision(t, "attach", incident.id, rule, incident.action, incident.mode,
                               reason)
 
-    def _guard(self, t: float, rule: Rule) -> tuple[str, str, str]:
-        """The action actually taken for ``rule``, its mode, and why."""
+    def _guard(self, t: float, rule: Rule,
+               incident: _Incident | None = None) -> tuple[str, str, str]:
+        """The action actually taken for ``rule`` (opening an incident, or escalating
+        ``incident``), its mode, and why."""
         why = f"{rule.when} held for {format_duration(rule.for_)}"
         if rule.scenario == MONITORING_BLIND:
             why = ("no measurement for " + ", ".join(self._blind_signals(t))
                    + "; rollbackd never rolls back blind")
+        after_run = None if incident is None else self._after_run(incident, t)
+        if after_run is not None:
+            # Once a runbook ran for the incident, a person decides what comes next.
+            why = f"{after_run}; {why}"
+            if not self._paused:
+                return "page", self.policy.mode_for(rule.action, self.mode), why
         if self._paused:
             mode = "dry-run"
-            action = "page" if rule.action in ROLLBACKS else rule.action
+            action = "page" if rule.action in ROLLBACKS or after_run else rule.action
             return action, mode, f"paused: nothing is executed; {why}"
         mode = self.policy.mode_for(rule.action, self.mode)
         if rule.action not in ROLLBACKS:
@@ -474,6 +572,10 @@ class Engine:
         refusal = self._rollback_refusal(t, mode)
         if refusal is not None:
             return "page", mode, f"{refusal}; {why}"
+        if incident is not None and incident.auto_rollback and mode == "auto":
+            # Checked last: a guard above that refuses says so as it always did.
+            return "page", mode, (f"incident {incident.id} already had its automatic rollback; "
+                                  f"paging instead of a second one; {why}")
         if mode == "auto":
             self._auto_rollbacks.append(t)
         return rule.action, mode, why
@@ -484,6 +586,8 @@ class Engine:
         if deploy is None or t - deploy.t > guards.rollback_window:
             return (f"no deploy recorded within {format_duration(guards.rollback_window)}: "
                     "nothing to roll back to")
+        if deploy.rolled_back:
+            return f"deploy {deploy.version} was already rolled back: nothing to roll back to"
         if not deploy.verified:
             return f"deploy {deploy.version} has no verified restore point"
         if "db.up" in self._probed and self.value("db.up") != 1:
@@ -495,6 +599,40 @@ class Engine:
             return (f"rate limit: {guards.max_auto_rollbacks} automatic rollback(s) per "
                     f"{format_duration(guards.cooldown)} already used")
         return None
+
+    def _fires_again(self, incident: _Incident, t: float) -> bool:
+        """A rule firing at ``t`` is the first to fire inside the watch period."""
+        until = self._watch_until(incident)
+        return until is not None and t < until and not incident.fired_again
+
+    def _after_run(self, incident: _Incident, t: float) -> str | None:
+        """Why a decision for ``incident`` only pages once a runbook ran for it; None before."""
+        run = incident.run
+        if run is None:
+            return None
+        instead = "paging instead of a second automatic rollback"
+        if self._fires_again(incident, t):
+            return f"fired again inside the watch period after the rollback; {instead}"
+        if run.phase == "begin":
+            return f"the {run.runbook} runbook of incident {incident.id} is running; {instead}"
+        return (f"the {run.runbook} runbook of incident {incident.id} {run.status}; "
+                f"{instead}")
+
+    def _end_clean_watch(self, t: float) -> Decision | None:
+        """The incident's watch period is over and no rule fired inside it: resolved."""
+        incident = self._incident
+        if incident is None or incident.fired_again:
+            return None
+        until = self._watch_until(incident)
+        if until is None or t < until:
+            return None
+        assert incident.run is not None
+        self._incident = None
+        watch = format_duration(self.policy.guards.watch_for)
+        return self._decision(t, "resolve", incident.id, incident.rule, incident.action,
+                              incident.mode,
+                              f"the watch period was clean: no rule fired again in the {watch} "
+                              f"after the {incident.run.runbook} runbook succeeded")
 
     def _close(self, t: float) -> Decision | None:
         """A person closed the open incident: its rules still firing stay silent until they
@@ -511,13 +649,21 @@ class Engine:
         incident = self._incident
         if incident is None:
             return None
+        run = incident.run
+        if run is not None and not run.succeeded:
+            return None  # a run under way or failed: only a person closes the incident
+        until = self._watch_until(incident)
+        if until is not None and t < until:
+            return None  # inside the watch period only a clean one resolves, or a person
         states = {s.rule.scenario: s for s in [*self._states, self._blind]}
         if any(states[name].firing for name in incident.attached):
             return None
         self._incident = None
+        reason = "every rule of the incident has been clear for its clear_for"
+        if until is not None:
+            reason = f"the watch period is over and {reason}"
         return self._decision(t, "resolve", incident.id, incident.rule, incident.action,
-                              incident.mode,
-                              "every rule of the incident has been clear for its clear_for")
+                              incident.mode, reason)
 
     @staticmethod
     def _decision(t: float, kind: str, incident: int, rule: Rule, action: str, mode: str,
@@ -541,18 +687,36 @@ class Engine:
         self._auto_rollbacks = deque(sorted({*self._auto_rollbacks, *times}))
 
     def resume_incident(self, incident: int, scenario: str, action: str, mode: str,
-                        opened_at: float, attached: Sequence[str]) -> bool:
+                        opened_at: float, attached: Sequence[str], *,
+                        decisions: Sequence[Decision] = ()) -> bool:
         """Take back the incident a previous run left open, its rules firing until they clear
-        for their clear_for; False when the policy no longer has its rule."""
+        for their clear_for; False when the policy no longer has its rule.
+
+        Call it after the journal's recent events have been recorded: a runbook run of the
+        incident among them is taken back too (it only pages; a successful end's watch period
+        goes on). ``decisions``, the incident's journaled decisions, tell whether it had its
+        automatic rollback and which rules fired again since the run ended: only those are
+        firing in a watch period.
+        """
         states = {s.rule.scenario: s for s in [*self._states, self._blind]}
         if scenario not in states:
             return False
         kept = [name for name in dict.fromkeys([scenario, *attached]) if name in states]
+        resumed = _Incident(incident, states[scenario].rule, action, mode, opened_at, kept,
+                            auto_rollback=any(d.kind in ("open", "escalate")
+                                              and _is_auto_rollback(d.action, d.mode)
+                                              for d in decisions))
+        run = self._last_run
+        if run is not None and run.incident == incident:
+            self._take_run(resumed, run)
+        firing = set(kept)
+        if run is not None and resumed.run is run and run.succeeded:
+            firing = {d.scenario for d in decisions if d.t >= run.t and d.kind != "resolve"}
+            resumed.fired_again = bool(firing)
         for name in kept:
             state = states[name]
-            state.firing, state.last, state.last_t = True, None, None
-        self._incident = _Incident(incident, states[scenario].rule, action, mode, opened_at,
-                                   kept)
+            state.firing, state.last, state.last_t = name in firing, None, None
+        self._incident = resumed
         self._incidents = max(self._incidents, incident)
         return True
 
@@ -570,3 +734,16 @@ class Engine:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def watch_until(self) -> float | None:
+        """When the open incident's watch period ends (its rollback runbook succeeded and
+        nothing fired again yet); None outside one."""
+        incident = self._incident
+        if incident is None or incident.fired_again:
+            return None
+        return self._watch_until(incident)
+
+
+def _is_auto_rollback(action: str, mode: str) -> bool:
+    return action in ROLLBACKS and mode == "auto"

@@ -1,5 +1,6 @@
 """Events the decision engine accepts, checked in one place for every source: replay lines,
-the journal (deploy and migration records, pages from Alertmanager, operators' commands)."""
+the journal (deploy and migration records, pages from Alertmanager, operators' commands, the
+executor's runbook runs)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ ENUMS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "resume": {},
     "close": {},
     "baseline": {},
+    "runbook": {"phase": ("begin", "end")},
 }
+RUN_STATUSES = ("succeeded", "failed")
 
 
 class EventError(ValueError):
@@ -58,6 +61,8 @@ def parse_event(raw: Any) -> dict[str, Any]:
         incident = raw.get("incident")
         if not isinstance(incident, int) or isinstance(incident, bool) or incident < 1:
             raise EventError("close event: incident must be the incident's number")
+    if kind == "runbook":
+        _check_run(raw)
     if kind == "alert":
         labels = raw.get("labels")
         if (not isinstance(labels, Mapping) or not isinstance(labels.get("alertname"), str)
@@ -70,3 +75,26 @@ def parse_event(raw: Any) -> dict[str, Any]:
                 isinstance(k, str) and (v is None or is_number(v)) for k, v in values.items()):
             raise EventError("baseline event: values must map signal names to numbers or null")
     return dict(raw)
+
+
+def _check_run(raw: Mapping[str, Any]) -> None:
+    """A runbook run's begin or end, as the executor journals it: ``incident`` (the incident's
+    number, or null or absent for a run by hand outside any incident), ``runbook`` (its name);
+    an end also ``status`` (succeeded or failed) and ``restored`` (whether the run put the
+    database back: from the restore point, or by a down-migration)."""
+    incident = raw.get("incident")
+    if incident is not None and (not isinstance(incident, int) or isinstance(incident, bool)
+                                 or incident < 1):
+        raise EventError("runbook event: incident must be the incident's number, or null for "
+                         "a run by hand")
+    name = raw.get("runbook")
+    if not isinstance(name, str) or not name:
+        raise EventError("runbook event: runbook must be the runbook's name")
+    if raw["phase"] == "begin":
+        if "status" in raw or "restored" in raw:
+            raise EventError("runbook event: a begin has no status or restored (an end has)")
+        return
+    if raw.get("status") not in RUN_STATUSES:
+        raise EventError(f"runbook event: status must be one of {', '.join(RUN_STATUSES)}")
+    if not isinstance(raw.get("restored"), bool):
+        raise EventError("runbook event: restored must be true or false")

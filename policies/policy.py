@@ -68,6 +68,10 @@ class GuardSettings(_Strict):
     cooldown: Duration = Field(default=3600.0, gt=0, description="up to 30d")
     blind_after: Duration = Field(
         default=120.0, gt=0, description="a needed signal unknown longer pages; up to 30d")
+    watch_for: Duration = Field(
+        default=3600.0, gt=0,
+        description="after a rollback runbook succeeds, its incident is watched this long: a "
+                    "rule firing again pages, a clean watch resolves it; up to 30d")
 
 
 class _RuleFile(_Strict):

@@ -1,4 +1,29 @@
-"""The replay contract of ``rollbackd simulate``: JSON Lines in, the engine's decisions out."""
+"""The replay contract of ``rollbackd simulate``: JSON Lines in, the engine's decisions out.
+
+Besides ``signals`` lines and the deploy, migration, alert, pause, resume and close events
+(DESIGN section 3), a replay may hold the executor's runbook events, as the daemon journals
+them::
+
+    {"t": 200, "event": {"type": "runbook", "phase": "begin", "incident": 1,
+                         "runbook": "immediate_rollback"}}
+    {"t": 560, "event": {"type": "runbook", "phase": "end", "incident": 1,
+                         "runbook": "immediate_rollback", "status": "succeeded",
+                         "restored": true}}
+
+``incident`` is null (or absent) for a run by hand. Once a run of the open incident has begun,
+every decision for that incident pages (``action`` "page", ``reason`` says why): never a second
+automatic rollback, and it does not resolve by ``clear_for``. An end with ``status``
+"succeeded" starts the incident's watch period (``guards.watch_for``): the first rule to fire
+inside it escalates the incident with a page; if none does, the incident resolves when the
+watch period ends; if one did, it resolves once the watch period is over and its rules are
+clear for their ``clear_for``. An end with ``status`` "failed" leaves the incident open until a
+person closes it. An end that succeeded, or with ``restored`` true, sets ``migration.failed``
+to 0 (like a deploy begin) and leaves the deploy nothing to roll back to until the next one.
+
+``simulate`` invents no runbook events: without them, it assumes every automatic rollback it
+decides is carried out at the moment of the decision, for the rate limit only, and an incident
+still never has a second automatic rollback.
+"""
 
 from __future__ import annotations
 

@@ -85,6 +85,22 @@ SCENARIOS: dict[str, str] = {
         "a later migration event supersedes a signals line: succeeded clears it, failed sets it",
     "age_is_unknown_while_blind":
         "age() of a signal that cannot be measured is unknown, so blindness never rolls back",
+    "dismissed_then_the_next_release_fails_its_migration":
+        "a person dismisses a failed migration; the next release's failed migration opens anew",
+    "migration_event_supersedes_a_signals_line":
+        "a migration event after a signals line setting migration.failed wins, and vice versa",
+    "signals_line_supersedes_a_failed_migration_event":
+        "a signals line of 0 after a failed migration event wins: the incident resolves",
+    "watch_period_clean_resolves":
+        "a clean watch period after the rollback resolves the incident, clear_for alone does not",
+    "watch_period_rule_fires_again_pages":
+        "a rule firing again inside the watch period pages and never rolls back twice",
+    "runbook_failed_leaves_the_incident_open":
+        "a failed runbook leaves the incident open, a later failure pages, a person closes it",
+    "restored_database_clears_the_migration_failure":
+        "a restored database clears the failed migration; its deploy is not rolled back again",
+    "second_automatic_rollback_in_one_incident_pages":
+        "an incident outlasting the cooldown never has a second automatic rollback, it pages",
 }
 
 
