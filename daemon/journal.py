@@ -887,9 +887,10 @@ class Journal:
     def finish_restore(self, restore_id: int, outcome: RestoreOutcome, *,
                        close_incident: bool = True) -> Restore:
         """Journal how the restore ended, in one transaction with what follows from it: a
-        whole-database restore that completed marks its deploy ``rolled_back``; one that was
-        also validated, with ``close_incident``, closes its incident if still open (a
-        ``close`` event, which the daemon turns into the incident's ``resolve`` decision)."""
+        whole-database restore that completed marks its deploy ``rolled_back`` (and, by hand,
+        is journaled as a runbook end for the engine); one that was also validated, with
+        ``close_incident``, closes its incident if still open (a ``close`` event, which the
+        daemon turns into the incident's ``resolve`` decision)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE restores SET finished_at = ?, status = ?,"
@@ -909,6 +910,14 @@ class Journal:
                 db.execute("UPDATE deploys SET status = 'rolled_back',"
                            " ended_at = coalesce(ended_at, ?) WHERE id = ?",
                            (outcome.finished_at, restore.deploy))
+            if close_incident and restore.rolls_back_deploy:
+                # A restore by hand is a rollback the engine must know of: it ends a journaled
+                # migration failure's hold and leaves that deploy nothing to roll back to (the
+                # executor journals its own runbook events instead).
+                self._insert_event(db, outcome.finished_at, {
+                    "type": "runbook", "phase": "end", "incident": None,
+                    "runbook": "restore_by_hand", "status": "succeeded", "restored": True,
+                    "restore": restore.id})
             if (close_incident and restore.status == "restored"
                     and restore.incident is not None
                     and self._incident_open(db, restore.incident)):

@@ -363,7 +363,7 @@ class Daemon:
         lines = self.journal.decisions(limit=1000, incident=summary.incident)
         resumed = self.engine.resume_incident(
             summary.incident, summary.scenario, summary.action, summary.mode,
-            summary.opened_at, [d.scenario for d in lines])
+            summary.opened_at, [d.scenario for d in lines], decisions=lines)
         self.log.warning("resumed the open incident of the previous run" if resumed else
                          "the open incident's rule is no longer in the policy; not resumed",
                          incident=summary.incident, scenario=summary.scenario)

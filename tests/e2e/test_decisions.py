@@ -76,13 +76,6 @@ SCENARIOS: dict[str, str] = {
         "a person closes an incident while its rule still fires; nothing reopens it",
     "dismissed_then_a_failed_migration_same_step":
         "a migration failing in the step a person dismisses an incident opens a new one",
-    "dismissed_then_the_next_release_fails_its_migration":
-        "a deploy re-arms a rule held by clear_for: the next release's failed migration opens "
-        "a new incident",
-    "signals_line_supersedes_a_failed_migration_event":
-        "a later signals line of migration.failed 0 supersedes a failed migration event",
-    "migration_event_supersedes_a_signals_line":
-        "a later migration event supersedes a signals line: succeeded clears it, failed sets it",
     "age_is_unknown_while_blind":
         "age() of a signal that cannot be measured is unknown, so blindness never rolls back",
     "dismissed_then_the_next_release_fails_its_migration":

@@ -265,6 +265,7 @@ def test_the_random_streams_do_reach_the_guards_the_properties_are_about() -> No
     """Properties over streams that never roll back would hold vacuously: the generator must
     produce repeated automatic rollbacks, rate-limited ones and ones outside the window."""
     search = settings(max_examples=500, deadline=None, database=None, phases=[Phase.generate],
+                      derandomize=True,
                       suppress_health_check=list(HealthCheck))
 
     def witness(condition: Any) -> None:

@@ -117,3 +117,28 @@ def test_an_unfinished_restore_stays_running(journal: Journal) -> None:
 def test_a_deploy_is_never_ended_as_rolled_back(journal: Journal) -> None:
     with pytest.raises(JournalError, match="succeeded or failed"):
         journal.end_deploy(3, "rolled_back", 500.0)
+
+
+def test_a_whole_restore_by_hand_tells_the_engine_the_deploy_was_rolled_back(
+        journal: Journal, tmp_path: Path) -> None:
+    from policies.engine import Engine
+    from policies.policy import parse_policy
+
+    journal.finish_restore(begin(journal, "rp-2"), done())
+    [event] = [e.payload for e in journal.events_after(0) if e.payload["type"] == "runbook"]
+    assert event == {"type": "runbook", "phase": "end", "incident": None,
+                     "runbook": "restore_by_hand", "status": "succeeded", "restored": True,
+                     "restore": 1}
+    engine = Engine(parse_policy((Path(__file__).parents[2] / "policies" / "visionforge.toml")
+                                 .read_text(), "visionforge.toml"))
+    engine.record(300.0, {"type": "migration", "status": "failed", "version": "v2"})
+    assert engine.value("migration.failed") == 1
+    engine.record(401.0, event)
+    assert engine.value("migration.failed") == 0
+
+
+def test_a_table_restore_or_the_executors_restore_journals_no_runbook_end(
+        journal: Journal) -> None:
+    journal.finish_restore(begin(journal, "rp-2", "tables", ("users",)), done())
+    journal.finish_restore(begin(journal, "rp-2"), done(), close_incident=False)
+    assert [e for e in journal.events_after(0) if e.payload["type"] == "runbook"] == []
