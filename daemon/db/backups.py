@@ -53,6 +53,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from daemon.config import BackupSettings
 from daemon.db.admin import connect
 from daemon.db.catalog import NoSuchTableError, TableRef, resolve_tables, user_tables
+from daemon.db.migrations import MigrationVersionError, read_version
+from daemon.db.migrations import Tool as MigrationTool
 from daemon.db.tools import (
     PgToolError,
     Tool,
@@ -142,6 +144,9 @@ class Manifest(_Model):
     version: str | None = None
     """The application version being deployed (restore points)."""
     code_version: str | None = None
+    migration_version: str | None = None
+    """The migration tool's version in the snapshot (:mod:`daemon.db.migrations`); None when
+    not recorded (no tool configured, or a backup of an earlier rollbackd)."""
     selected_tables: list[str] | None = None
     """For ``tables`` backups: the tables asked for; None means the whole database."""
     files: list[FileEntry]
@@ -331,11 +336,14 @@ class BackupStore:
     def create(self, dsn: str, kind: Kind, *, deploy: int | None = None,
                version: str | None = None, tables: Sequence[str] | None = None,
                config_files: Sequence[Path] = (), code_version: str | None = None,
+               migrations: MigrationTool | None = None,
                progress: Progress | None = None) -> Manifest:
         """Take a backup of the database ``dsn`` names and return its manifest.
 
         ``tables`` limits the data to those tables (``name`` or ``schema.name``, with their
-        owned sequences); ``config_files`` are snapshotted into ``config/``. Refuses (with
+        owned sequences); ``config_files`` are snapshotted into ``config/``; ``migrations``
+        (``[database].migrations``): the tool whose version is read in the snapshot and
+        recorded (a query that fails records none). Refuses (with
         ``BackupError``) when free space would fall below ``backups.min_free``. On failure
         the partial directory is removed; one left by a crash has no manifest and is listed
         as incomplete until ``prune`` removes it.
@@ -356,7 +364,7 @@ class BackupStore:
             directory.mkdir(parents=True, exist_ok=False)
             try:
                 manifest = self._take(conn, dsn, server, pg_dump, directory, kind, deadline,
-                                      tables, config_files, report)
+                                      tables, config_files, report, migrations)
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
@@ -373,11 +381,16 @@ class BackupStore:
 
     def _take(self, conn: psycopg.Connection[Any], dsn: str, server: _Server, pg_dump: Tool,
               directory: Path, kind: Kind, deadline: float, tables: Sequence[str] | None,
-              config_files: Sequence[Path], report: Progress) -> Manifest:
+              config_files: Sequence[Path], report: Progress,
+              migrations: MigrationTool | None = None) -> Manifest:
         env = libpq_env(dsn, connect_timeout=self.connect_timeout)
         with _transaction(conn):
             snapshot, at = _export_snapshot(conn)
             selected = None if tables is None else _resolve_tables(conn, tables)
+            migration_version = None
+            if migrations is not None:
+                with contextlib.suppress(MigrationVersionError):
+                    migration_version = read_version(conn, migrations)
             counts = _count_rows(conn, selected, report)
             method: Method = "directory" if self.settings.format == "directory" else "custom"
             data = DUMP_DIR if method == "directory" else DUMP_FILE
@@ -399,6 +412,7 @@ class BackupStore:
             database=server.database, server_version=server.version,
             server_version_num=server.version_num, pg_dump_version=pg_dump.version,
             created_at=at, created_at_iso=iso(at), duration=0.0, snapshot=snapshot,
+            migration_version=migration_version,
             selected_tables=None if selected is None else [t.qualified for t in selected],
             files=files, config=config, size=sum(f.size for f in files), tables=counts,
         )

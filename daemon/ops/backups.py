@@ -47,7 +47,7 @@ def create_backup(config: Config, kind: Kind, *, tables: Sequence[str] | None = 
     store = open_store(config)
     try:
         manifest = store.create(db.dsn, kind, tables=list(tables) if tables else None,
-                                progress=progress)
+                                migrations=db.migrations, progress=progress)
         verification = store.verify(manifest.id, progress=progress) if verify else None
     except BackupError as exc:
         raise OpsError(str(exc)) from None

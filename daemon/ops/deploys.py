@@ -84,7 +84,8 @@ def start_deploy(config: Config, version: str, *,
         code = code_version(config.app)
         files = config.app.config_files if config.app is not None else []
         manifest = store.create(db.dsn, "restore_point", version=version, config_files=files,
-                                code_version=code, progress=progress)
+                                code_version=code, migrations=db.migrations,
+                                progress=progress)
         verification = store.verify(manifest.id, progress=progress)
         if not verification.ok:
             raise OpsError(f"restore point {manifest.id} failed verification: "
