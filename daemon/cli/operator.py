@@ -19,6 +19,7 @@ from daemon.cli.common import (
 from daemon.config import Config
 from daemon.journal import Journal, JournalError, StateDirError
 from daemon.ops.operator import (
+    DECISIONS,
     DecisionError,
     IncidentList,
     Notice,
@@ -121,18 +122,23 @@ def show(ctx: click.Context, config_file: Path | None, incident: int, as_json: b
 @click.command()
 @config_option
 @click.argument("incident", type=int)
-@click.argument("choice", type=click.Choice(["dismiss", "fix_forward"]))
+@click.argument("choice", type=click.Choice(DECISIONS))
 @click.option("--reason", default="", help="Why, for the incident's record.")
+@click.option("--runbook", default=None,
+              help="With rollback: the runbook to run (default: the incident's action's).")
 @json_option()
 @click.pass_context
 def decide(ctx: click.Context, config_file: Path | None, incident: int, choice: str,
-           reason: str, as_json: bool) -> None:
-    """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback). Either
-    closes it; the daemon journals the resolution at its next cycle."""
+           reason: str, runbook: str | None, as_json: bool) -> None:
+    """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback), either
+    closing it; or rollback: approve its rollback, which the daemon starts at its next
+    cycle (approve mode)."""
     _, journal = _journal(ctx, config_file)
     try:
-        record_decision(journal, incident, choice, reason, operator_name())
+        record_decision(journal, incident, choice, reason, operator_name(), runbook)
     except (JournalError, DecisionError) as exc:
         fail(str(exc), EXIT_FAILED)
-    render(Notice(f"incident {incident}: {choice} recorded",
-                  {"incident": incident, "decision": choice, "reason": reason}), as_json)
+    data: dict[str, object] = {"incident": incident, "decision": choice, "reason": reason}
+    if runbook is not None:
+        data["runbook"] = runbook
+    render(Notice(f"incident {incident}: {choice} recorded", data), as_json)

@@ -368,8 +368,9 @@ async def safety_backup(ctx: RunContext, step: Step, index: int) -> StepReport:
 def database_unchanged(ctx: RunContext, manifest: Manifest, timeout: float,
                        ) -> tuple[bool, str, dict[str, Any]]:
     """Whether the live database's schema and migration version equal the restore point's
-    (a failed migration that PostgreSQL rolled back, DDL being transactional). Anything that
-    cannot be told counts as changed: the restore then runs, keeping the current data."""
+    (a failed migration that PostgreSQL rolled back, DDL being transactional), and it passes
+    the database checklist. Anything that cannot be told counts as changed: the restore then
+    runs, keeping the current data."""
     db = ctx.database
     try:
         diff = schema_diff(db.dsn, manifest, ctx.store, timeout=timeout,
@@ -397,7 +398,13 @@ def database_unchanged(ctx: RunContext, manifest: Manifest, timeout: float,
     if live != manifest.migration_version:
         return False, (f"the migration version is {live}, the restore point's "
                        f"{manifest.migration_version}"), facts
-    return True, f"schema and migration version {live} equal the restore point's", facts
+    # pg_dump leaves out what a failed non-transactional migration may leave behind (an
+    # invalid index of CREATE INDEX CONCURRENTLY): the database checklist sees it.
+    failed = failures(_check_database(ctx, timeout))
+    if failed:
+        return False, f"the schema dump is the restore point's, but {summary(failed)}", facts
+    return True, (f"schema and migration version {live} equal the restore point's and the "
+                  "database passes its checks"), facts
 
 
 async def restore_database(ctx: RunContext, step: Step, index: int) -> StepReport:

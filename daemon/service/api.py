@@ -114,9 +114,11 @@ class ResumeBody(_Body):
 
 
 class DecisionBody(_Body):
-    decision: Literal["dismiss", "fix_forward"]
+    decision: Literal["dismiss", "fix_forward", "rollback"]
+    """dismiss, fix_forward: close the incident; rollback: approve its runbook."""
     reason: _Line = ""
     by: _Who  # a decision closes an incident: the record names a person, not "api"
+    runbook: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,59}$")] | None = None
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -264,12 +266,17 @@ class Api:
         number = _incident_number(request)
         body = await self._parse(request, DecisionBody)
         try:
-            record_decision(self.host.journal, number, body.decision, body.reason, body.by)
+            record_decision(self.host.journal, number, body.decision, body.reason, body.by,
+                            body.runbook)
         except DecisionError as exc:
             raise ApiError(404 if exc.missing else 409, str(exc)) from None
         self.log.warning("decision recorded through the API", incident=number,
-                         decision=body.decision, by=body.by, reason=body.reason)
-        return _accepted({"incident": number, "decision": body.decision, "by": body.by})
+                         decision=body.decision, by=body.by, reason=body.reason,
+                         runbook=body.runbook)
+        answer: dict[str, Any] = {"incident": number, "decision": body.decision, "by": body.by}
+        if body.runbook is not None:
+            answer["runbook"] = body.runbook
+        return _accepted(answer)
 
 
 def _incident_number(request: Request) -> int:
