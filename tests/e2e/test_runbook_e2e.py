@@ -5,6 +5,7 @@ the `process` adapter; the main loop keeps its interval while the run goes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -209,3 +210,39 @@ def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(host: Hos
         wait_for(host.answers, 10, what="the app answering again")
     finally:
         daemon.close()
+
+
+def test_a_rollback_by_hand_shows_its_plan_then_runs_with_yes(host: Host) -> None:
+    began = rollbackd("deploy", "begin", "--version", "v2", "--json", config=host.config)
+    assert began.returncode == 0, began.stderr
+    release = APP_DIR / "releases" / "v2-destructive"
+    assert subprocess.run([sys.executable, str(APP_DIR / "migrate.py"), "--dsn", host.dsn,
+                           "--dir", str(APP_DIR / "migrations"), "--dir", str(release)],
+                          capture_output=True, timeout=60, check=False).returncode == 0
+    host.journal.add_drill(time.time(), "rp", True, 4.25, {})
+
+    nothing_open = rollbackd("rollback", config=host.config)
+    assert nothing_open.returncode == 1 and "name the runbook" in nothing_open.stderr
+    planned = rollbackd("rollback", "--runbook", "immediate_rollback", config=host.config)
+    assert planned.returncode == 0, planned.stderr
+    assert "runbook immediate_rollback for no incident, budget 1h:" in planned.stdout
+    assert " 3. restore_database (strategy=auto" in planned.stdout
+    assert "data window it would undo: " in planned.stdout
+    assert "expected downtime: about 4.2s of restore" in planned.stdout
+    assert "run again with --yes" in planned.stderr
+    assert host.journal.runs() == [] and host.answers()
+
+    done = rollbackd("rollback", "--runbook", "immediate_rollback", "--yes", "--json",
+                     config=host.config, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["executed"] and out["run"]["status"] == "succeeded"
+    assert out["plan"]["data_window"]["seconds"] > 0
+    [stored] = host.journal.runs()
+    assert stored.requested_by != "rollbackd" and stored.incident is None
+    assert [s.kind for s in host.journal.steps(stored.id)] == list(stored.plan)
+    [restore] = host.journal.restores()
+    assert restore.status == "restored"
+    assert scalar(host.dsn, "SELECT count(*) FROM information_schema.columns"
+                            " WHERE table_name = 'images' AND column_name = 'title'") == 1
+    wait_for(host.answers, 10, what="the app answering again")
