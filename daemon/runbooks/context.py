@@ -183,10 +183,13 @@ def build_controller(config: Config, *, grace: float | None = None) -> AppContro
 
 def prepare(config: Config, journal: Journal, request: RunRequest, *,
             store: BackupStore | None = None, observer: RunObserver | None = None,
-            now: float | None = None) -> RunContext:
+            now: float | None = None, run: Run | None = None) -> RunContext:
     """The context of a run about to begin: the app's latest deploy and its restore point
-    (either may be missing: the steps that need them fail, naming why)."""
+    (either may be missing: the steps that need them fail, naming why). With ``run`` (a run
+    recovered after a crash): that run's own deploy, start and deadline."""
     now = time.time() if now is None else now
+    if run is not None:
+        now = run.started_at
     if store is None:
         db = config.database
         store = BackupStore(config.backups,
@@ -195,9 +198,12 @@ def prepare(config: Config, journal: Journal, request: RunRequest, *,
     manifest: Manifest | None = None
     problem: str | None = None
     try:
-        deploy = journal.latest_deploy(config.app_name)
+        if run is None:
+            deploy = journal.latest_deploy(config.app_name)
+        elif run.deploy is not None:
+            deploy = journal.deploy(run.deploy)
     except JournalError as exc:
-        problem = f"cannot read the latest deploy: {exc}"
+        problem = f"cannot read the deploy: {exc}"
     if deploy is None:
         problem = problem or f"no deploy of {config.app_name} is journaled: no restore point"
     elif deploy.restore_point is None:
@@ -211,5 +217,6 @@ def prepare(config: Config, journal: Journal, request: RunRequest, *,
     return RunContext(
         config=config, journal=journal, store=store, request=request, deploy=deploy,
         manifest=manifest, manifest_problem=problem, started_at=now,
-        deadline=now + request.budget, observer=observer or NoObserver(),
-        left=LeftBehind.for_runbook(request.runbook))
+        deadline=now + request.budget if run is None else run.deadline,
+        observer=observer or NoObserver(), left=LeftBehind.for_runbook(request.runbook),
+        run=run)

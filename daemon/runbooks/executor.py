@@ -39,7 +39,7 @@ from tenacity.stop import stop_base
 from daemon.config import Config
 from daemon.db.backups import BackupStore
 from daemon.fmt import excerpt
-from daemon.journal import Journal, JournalError, Page, Run, RunStep
+from daemon.journal import Journal, JournalError, Page, Run, RunStatus, RunStep
 from daemon.locks import LockError, host_lock
 from daemon.logs import get_logger
 from daemon.runbooks.context import (
@@ -49,6 +49,7 @@ from daemon.runbooks.context import (
     StepError,
     prepare,
 )
+from daemon.runbooks.recovery import assess, rebuilt_state, restore_facts
 from daemon.runbooks.steps import (
     ADAPTERS,
     Adapter,
@@ -59,7 +60,7 @@ from daemon.runbooks.steps import (
     page_facts,
     record_page,
 )
-from policies.runbooks import NoArgs, Step
+from policies.runbooks import NoArgs, Runbook, Step
 from policies.units import format_duration
 from probes.base import one_line
 
@@ -146,14 +147,41 @@ class Executor:
         async with self._lock:
             what = (f"runbook {request.runbook.name}"
                     + ("" if request.incident is None else f" for incident {request.incident}"))
-            with contextlib.ExitStack() as held:
-                try:
-                    held.enter_context(host_lock(self.config.daemon.state_dir, what,
-                                                 name=RUN_LOCK_FILE,
-                                                 held_by="another runbook run"))
-                except LockError as exc:
-                    raise RunRefusedError(str(exc)) from None
+            with self._host_lock(what):
                 return await self._run(request)
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: the with may swallow)
+
+    def _host_lock(self, what: str) -> contextlib.AbstractContextManager[Any]:
+        """``runbook.lock``, or RunRefusedError naming its holder."""
+        try:
+            held = contextlib.ExitStack()
+            held.enter_context(host_lock(self.config.daemon.state_dir, what,
+                                         name=RUN_LOCK_FILE, held_by="another runbook run"))
+        except LockError as exc:
+            raise RunRefusedError(str(exc)) from None
+        return held
+
+    async def recover(self) -> list[RunResult]:
+        """At start-up: every run the journal has as ``running`` was cut short (this process
+        holds the run lock, so no other has it): continue it or abandon it with a page, as
+        :mod:`daemon.runbooks.recovery` decides. Nothing when another process holds the
+        lock (its run is live)."""
+        if self._lock.locked():
+            return []
+        async with self._lock:
+            try:
+                held = self._host_lock("recovery of unfinished runs")
+            except RunRefusedError as exc:
+                self.log.warning("unfinished runs not recovered: another process runs a "
+                                 "runbook", error=str(exc))
+                return []
+            with held:
+                try:
+                    unfinished = list(reversed(self.journal.runs(status="running")))
+                except JournalError as exc:
+                    self.log.error("cannot look for unfinished runs", error=str(exc))
+                    return []
+                return [await self._recover(run) for run in unfinished]
         raise AssertionError("unreachable")  # pragma: no cover (mypy: the with may swallow)
 
     def record_refusal(self, request: RunRequest, why: str) -> Page | None:
@@ -209,6 +237,63 @@ class Executor:
             ctx.observer.run_ended(runbook.name, self._status(run_id),
                                    time.time() - ctx.started_at)
 
+    async def _recover(self, run: Run) -> RunResult:
+        found = assess(self.journal, run)
+        runbook = found.runbook or Runbook(run.runbook, ())
+        request = RunRequest(runbook, run.incident, run.scenario, run.action,
+                             f"resumed after a restart: {found.observed}", run.requested_by,
+                             run.deadline - run.started_at)
+        ctx = prepare(self.config, self.journal, request, store=self.store,
+                      observer=self.observer, run=run)
+        for part, phrase in rebuilt_state(found):
+            ctx.left.set(part, phrase)
+        restored = restore_facts(found.restore) or self._completed_restore(run)
+        if restored is not None:
+            ctx.facts["restore"] = restored
+        log = self.log.bind(run=run.id, runbook=run.runbook, incident=run.incident)
+        log.warning("recovering an unfinished run", verdict=found.verdict,
+                    observed=found.observed, resume_at=found.resume_at)
+        if found.interrupted is not None:
+            word = "observed" if found.interrupted_outcome == "ok" else "interrupted"
+            self._end_step(ctx, found.interrupted.id, found.interrupted.idx,
+                           runbook.steps[found.interrupted.idx - 1] if found.runbook else
+                           Step(found.interrupted.kind, NoArgs(), 0, 0, False),  # type: ignore[arg-type]
+                           StepReport(found.interrupted_outcome, f"{word} at start-up after a "
+                                      f"crash: {found.observed}",
+                                      details={} if found.restore is None
+                                      else {"restore": found.restore.id}),
+                           time.monotonic())
+        if found.verdict == "abandon":
+            state = ctx.left.describe()
+            line = (f"{_about(ctx)}: {run.runbook} (run {run.id}) was cut short by a crash "
+                    f"and is NOT continued: {found.observed}; state left behind: {state}")
+            page = self._page(ctx, "emergency", line, {**page_facts(ctx),
+                              "observed": found.observed}, dedup_key(ctx, "recovery"))
+            ended = self._finish(ctx, "abandoned", f"abandoned at start-up: {found.observed}; "
+                                 f"state left behind: {state}")
+            log.error("run abandoned", observed=found.observed, state=state)
+            return RunResult(ended, self._journal_steps(ctx), state, found.resume_at, page)
+        self.current = ctx
+        ctx.observer.run_started(run.runbook)
+        try:
+            return await self._steps(ctx, log, start=found.resume_at,
+                                     first_attempt=found.next_attempt)
+        finally:
+            self.current = None
+            ctx.observer.run_ended(run.runbook, self._status(run.id),
+                                   time.time() - run.started_at)
+
+    def _completed_restore(self, run: Run) -> dict[str, Any] | None:
+        try:
+            restores = self.journal.restores(app=run.app, limit=20)
+        except JournalError:
+            return None
+        for r in reversed(restores):
+            if r.started_at >= run.started_at and r.completed and (
+                    run.incident is None or r.incident == run.incident):
+                return restore_facts(r)
+        return None
+
     def _status(self, run_id: int) -> str:
         try:
             run = self.journal.run(run_id)
@@ -216,12 +301,18 @@ class Executor:
             return "failed"
         return "failed" if run is None or run.status == "running" else run.status
 
-    async def _steps(self, ctx: RunContext, log: Any) -> RunResult:
+    async def _steps(self, ctx: RunContext, log: Any, *, start: int = 1,
+                     first_attempt: int = 1) -> RunResult:
+        """Steps ``start``.. of the run (a recovered run carries on where it stopped; its
+        first step's attempts are numbered from ``first_attempt``)."""
         assert ctx.run is not None
         failed: tuple[int, Step, StepReport] | None = None
         try:
             for index, step in enumerate(ctx.request.runbook.steps, 1):
-                report = await self._step(ctx, index, step)
+                if index < start:
+                    continue
+                report = await self._step(ctx, index, step,
+                                          first_attempt if index == start else 1)
                 if report.outcome == "failed":
                     failed = (index, step, report)
                     break
@@ -281,11 +372,10 @@ class Executor:
                      f"left behind: {state}")
         log.error("run interrupted", state=state)
 
-    def _finish(self, ctx: RunContext, status: str, summary: str) -> Run:
+    def _finish(self, ctx: RunContext, status: RunStatus, summary: str) -> Run:
         assert ctx.run is not None
         try:
-            return self.journal.finish_run(ctx.run.id, "succeeded" if status == "succeeded"
-                                           else "failed", summary, time.time())
+            return self.journal.finish_run(ctx.run.id, status, summary, time.time())
         except JournalError as exc:
             self.log.error("cannot journal the end of the run", run=ctx.run.id,
                            status=status, summary=summary, error=str(exc))
@@ -312,9 +402,10 @@ class Executor:
 
     # -- one step ----------------------------------------------------------------------------
 
-    async def _step(self, ctx: RunContext, index: int, step: Step) -> StepReport:
+    async def _step(self, ctx: RunContext, index: int, step: Step,
+                    first_attempt: int = 1) -> StepReport:
         """The step's attempts: retried with backoff while it fails, if it is idempotent."""
-        attempts = 0
+        attempts = first_attempt - 1
 
         async def attempt() -> StepReport:
             nonlocal attempts

@@ -201,6 +201,8 @@ class Daemon:
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())
+        # A run a crash cut short is continued or paged, in the background like any run.
+        self._run_task = asyncio.create_task(self.recover_runs())
         self.log.info(
             "started", version=__version__, config=str(self.config_path),
             listen=self.config.daemon.listen, interval=self.config.daemon.interval,
@@ -503,6 +505,18 @@ class Daemon:
         else:
             self.log.warning("runbook run ended", run=result.run.id, status=result.run.status,
                              state=result.state)
+
+    async def recover_runs(self) -> None:
+        """The runs the journal has as running from before this start: continued from the
+        interrupted step, or abandoned with a page (:mod:`daemon.runbooks.recovery`)."""
+        try:
+            for result in await self.executor.recover():
+                self.log.warning("recovered run ended", run=result.run.id,
+                                 status=result.run.status, state=result.state)
+        except Exception as exc:  # never let recovery take the daemon down
+            self.log.error("recovery of unfinished runs failed",
+                           error=one_line(exc, with_type=True),
+                           exc_info=(type(exc), exc, exc.__traceback__))
 
     async def _stop_run(self) -> None:
         """Stopping: a run still going is cancelled; the executor journals it as interrupted

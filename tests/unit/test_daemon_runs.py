@@ -128,3 +128,28 @@ def test_decide_rollback_is_an_approve_event(journal: Journal) -> None:
     assert parse_event(event.payload) == event.payload
     with pytest.raises(EventError, match="approve event: incident must be"):
         parse_event({"type": "approve", "incident": 0})
+
+
+async def test_at_start_the_daemon_recovers_a_run_a_crash_cut_short(
+        tmp_path: Path, journal: Journal) -> None:
+    now = time.time()
+    plan = ["page", "stop_app", "restore_database", "validate", "rollback_code",
+            "rollback_config", "start_app", "validate", "notify"]
+    run = journal.begin_run("app", incident=3, runbook="immediate_rollback",
+                            action="immediate_rollback", scenario="migration_failed",
+                            by="rollbackd", t=now - 60, deadline=now + 900, deploy=None,
+                            restore_point=None, plan=plan)
+    for idx, kind in enumerate(plan[:2], 1):
+        journal.end_step(journal.begin_step(run.id, idx, kind, 1, now - 50), "ok", "done", "",
+                         {}, now - 49)
+    journal.begin_step(run.id, 3, "restore_database", 1, now - 30)  # killed here
+    d = daemon(tmp_path, "auto")
+    await d.recover_runs()
+    # No restore had begun: the step ran again, and failed (no deploy to restore to here).
+    stored = journal.run(run.id)
+    assert stored is not None and stored.status == "failed"
+    attempts = [(s.attempt, s.outcome) for s in journal.steps(run.id) if s.idx == 3]
+    assert attempts == [(1, "failed"), (2, "failed")]
+    [page] = journal.pages(incident=3)
+    assert "FAILED at step 3 (restore_database)" in page.summary
+    assert "state left behind: app stopped, database not restored" in page.summary
