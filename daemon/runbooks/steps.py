@@ -190,14 +190,14 @@ async def assess(ctx: RunContext, step: Step, index: int) -> StepReport:
     """Record what the validators say of the live database now; never fails the run."""
     details: dict[str, Any] = {}
     lines: list[str] = []
+    deadline = time.monotonic() + step.timeout  # both checklists share the step's timeout
     try:
         database = await blocking(lambda: _check_database(ctx, step.timeout), step.timeout)
         details["database"] = _results(database)
         lines.append(f"database: {summary(database)}")
         if ctx.manifest is not None:
-            manifest = ctx.manifest
-            data = await blocking(lambda: _check_data(ctx, manifest, step.timeout),
-                                  step.timeout)
+            manifest, left = ctx.manifest, max(deadline - time.monotonic(), 1.0)
+            data = await blocking(lambda: _check_data(ctx, manifest, left), left)
             details["data"] = _results(data)
             lines.append(f"data: {summary(data)}")
     except (TimeoutError, StepError) as exc:

@@ -73,8 +73,11 @@ class Site:
         return start_deploy(self.config, "v2").restore_point
 
     async def immediate_rollback(self, incident: int = 1) -> RunResult:
-        request = RunRequest(BUILTIN["immediate_rollback"], incident=incident,
-                             scenario="migration_failed", action="immediate_rollback",
+        return await self.rollback("immediate_rollback", incident)
+
+    async def rollback(self, runbook: str, incident: int = 1) -> RunResult:
+        request = RunRequest(BUILTIN[runbook], incident=incident,
+                             scenario="migration_failed", action=runbook,
                              reason="migration.failed == 1 held for 0s", by="rollbackd",
                              timeline_s=900)
         return await Executor(self.config, self.journal, backoff=0.1).run(request)
@@ -104,7 +107,8 @@ def site(pg_db: str, tmp_path: Path) -> Iterator[Site]:
                 "code": {"adapter": "git", "dir": str(code)},
                 "config_files": [str(env_file)]},
         "database": {"dsn": pg_db, "migrations": "knex", "connect_timeout": "2s",
-                     "expected_tables": ["users", "images", "audit_log"]},
+                     "expected_tables": ["users", "images", "audit_log"],
+                     "key_tables": ["users", "images", "audit_log"]},
         "backups": {"dir": str(tmp_path / "backups"), "min_free": 0},
         "probes": {"http": [{"name": "health", "url": f"{url}/health"}]},
     })
@@ -226,3 +230,29 @@ async def test_never_a_second_restore_for_one_incident(site: Site) -> None:
     step = next(s for s in again.steps if s.kind == "restore_database")
     assert step.outcome == "skipped" and "never twice for one incident" in (step.message or "")
     assert len(site.journal.restores(incident=1)) == 1
+
+
+async def test_planned_rollback_assesses_keeps_a_safety_backup_and_validates_the_data(
+        site: Site) -> None:
+    manifest = site.deploy()
+    before = table_checksums(site.dsn, manifest)
+    assert migrate(site.dsn, APP_DIR / "migrations",
+                   RELEASES / "v2-destructive").returncode == 0
+
+    result = await site.rollback("planned_rollback")
+
+    assert result.ok, result.describe()
+    assert len(result.steps) == len(result.run.plan)
+    assert_every_step_begun_and_ended(result)
+    by_kind = {s.kind: s for s in result.steps}
+    # The assessment records what the validators say of the damaged database.
+    assert by_kind["assess"].outcome == "ok"
+    assert "rows:audit_log" in (by_kind["assess"].message or "")
+    safety = by_kind["safety_backup"].details["backup"]
+    assert site.config.backups.dir.joinpath(safety).is_dir()
+    assert by_kind["stop_app"].details["signal"] == "TERM"  # graceful
+    validated = [s for s in result.steps if s.kind == "validate"]
+    assert [s.outcome for s in validated] == ["ok", "ok", "ok"]
+    assert table_checksums(site.dsn, manifest) == before
+    assert site.answers()
+    assert [p.template for p in site.journal.pages(incident=1)] == ["planned", "completion"]
