@@ -253,16 +253,14 @@ class Executor:
         log = self.log.bind(run=run.id, runbook=run.runbook, incident=run.incident)
         log.warning("recovering an unfinished run", verdict=found.verdict,
                     observed=found.observed, resume_at=found.resume_at)
-        if found.interrupted is not None:
+        cut = found.interrupted
+        if cut is not None:
             word = "observed" if found.interrupted_outcome == "ok" else "interrupted"
-            self._end_step(ctx, found.interrupted.id, found.interrupted.idx,
-                           runbook.steps[found.interrupted.idx - 1] if found.runbook else
-                           Step(found.interrupted.kind, NoArgs(), 0, 0, False),  # type: ignore[arg-type]
-                           StepReport(found.interrupted_outcome, f"{word} at start-up after a "
-                                      f"crash: {found.observed}",
-                                      details={} if found.restore is None
-                                      else {"restore": found.restore.id}),
-                           time.monotonic())
+            report = StepReport(found.interrupted_outcome,
+                                f"{word} at start-up after a crash: {found.observed}",
+                                details={} if found.restore is None
+                                else {"restore": found.restore.id})
+            self._end_step(ctx, cut.id, cut.idx, cut.kind, report, time.monotonic())
         if found.verdict == "abandon":
             state = ctx.left.describe()
             line = (f"{_about(ctx)}: {run.runbook} (run {run.id}) was cut short by a crash "
@@ -448,10 +446,10 @@ class Executor:
             try:
                 report = await self._carry_out(ctx, index, step)
             except asyncio.CancelledError:
-                self._end_step(ctx, step_id, index, step, StepReport(
+                self._end_step(ctx, step_id, index, step.kind, StepReport(
                     "failed", "interrupted: rollbackd stopped during the step"), started)
                 raise
-        self._end_step(ctx, step_id, index, step, report, started)
+        self._end_step(ctx, step_id, index, step.kind, report, started)
         return report
 
     async def _carry_out(self, ctx: RunContext, index: int, step: Step) -> StepReport:
@@ -472,7 +470,7 @@ class Executor:
                            exc_info=(type(exc), exc, exc.__traceback__))
             return StepReport("failed", one_line(exc, with_type=True))
 
-    def _end_step(self, ctx: RunContext, step_id: int, index: int, step: Step,
+    def _end_step(self, ctx: RunContext, step_id: int, index: int, kind: str,
                   report: StepReport, started: float) -> None:
         assert ctx.run is not None
         took = time.monotonic() - started
@@ -482,9 +480,9 @@ class Executor:
                                   excerpt(report.output), details, time.time())
         except JournalError as exc:
             self.log.error("cannot journal the end of a step", run=ctx.run.id, step=index,
-                           kind=step.kind, outcome=report.outcome, error=str(exc))
-        ctx.observer.step_ended(step.kind, report.outcome)
-        log = self.log.bind(run=ctx.run.id, step=index, kind=step.kind)
+                           kind=kind, outcome=report.outcome, error=str(exc))
+        ctx.observer.step_ended(kind, report.outcome)
+        log = self.log.bind(run=ctx.run.id, step=index, kind=kind)
         if report.outcome == "failed":
             log.error("step", outcome=report.outcome, message=report.message,
                       duration=round(took, 3))

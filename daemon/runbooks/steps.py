@@ -444,8 +444,10 @@ async def restore_database(ctx: RunContext, step: Step, index: int) -> StepRepor
                           f"{None if ctx.deploy is None else ctx.deploy.id} (clones are not "
                           "linked to deploys yet); use auto or swap")
     # auto: the deploy's clone when one is known; none is recorded per deploy yet, so a swap.
-    ctx.database  # noqa: B018 - raises StepError without a [database] section
-    options = RestoreOptions.from_config(ctx.config)
+    try:
+        options = RestoreOptions.from_config(ctx.config)
+    except RestoreError as exc:
+        raise StepError(str(exc)) from None
     by = ctx.request.by if ctx.run_id is None else f"{ctx.request.by} (run {ctx.run_id})"
     state_dir, app, store, incident = ctx.state_dir, ctx.app, ctx.store, ctx.incident
     tables = list(args.tables)
