@@ -142,8 +142,8 @@ class Executor:
         """Run ``request``'s runbook to its end; :class:`RunRefusedError` when it cannot begin."""
         if self._lock.locked():
             raise RunRefusedError("another runbook run is going on in this process"
-                             + ("" if self.current is None or self.current.run is None
-                                else f" (run {self.current.run.id})"))
+                                  + ("" if self.current is None or self.current.run is None
+                                     else f" (run {self.current.run.id})"))
         async with self._lock:
             what = (f"runbook {request.runbook.name}"
                     + ("" if request.incident is None else f" for incident {request.incident}"))
