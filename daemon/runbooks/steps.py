@@ -424,6 +424,9 @@ async def restore_database(ctx: RunContext, step: Step, index: int) -> StepRepor
         if done:
             r = done[0]
             ctx.left.set("database", f"database already restored (restore {r.id})")
+            ctx.facts["restore"] = {"restore": r.id, "kept": r.kept, "kept_kind": r.kept_kind,
+                                    "data_window_start": r.data_window_start,
+                                    "data_window_end": r.data_window_end}
             return StepReport("skipped", f"the database was already restored for incident "
                               f"{ctx.incident} ({r.describe()}); never twice for one incident",
                               details={"restore": r.id})
