@@ -960,14 +960,33 @@ class Journal:
                 (app, incident, runbook, action, scenario, by, t, deadline, deploy,
                  restore_point, json.dumps(list(plan))))
             run_id = int(cur.lastrowid or 0)
+            # The engine's record of the run (policies.events): every decision of the
+            # incident pages from now on, and the watch period follows the run's end.
+            self._insert_event(db, t, {"type": "runbook", "phase": "begin",
+                                       "incident": incident, "runbook": runbook,
+                                       "run": run_id})
         run = self.run(run_id)
         assert run is not None
         return run
 
     def finish_run(self, run_id: int, status: RunStatus, summary: str, t: float) -> Run:
+        """End a run, and tell the engine in the same transaction (a ``runbook`` end event:
+        succeeded or failed, and whether the run put the database back)."""
         with self._transaction() as db:
             db.execute("UPDATE runs SET status = ?, summary = ?, ended_at = ? WHERE id = ?",
                        (status, summary, t, run_id))
+            row = db.execute("SELECT incident, runbook FROM runs WHERE id = ?",
+                             (run_id,)).fetchone()
+            restored = db.execute(
+                "SELECT count(*) FROM run_steps WHERE run = ? AND outcome = 'ok'"
+                " AND kind IN ('restore_database', 'run_down_migration')",
+                (run_id,)).fetchone()[0] > 0
+            if row is not None:
+                self._insert_event(db, t, {
+                    "type": "runbook", "phase": "end", "incident": row["incident"],
+                    "runbook": row["runbook"], "run": run_id,
+                    "status": "succeeded" if status == "succeeded" else "failed",
+                    "restored": bool(restored)})
         run = self.run(run_id)
         assert run is not None
         return run

@@ -47,20 +47,22 @@ class LockError(Exception):
 
 
 @contextlib.contextmanager
-def host_lock(state_dir: Path, what: str) -> Iterator[Path]:
-    """Hold ``<state_dir>/rollback.lock`` for the block; ``LockError`` if another process has it."""
+def host_lock(state_dir: Path, what: str, *, name: str = LOCK_FILE,
+              held_by: str = "another rollback") -> Iterator[Path]:
+    """Hold ``<state_dir>/rollback.lock`` (or ``name``) for the block; ``LockError`` if another
+    process (or another open of it in this one) has it. ``held_by`` says in the refusal what
+    holds it."""
+    path = state_dir / name
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise LockError(f"cannot open the rollback lock {state_dir / LOCK_FILE}: "
-                        f"{exc.strerror or exc}") from None
-    path = state_dir / LOCK_FILE
+        raise LockError(f"cannot open the lock {path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockError(f"another rollback is running on this host ({_holder(fd)}; "
+            raise LockError(f"{held_by} is running on this host ({_holder(fd)}; "
                             f"lock file {path})") from None
         holder = {"pid": os.getpid(), "what": what, "since": time.time(),
                   "host": socket.gethostname()}

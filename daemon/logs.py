@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
-    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+def configure_logging(fmt: LogFormat = "auto", level: int = logging.INFO,
+                      stream: TextIO | None = None) -> None:
+    """Log lines to ``stream`` (default stdout: the daemon's journald stream; a CLI command
+    whose stdout is its result logs to stderr)."""
+    out = sys.stdout if stream is None else stream
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
@@ -25,7 +29,7 @@ def configure_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
     # uvicorn and httpx log through the standard library; keep them quiet and on stderr.

@@ -15,6 +15,7 @@ ENUMS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "pause": {},
     "resume": {},
     "close": {},
+    "approve": {},
     "baseline": {},
     "runbook": {"phase": ("begin", "end")},
 }
@@ -52,15 +53,17 @@ def parse_event(raw: Any) -> dict[str, Any]:
     for key, allowed in ENUMS[kind].items():
         if raw.get(key) not in allowed:
             raise EventError(f"{kind} event: {key} must be one of {', '.join(allowed)}")
-    for key in ("version", "by", "decision", "reason"):
+    for key in ("version", "by", "decision", "reason", "runbook"):
         if key in raw and not isinstance(raw[key], str):
             raise EventError(f"{kind} event: {key} must be a string")
     if "verified" in raw and not isinstance(raw["verified"], bool):
         raise EventError(f"{kind} event: verified must be true or false")
-    if kind == "close":
+    if kind in ("close", "approve"):
+        # approve: a person's go for the incident's rollback (approve mode); the engine
+        # ignores it, the daemon starts the runbook.
         incident = raw.get("incident")
         if not isinstance(incident, int) or isinstance(incident, bool) or incident < 1:
-            raise EventError("close event: incident must be the incident's number")
+            raise EventError(f"{kind} event: incident must be the incident's number")
     if kind == "runbook":
         _check_run(raw)
     if kind == "alert":

@@ -14,6 +14,7 @@ from daemon.cli.deploy import deploy
 from daemon.cli.drill import drill
 from daemon.cli.operator import decide, incidents, pause, resume, status
 from daemon.cli.run import run
+from daemon.cli.runbook import rollback
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +28,7 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 
 for command in (run, check, simulate, deploy, backup, drill, pause, resume, status,
-                incidents, decide):
+                incidents, decide, rollback):
     cli.add_command(command)
 
 

@@ -18,9 +18,10 @@ from daemon.cli.common import (
     render,
     warn,
 )
-from daemon.config import Config
+from daemon.config import Config, ConfigError, load_policy
 from daemon.journal import Journal, JournalError, StateDirError
 from daemon.ops.operator import (
+    DECISIONS,
     DecisionError,
     IncidentList,
     Notice,
@@ -32,6 +33,15 @@ from daemon.ops.operator import (
     record_resume,
 )
 from daemon.ops.reports import incident_report
+from policies.runbooks import BUILTIN
+
+
+def _policy_runbooks(path: Path, config: Config) -> tuple[str, ...]:
+    """The runbooks a decision may name: the bundled ones and the policy's own."""
+    try:
+        return tuple(load_policy(config, path).all_runbooks())
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Journal]:
@@ -145,18 +155,25 @@ def report(ctx: click.Context, config_file: Path | None, incident: int, fmt: str
 @click.command()
 @config_option
 @click.argument("incident", type=int)
-@click.argument("choice", type=click.Choice(["dismiss", "fix_forward"]))
+@click.argument("choice", type=click.Choice(DECISIONS))
 @click.option("--reason", default="", help="Why, for the incident's record.")
+@click.option("--runbook", default=None,
+              help="With rollback: the runbook to run (default: the incident's action's).")
 @json_option()
 @click.pass_context
 def decide(ctx: click.Context, config_file: Path | None, incident: int, choice: str,
-           reason: str, as_json: bool) -> None:
-    """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback). Either
-    closes it; the daemon journals the resolution at its next cycle."""
+           reason: str, runbook: str | None, as_json: bool) -> None:
+    """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback), either
+    closing it; or rollback: approve its rollback, which the daemon starts at its next
+    cycle (approve mode)."""
+    path, config = load_or_fail(ctx, config_file)
     _, journal = _journal(ctx, config_file)
+    known = _policy_runbooks(path, config) if runbook is not None else tuple(BUILTIN)
     try:
-        record_decision(journal, incident, choice, reason, operator_name())
+        record_decision(journal, incident, choice, reason, operator_name(), runbook, known)
     except (JournalError, DecisionError) as exc:
         fail(str(exc), EXIT_FAILED)
-    render(Notice(f"incident {incident}: {choice} recorded",
-                  {"incident": incident, "decision": choice, "reason": reason}), as_json)
+    data: dict[str, object] = {"incident": incident, "decision": choice, "reason": reason}
+    if runbook is not None:
+        data["runbook"] = runbook
+    render(Notice(f"incident {incident}: {choice} recorded", data), as_json)

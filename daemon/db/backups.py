@@ -61,6 +61,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from daemon.config import BackupSettings
 from daemon.db.admin import connect
 from daemon.db.catalog import NoSuchTableError, TableRef, resolve_tables, user_tables
+from daemon.db.migrations import MigrationVersionError, read_version
+from daemon.db.migrations import Tool as MigrationTool
 from daemon.db.tools import (
     PgToolError,
     Tool,
@@ -154,6 +156,9 @@ class Manifest(_Model):
     version: str | None = None
     """The application version being deployed (restore points)."""
     code_version: str | None = None
+    migration_version: str | None = None
+    """The migration tool's version in the snapshot (:mod:`daemon.db.migrations`); None when
+    not recorded (no tool configured, or a backup of an earlier rollbackd)."""
     selected_tables: list[str] | None = None
     """For ``tables`` backups: the tables asked for; None means the whole database."""
     files: list[FileEntry]
@@ -383,23 +388,27 @@ class BackupStore:
     def create(self, dsn: str, kind: Kind, *, deploy: int | None = None,
                version: str | None = None, tables: Sequence[str] | None = None,
                config_files: Sequence[Path] = (), code_version: str | None = None,
+               migrations: MigrationTool | None = None,
                progress: Progress | None = None) -> Manifest:
         """Take a backup of the database ``dsn`` names and return its manifest.
 
         ``tables`` limits the data to those tables (``name`` or ``schema.name``, with their
-        owned sequences); ``config_files`` are snapshotted into ``config/``. Refuses (with
+        owned sequences); ``config_files`` are snapshotted into ``config/``; ``migrations``
+        (``[database].migrations``): the tool whose version is read in the snapshot and
+        recorded (a query that fails records none). Refuses (with
         ``BackupError``) when free space would fall below ``backups.min_free``. On failure
         (a full disk included) the partial directory is removed; one left by a crash has no
         manifest and is listed as incomplete until ``prune`` removes it.
         """
         manifest, _ = self._create(dsn, kind, deploy=deploy, version=version, tables=tables,
                                    config_files=config_files, code_version=code_version,
-                                   progress=progress, verify=False)
+                                   migrations=migrations, progress=progress, verify=False)
         return manifest
 
     def create_verified(self, dsn: str, kind: Kind, *, deploy: int | None = None,
                         version: str | None = None, tables: Sequence[str] | None = None,
                         config_files: Sequence[Path] = (), code_version: str | None = None,
+                        migrations: MigrationTool | None = None,
                         progress: Progress | None = None) -> tuple[Manifest, Verification]:
         """:meth:`create`, verified before it is recorded as complete: ``verified.json`` is
         written before ``manifest.json``, so a backup killed or starved of disk space before
@@ -408,14 +417,15 @@ class BackupStore:
         failed, for inspection; check ``verification.ok``."""
         manifest, verification = self._create(
             dsn, kind, deploy=deploy, version=version, tables=tables,
-            config_files=config_files, code_version=code_version, progress=progress,
-            verify=True)
+            config_files=config_files, code_version=code_version, migrations=migrations,
+            progress=progress, verify=True)
         assert verification is not None
         return manifest, verification
 
     def _create(self, dsn: str, kind: Kind, *, deploy: int | None, version: str | None,
                 tables: Sequence[str] | None, config_files: Sequence[Path],
-                code_version: str | None, progress: Progress | None,
+                code_version: str | None, migrations: MigrationTool | None,
+                progress: Progress | None,
                 verify: bool) -> tuple[Manifest, Verification | None]:
         if kind not in KINDS:
             raise BackupError(f"unknown backup kind {kind!r} (one of {', '.join(KINDS)})")
@@ -437,7 +447,7 @@ class BackupStore:
                                   f"{_os_error(exc, self.dir)}") from None
             try:
                 manifest = self._take(conn, dsn, server, pg_dump, directory, kind, deadline,
-                                      tables, config_files, report)
+                                      tables, config_files, report, migrations)
             except BaseException as exc:
                 shutil.rmtree(directory, ignore_errors=True)
                 if isinstance(exc, OSError):
@@ -464,11 +474,16 @@ class BackupStore:
 
     def _take(self, conn: psycopg.Connection[Any], dsn: str, server: _Server, pg_dump: Tool,
               directory: Path, kind: Kind, deadline: float, tables: Sequence[str] | None,
-              config_files: Sequence[Path], report: Progress) -> Manifest:
+              config_files: Sequence[Path], report: Progress,
+              migrations: MigrationTool | None = None) -> Manifest:
         env = libpq_env(dsn, connect_timeout=self.connect_timeout)
         with _transaction(conn):
             snapshot, at = _export_snapshot(conn)
             selected = None if tables is None else _resolve_tables(conn, tables)
+            migration_version = None
+            if migrations is not None:
+                with contextlib.suppress(MigrationVersionError):
+                    migration_version = read_version(conn, migrations)
             counts = _count_rows(conn, selected, report)
             method: Method = "directory" if self.settings.format == "directory" else "custom"
             data = DUMP_DIR if method == "directory" else DUMP_FILE
@@ -491,6 +506,7 @@ class BackupStore:
             database=server.database, server_version=server.version,
             server_version_num=server.version_num, pg_dump_version=pg_dump.version,
             created_at=at, created_at_iso=iso(at), duration=0.0, snapshot=snapshot,
+            migration_version=migration_version,
             selected_tables=None if selected is None else [t.qualified for t in selected],
             files=files, config=config, size=sum(f.size for f in files), tables=counts,
         )

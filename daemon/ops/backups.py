@@ -59,10 +59,11 @@ def create_backup(config: Config, kind: Kind, *, tables: Sequence[str] | None = 
         selected = list(tables) if tables else None
         verification: Verification | None = None
         if verify:
-            manifest, verification = store.create_verified(db.dsn, kind, tables=selected,
-                                                           progress=progress)
+            manifest, verification = store.create_verified(
+                db.dsn, kind, tables=selected, migrations=db.migrations, progress=progress)
         else:
-            manifest = store.create(db.dsn, kind, tables=selected, progress=progress)
+            manifest = store.create(db.dsn, kind, tables=selected, migrations=db.migrations,
+                                    progress=progress)
     except BackupError as exc:
         raise OpsError(str(exc)) from None
     return CreatedBackup(manifest, verification)

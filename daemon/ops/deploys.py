@@ -85,7 +85,7 @@ def start_deploy(config: Config, version: str, *,
         files = config.app.config_files if config.app is not None else []
         manifest, verification = store.create_verified(
             db.dsn, "restore_point", version=version, config_files=files, code_version=code,
-            progress=progress)
+            migrations=db.migrations, progress=progress)
         if not verification.ok:
             raise OpsError(f"restore point {manifest.id} failed verification: "
                            f"{verification.reason}; no deploy recorded")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from daemon.fmt import when
 from daemon.journal import Deploy, Drill, IncidentSummary, Journal, Restore
 from daemon.ops.recovery import inspect_interrupted_restores
 from policies.engine import Decision
+from policies.policy import ROLLBACKS
+from policies.runbooks import BUILTIN
 
 
 class DecisionError(Exception):
@@ -46,16 +49,40 @@ def record_resume(journal: Journal, by: str) -> None:
     _record(journal, {"type": "resume", "by": by})
 
 
-def record_decision(journal: Journal, incident: int, choice: str, reason: str, by: str) -> None:
-    """Journal a human decision that closes an open incident. Raises DecisionError or
-    JournalError."""
+DECISIONS = ("dismiss", "fix_forward", "rollback")
+
+
+def record_decision(journal: Journal, incident: int, choice: str, reason: str, by: str,
+                    runbook: str | None = None,
+                    known: Collection[str] = tuple(BUILTIN)) -> None:
+    """Journal a human decision on an open incident: ``dismiss`` and ``fix_forward`` close
+    it; ``rollback`` approves its rollback (an ``approve`` event: the daemon starts the
+    incident's runbook, or ``runbook`` when named). Raises DecisionError or JournalError."""
     summary = journal.incident(incident)
     if summary is None:
         raise DecisionError(f"no incident {incident} in the journal", missing=True)
     if summary.state != "open":
         raise DecisionError(f"incident {incident} is already resolved", missing=False)
     decision = choice if not reason else f"{choice} ({reason})"
-    _record(journal, {"type": "close", "incident": incident, "by": by, "decision": decision})
+    if choice != "rollback":
+        if runbook is not None:
+            raise DecisionError("a runbook is named only with the decision rollback",
+                                missing=False)
+        _record(journal, {"type": "close", "incident": incident, "by": by,
+                          "decision": decision})
+        return
+    if runbook is not None and runbook not in known:
+        raise DecisionError(f"no runbook {runbook!r} (known: {', '.join(known)})",
+                            missing=False)
+    if runbook is None and summary.action not in ROLLBACKS:
+        raise DecisionError(
+            f"incident {incident}'s action is {summary.action}, which runs no runbook: name "
+            f"one ({', '.join(known)})", missing=False)
+    event: dict[str, Any] = {"type": "approve", "incident": incident, "by": by,
+                             "decision": decision}
+    if runbook is not None:
+        event["runbook"] = runbook
+    _record(journal, event)
 
 
 @dataclass(frozen=True, slots=True)

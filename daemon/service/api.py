@@ -32,6 +32,7 @@ from daemon.ops.operator import (
 from daemon.ops.reports import report_facts
 from daemon.runbooks.reports import current_report
 from daemon.service.metrics import Metrics
+from policies.policy import Policy
 
 Handler = Callable[[Request], Awaitable[Response]]
 Model = TypeVar("Model", bound=BaseModel)
@@ -44,6 +45,7 @@ class ApiHost(Protocol):
     """What the API needs from the daemon; read per request, so a reload takes effect."""
 
     config: Config
+    policy: Policy
     journal: Journal
     metrics: Metrics
 
@@ -117,9 +119,11 @@ class ResumeBody(_Body):
 
 
 class DecisionBody(_Body):
-    decision: Literal["dismiss", "fix_forward"]
+    decision: Literal["dismiss", "fix_forward", "rollback"]
+    """dismiss, fix_forward: close the incident; rollback: approve its runbook."""
     reason: _Line = ""
     by: _Who  # a decision closes an incident: the record names a person, not "api"
+    runbook: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,59}$")] | None = None
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -288,12 +292,17 @@ class Api:
         number = _incident_number(request)
         body = await self._parse(request, DecisionBody)
         try:
-            record_decision(self.host.journal, number, body.decision, body.reason, body.by)
+            record_decision(self.host.journal, number, body.decision, body.reason, body.by,
+                            body.runbook, tuple(self.host.policy.all_runbooks()))
         except DecisionError as exc:
             raise ApiError(404 if exc.missing else 409, str(exc)) from None
         self.log.warning("decision recorded through the API", incident=number,
-                         decision=body.decision, by=body.by, reason=body.reason)
-        return _accepted({"incident": number, "decision": body.decision, "by": body.by})
+                         decision=body.decision, by=body.by, reason=body.reason,
+                         runbook=body.runbook)
+        answer: dict[str, Any] = {"incident": number, "decision": body.decision, "by": body.by}
+        if body.runbook is not None:
+            answer["runbook"] = body.runbook
+        return _accepted(answer)
 
 
 def _incident_number(request: Request) -> int:

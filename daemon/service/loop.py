@@ -19,6 +19,8 @@ from daemon.db.backups import BackupError, BackupStore
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
 from daemon.ops.recovery import recover_interrupted_restores
+from daemon.runbooks.context import RunRequest
+from daemon.runbooks.executor import Executor, RunRefusedError
 from daemon.service.api import api_routes
 from daemon.service.http import (
     GuardedH11Protocol,
@@ -33,6 +35,7 @@ from daemon.service.status_line import describe
 from policies.engine import Decision, Engine
 from policies.events import EventError
 from policies.policy import ROLLBACKS, Policy
+from policies.runbooks import Runbook, resolve
 from probes.base import one_line
 from probes.runner import ProbeOutcome, probe_id
 
@@ -132,6 +135,9 @@ class Daemon:
         self._data_safety_task: asyncio.Task[None] | None = None
         self.probes: ProbeSet = build_probes(config)
         self.metrics.track(self._probe_ids(), self.probes.signals())
+        self.executor = Executor(config, journal, observer=self.metrics,
+                                 runbooks=policy.all_runbooks())
+        self._run_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
@@ -239,6 +245,8 @@ class Daemon:
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())
+        # A run a crash cut short is continued or paged, in the background like any run.
+        self._run_task = asyncio.create_task(self.recover_runs())
         self.log.info(
             "started", version=__version__, config=str(self.config_path),
             listen=self.config.daemon.listen, interval=self.config.daemon.interval,
@@ -252,6 +260,7 @@ class Daemon:
             self._notified(self.notifier.stopping())
             self.log.info("stopping", reason=self._stop_reason)
             watchdog_task.cancel()
+            await self._stop_run()
             server.should_exit = True
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(server_task, STOP_GRACE + 1)
@@ -310,6 +319,10 @@ class Daemon:
         self._note_cut_connections()
         shown = self._as_decided(values)
         self._status_line = describe(self.config.app_name, outcomes, shown, self.engine)
+        current = self.executor.current
+        if current is not None and current.run is not None:
+            self._status_line += (f"; running {current.request.runbook.name} "
+                                  f"(run {current.run.id}): {current.left.describe()}")
         duration = time.monotonic() - started
         self.metrics.record_tick(outcomes, shown, duration, now)
         self.log.info("cycle", status=self._status_line, duration=round(duration, 4))
@@ -396,15 +409,20 @@ class Daemon:
                 events = self.journal.events_after(self._event_cursor)
             except JournalError as exc:
                 self.log.error("cannot read the journal; its events wait", error=str(exc))
+        approvals: list[JournalEvent] = []
         for event in events:
             self._event_cursor = event.id
             if event.payload.get("type") == "baseline":
                 continue  # our own record of a deploy's baselines, already in force
+            if event.payload.get("type") == "approve":
+                approvals.append(event)
             self._feed(max(event.t, self._last_step), event)
         decisions = self.engine.decide(now)
         self._last_step = now
         for decision in decisions:
             self._journal_decision(decision)
+        for approval in approvals:
+            self._approved(approval)
         incident = self.engine.incident
         self.metrics.record_decisions(self.policy, self.engine.firing(), decisions,
                                       incident[1] if incident else None, self.engine.paused)
@@ -436,13 +454,124 @@ class Daemon:
         self.metrics.record_data_safety(backups, last, good)
 
     def _journal_decision(self, decision: Decision) -> None:
+        """Journal the decision, then act on it: an incident opened or escalated to a
+        rollback in mode auto (not paused) starts its runbook in the background; the log line
+        says whether it was executed, and why not."""
         record = decision.as_json()
-        # Journaled and logged only: no runbook acts on a decision (executed=false).
-        self.log.warning("decision", executed=False, **record)
         try:
             self.journal.add_decision(decision)
         except JournalError as exc:
             self.log.error("cannot journal a decision", error=str(exc), decision=record)
+        executed, why, runbook = False, "", None
+        if decision.kind in ("open", "escalate") and decision.action in ROLLBACKS:
+            runbook = self._runbook_for(decision.scenario, decision.action, None)
+            if runbook is None:
+                why = "the rule names a runbook that is not defined"
+            elif decision.mode == "approve":
+                why = (f"waiting for a person: rollbackd decide {decision.incident} rollback")
+            elif decision.mode != "auto" or self.engine.paused:
+                why = f"mode {decision.mode}: nothing is executed"
+            else:
+                executed, why = self._launch(RunRequest(
+                    runbook, decision.incident, decision.scenario, decision.action,
+                    decision.reason, "rollbackd", decision.timeline_s))
+        extra = {} if runbook is None else {"runbook": runbook.name}
+        if why:
+            extra["not_executed"] = why
+        self.log.warning("decision", executed=executed, **record, **extra)
+
+    def _runbook_for(self, scenario: str, action: str, named: str | None) -> Runbook | None:
+        """The runbook a decision (or a person's approval naming one) runs."""
+        if named is None:
+            rule = next((r for r in self.policy.rules if r.scenario == scenario), None)
+            named = None if rule is None else rule.runbook
+        return resolve(action, named, self.policy.runbooks)
+
+    def _approved(self, event: JournalEvent) -> None:
+        """A person's ``decide N rollback``: start the open incident's runbook (or the one the
+        approval names)."""
+        payload = event.payload
+        number, by = payload.get("incident"), str(payload.get("by", "a person"))
+        log = self.log.bind(incident=number, by=by)
+        incident = self.engine.incident
+        if incident is None or incident[0] != number:
+            log.warning("approval ignored: not the open incident", executed=False)
+            return
+        try:
+            last = self.journal.decisions(limit=1, incident=number)[-1]
+        except (JournalError, IndexError) as exc:
+            log.error("approval ignored: the incident's decisions cannot be read",
+                      executed=False, error=str(exc))
+            return
+        named = payload.get("runbook")
+        runbook = self._runbook_for(last.scenario, last.action, named)
+        if runbook is None:
+            log.warning("approval ignored: no runbook to run", executed=False,
+                        action=last.action, runbook=named)
+            return
+        why = f"approved by {by}" + (f": {payload['decision']}" if payload.get("decision")
+                                     else "")
+        request = RunRequest(runbook, number, last.scenario, last.action,
+                             f"{why}; {last.reason}", by, last.timeline_s)
+        if self.engine.paused:
+            self.executor.record_refusal(request, "rollbackd is paused: resume it first")
+            log.warning("approval", executed=False, runbook=runbook.name, not_executed="paused")
+            return
+        executed, not_executed = self._launch(request)
+        log.warning("approval", executed=executed, runbook=runbook.name,
+                    **({"not_executed": not_executed} if not_executed else {}))
+
+    def _launch(self, request: RunRequest) -> tuple[bool, str]:
+        """Start ``request``'s run in the background; the main loop keeps its interval."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the engine stepped by hand, outside `run` (tests, tools)
+            return False, "no event loop to run it in"
+        running = self._run_task is not None and not self._run_task.done()
+        if running or self.executor.busy:
+            why = "another runbook run is going on"
+            self.executor.record_refusal(request, why)
+            return False, why
+        self._run_task = loop.create_task(self._execute(request))
+        return True, ""
+
+    async def _execute(self, request: RunRequest) -> None:
+        try:
+            result = await self.executor.run(request)
+        except RunRefusedError as exc:
+            self.executor.record_refusal(request, str(exc))
+            self.log.error("runbook refused", runbook=request.runbook.name,
+                           incident=request.incident, error=str(exc))
+        except Exception as exc:  # never let a failed run take the daemon down
+            self.log.error("runbook run failed with an error", runbook=request.runbook.name,
+                           error=one_line(exc, with_type=True),
+                           exc_info=(type(exc), exc, exc.__traceback__))
+        else:
+            self.log.warning("runbook run ended", run=result.run.id, status=result.run.status,
+                             state=result.state)
+
+    async def recover_runs(self) -> None:
+        """The runs the journal has as running from before this start: continued from the
+        interrupted step, or abandoned with a page (:mod:`daemon.runbooks.recovery`)."""
+        try:
+            for result in await self.executor.recover():
+                self.log.warning("recovered run ended", run=result.run.id,
+                                 status=result.run.status, state=result.state)
+        except Exception as exc:  # never let recovery take the daemon down
+            self.log.error("recovery of unfinished runs failed",
+                           error=one_line(exc, with_type=True),
+                           exc_info=(type(exc), exc, exc.__traceback__))
+
+    async def _stop_run(self) -> None:
+        """Stopping: a run still going is cancelled; the executor journals it as interrupted
+        and pages with the state it left."""
+        task = self._run_task
+        if task is None or task.done():
+            return
+        self.log.warning("stopping during a runbook run; it is interrupted")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def _log_probe_changes(self, outcomes: list[ProbeOutcome]) -> None:
         for outcome in outcomes:
@@ -488,6 +617,7 @@ class Daemon:
             self.log.warning("policy changed; rule timers restart", policy=policy.path,
                              open_incident=self.engine.incident is not None)
             self.policy = policy
+            self.executor.runbooks = policy.all_runbooks()
             self.engine = Engine(policy, new.daemon.mode, self.journal.last_incident())
             self._event_cursor = self._catch_up(self._last_step or time.time())
             self.metrics.track_policy(policy)
@@ -495,6 +625,7 @@ class Daemon:
         self.probes = build_probes(new)
         await old.aclose()
         self.config = new
+        self.executor.config = new  # a run going on keeps the config it began with
         self.metrics.track(self._probe_ids(), self.probes.signals())
         self._warn_about_slow_probes()
         self.metrics.reloads.labels("success").inc()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Iterable, Mapping
+from typing import get_args
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
@@ -18,12 +20,20 @@ from prometheus_client import (
 from daemon import __version__
 from daemon.db.backups import KINDS as BACKUP_KINDS
 from daemon.db.backups import BackupInfo
-from daemon.journal import Drill
+from daemon.journal import Drill, StepOutcome
 from policies.engine import Decision
 from policies.policy import SEVERITY_RANK, Policy, blind_rule
+from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
+from policies.runbooks import StepKind
 from probes.runner import ProbeOutcome
 
 ALERT_STATUSES = ("firing", "resolved")
+STEP_KINDS: tuple[str, ...] = get_args(StepKind)
+STEP_OUTCOMES: tuple[str, ...] = get_args(StepOutcome)
+PAGE_CHANNELS = ("journal",)
+PAGE_OUTCOMES = ("recorded", "failed")
+RUNBOOK_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+"""Seconds: a runbook takes from seconds (code only) to its budget (up to an hour)."""
 API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled", "disconnected")
 
 
@@ -133,9 +143,47 @@ class Metrics:
         )
         for reason in ("limit", "slow"):
             self.http_refused.labels(reason)
+        self.runbook_duration = Histogram(
+            "rollbackd_runbook_duration_seconds", "How long runbook runs took, by runbook",
+            ["runbook"], buckets=RUNBOOK_BUCKETS, registry=r,
+        )
+        for name in BUILTIN_RUNBOOKS:
+            self.runbook_duration.labels(name)
+        self.runbook_steps = Counter(
+            "rollbackd_runbook_steps_total", "Runbook step attempts ended, by step and outcome",
+            ["step", "outcome"], registry=r,
+        )
+        for kind in STEP_KINDS:
+            for outcome in STEP_OUTCOMES:
+                self.runbook_steps.labels(kind, outcome)
+        self.runbook_running = Gauge(
+            "rollbackd_runbook_running", "1 while a runbook runs", registry=r,
+        )
+        self.pages = Counter(
+            "rollbackd_pages_total", "Pages recorded, by channel and outcome",
+            ["channel", "outcome"], registry=r,
+        )
+        for channel in PAGE_CHANNELS:
+            for outcome in PAGE_OUTCOMES:
+                self.pages.labels(channel, outcome)
         self._probes: set[str] = set()
         self._signals: set[str] = set()
         self._info: dict[str, str] = {}
+
+    # -- what the executor reports (daemon.runbooks.context.RunObserver) ------------------
+
+    def run_started(self, runbook: str) -> None:
+        self.runbook_running.set(1)
+
+    def run_ended(self, runbook: str, status: str, duration: float) -> None:
+        self.runbook_running.set(0)
+        self.runbook_duration.labels(runbook).observe(duration)
+
+    def step_ended(self, kind: str, outcome: str) -> None:
+        self.runbook_steps.labels(kind, outcome).inc()
+
+    def page_recorded(self, channel: str, outcome: str) -> None:
+        self.pages.labels(channel, outcome).inc()
 
     def track(self, probes: Iterable[str], signals: Iterable[str]) -> None:
         """Initialise the series of the configured probes and signals; drop those no longer in."""

@@ -280,8 +280,12 @@ def test_pause_resume_and_a_decision_through_the_api_act_like_the_cli(
 
     open_incident(daemon)
     bad = daemon.call("POST", "/api/v1/incidents/1/decision",
-                      json={"decision": "rollback", "by": "alice"})
+                      json={"decision": "restore", "by": "alice"})
     assert bad.status_code == 400 and bad.json()["error"].startswith("decision: ")
+    # rollback approves the incident's runbook; this incident's action runs none.
+    no_runbook = daemon.call("POST", "/api/v1/incidents/1/decision",
+                             json={"decision": "rollback", "by": "alice"})
+    assert no_runbook.status_code == 409 and "runs no runbook" in no_runbook.json()["error"]
     anonymous = daemon.call("POST", "/api/v1/incidents/1/decision", json={"decision": "dismiss"})
     assert anonymous.status_code == 400 and anonymous.json()["error"].startswith("by: ")
     decided = daemon.call("POST", "/api/v1/incidents/1/decision",

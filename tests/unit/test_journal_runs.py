@@ -41,3 +41,24 @@ def test_a_page_is_recorded_once_per_dedup_key(tmp_path: Path) -> None:
                              dedup_key="visionforge:3:1:failed")
     assert again == first
     assert journal.pages(incident=3) == [first]
+
+
+def test_a_run_tells_the_engine_it_began_and_how_it_ended(tmp_path: Path) -> None:
+    journal = Journal.in_state_dir(tmp_path)
+    run = journal.begin_run("visionforge", incident=3, runbook="immediate_rollback",
+                            action="immediate_rollback", scenario="migration_failed",
+                            by="rollbackd", t=100.0, deadline=1000.0, deploy=None,
+                            restore_point="rp-1", plan=["restore_database"])
+    step = journal.begin_step(run.id, 1, "restore_database", 1, 101.0)
+    journal.end_step(step, "ok", "restored", "", {}, 102.0)
+    journal.finish_run(run.id, "succeeded", "done", 103.0)
+    events = [e.payload for e in journal.events_after(0)]
+    assert events == [
+        {"type": "runbook", "phase": "begin", "incident": 3, "runbook": "immediate_rollback",
+         "run": run.id},
+        {"type": "runbook", "phase": "end", "incident": 3, "runbook": "immediate_rollback",
+         "run": run.id, "status": "succeeded", "restored": True}]
+    from policies.events import parse_event
+
+    for event in events:
+        parse_event(event)

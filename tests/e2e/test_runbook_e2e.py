@@ -1,0 +1,248 @@
+"""End to end: `rollbackd run` in auto mode executes immediate_rollback when a deploy's
+migration fails (`rollbackd deploy run -- CMD`), with the example app as a real process under
+the `process` adapter; the main loop keeps its interval while the run goes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from daemon.journal import Journal, Run
+from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
+from tests.harness.data import run, scalar, seed_visionforge
+from tests.harness.paths import APP_DIR
+from tests.harness.processes import Proc, daemon_url, scrape, start_app, start_daemon
+from tests.harness.servers import free_port, require_binary, wait_for
+
+pytestmark = pytest.mark.e2e
+
+POLICY = """\
+[[rule]]
+scenario = "migration_failed"
+when = "migration.failed == 1"
+severity = "critical"
+action = "immediate_rollback"
+timeline = "15m"
+"""
+
+START_DELAY = 3
+"""The app's start command waits this long first: the run then lasts several cycles."""
+
+
+@dataclass
+class Host:
+    dsn: str
+    app_url: str
+    pidfile: Path
+    config: Path
+    journal: Journal
+
+    def app_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.app_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture
+def host(pg_db: str, tmp_path: Path) -> Iterator[Host]:
+    seed_visionforge(pg_db)
+    pidfile = tmp_path / "app.pid"
+    port = free_port()
+    app, url = start_app(pg_db, port=port, pidfile=pidfile)
+    app_argv = [sys.executable, str(APP_DIR / "app.py"), "--dsn", pg_db, "--host",
+                "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile),
+                "--release-version", "v1"]
+    start = ["sh", "-c", f'sleep {START_DELAY}; exec "$0" "$@"', *app_argv]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    (tmp_path / "backups").mkdir()
+    config = config_file(
+        tmp_path,
+        daemon={"interval": "1s", "listen": f"127.0.0.1:{free_port()}", "mode": "auto",
+                "policy": policy, "log_format": "json"},
+        app={"name": "visionforge",
+             "control": {"adapter": "process", "pidfile": pidfile, "start": start,
+                         "stop_timeout": "5s"}},
+        database={"dsn": pg_db, "migrations": "knex",
+                  "expected_tables": ["users", "images", "audit_log"]},
+        backups={"dir": tmp_path / "backups", "min_free": "1MB"},
+        extra=f"""\
+[probes.postgres]
+timeout = "800ms"
+
+[probes.migrations]
+timeout = "800ms"
+
+[[probes.http]]
+name = "health"
+url = "{url}/health"
+timeout = "500ms"
+window = "2s"
+""")
+    journal = Journal.in_state_dir(tmp_path / "state")
+    found = Host(pg_db, url, pidfile, config, journal)
+    yield found
+    journal.close()
+    app.close()
+    pid = found.app_pid()  # the app as the daemon started it again
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    return scrape(url).get((name, tuple(sorted(labels.items()))))
+
+
+def deploy_run(config: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    # --config before the verb: everything after -- is the migration command.
+    return rollbackd("--config", str(config), "deploy", "run", "--version", "v2", "--",
+                     *command, timeout=120)
+
+
+def finished_run(journal: Journal) -> Run | None:
+    runs = journal.runs()
+    return runs[0] if runs and runs[0].status != "running" else None
+
+
+def test_a_failed_migration_is_rolled_back_by_the_daemon_end_to_end(host: Host) -> None:
+    daemon: Proc = start_daemon(host.config)
+    try:
+        url = daemon_url(host.config)
+        assert metric(url, "rollbackd_runbook_running") == 0
+        assert metric(url, "rollbackd_runbook_steps_total", step="stop_app",
+                      outcome="ok") == 0
+        first_pid = host.app_pid()
+
+        deployed = deploy_run(host.config, "false")
+        assert deployed.returncode == 1 and "failed migration" in deployed.stderr
+
+        # While the run goes, the main loop keeps its interval.
+        cycles_while_running: set[float] = set()
+        deadline = time.monotonic() + 90
+        while finished_run(host.journal) is None and time.monotonic() < deadline:
+            series = scrape(url)
+            if series.get(("rollbackd_runbook_running", ())) == 1:
+                cycles_while_running.add(series[("rollbackd_cycles_total", ())])
+            time.sleep(0.2)
+        done = finished_run(host.journal)
+        assert done is not None, daemon.output()[-3000:]
+        assert len(cycles_while_running) >= 2, cycles_while_running
+
+        assert done.status == "succeeded", (done.summary, daemon.output()[-3000:])
+        assert (done.runbook, done.incident, done.requested_by) == (
+            "immediate_rollback", 1, "rollbackd")
+        steps = host.journal.steps(done.id)
+        assert [s.kind for s in steps] == list(done.plan)
+        assert all(s.ended_at is not None for s in steps)
+        restore = next(s for s in steps if s.kind == "restore_database")
+        # `false` changed nothing: schema and migration version are the restore point's.
+        assert restore.outcome == "skipped"
+        assert restore.message == "database unchanged; code and configuration rolled back"
+        assert host.journal.restores() == []
+
+        wait_for(host.answers, 10, what="the app answering again")
+        assert host.app_pid() not in (None, first_pid)
+        assert '"executed": true' in daemon.output()
+        wait_for(lambda: metric(url, "rollbackd_runbook_running") == 0, 5,
+                 what="rollbackd_runbook_running back to 0")
+        assert metric(url, "rollbackd_runbook_steps_total", step="stop_app", outcome="ok") == 1
+        assert metric(url, "rollbackd_runbook_steps_total", step="restore_database",
+                      outcome="skipped") == 1
+        assert metric(url, "rollbackd_runbook_steps_total", step="validate",
+                      outcome="ok") == 2
+        assert metric(url, "rollbackd_runbook_duration_seconds_count",
+                      runbook="immediate_rollback") == 1
+        assert metric(url, "rollbackd_pages_total", channel="journal",
+                      outcome="recorded") == 2
+        assert [p.template for p in host.journal.pages(incident=1)] == [
+            "emergency", "completion"]
+
+        promtool = require_binary("promtool", "prometheus")
+        exposition = httpx.get(f"{url}/metrics", timeout=5).text
+        checked = subprocess.run([promtool, "check", "metrics"], input=exposition,
+                                 capture_output=True, text=True, timeout=30, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        daemon.close()
+
+
+def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(host: Host) -> None:
+    daemon: Proc = start_daemon(host.config)
+    try:
+        # A non-transactional migration that fails and leaves an invalid index behind.
+        release = APP_DIR / "releases" / "v2-invalid-index"
+        deployed = deploy_run(host.config, sys.executable, str(APP_DIR / "migrate.py"),
+                              "--dsn", host.dsn, "--dir", str(APP_DIR / "migrations"),
+                              "--dir", str(release))
+        assert deployed.returncode == 1
+        run(host.dsn, "INSERT INTO users (email, name) VALUES ('late@example.com', 'Late')")
+        wait_for(lambda: finished_run(host.journal) is not None, 90,
+                 what=f"the run to end ({daemon.output()[-2000:]})")
+        done = finished_run(host.journal)
+        assert done is not None and done.status == "succeeded", done
+        [restore] = host.journal.restores(incident=1)
+        assert restore.status == "restored" and restore.kept is not None
+        assert scalar(host.dsn, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
+        assert scalar(host.dsn,
+                      "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 0
+        wait_for(host.answers, 10, what="the app answering again")
+    finally:
+        daemon.close()
+
+
+def test_a_rollback_by_hand_shows_its_plan_then_runs_with_yes(host: Host) -> None:
+    began = rollbackd("deploy", "begin", "--version", "v2", "--json", config=host.config)
+    assert began.returncode == 0, began.stderr
+    release = APP_DIR / "releases" / "v2-destructive"
+    assert subprocess.run([sys.executable, str(APP_DIR / "migrate.py"), "--dsn", host.dsn,
+                           "--dir", str(APP_DIR / "migrations"), "--dir", str(release)],
+                          capture_output=True, timeout=60, check=False).returncode == 0
+    host.journal.add_drill(time.time(), "rp", True, 4.25, {})
+
+    nothing_open = rollbackd("rollback", config=host.config)
+    assert nothing_open.returncode == 1 and "name the runbook" in nothing_open.stderr
+    planned = rollbackd("rollback", "--runbook", "immediate_rollback", config=host.config)
+    assert planned.returncode == 0, planned.stderr
+    assert "runbook immediate_rollback for no incident, budget 1h:" in planned.stdout
+    assert " 3. restore_database (strategy=auto" in planned.stdout
+    assert "data window it would undo: " in planned.stdout
+    assert "expected downtime: about 4.2s of restore" in planned.stdout
+    assert "run again with --yes" in planned.stderr
+    assert host.journal.runs() == [] and host.answers()
+
+    done = rollbackd("rollback", "--runbook", "immediate_rollback", "--yes", "--json",
+                     config=host.config, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["executed"] and out["run"]["status"] == "succeeded"
+    assert out["plan"]["data_window"]["seconds"] > 0
+    [stored] = host.journal.runs()
+    assert stored.requested_by != "rollbackd" and stored.incident is None
+    assert [s.kind for s in host.journal.steps(stored.id)] == list(stored.plan)
+    [restore] = host.journal.restores()
+    assert restore.status == "restored"
+    assert scalar(host.dsn, "SELECT count(*) FROM information_schema.columns"
+                            " WHERE table_name = 'images' AND column_name = 'title'") == 1
+    wait_for(host.answers, 10, what="the app answering again")
