@@ -49,7 +49,11 @@ class Proc:
     """A child process whose output goes to a log file that can be read while it runs."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None, log: Path | None = None) -> None:
+                 cwd: Path | None = None, log: Path | None = None,
+                 new_session: bool = False) -> None:
+        """``log``: append the output there (default: a temp file). ``new_session``: out of
+        the terminal's process group, so that Ctrl-C reaches only whoever started it, which
+        then stops it in its own time."""
         self.argv = argv
         self._final_output = ""
         # Closed by close(), which may come long after this returns.
@@ -59,7 +63,7 @@ class Proc:
         self.log_path = Path(self._log.name)
         self.popen = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env or dict(os.environ), cwd=cwd or ROOT,
+            env=env or dict(os.environ), cwd=cwd or ROOT, start_new_session=new_session,
         )
 
     @property
