@@ -64,13 +64,24 @@ class RowReport:
     def lost(self) -> list[Write]:
         return self.before_missing + self.window_lost + self.after_missing
 
-    def checks(self) -> list[Check]:
-        found = [Check(
-            "rows written before the deploy",
-            not self.before_missing,
+    def _before_check(self) -> Check:
+        return Check(
+            "rows written before the deploy", not self.before_missing,
             f"all {len(self.before)} present in the live database" if not self.before_missing
             else f"{len(self.before_missing)} of {len(self.before)} MISSING from the live "
-                 f"database (ids {_ids(self.before_missing)})")]
+                 f"database (ids {_ids(self.before_missing)})")
+
+    def checks(self, *, restored: bool = True) -> list[Check]:
+        """``restored``: False when nothing was rolled back, and every write since the deploy
+        must simply be live (the ``after`` writes, then)."""
+        if not restored:
+            return [self._before_check(), Check(
+                "rows written after the deploy", not self.after_missing,
+                f"all {len(self.after)} present in the live database (nothing was restored)"
+                if not self.after_missing else
+                f"{len(self.after_missing)} of {len(self.after)} MISSING from the live "
+                f"database (ids {_ids(self.after_missing)})")]
+        found = [self._before_check()]
         if self.window_lost:
             detail = (f"{len(self.window_lost)} of {len(self.window)} acknowledged writes are "
                       f"in neither the live database nor "

@@ -129,3 +129,15 @@ def test_phases_that_did_not_happen_are_unknown_not_zero() -> None:
     assert phases["code and config"].seconds is None
     assert phases["app healthy"].seconds is None
     assert phases["total"].seconds is None
+
+
+def test_when_nothing_was_restored_every_write_since_the_deploy_must_be_live() -> None:
+    before, since = write(1, 10.0), [write(2, 150.0), write(3, 250.0)]
+    report = classify_rows([before, *since], deployed_at=DEPLOYED, recovered_at=DEPLOYED,
+                           live=rows(before, since[0]), kept=None, kept_name=None)
+
+    checks = report.checks(restored=False)
+
+    assert [(c.name, c.ok) for c in checks] == [("rows written before the deploy", True),
+                                                ("rows written after the deploy", False)]
+    assert checks[1].detail == "1 of 2 MISSING from the live database (ids 3)"
