@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 import psycopg
@@ -222,6 +222,9 @@ class Outcome:
     code: int
     checks: list[Check] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
+    """Where the time of the rollback went (bench/recovery.py prints them)."""
+    steps: list[Any] = field(default_factory=list)
+    """The run's steps as the journal has them (daemon.journal.RunStep)."""
     unmet: str | None = None
 
 
@@ -265,20 +268,21 @@ class Demo:
                 outcome.code = EXIT_OK if all(c.ok for c in self.checks) else EXIT_UNMET
             except DemoFailedError as exc:
                 outcome.unmet = exc.step
-                self.view.event(f"NOT MET {exc.step}: {exc.detail}", "bad")
+                self.view.event(f"NOT MET {exc.step}: {exc.detail}", "fail")
                 self._daemon_tail()
             except CannotRunError as exc:
                 outcome.code = EXIT_CANNOT_RUN
-                self.view.event(f"cannot run the demo here: {exc}", "bad")
+                self.view.event(f"cannot run the demo here: {exc}", "fail")
             except KeyboardInterrupt:
                 interrupted = True
                 outcome.code = EXIT_INTERRUPTED
-                self.view.event("interrupted: stopping everything the demo started", "bad")
+                self.view.event("interrupted: stopping everything the demo started", "fail")
             finally:
                 self.phases = self._phases()
                 if self.follower is not None:
                     self.follower.close()
         outcome.checks, outcome.phases = self.checks, self.phases
+        outcome.steps = list(self.follower.seen.steps) if self.follower else []
         for check in self.checks:
             self.view.line(check.line())
         if outcome.code == EXIT_OK:

@@ -18,7 +18,8 @@ from rich.text import Text
 PLAIN_STATUS_EVERY = 10.0
 """Seconds between two state lines in plain output (the events are printed as they come)."""
 
-STYLES = {"ok": "green", "bad": "bold red", "step": "cyan", "note": "dim", "head": "bold"}
+STYLES = {"ok": "green", "bad": "red", "fail": "bold red", "step": "cyan", "note": "dim",
+          "head": "bold"}
 
 
 class View:
@@ -56,8 +57,9 @@ class View:
         return time.monotonic() - self.started
 
     def event(self, text: str, kind: str = "") -> None:
-        """One line of the story (``kind``: ok, bad, step, note, head)."""
-        if self.quiet and kind != "bad":
+        """One line of the story (``kind``: ok, bad, fail, step, note, head); ``quiet`` shows
+        only ``fail``: the demo did not get to its end."""
+        if self.quiet and kind != "fail":
             return
         if self.live_mode:
             self.console.print(Text.assemble((f"{self.elapsed:6.1f}s  ", "dim"),
@@ -67,6 +69,8 @@ class View:
 
     def line(self, text: str) -> None:
         """A line without a time (results, the report, how to reach things)."""
+        if self.quiet:
+            return
         if self.live_mode:
             self.console.print(Text(text))
         else:
