@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from daemon.cli import cli
 from daemon.config import AppSettings, CommandControl, ProcessControl, SymlinkCode, parse_config
+from daemon.service.probeset import build_probes
 from examples.demo import SCENARIOS
 from examples.demofollow import parse_signals
 from examples.demosite import (
@@ -73,10 +74,10 @@ def test_rollbackd_accepts_the_demos_configuration(tmp_path: Path) -> None:
     assert isinstance(app.code, SymlinkCode) and app.code.current == site.current
     assert app.config_files == [site.env_file]
     assert config.api.tokens == ("x" * 64,)
-    # Every probe answers within 80 % of the interval: the daemon then warns about nothing.
-    timeouts = [p.timeout for p in config.probes.http] + [
-        config.probes.postgres.timeout, config.probes.migrations.timeout]
-    assert max(timeouts) <= 0.8 * config.daemon.interval
+    # Every probe fits in 80 % of the interval: the daemon then warns about nothing.
+    probes = build_probes(config).probes
+    assert len(probes) == 5
+    assert max(probe.timeout for probe in probes) <= 0.8 * config.daemon.interval
 
 
 def test_the_demos_policy_is_the_bundled_matrix_with_seconds() -> None:
