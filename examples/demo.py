@@ -71,7 +71,7 @@ ROLLBACKD = [sys.executable, "-m", "daemon"]
 
 EXIT_OK, EXIT_UNMET, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TIMEOUT = 90.0
-POLL = 0.5
+POLL = 0.25
 READY_TIMEOUT = 30.0
 RUN_START_TIMEOUT = 20.0
 """A rollback decided in ``auto`` mode starts its runbook within a cycle or two."""
@@ -569,7 +569,8 @@ class Demo:
             raise DemoFailedError(f"the {action} runbook succeeds",
                                   f"run {run.id} {run.status}: {run.summary}{where}")
         self._wait_app("v1", max(1.0, self._left()), "v1 serves again")
-        self.healthy_at = time.time()
+        serving = self.follower.poll().serving if self.follower else None
+        self.healthy_at = serving[1] if serving and serving[0] == "v1" else time.time()
         self.view.event(f"VisionForge v1 serves again at {self.app_url}", "ok")
         self.wait("the incident resolves", lambda s: s.resolved,
                   otherwise=lambda s: f"incident {s.incident} still open (last decision: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,17 @@ class Seen:
     steps: list[Any] = field(default_factory=list)
     pages: list[Any] = field(default_factory=list)
     app: dict[str, Any] | None = None
+    """The app's last /health answer."""
+    serving: tuple[str, float] | None = None
+    """The version the app has been serving healthy since when (first seen), or None."""
     status_line: str = ""
+
+    def note_app(self, asked: float) -> None:
+        app = self.app
+        if app is None or app.get("status") != "ok":
+            self.serving = None
+        elif self.serving is None or self.serving[0] != app.get("version"):
+            self.serving = (str(app.get("version")), asked)
 
     def decision(self, kind: str) -> dict[str, Any] | None:
         return next((d for d in self.decisions if d.get("kind") == kind), None)
@@ -100,10 +111,12 @@ class Follower:
             seen.status = self.client.get(f"{self.api}/api/v1/status").json()
         with contextlib.suppress(httpx.HTTPError, ValueError):
             seen.signals = parse_signals(self.client.get(f"{self.api}/metrics").text)
+        asked = time.time()
         try:
             seen.app = httpx.get(f"{self.app_url}/health", timeout=1.0, trust_env=False).json()
         except (httpx.HTTPError, ValueError):
             seen.app = None
+        seen.note_app(asked)
         self._read_status_line()
         self._incident()
         if seen.incident is not None:
