@@ -770,17 +770,19 @@ class Demo:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C during the clean-up would leave half of it undone: hold it until the end."""
+    """Ctrl-C or SIGTERM during the clean-up would leave half of it undone: hold them until
+    the end (the clean-up is bounded: every stop escalates to SIGKILL)."""
     received: list[int] = []
 
     def note(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
 
-    previous = signal.signal(signal.SIGINT, note)
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _sigterm_interrupts(signum: int, frame: FrameType | None) -> None:
