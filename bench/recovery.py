@@ -33,7 +33,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.demo import DEFAULT_TIMEOUT, SCENARIOS, Demo, Outcome
-from examples.demochecks import PHASES
+from examples.demochecks import PHASES, step_base
 
 
 def seconds(value: float | None) -> str:
@@ -78,9 +78,10 @@ def main() -> int:
         steps = Table(title=f"{name}: the runbook's steps")
         for column in ("#", "step", "attempt", "outcome", "took"):
             steps.add_column(column, justify="right" if column in ("#", "took") else "left")
+        base = step_base(outcome.plan, outcome.steps)
         for step in outcome.steps:
             took = None if step.ended_at is None else step.ended_at - step.started_at
-            steps.add_row(str(step.idx + 1), step.kind, str(step.attempt),
+            steps.add_row(str(step.idx + 1 - base), step.kind, str(step.attempt),
                           step.outcome or "interrupted", seconds(took))
         console.print(steps)
     return 0

@@ -232,6 +232,8 @@ class Outcome:
     """Where the time of the rollback went (bench/recovery.py prints them)."""
     steps: list[Any] = field(default_factory=list)
     """The run's steps as the journal has them (daemon.journal.RunStep)."""
+    plan: tuple[str, ...] = ()
+    """The run's plan: its steps' kinds in order."""
     unmet: str | None = None
 
 
@@ -312,6 +314,8 @@ class Demo:
             self.phases = self._phases()
             if self.follower is not None:
                 outcome.steps = list(self.follower.seen.steps)
+                run = self.follower.seen.run
+                outcome.plan = tuple(run.plan) if run is not None else ()
                 self.follower.close()
         outcome.checks, outcome.phases = self.checks, self.phases
 

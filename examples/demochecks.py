@@ -150,6 +150,16 @@ class StepLike(Protocol):
     def details(self) -> Mapping[str, Any]: ...
 
 
+def step_base(plan: Sequence[str], steps: Sequence[StepLike]) -> int:
+    """Whether a run's journaled step indexes count from 0 or 1 (the journal does not say):
+    its first step is the plan's first, so its index is the base."""
+    indexes = [getattr(s, "idx", 0) for s in steps]
+    first = min(indexes, default=0)
+    if first == 1 and plan and steps and steps[indexes.index(1)].kind == plan[0]:
+        return 1
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class Phase:
     name: str

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from examples.demochecks import step_base
 from examples.demoview import View
 
 
@@ -74,19 +75,24 @@ class Follower:
     fact becomes one line of the story."""
 
     def __init__(self, view: View, *, api: str, token: str, state_dir: Path, app_url: str,
-                 daemon_log: Path, not_before: float = 0.0) -> None:
+                 daemon_log: Path, not_before: float = 0.0,
+                 client: httpx.Client | None = None) -> None:
+        """``client``: for rollbackd's API and the app (its transport can be a mock)."""
         self.view = view
         self.api = api
         self.app_url = app_url
         self.state_dir = state_dir
         self.daemon_log = daemon_log
         self.not_before = not_before
-        self.client = httpx.Client(timeout=2.0, trust_env=False,
-                                   headers={"Authorization": f"Bearer {token}"})
+        self.client = client or httpx.Client(timeout=2.0, trust_env=False)
+        self.auth = {"Authorization": f"Bearer {token}"}
         self.seen = Seen()
         self._shown: set[str] = set()
         self._journal: Any = None
         self._log_offset = 0
+
+    def _api(self, path: str) -> httpx.Response:
+        return self.client.get(f"{self.api}{path}", headers=self.auth)
 
     def close(self) -> None:
         self.client.close()
@@ -108,12 +114,12 @@ class Follower:
     def poll(self) -> Seen:
         seen = self.seen
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            seen.status = self.client.get(f"{self.api}/api/v1/status").json()
+            seen.status = self._api("/api/v1/status").json()
         with contextlib.suppress(httpx.HTTPError, ValueError):
             seen.signals = parse_signals(self.client.get(f"{self.api}/metrics").text)
         asked = time.time()
         try:
-            seen.app = httpx.get(f"{self.app_url}/health", timeout=1.0, trust_env=False).json()
+            seen.app = self.client.get(f"{self.app_url}/health", timeout=1.0).json()
         except (httpx.HTTPError, ValueError):
             seen.app = None
         seen.note_app(asked)
@@ -145,7 +151,7 @@ class Follower:
         seen = self.seen
         if seen.incident is None:
             try:
-                rows = self.client.get(f"{self.api}/api/v1/incidents").json()
+                rows = self._api("/api/v1/incidents").json()
             except (httpx.HTTPError, ValueError):
                 return
             fresh = [r for r in rows if isinstance(r, dict)
@@ -154,7 +160,7 @@ class Follower:
                 return
             seen.incident = int(min(fresh, key=lambda r: r["incident"])["incident"])
         try:
-            body = self.client.get(f"{self.api}/api/v1/incidents/{seen.incident}").json()
+            body = self._api(f"/api/v1/incidents/{seen.incident}").json()
         except (httpx.HTTPError, ValueError):
             return
         seen.decisions = list(body.get("decisions", []))
@@ -191,9 +197,9 @@ class Follower:
             return
         self._once(f"run:{run.id}", f"rollbackd: runbook {run.runbook} started (run {run.id}): "
                    f"{' -> '.join(run.plan)}", "head")
-        total = len(run.plan)
+        total, base = len(run.plan), step_base(run.plan, seen.steps)
         for step in seen.steps:
-            where = f"step {step.idx + 1}/{total} {step.kind}"
+            where = f"step {step.idx + 1 - base}/{total} {step.kind}"
             if step.attempt > 1:
                 where += f" (attempt {step.attempt})"
             if step.ended_at is None:
