@@ -654,6 +654,12 @@ class Demo:
                                 f"run {run.id} {run.runbook} {run.status} in "
                                 f"{(run.ended_at or 0) - run.started_at:.1f}s, "
                                 f"{len(seen.steps)} step(s)" if run else "no run"))
+            restore = next((r for r in seen.restores if r.get("status") != "running"), None)
+            checks.append(Check(
+                "database restored", bool(restore and restore.get("ok")),
+                f"restore {restore['id']} {restore['status']}: {restore['strategy']} of "
+                f"{restore['source']}, the replaced database kept as {restore.get('kept')}"
+                if restore else f"no restore journaled for incident {seen.incident}"))
             checks.append(Check("code rolled back", site.current_release() == "v1",
                                 f"current -> releases/{site.current_release()}"))
             checks.append(Check("config rolled back", _sha(site.env_file) == self.v1_config_sha,

@@ -16,7 +16,7 @@ from tests.harness.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 
-CHECKS = ("rollbackd decided", "v1 serving", "runbook", "code rolled back",
+CHECKS = ("rollbackd decided", "v1 serving", "runbook", "database restored", "code rolled back",
           "config rolled back", "incident resolved", "rows written before the deploy",
           "rows written after the deploy", "rows written after the rollback", "incident report")
 
