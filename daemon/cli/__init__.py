@@ -10,6 +10,7 @@ from daemon import __version__
 from daemon.cli.backup import backup
 from daemon.cli.check import check, simulate
 from daemon.cli.common import EXIT_FAILED, config_option, fail
+from daemon.cli.demo import demo
 from daemon.cli.deploy import deploy
 from daemon.cli.drill import drill
 from daemon.cli.operator import decide, incidents, pause, resume, status
@@ -28,7 +29,7 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 
 for command in (run, check, simulate, deploy, backup, drill, pause, resume, status,
-                incidents, decide, rollback):
+                incidents, decide, rollback, demo):
     cli.add_command(command)
 
 

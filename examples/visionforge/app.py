@@ -1,10 +1,13 @@
 """VisionForge, the example application that rollbackd watches, deploys, breaks and rolls back.
 
     python examples/visionforge/app.py --dsn DSN --port PORT [--host 127.0.0.1]
-        [--pidfile FILE] [--release-version V] [--no-access-log]
+        [--pidfile FILE] [--release-version V] [--env-file FILE] [--no-access-log]
 
 Every option can come from the environment instead (VF_DSN, VF_PORT, VF_HOST, VF_PIDFILE,
-VF_RELEASE_VERSION); VF_LATENCY_MS and VF_ERROR_RATIO set the injected faults at start.
+VF_RELEASE_VERSION), or from a KEY=VALUE file (``--env-file``, the app's config file in a
+deployed site); VF_LATENCY_MS and VF_ERROR_RATIO set the injected faults at start. Without
+a release version given, a RELEASE file beside app.py names it (a release directory of a
+site that ``deploy.py`` switches between), else it is v1.
 
 The schema (users, images, audit_log) comes from migrations (migrate.py), never from the app.
 Each request opens its own short-lived connection with connect and statement timeouts: there is
@@ -422,12 +425,53 @@ def remove_pidfile(path: Path) -> None:
             path.unlink()
 
 
-def env_default(name: str, fallback: str | None = None) -> str | None:
-    return os.environ.get(name, fallback)
+RELEASE_FILE = "RELEASE"
+"""Beside app.py in a release directory: the release's name, the version /health reports."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines, as in systemd's EnvironmentFile: blank lines and ``#`` comments
+    are skipped, values are taken as written (no quotes, no expansion)."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}:{number}: expected KEY=VALUE")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def release_of_this_code() -> str | None:
+    """The name in the RELEASE file beside this very file (symlinks resolved, so that
+    ``current/app.py`` reports the release ``current`` points to), if there is one."""
+    try:
+        return (Path(__file__).resolve().parent / RELEASE_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--env-file", type=Path)
+    given, _ = pre.parse_known_args(argv)
+    from_file: dict[str, str] = {}
+    if given.env_file is not None:
+        try:
+            from_file = read_env_file(given.env_file)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            pre.error(f"--env-file: {exc}")
+
+    def env_default(name: str, fallback: str | None = None) -> str | None:
+        # The environment wins over the file; the command line wins over both.
+        return os.environ.get(name, from_file.get(name, fallback))
+
     parser = argparse.ArgumentParser(description="VisionForge example app (rollbackd demo).")
+    parser.add_argument("--env-file", type=Path,
+                        help="read VF_* settings from this KEY=VALUE file (the environment "
+                             "wins over it)")
     parser.add_argument("--dsn", default=env_default("VF_DSN"),
                         help="libpq connection string (env VF_DSN)")
     parser.add_argument("--port", type=int, default=int(env_default("VF_PORT", "8080") or 8080),
@@ -436,8 +480,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="address to listen on (env VF_HOST, default 127.0.0.1)")
     parser.add_argument("--pidfile", type=Path, default=env_default("VF_PIDFILE"),
                         help="write the pid here, removed on clean exit (env VF_PIDFILE)")
-    parser.add_argument("--release-version", default=env_default("VF_RELEASE_VERSION", "v1"),
-                        help="version reported by /health (env VF_RELEASE_VERSION, default v1)")
+    parser.add_argument("--release-version",
+                        default=env_default("VF_RELEASE_VERSION",
+                                            release_of_this_code() or "v1"),
+                        help="version reported by /health (env VF_RELEASE_VERSION, else the "
+                             "RELEASE file beside app.py, else v1)")
     parser.add_argument("--no-access-log", dest="access_log", action="store_false",
                         help="do not log each request")
     args = parser.parse_args(argv)
@@ -445,8 +492,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--dsn (or VF_DSN) is required")
     try:
         args.faults = Faults()
-        args.faults.update({"latency_ms": int(os.environ.get("VF_LATENCY_MS", "0")),
-                            "error_ratio": float(os.environ.get("VF_ERROR_RATIO", "0"))})
+        args.faults.update({"latency_ms": int(env_default("VF_LATENCY_MS", "0") or 0),
+                            "error_ratio": float(env_default("VF_ERROR_RATIO", "0") or 0)})
     except ValueError as exc:
         parser.error(f"VF_LATENCY_MS / VF_ERROR_RATIO: {exc}")
     return args

@@ -6,6 +6,7 @@ free loopback port against a real PostgreSQL, and is stopped by its pid with SIG
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -21,6 +22,7 @@ import httpx
 import psycopg
 import pytest
 
+from examples.demosite import build_site
 from tests.harness.paths import APP_DIR
 from tests.harness.servers import PgCluster, free_port, wait_for
 
@@ -218,6 +220,21 @@ def test_an_invalid_index_release_fails_and_leaves_the_index_invalid(v1_db: str)
     assert lock_state(v1_db) == [0]
 
 
+def test_a_partial_release_keeps_its_first_migration_and_fails_its_second(v1_db: str) -> None:
+    seed(v1_db, users=3, images=3)
+
+    result = migrate(v1_db, V1, RELEASES / "v2-partial")
+
+    assert result.returncode == 1
+    assert 'could not create unique index "users_display_name_key"' in result.stderr
+    assert knex_rows(v1_db)[-1] == ("004_users_display_name.sql", 2)
+    assert query(v1_db, "SELECT DISTINCT display_name FROM users") == [("User",)]
+    assert query(v1_db, "SELECT is_nullable FROM information_schema.columns WHERE"
+                        " table_name = 'users' AND column_name = 'display_name'") == [("YES",)]
+    assert scalar(v1_db, "SELECT to_regclass('users_display_name_key')") is None
+    assert lock_state(v1_db) == [0]
+
+
 def test_a_migrations_table_left_locked_is_refused_until_unlocked(v1_db: str) -> None:
     query(v1_db, "UPDATE knex_migrations_lock SET is_locked = 1")
 
@@ -356,3 +373,51 @@ def test_health_follows_the_database_down_and_back_while_the_app_keeps_running(
         code = app.stop()
     assert code == 0, app.log.read_text()
     assert not app.pidfile.exists()
+
+
+# --- deploys on a site of releases (deploy.py) ----------------------------------------------
+
+def _health(port: int) -> dict[str, Any] | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()  # type: ignore[no-any-return]
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def test_deploy_switches_config_and_code_restarts_the_app_then_migrates(
+        v1_db: str, tmp_path: Path) -> None:
+    seed(v1_db, users=2, images=0)  # two users named "User N": 005 then fails
+    port = free_port()
+    site = build_site(tmp_path / "site", dsn=v1_db, port=port,
+                      releases={"v1": [V1], "v2": [V1, RELEASES / "v2-partial"]})
+    with site.app_log.open("ab") as log:
+        first = subprocess.Popen(site.app_argv(), stdout=log, stderr=subprocess.STDOUT)
+    started: list[int] = []
+    try:
+        # The settings come from the config file, the version from the release's RELEASE.
+        wait_for(lambda: (_health(port) or {}).get("version") == "v1", 15,
+                 what="v1 from the site")
+        assert site.pidfile.read_text().strip() == str(first.pid)
+
+        result = subprocess.run(
+            [sys.executable, str(VF / "deploy.py"), "--site", str(site.root), "--release", "v2",
+             "--set", "VF_FEATURE_FLAGS=display-names"],
+            capture_output=True, text=True, timeout=60, check=False)
+        started.append(int(site.pidfile.read_text().strip()))
+
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "current -> releases/v2 (was v1)" in result.stdout
+        assert f"stopped pid {first.pid}" in result.stdout
+        assert "users_display_name_key" in result.stderr
+        assert first.wait(timeout=5) == 0  # SIGTERM: a graceful stop
+        assert site.current_release() == "v2"
+        assert "VF_FEATURE_FLAGS=display-names" in site.env_file.read_text()
+        assert f"VF_PORT={port}" in site.env_file.read_text()
+        assert _health(port) == {"status": "ok", "version": "v2", "db": "ok"}
+        assert knex_rows(v1_db)[-1] == ("004_users_display_name.sql", 2)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)

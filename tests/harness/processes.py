@@ -1,100 +1,35 @@
 """Real processes for end-to-end tests: the example app and ``rollbackd run``.
 
-Each process is started by the test and ended by its own pid, never by name.
+Each process is started by the test and ended by its own pid, never by name. The example
+app's processes are the demo's own (examples/apprun.py, one implementation).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
-from typing import IO
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from examples.apprun import Proc, migrate, set_faults
+from examples.apprun import start_app as _start_app
 from tests.harness.cli import ROLLBACKD
-from tests.harness.paths import APP_DIR, ROOT
-from tests.harness.servers import free_port, wait_for
+from tests.harness.servers import wait_for
 
-
-class Proc:
-    """A child process whose output goes to a log file the test can read on failure."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
-        self.argv = argv
-        self._final_output = ""
-        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="rollbackd-proc-", suffix=".log")  # noqa: SIM115
-        self.popen = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env or dict(os.environ),
-            cwd=cwd or ROOT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        if self._log.closed:
-            return self._final_output
-        return Path(self._log.name).read_text(errors="replace")
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.running():
-            os.kill(self.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-        if self.running():
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                return self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-        return self.popen.wait(10)
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.stop()
-        if not self._log.closed:
-            self._final_output = self.output()
-            self._log.close()
-
-
-def migrate(dsn: str, *dirs: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(APP_DIR / "migrate.py"), "--dsn", dsn]
-    for d in dirs or (APP_DIR / "migrations",):
-        argv += ["--dir", str(d)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+__all__ = ["Proc", "daemon_url", "migrate", "scrape", "set_faults", "signal_value",
+           "start_app", "start_daemon"]
 
 
 def start_app(dsn: str, port: int | None = None, pidfile: Path | None = None,
               version: str = "v1") -> tuple[Proc, str]:
-    """The example app on a free loopback port; returns it and its base URL once it answers."""
-    port = port or free_port()
-    argv = [sys.executable, str(APP_DIR / "app.py"), "--dsn", dsn, "--host", "127.0.0.1",
-            "--port", str(port), "--release-version", version]
-    if pidfile is not None:
-        argv += ["--pidfile", str(pidfile)]
-    proc = Proc(argv)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code in (200, 503), 20,
-             what=f"the example app on {url} ({proc.output()[-500:]})")
-    return proc, url
-
-
-def set_faults(app_url: str, **faults: object) -> None:
-    response = httpx.post(f"{app_url}/admin/faults", json=faults, timeout=5)
-    response.raise_for_status()
+    """The example app on a free loopback port; returns it and its base URL once it answers
+    (the test fails, with the app's output, when it does not within 20 s)."""
+    try:
+        return _start_app(dsn, port, pidfile, version)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def start_daemon(config: Path, env: dict[str, str] | None = None, ready: bool = True,
