@@ -479,6 +479,39 @@ class Daemon:
         if why:
             extra["not_executed"] = why
         self.log.warning("decision", executed=executed, **record, **extra)
+        self._page_for(decision, why)
+
+    def _page_for(self, decision: Decision, waiting: str) -> None:
+        """A decision that needs a person is recorded as a page (delivery by the paging
+        channels comes later; the journal is the channel until then): ``evaluate`` and an
+        approval awaited ask for a decision, ``page`` is one. Once per incident, kind and
+        scenario (the dedup key), so a restart never records it twice."""
+        if decision.kind not in ("open", "escalate"):
+            return
+        asks = decision.action == "evaluate" or (decision.action in ROLLBACKS
+                                                  and decision.mode == "approve")
+        if not asks and decision.action != "page":
+            return
+        n = decision.incident
+        summary = (f"incident {n}: {decision.scenario} ({decision.severity}) -> "
+                   f"{decision.action}: {decision.reason}")
+        if asks:
+            summary += (f"; decide with: rollbackd decide {n} rollback|dismiss|fix_forward"
+                        if decision.action == "evaluate" else f"; {waiting}")
+        app = self.config.app_name
+        try:
+            page = self.journal.add_page(
+                app, t=decision.t, incident=n, run=None, level=1,
+                template="decision" if asks else "emergency", summary=summary,
+                details=decision.as_json(),
+                dedup_key=f"{app}/incident-{n}/{decision.kind}/{decision.scenario}")
+        except JournalError as exc:
+            self.metrics.page_recorded("journal", "failed")
+            self.log.error("cannot journal a page", error=str(exc), incident=n)
+            return
+        self.metrics.page_recorded("journal", "recorded")
+        self.log.warning("page", channel="journal", template=page.template, incident=n,
+                         page=page.id, summary=summary)
 
     def _runbook_for(self, scenario: str, action: str, named: str | None) -> Runbook | None:
         """The runbook a decision (or a person's approval naming one) runs."""

@@ -101,8 +101,9 @@ async def test_an_approval_while_paused_is_refused_with_a_page(tmp_path: Path,
     record_decision(journal, 1, "rollback", "", "alice", runbook="code_only")
     d._decide(now + 1, {})
     assert d._run_task is None and journal.runs() == []
-    [page] = journal.pages(incident=1)
-    assert "NOT started" in page.summary and "paused" in page.summary
+    asked, refused = journal.pages(incident=1)
+    assert asked.template == "decision" and "rollbackd decide 1 rollback" in asked.summary
+    assert "NOT started" in refused.summary and "paused" in refused.summary
 
 
 def test_decide_rollback_is_an_approve_event(journal: Journal) -> None:
