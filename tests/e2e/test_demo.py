@@ -60,6 +60,36 @@ def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row() -> None:
     assert_all_gone(out)
 
 
+def run_demo(scenario: str) -> str:
+    result = subprocess.run([*ROLLBACKD, "demo", "--scenario", scenario], capture_output=True,
+                            text=True, timeout=240, cwd=ROOT, check=False)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "NOT MET" not in out
+    assert out.rstrip().endswith("demo: stopped everything it started")
+    assert_all_gone(out)
+    return out
+
+
+def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end() -> None:
+    out = run_demo("error-spike")
+    assert re.search(r"incident 1: app_compromised -> planned_rollback \[auto\]", out), out
+    assert re.search(r"demo: verified runbook: run 1 planned_rollback succeeded", out), out
+    for check in ("v1 serving", "database restored", "incident resolved",
+                  "rows written before the deploy"):
+        assert f"demo: verified {check}: " in out, f"{check} not verified:\n{out}"
+
+
+def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back() -> None:
+    out = run_demo("slow-release")
+    assert re.search(r"incident 1: performance_degraded -> evaluate \[auto\]", out), out
+    assert "demo: verified a person paged: " in out, out
+    assert "decide with: rollbackd decide 1" in out
+    assert "demo: verified v2 serving: " in out, out
+    assert "nothing was restored" in out
+    assert "demo: verified runbook" not in out and "demo: verified database restored" not in out
+
+
 def test_ctrl_c_stops_everything_the_demo_started() -> None:
     demo = subprocess.Popen([*ROLLBACKD, "demo"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
