@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,17 +19,29 @@ from pathlib import Path
 import httpx
 import pytest
 
+from daemon.config import load_config
+from daemon.db.backups import BackupStore
 from daemon.journal import Journal, Run
+from probes.pg import with_dbname
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
-from tests.harness.data import run, scalar, seed_visionforge
+from tests.harness.data import (
+    restore_into_fresh_database,
+    run,
+    scalar,
+    seed_visionforge,
+    table_checksums,
+)
 from tests.harness.paths import APP_DIR
 from tests.harness.processes import Proc, daemon_url, scrape, start_app, start_daemon
-from tests.harness.servers import free_port, require_binary, wait_for
+from tests.harness.servers import PgCluster, free_port, require_binary, wait_for
 
 pytestmark = pytest.mark.e2e
 
 POLICY = """\
+[guards]
+watch_for = "3s"
+
 [[rule]]
 scenario = "migration_failed"
 when = "migration.failed == 1"
@@ -188,7 +201,8 @@ def test_a_failed_migration_is_rolled_back_by_the_daemon_end_to_end(host: Host) 
         daemon.close()
 
 
-def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(host: Host) -> None:
+def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(
+        host: Host, pg_cluster: PgCluster) -> None:
     daemon: Proc = start_daemon(host.config)
     try:
         # A non-transactional migration that fails and leaves an invalid index behind.
@@ -205,9 +219,30 @@ def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(host: Hos
         [restore] = host.journal.restores(incident=1)
         assert restore.status == "restored" and restore.kept is not None
         assert scalar(host.dsn, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
+        wait_for(host.answers, 10, what="the app answering again")
+
+        # Every table equals the restore point: its row counts and per-table checksums.
+        store = BackupStore(load_config(host.config).backups)
+        manifest = store.get(restore.source)
+        restored = table_checksums(host.dsn, manifest)
+        assert {name: count for name, (count, _) in restored.items()} == {
+            t.qualified: t.rows for t in manifest.tables}
+        reference = restore_into_fresh_database(pg_cluster, store, manifest, "rp_reference")
+        assert restored == table_checksums(reference, manifest)
+        # The row written after the deploy is in the kept copy, and counted in the report.
         assert scalar(host.dsn,
                       "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 0
-        wait_for(host.answers, 10, what="the app answering again")
+        assert scalar(with_dbname(host.dsn, restore.kept),
+                      "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 1
+        report = rollbackd("incidents", "report", "1", config=host.config)
+        assert report.returncode == 0, report.stderr
+        assert re.search(r"\| public\.users \| public\.users \| id \| 1 \|", report.stdout), \
+            report.stdout
+        # A clean (shortened) watch period resolves the incident.
+        wait_for(lambda: (found := host.journal.incident(1)) is not None
+                 and found.state == "resolved", 20, what="the incident to resolve")
+        summary = host.journal.incident(1)
+        assert summary is not None and "watch period was clean" in summary.reason
     finally:
         daemon.close()
 
