@@ -38,6 +38,7 @@ from tenacity.stop import stop_base
 
 from daemon.config import Config
 from daemon.db.backups import BackupStore
+from daemon.durable import hold_point, holds_at
 from daemon.fmt import excerpt
 from daemon.journal import Journal, JournalError, Page, Run, RunStatus, RunStep
 from daemon.locks import LockError, host_lock
@@ -447,7 +448,9 @@ class Executor:
                                 f"{format_duration(ctx.request.budget)} ran out")
         else:
             try:
+                await _hold(f"runbook:{index}:{step.kind}:before")
                 report = await self._carry_out(ctx, index, step)
+                await _hold(f"runbook:{index}:{step.kind}:after")
             except asyncio.CancelledError:
                 self._end_step(ctx, step_id, index, step.kind, StepReport(
                     "failed", "interrupted: rollbackd stopped during the step"), started)
@@ -502,6 +505,13 @@ class stop_when(stop_base):  # noqa: N801 - named like tenacity's own stop condi
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return self.condition()
+
+
+async def _hold(point: str) -> None:
+    """A test's hold point (:func:`daemon.durable.hold_point`), waited for in a thread so that
+    the event loop goes on; nothing unless ``ROLLBACKD_TEST_HOLD`` names it."""
+    if holds_at(point):
+        await asyncio.to_thread(hold_point, point)
 
 
 def _about(ctx: RunContext) -> str:
