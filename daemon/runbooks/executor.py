@@ -38,6 +38,7 @@ from tenacity.stop import stop_base
 
 from daemon.config import Config
 from daemon.db.backups import BackupStore
+from daemon.db.restore import SwapRecovery
 from daemon.durable import hold_point, holds_at
 from daemon.fmt import excerpt
 from daemon.journal import Journal, JournalError, Page, Run, RunStatus, RunStep
@@ -165,11 +166,12 @@ class Executor:
             raise RunRefusedError(str(exc)) from None
         return held
 
-    async def recover(self) -> list[RunResult]:
+    async def recover(self, swap: SwapRecovery | None = None) -> list[RunResult]:
         """At start-up: every run the journal has as ``running`` was cut short (this process
         holds the run lock, so no other has it): continue it or abandon it with a page, as
-        :mod:`daemon.runbooks.recovery` decides. Nothing when another process holds the
-        lock (its run is live)."""
+        :mod:`daemon.runbooks.recovery` decides (``swap``: what the start-up recovery of an
+        interrupted swap did). Nothing when another process holds the lock (its run is
+        live)."""
         if self._lock.locked():
             return []
         async with self._lock:
@@ -185,7 +187,7 @@ class Executor:
                 except JournalError as exc:
                     self.log.error("cannot look for unfinished runs", error=str(exc))
                     return []
-                return [await self._recover(run) for run in unfinished]
+                return [await self._recover(run, swap) for run in unfinished]
         raise AssertionError("unreachable")  # pragma: no cover (mypy: the with may swallow)
 
     def record_refusal(self, request: RunRequest, why: str) -> Page | None:
@@ -241,8 +243,8 @@ class Executor:
             ctx.observer.run_ended(runbook.name, self._status(run_id),
                                    time.time() - ctx.started_at)
 
-    async def _recover(self, run: Run) -> RunResult:
-        found = assess(self.journal, run, self.runbooks)
+    async def _recover(self, run: Run, swap: SwapRecovery | None) -> RunResult:
+        found = assess(self.journal, run, self.runbooks, swap)
         runbook = found.runbook or Runbook(run.runbook, ())
         request = RunRequest(runbook, run.incident, run.scenario, run.action,
                              f"resumed after a restart: {found.observed}", run.requested_by,

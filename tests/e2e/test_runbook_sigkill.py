@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from daemon.durable import HOLD_ENV
+from daemon.runbooks.recovery import REVERTED
 from policies.runbooks import BUILTIN
 from tests.harness.data import (
     restore_into_fresh_database,
@@ -130,7 +131,6 @@ def check_end_state(pg_cluster: PgCluster, host: Host, tmp_path: Path, run_id: i
     pages = journal.pages(incident=run.incident)
     said = "\n".join(p.summary for p in pages)
     context = f"{run.status}: {run.summary}\npages:\n{said}\n{output[-3000:]}"
-
     # No incident lost.
     assert journal.incident(run.incident) is not None, context
 
@@ -139,10 +139,15 @@ def check_end_state(pg_cluster: PgCluster, host: Host, tmp_path: Path, run_id: i
     if run.status != "succeeded":
         assert run.status in ("abandoned", "failed"), context
         assert any(p.run == run_id and "state left behind" in p.summary for p in pages), context
+    # Every point is recovered: a swap cut short is completed or reverted at start-up and its
+    # step continued after it or run again (none is left for a person).
+    assert run.status == "succeeded", context
 
     # Restored at most once for the incident; a run that succeeded left the restore point.
-    completed = [r for r in journal.restores(incident=run.incident) if r.completed]
-    assert len(completed) <= 1, completed
+    restores = journal.restores(incident=run.incident)
+    completed = [r for r in restores if r.completed]
+    assert len(completed) <= 1, restores
+    assert all(r.completed or r.error == REVERTED for r in restores), restores
     if run.status == "succeeded":
         assert len(completed) == 1, context
         deploy = journal.latest_deploy("visionforge")
