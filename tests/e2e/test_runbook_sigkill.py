@@ -89,7 +89,7 @@ def test_a_daemon_killed_mid_runbook_is_recovered_when_it_starts_again(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path, runbook: str, point: str) -> None:
     if (runbook, point) not in SUBSET and not FULL:
         pytest.skip("outside the CI subset; ROLLBACKD_FULL_MATRIX=1 runs every point")
-    host = rollback_host(pg_db, tmp_path, action=runbook)
+    host = rollback_host(pg_db, tmp_path, action=runbook, interval="500ms")
     try:
         migration = tmp_path / "migrate_v2.py"
         migration.write_text(MIGRATION)
