@@ -7,8 +7,10 @@ index) after writing a row, so a real restore happens. ``ROLLBACKD_TEST_HOLD=<po
 (:func:`daemon.durable.hold_point`) stops it exactly there; the test kills it by its pid.
 
 End state: the app runs v1 and answers (or, if it is not running, a page says so); the
-database equals the restore point and was restored at most once for the incident; the run
-ended succeeded, or abandoned/failed with a page naming the state; the incident is there.
+database equals the restore point and was restored once for the incident; the run ended
+succeeded (every point is recoverable: a swap cut short is completed or reverted at start-up,
+and the restore step continued after or run again; a run that ended abandoned or failed would
+have to page naming the state); the incident is there.
 
 CI runs a representative subset; ``ROLLBACKD_FULL_MATRIX=1`` runs every point.
 """
@@ -70,7 +72,7 @@ assert set(CASES) >= SUBSET
 LATE = "late@example.com"
 
 MIGRATION = f"""\
-import os, subprocess, sys
+import subprocess, sys
 import psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     conn.execute("INSERT INTO users (email, name) VALUES ('{LATE}', 'Late')")
