@@ -149,6 +149,12 @@ def snapshot_config(files: Iterable[Path], backup_dir: Path) -> list[ConfigFile]
     return taken
 
 
+def holds_at(point: str) -> bool:
+    """Whether ``ROLLBACKD_TEST_HOLD`` names ``point`` (:func:`hold_point` would wait)."""
+    wanted = os.environ.get(HOLD_ENV)
+    return bool(wanted) and point in (p.strip() for p in (wanted or "").split(","))
+
+
 def hold_point(point: str) -> None:
     """A named step where a test can stop rollbackd, to kill it (or disturb its world) exactly
     there: ``ROLLBACKD_TEST_HOLD=swap:after_first_rename`` (several: comma-separated).
@@ -156,11 +162,18 @@ def hold_point(point: str) -> None:
     At a matching point the process writes ``rollbackd: test hold at <point> (pid N)`` on
     stderr and waits: until the file named by ``ROLLBACKD_TEST_RELEASE`` exists when that is
     set, else until it is killed. Without ``ROLLBACKD_TEST_HOLD`` it costs one environment
-    lookup. Points: ``swap:*`` (:mod:`daemon.db.restore.swap`), ``backup:before_metadata``
-    (:mod:`daemon.db.backups`).
+    lookup. Points:
+
+    * ``swap:*`` (:mod:`daemon.db.restore.swap`): the steps of a swap restore;
+    * ``backup:before_metadata`` (:mod:`daemon.db.backups`);
+    * ``runbook:<index>:<kind>:before`` and ``runbook:<index>:<kind>:after``
+      (:mod:`daemon.runbooks.executor`): each attempt at step ``<index>`` (1-based, as the
+      journal numbers it) of a runbook run, e.g. ``runbook:3:restore_database:before``.
+      ``before``: the attempt is journaled as begun, its side effect not yet started;
+      ``after``: its side effect is done (or failed), the attempt not yet journaled as ended.
+      The executor waits in a thread, so the daemon's event loop goes on meanwhile.
     """
-    wanted = os.environ.get(HOLD_ENV)
-    if not wanted or point not in (p.strip() for p in wanted.split(",")):
+    if not holds_at(point):
         return
     release = os.environ.get(RELEASE_ENV)
     sys.stderr.write(f"rollbackd: test hold at {point} (pid {os.getpid()})\n")

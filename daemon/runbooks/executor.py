@@ -38,6 +38,8 @@ from tenacity.stop import stop_base
 
 from daemon.config import Config
 from daemon.db.backups import BackupStore
+from daemon.db.restore import SwapRecovery
+from daemon.durable import hold_point, holds_at
 from daemon.fmt import excerpt
 from daemon.journal import Journal, JournalError, Page, Run, RunStatus, RunStep
 from daemon.locks import LockError, host_lock
@@ -164,11 +166,12 @@ class Executor:
             raise RunRefusedError(str(exc)) from None
         return held
 
-    async def recover(self) -> list[RunResult]:
+    async def recover(self, swap: SwapRecovery | None = None) -> list[RunResult]:
         """At start-up: every run the journal has as ``running`` was cut short (this process
         holds the run lock, so no other has it): continue it or abandon it with a page, as
-        :mod:`daemon.runbooks.recovery` decides. Nothing when another process holds the
-        lock (its run is live)."""
+        :mod:`daemon.runbooks.recovery` decides (``swap``: what the start-up recovery of an
+        interrupted swap did). Nothing when another process holds the lock (its run is
+        live)."""
         if self._lock.locked():
             return []
         async with self._lock:
@@ -184,7 +187,7 @@ class Executor:
                 except JournalError as exc:
                     self.log.error("cannot look for unfinished runs", error=str(exc))
                     return []
-                return [await self._recover(run) for run in unfinished]
+                return [await self._recover(run, swap) for run in unfinished]
         raise AssertionError("unreachable")  # pragma: no cover (mypy: the with may swallow)
 
     def record_refusal(self, request: RunRequest, why: str) -> Page | None:
@@ -240,8 +243,8 @@ class Executor:
             ctx.observer.run_ended(runbook.name, self._status(run_id),
                                    time.time() - ctx.started_at)
 
-    async def _recover(self, run: Run) -> RunResult:
-        found = assess(self.journal, run, self.runbooks)
+    async def _recover(self, run: Run, swap: SwapRecovery | None) -> RunResult:
+        found = assess(self.journal, run, self.runbooks, swap)
         runbook = found.runbook or Runbook(run.runbook, ())
         request = RunRequest(runbook, run.incident, run.scenario, run.action,
                              f"resumed after a restart: {found.observed}", run.requested_by,
@@ -447,7 +450,9 @@ class Executor:
                                 f"{format_duration(ctx.request.budget)} ran out")
         else:
             try:
+                await _hold(f"runbook:{index}:{step.kind}:before")
                 report = await self._carry_out(ctx, index, step)
+                await _hold(f"runbook:{index}:{step.kind}:after")
             except asyncio.CancelledError:
                 self._end_step(ctx, step_id, index, step.kind, StepReport(
                     "failed", "interrupted: rollbackd stopped during the step"), started)
@@ -502,6 +507,13 @@ class stop_when(stop_base):  # noqa: N801 - named like tenacity's own stop condi
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return self.condition()
+
+
+async def _hold(point: str) -> None:
+    """A test's hold point (:func:`daemon.durable.hold_point`), waited for in a thread so that
+    the event loop goes on; nothing unless ``ROLLBACKD_TEST_HOLD`` names it."""
+    if holds_at(point):
+        await asyncio.to_thread(hold_point, point)
 
 
 def _about(ctx: RunContext) -> str:

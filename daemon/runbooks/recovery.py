@@ -11,8 +11,13 @@ What the journal says decides what happens (:func:`assess`):
   row. None begun after the step began: the restore never started, the step runs again.
   Completed: the swap happened, the attempt is ended ``ok`` as observed, the run continues
   after it. Failed: nothing was restored, and a failed restore is never gone past: the run is
-  abandoned with a page. Still ``running`` or ``interrupted``: the database's state is not
-  known; the run is abandoned with a page naming the restore to look at;
+  abandoned with a page. Still ``running`` (the process died during it): when the start-up
+  recovery of interrupted swaps (``swap``, run before the runs are recovered) completed or
+  reverted the swap of that very database, the restore's record is ended as that says
+  (``restored``, the replaced data kept aside; or ``failed``, nothing restored) and the run
+  continues after it, or runs the step again. Otherwise (``interrupted``, or ``running`` with
+  nothing that says what happened) the database's state is not known; the run is abandoned
+  with a page naming the restore to look at;
 * any other non-idempotent step (a down-migration, a command) interrupted, or a step that
   failed without the run being ended: abandoned with a page.
 
@@ -22,11 +27,13 @@ state left behind rebuilt from the steps that completed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from daemon.journal import Journal, Restore, Run, RunStep
+from daemon.db.restore import SwapRecovery
+from daemon.journal import Journal, JournalError, Restore, RestoreOutcome, Run, RunStep
 from policies.runbooks import BUILTIN, Runbook
 
 Verdict = Literal["continue", "abandon", "finish"]
@@ -78,9 +85,12 @@ def last_attempts(steps: list[RunStep]) -> dict[int, RunStep]:
 
 
 def assess(journal: Journal, run: Run,
-           runbooks: Mapping[str, Runbook] = BUILTIN) -> Assessment:
+           runbooks: Mapping[str, Runbook] = BUILTIN,
+           swap: SwapRecovery | None = None) -> Assessment:
     """Read the journal's record of ``run`` (status ``running``) and say how to go on;
-    ``runbooks``: the ones it may be continued with (by name)."""
+    ``runbooks``: the ones it may be continued with (by name); ``swap``: what the start-up
+    recovery of an interrupted swap did (it ends a restore's record that a crash left
+    ``running`` accordingly)."""
     runbook = runbooks.get(run.runbook)
     if runbook is not None and tuple(s.kind for s in runbook.steps) != run.plan:
         runbook = None  # the bundled runbook changed since: the plan run is not this one
@@ -108,7 +118,7 @@ def assess(journal: Journal, run: Run,
     step = runbook.steps[interrupted.idx - 1]
     where = f"step {interrupted.idx} ({interrupted.kind}, attempt {interrupted.attempt})"
     if interrupted.kind == "restore_database":
-        return _observe_restore(journal, run, runbook, interrupted, where, done)
+        return _observe_restore(journal, run, runbook, interrupted, where, done, swap)
     if step.idempotent:
         return Assessment(run, runbook, "continue", interrupted.idx,
                           f"{where} was interrupted; it is idempotent and runs again",
@@ -119,7 +129,7 @@ def assess(journal: Journal, run: Run,
 
 
 def _observe_restore(journal: Journal, run: Run, runbook: Runbook, step: RunStep, where: str,
-                     done: list[RunStep]) -> Assessment:
+                     done: list[RunStep], swap: SwapRecovery | None = None) -> Assessment:
     restores = [r for r in journal.restores(app=run.app, limit=20)
                 if r.started_at >= step.started_at
                 and (run.incident is None or r.incident == run.incident)]
@@ -128,7 +138,13 @@ def _observe_restore(journal: Journal, run: Run, runbook: Runbook, step: RunStep
                           f"{where} was interrupted before its restore began (none is "
                           "journaled): it runs again", interrupted=step, done=done)
     restore = restores[-1]  # newest first: the first one the step began
+    if restore.status == "running":
+        restore = _settle(journal, restore, swap)
     seen = f"restore {restore.id} ({restore.describe()})"
+    if restore.status == "failed" and restore.error == REVERTED:
+        return Assessment(run, runbook, "continue", step.idx,
+                          f"{where}: {seen}: {REVERTED}; the step runs again",
+                          interrupted=step, restore=restore, done=done)
     if restore.completed:
         return Assessment(run, runbook, "continue", step.idx + 1,
                           f"{where} was interrupted after {seen} completed: the database "
@@ -144,6 +160,32 @@ def _observe_restore(journal: Journal, run: Run, runbook: Runbook, step: RunStep
                       f"known; look at database {restore.database} (a swap's shadow or "
                       "renamed copy may be left: `rollbackd backup restore` repairs an "
                       "interrupted swap first)", interrupted=step, restore=restore, done=done)
+
+
+REVERTED = ("interrupted by a crash during the swap, which the start-up recovery reverted: "
+            "nothing was restored")
+
+
+def _settle(journal: Journal, restore: Restore, swap: SwapRecovery | None) -> Restore:
+    """End the record of a swap a crash cut short as the start-up recovery of that very
+    swap found it (completed: restored, its replaced data kept aside; reverted: failed,
+    nothing restored); unchanged when nothing says what happened."""
+    if (swap is None or not swap.applied or restore.strategy not in ("swap", "clone")
+            or swap.database != restore.database
+            or swap.outcome not in ("completed", "reverted")):
+        return restore
+    now = time.time()
+    if swap.outcome == "completed":
+        outcome = RestoreOutcome(status="restored", finished_at=now, kept=swap.kept,
+                                 kept_kind=None if swap.kept is None else "database",
+                                 report={"recovered_at_start_up": swap.describe()})
+    else:
+        outcome = RestoreOutcome(status="failed", finished_at=now, error=REVERTED,
+                                 report={"recovered_at_start_up": swap.describe()})
+    try:
+        return journal.finish_restore(restore.id, outcome, close_incident=False)
+    except JournalError:
+        return restore
 
 
 def rebuilt_state(assessment: Assessment) -> list[tuple[str, str]]:

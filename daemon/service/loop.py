@@ -16,6 +16,7 @@ import uvicorn
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.db.backups import BackupError, BackupStore
+from daemon.db.restore import SwapRecovery
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
 from daemon.ops.recovery import recover_interrupted_restores
@@ -188,10 +189,11 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
-    async def _recover_interrupted_restores(self) -> None:
+    async def _recover_interrupted_restores(self) -> SwapRecovery | None:
         """Before the first cycle: put right what a restore killed with a previous rollbackd
         left (a database refusing connections, no live database between a swap's renames),
-        and record a page saying what was found and done."""
+        and record a page saying what was found and done. Returns what was done about an
+        interrupted swap (None when that is not known), for the recovery of unfinished runs."""
         task = asyncio.create_task(asyncio.to_thread(recover_interrupted_restores, self.config))
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while not task.done() and time.monotonic() < deadline:
@@ -201,17 +203,17 @@ class Daemon:
         if not task.done():
             self.log.error("recovery of interrupted restores did not finish in time; the next "
                            "restore will retry it", timeout=RECOVERY_TIMEOUT)
-            return
+            return None
         try:
             recovery = task.result()
         except Exception as exc:  # a bug there must not stop the daemon from watching
             self.log.error("recovery of interrupted restores failed", error=one_line(exc),
                            exc_info=(type(exc), exc, exc.__traceback__))
-            return
+            return None
         for problem in recovery.problems:
             self.log.warning("cannot check for interrupted restores", problem=problem)
         if not recovery.found:
-            return
+            return recovery.swap
         lines = recovery.describe()
         self.log.warning("interrupted restore found at start-up", what=lines,
                          needs_operator=recovery.needs_operator)
@@ -222,6 +224,7 @@ class Daemon:
                 dedup_key=f"{self.config.app_name}:recovery:{time.time():.0f}")
         except JournalError as exc:
             self.log.error("cannot journal the recovery's page", error=str(exc))
+        return recovery.swap
 
     def request_reload(self) -> None:
         self._reload_requested = True
@@ -245,14 +248,15 @@ class Daemon:
         ))
         server_task = asyncio.create_task(server.serve(sockets=[listener]))
         watchdog_task = asyncio.create_task(self._watchdog())
-        # A run a crash cut short is continued or paged, in the background like any run.
-        self._run_task = asyncio.create_task(self.recover_runs())
         self.log.info(
             "started", version=__version__, config=str(self.config_path),
             listen=self.config.daemon.listen, interval=self.config.daemon.interval,
             mode=self.config.daemon.mode, probes=self._probe_ids(),
         )
-        await self._recover_interrupted_restores()
+        swap = await self._recover_interrupted_restores()
+        # A run a crash cut short is continued or paged, in the background like any run, once
+        # what an interrupted restore left is put right (its recovery reads what was done).
+        self._run_task = asyncio.create_task(self.recover_runs(swap))
         self._notified(self.notifier.ready())
         try:
             await self._loop()
@@ -583,11 +587,11 @@ class Daemon:
             self.log.warning("runbook run ended", run=result.run.id, status=result.run.status,
                              state=result.state)
 
-    async def recover_runs(self) -> None:
+    async def recover_runs(self, swap: SwapRecovery | None = None) -> None:
         """The runs the journal has as running from before this start: continued from the
         interrupted step, or abandoned with a page (:mod:`daemon.runbooks.recovery`)."""
         try:
-            for result in await self.executor.recover():
+            for result in await self.executor.recover(swap):
                 self.log.warning("recovered run ended", run=result.run.id,
                                  status=result.run.status, state=result.state)
         except Exception as exc:  # never let recovery take the daemon down

@@ -4,16 +4,12 @@ the `process` adapter; the main loop keeps its interval while the run goes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,122 +17,29 @@ import pytest
 
 from daemon.config import load_config
 from daemon.db.backups import BackupStore
-from daemon.journal import Journal, Run
 from probes.pg import with_dbname
 from tests.harness.cli import rollbackd
-from tests.harness.config import config_file
-from tests.harness.data import (
-    restore_into_fresh_database,
-    run,
-    scalar,
-    seed_visionforge,
-    table_checksums,
-)
+from tests.harness.data import restore_into_fresh_database, run, scalar, table_checksums
 from tests.harness.paths import APP_DIR
-from tests.harness.processes import Proc, daemon_url, scrape, start_app, start_daemon
-from tests.harness.servers import PgCluster, free_port, require_binary, wait_for
+from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
+from tests.harness.rollbacks import Host, deploy_run, finished_run, rollback_host
+from tests.harness.servers import PgCluster, require_binary, wait_for
 
 pytestmark = pytest.mark.e2e
-
-POLICY = """\
-[guards]
-watch_for = "3s"
-
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-"""
 
 START_DELAY = 3
 """The app's start command waits this long first: the run then lasts several cycles."""
 
 
-@dataclass
-class Host:
-    dsn: str
-    app_url: str
-    pidfile: Path
-    config: Path
-    journal: Journal
-
-    def app_pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
-
-    def answers(self) -> bool:
-        try:
-            return httpx.get(f"{self.app_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
 @pytest.fixture
 def host(pg_db: str, tmp_path: Path) -> Iterator[Host]:
-    seed_visionforge(pg_db)
-    pidfile = tmp_path / "app.pid"
-    port = free_port()
-    app, url = start_app(pg_db, port=port, pidfile=pidfile)
-    app_argv = [sys.executable, str(APP_DIR / "app.py"), "--dsn", pg_db, "--host",
-                "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile),
-                "--release-version", "v1"]
-    start = ["sh", "-c", f'sleep {START_DELAY}; exec "$0" "$@"', *app_argv]
-    policy = tmp_path / "policy.toml"
-    policy.write_text(POLICY)
-    (tmp_path / "backups").mkdir()
-    config = config_file(
-        tmp_path,
-        daemon={"interval": "1s", "listen": f"127.0.0.1:{free_port()}", "mode": "auto",
-                "policy": policy, "log_format": "json"},
-        app={"name": "visionforge",
-             "control": {"adapter": "process", "pidfile": pidfile, "start": start,
-                         "stop_timeout": "5s"}},
-        database={"dsn": pg_db, "migrations": "knex",
-                  "expected_tables": ["users", "images", "audit_log"]},
-        backups={"dir": tmp_path / "backups", "min_free": "1MB"},
-        extra=f"""\
-[probes.postgres]
-timeout = "800ms"
-
-[probes.migrations]
-timeout = "800ms"
-
-[[probes.http]]
-name = "health"
-url = "{url}/health"
-timeout = "500ms"
-window = "2s"
-""")
-    journal = Journal.in_state_dir(tmp_path / "state")
-    found = Host(pg_db, url, pidfile, config, journal)
+    found = rollback_host(pg_db, tmp_path, start_delay=START_DELAY)
     yield found
-    journal.close()
-    app.close()
-    pid = found.app_pid()  # the app as the daemon started it again
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    found.close()
 
 
 def metric(url: str, name: str, **labels: str) -> float | None:
     return scrape(url).get((name, tuple(sorted(labels.items()))))
-
-
-def deploy_run(config: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    # --config before the verb: everything after -- is the migration command.
-    return rollbackd("--config", str(config), "deploy", "run", "--version", "v2", "--",
-                     *command, timeout=120)
-
-
-def finished_run(journal: Journal) -> Run | None:
-    runs = journal.runs()
-    return runs[0] if runs and runs[0].status != "running" else None
 
 
 def test_a_failed_migration_is_rolled_back_by_the_daemon_end_to_end(host: Host) -> None:

@@ -265,3 +265,33 @@ async def test_a_refusal_is_paged(tmp_path: Path, journal: Journal) -> None:
     page = run.record_refusal(request(RUNBOOK), "another runbook run is going on")
     assert page is not None and "NOT started" in page.summary
     assert recorder.pages == [("journal", "recorded")]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_test_hold_point_stops_a_step_between_its_journal_rows_and_its_effect(
+        tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    release = tmp_path / "release"
+    monkeypatch.setenv("ROLLBACKD_TEST_HOLD", f"runbook:3:restore_database:{when}")
+    monkeypatch.setenv("ROLLBACKD_TEST_RELEASE", str(release))
+    calls: list[int] = []
+    restore = stand_in("ok")
+
+    async def restore_database(ctx: RunContext, s: Step, index: int) -> StepReport:
+        calls.append(index)
+        return await restore(ctx, s, index)
+
+    run = executor(tmp_path, journal, Recorder(), stop_app=stand_in("ok"),
+                   restore_database=restore_database, start_app=stand_in("ok"))
+    task = asyncio.create_task(run.run(request(RUNBOOK)))
+    deadline = time.monotonic() + 10
+    while not any(s.idx == 3 for r in journal.runs() for s in journal.steps(r.id)):
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # the event loop goes on while the step holds
+
+    [held] = [s for r in journal.runs() for s in journal.steps(r.id) if s.idx == 3]
+    assert held.ended_at is None and not task.done()
+    assert calls == ([] if when == "before" else [3])
+    release.touch()
+    result = await asyncio.wait_for(task, 10)
+    assert result.ok and calls == [3]

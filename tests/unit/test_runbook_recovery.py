@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config
+from daemon.db.restore import SwapRecovery
 from daemon.journal import Journal, RestoreOutcome, Run
 from daemon.locks import host_lock
 from daemon.runbooks.context import RunContext
 from daemon.runbooks.executor import RUN_LOCK_FILE, Executor
+from daemon.runbooks.recovery import REVERTED
 from daemon.runbooks.steps import ADAPTERS, Adapter, StepReport
 from policies.runbooks import BUILTIN, Step
 
@@ -124,6 +126,63 @@ async def test_a_restore_still_running_at_the_crash_is_abandoned_with_a_page(
     assert f"restore {restore.id}" in page.summary and "is running" in page.summary
     assert "state left behind: app stopped, database not restored" in page.summary
     assert result.steps[-1].outcome == "failed"
+
+
+def swap_found(outcome: str, database: str = "vf") -> SwapRecovery:
+    """What the start-up recovery of an interrupted swap did."""
+    return SwapRecovery(database, "between_renames" if outcome == "completed" else "shadow_left",
+                        outcome, "found", live_holds="restored" if outcome == "completed"
+                        else "previous", kept="vf_rolledback_1" if outcome == "completed"
+                        else None, applied=True)  # type: ignore[arg-type]
+
+
+async def test_a_swap_completed_at_start_up_ends_its_restore_and_the_run_carries_on(
+        tmp_path: Path, journal: Journal) -> None:
+    crashed_run(journal, "immediate_rollback", done=2)
+    restore = journal.begin_restore("visionforge", source="rp", strategy="swap",
+                                    database="vf", tables=[], by="rollbackd", t=time.time(),
+                                    incident=7)
+    ok = stand_in()
+    ex = executor(tmp_path, journal, restore_database=not_again, validate=ok,
+                  rollback_code=ok, rollback_config=ok, start_app=ok)
+    [result] = await ex.recover(swap_found("completed"))
+
+    assert result.run.status == "succeeded", result.describe()
+    [record] = journal.restores(incident=7)
+    assert (record.id, record.status, record.kept) == (restore.id, "restored",
+                                                       "vf_rolledback_1")
+    restored = [s for s in result.steps if s.kind == "restore_database"]
+    assert [(s.attempt, s.outcome) for s in restored] == [(1, "ok")]
+
+
+async def test_a_swap_reverted_at_start_up_fails_its_restore_and_the_step_runs_again(
+        tmp_path: Path, journal: Journal) -> None:
+    crashed_run(journal, "immediate_rollback", done=2)
+    restore = journal.begin_restore("visionforge", source="rp", strategy="swap",
+                                    database="vf", tables=[], by="rollbackd", t=time.time(),
+                                    incident=7)
+    calls: list[str] = []
+    ok = stand_in()
+    ex = executor(tmp_path, journal, restore_database=stand_in(calls=calls), validate=ok,
+                  rollback_code=ok, rollback_config=ok, start_app=ok)
+    [result] = await ex.recover(swap_found("reverted"))
+
+    assert result.run.status == "succeeded", result.describe()
+    assert calls == ["restore_database"]
+    [record] = journal.restores(incident=7)
+    assert (record.id, record.status, record.error) == (restore.id, "failed", REVERTED)
+
+
+async def test_a_swap_of_another_database_says_nothing_of_the_restore(
+        tmp_path: Path, journal: Journal) -> None:
+    crashed_run(journal, "immediate_rollback", done=2)
+    journal.begin_restore("visionforge", source="rp", strategy="swap", database="vf",
+                          tables=[], by="rollbackd", t=time.time(), incident=7)
+    ex = executor(tmp_path, journal, restore_database=not_again, start_app=not_again)
+    [result] = await ex.recover(swap_found("completed", database="other"))
+
+    assert result.run.status == "abandoned"
+    assert [r.status for r in journal.restores(incident=7)] == ["running"]
 
 
 async def test_a_restore_that_never_began_runs_again(tmp_path: Path,

@@ -13,7 +13,7 @@ TESTS = ROOT / "tests"
 SERVER_HARNESS = {"tests.harness.processes", "tests.harness.prometheus_server",
                   "tests.harness.alertmanager_server", "tests.harness.data",
                   "tests.harness.drill", "tests.harness.restores",
-                  "tests.harness.incidents"}
+                  "tests.harness.incidents", "tests.harness.rollbacks"}
 SERVER_FIXTURES = {"pg_cluster", "pg_db", "pg_private"}
 
 
