@@ -13,11 +13,13 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from examples.apprun import wait_until
 from examples.pgcluster import PgCluster as _PgCluster
 from examples.pgcluster import PgUnavailableError, find_binary, free_port
 
@@ -53,20 +55,14 @@ class PgCluster(_PgCluster):
             _unavailable(str(exc))
 
 
-def wait_for(predicate: object, timeout: float, interval: float = 0.1, what: str = "") -> None:
-    """Poll ``predicate`` until it is truthy; fail the test naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()  # type: ignore[operator]
-        except Exception as exc:  # the thing we wait for may not be up yet
-            last = exc
-        else:
-            if last:
-                return
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1,
+             what: str = "") -> None:
+    """Poll ``predicate`` until it is truthy (:func:`examples.apprun.wait_until`); fail the
+    test naming ``what`` after ``timeout``."""
+    try:
+        wait_until(predicate, timeout, interval, what)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 class ManagedServer:
