@@ -10,7 +10,6 @@ deploy) until the test mends them.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from probes.http import HttpProbe
 from probes.runner import ProbeOutcome, measure_one
 from probes.settings import HttpProbeSettings
+from tests.harness.http import serving
 
 SESSION = "c2Vzc2lvbi1mb3ItdGhlLXByb2Jl"
 LOGIN_PAGE = b"<html><body><form>Please log in</form></body></html>"
@@ -91,13 +91,8 @@ class Handler(BaseHTTPRequestHandler):
 def app() -> Iterator[App]:
     server = App(("127.0.0.1", 0), Handler)
     server.seen = Seen()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(server):
+        yield server
 
 
 @pytest.fixture

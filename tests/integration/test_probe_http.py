@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from policies.stats import quantile
 from probes.http import HTTP_AGGREGATE_SIGNALS, HttpProbe, aggregate_http
 from probes.runner import measure_one
 from probes.settings import HttpProbeSettings
+from tests.harness.http import serving
 from tests.harness.servers import free_port
 
 
@@ -52,14 +52,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[ControlledServer]:
-    srv = ControlledServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    with serving(ControlledServer(("127.0.0.1", 0), Handler)) as srv:
+        yield srv
 
 
 def settings(url: str, name: str = "api", **kw: object) -> HttpProbeSettings:

@@ -6,7 +6,6 @@ answer); PostgreSQL and migrations are in test_postgres_check_errors.py.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +16,7 @@ from probes.http import HttpProbe
 from probes.runner import ProbeOutcome, measure_one
 from probes.settings import HttpProbeSettings, SystemProbeSettings
 from probes.system import SystemProbe
+from tests.harness.http import serving
 from tests.harness.servers import free_port
 
 
@@ -34,13 +34,8 @@ class Unavailable(BaseHTTPRequestHandler):
 def unavailable() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/health"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(server):
+        yield f"http://127.0.0.1:{server.server_address[1]}/health"
 
 
 async def http_tick(url: str, requests: int = 1) -> ProbeOutcome:

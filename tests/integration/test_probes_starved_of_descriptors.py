@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 from probes.migrations import SIGNALS as MIGRATION_SIGNALS
 from probes.postgres import SIGNALS as DB_SIGNALS
+from tests.harness.http import serving
 from tests.harness.paths import ROOT
 
 
@@ -39,13 +39,8 @@ class Healthy(BaseHTTPRequestHandler):
 def healthy_app() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/health"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(server):
+        yield f"http://127.0.0.1:{server.server_address[1]}/health"
 
 
 def measured_while_starved(kind: str, target: str) -> dict[str, Any]:
