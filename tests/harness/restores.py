@@ -8,9 +8,11 @@ import os
 import signal
 from pathlib import Path
 
+from daemon.db.backups import BackupStore, Manifest
 from daemon.db.restore import RestoreOptions
+from probes.pg import dbname_of
 from tests.harness.config import config_file
-from tests.harness.data import run
+from tests.harness.data import run, seed_visionforge
 from tests.harness.processes import Proc
 from tests.harness.servers import PgCluster, wait_for
 
@@ -72,3 +74,18 @@ def rollbackd_sessions_gone(cluster: PgCluster) -> None:
     wait_for(lambda: cluster.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'rollbackd%'")
         == [(0,)], 30, what="the killed rollbackd's sessions to end")
+
+
+def restore_point_pg_restore_refuses(cluster: PgCluster, dsn: str,
+                                     store: BackupStore) -> tuple[Manifest, str]:
+    """A seeded database and a restore point that pg_restore cannot load: a table in it is
+    owned by a role dropped since (``ALTER ... OWNER TO`` fails), so every restore fails.
+    Returns the restore point and the dropped role's name (pg_restore's error names it)."""
+    role = f"gone_{dbname_of(dsn)}"
+    seed_visionforge(dsn)
+    cluster.execute(f"CREATE ROLE {role}")
+    run(dsn, f"ALTER TABLE images OWNER TO {role}")
+    manifest = store.create(dsn, "restore_point")
+    run(dsn, "ALTER TABLE images OWNER TO postgres")
+    cluster.execute(f"DROP ROLE {role}")
+    return manifest, role

@@ -34,6 +34,7 @@ from tests.harness.data import (
     table_checksums,
 )
 from tests.harness.processes import Proc
+from tests.harness.restores import restore_point_pg_restore_refuses
 from tests.harness.servers import PgCluster, wait_for
 
 TABLES = ["users", "images", "audit_log"]
@@ -205,14 +206,8 @@ def test_rollbackds_own_sessions_and_an_open_transaction_do_not_stop_an_in_place
 def test_a_failed_in_place_restore_allows_connections_again_and_changes_nothing(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
     name = dbname_of(pg_db)
-    role = f"gone_{name}"
-    seed_visionforge(pg_db)
-    pg_cluster.execute(f"CREATE ROLE {role}")
-    run(pg_db, f"ALTER TABLE images OWNER TO {role}")
     store = store_in(tmp_path / "backups")
-    rp = store.create(pg_db, "restore_point")
-    run(pg_db, "ALTER TABLE images OWNER TO postgres")
-    pg_cluster.execute(f"DROP ROLE {role}")
+    rp, role = restore_point_pg_restore_refuses(pg_cluster, pg_db, store)
     before = table_checksums(pg_db, rp)
 
     with psycopg.connect(pg_db, connect_timeout=5) as app, \

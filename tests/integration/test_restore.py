@@ -32,7 +32,7 @@ from tests.harness.data import (
     table_checksums,
 )
 from tests.harness.restores import restore_options as options
-from tests.harness.restores import write_after_restore_point
+from tests.harness.restores import restore_point_pg_restore_refuses, write_after_restore_point
 from tests.harness.servers import PgCluster
 
 
@@ -206,14 +206,8 @@ def test_a_damaged_backup_is_refused_with_the_reason_and_nothing_changes(
 def test_pg_restore_errors_fail_loudly_and_leave_the_live_database_as_it_was(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
     name = dbname_of(pg_db)
-    role = f"gone_{name}"
-    seed_visionforge(pg_db)
-    pg_cluster.execute(f"CREATE ROLE {role}")
-    run(pg_db, f"ALTER TABLE images OWNER TO {role}")
     store = store_in(tmp_path / "backups")
-    rp = store.create(pg_db, "restore_point")
-    run(pg_db, "ALTER TABLE images OWNER TO postgres")
-    pg_cluster.execute(f"DROP ROLE {role}")
+    rp, role = restore_point_pg_restore_refuses(pg_cluster, pg_db, store)
     write_after_restore_point(pg_db)
     before = table_checksums(pg_db, rp)
 
