@@ -58,30 +58,27 @@ class Recovery:
 
 def recover_interrupted_restores(config: Config) -> Recovery:
     """Put right what killed restores left (under the rollback lock); for start-up."""
+    return _recovery(config, repair=True)
+
+
+def inspect_interrupted_restores(config: Config) -> Recovery:
+    """The same, changing nothing and taking no lock; for ``status``."""
+    return _recovery(config, repair=False)
+
+
+def _recovery(config: Config, *, repair: bool) -> Recovery:
     if config.database is None:
         return Recovery()
     problems: list[str] = []
     in_place: InterruptedRestore | None = None
     try:
-        in_place = recover_interrupted_in_place(RestoreOptions.from_config(config))
+        in_place = (recover_interrupted_in_place(RestoreOptions.from_config(config)) if repair
+                    else interrupted_in_place(config.daemon.state_dir))
     except (RestoreError, LockError) as exc:
         problems.append(f"interrupted in-place restores: {exc}")
     swap: SwapRecovery | None = None
     try:
-        swap = swap_recovery(config, repair=True)
+        swap = swap_recovery(config, repair=repair)
     except OpsError as exc:
         problems.append(f"interrupted swaps: {exc}")
     return Recovery(in_place, swap, problems)
-
-
-def inspect_interrupted_restores(config: Config) -> Recovery:
-    """The same, changing nothing and taking no lock; for ``status``."""
-    if config.database is None:
-        return Recovery()
-    problems: list[str] = []
-    swap: SwapRecovery | None = None
-    try:
-        swap = swap_recovery(config, repair=False)
-    except OpsError as exc:
-        problems.append(f"interrupted swaps: {exc}")
-    return Recovery(interrupted_in_place(config.daemon.state_dir), swap, problems)
