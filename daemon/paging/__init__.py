@@ -1,0 +1,1 @@
+"""Pages: the outbox (journaled before sent), escalation's timer, and one module per channel."""
