@@ -15,6 +15,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from policies import catalogue
+from policies.escalation import (
+    DEFAULT_LEVELS,
+    EscalationError,
+    Level,
+    OnTimeout,
+    parse_levels,
+)
 from policies.expr import Expr, ExprError, parse_condition, render, signals_of
 from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
 from policies.runbooks import Runbook, RunbookError, parse_runbooks
@@ -84,6 +91,7 @@ class _RuleFile(_Strict):
     timeline: str = Field(description='a duration up to 30d, or "next release"')
     runbook: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    on_timeout: OnTimeout = "page"
 
     @field_validator("timeline")
     @classmethod
@@ -101,6 +109,7 @@ class _PolicyFile(_Strict):
     signals: list[str] = Field(default_factory=list)
     rule: list[dict[str, Any]] = Field(min_length=1)
     runbook: list[dict[str, Any]] = Field(default_factory=list)
+    escalation: list[dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,8 @@ class Rule:
     timeline: float | None  # None = "next release"
     runbook: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    on_timeout: OnTimeout = "page"
+    """For an incident waiting for a person at its timeline's end (policies.escalation)."""
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -148,6 +159,11 @@ class Policy:
     runbooks: Mapping[str, Runbook] = field(default_factory=dict)
     """The policy's own ``[[runbook]]`` tables (the bundled ones are in
     :data:`policies.runbooks.BUILTIN`)."""
+    escalation: tuple[Level, ...] = DEFAULT_LEVELS
+    """Who is paged, in order (``[[escalation]]``; the procedures' three levels by default)."""
+
+    def rule(self, scenario: str) -> Rule | None:
+        return next((r for r in self.rules if r.scenario == scenario), None)
 
     def mode_for(self, action: str, global_mode: str) -> str:
         """The stricter of the daemon's mode and the policy's mode for this action."""
@@ -204,6 +220,7 @@ def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str])
         scenario=spec.scenario, when=render(condition), condition=condition, for_=spec.for_,
         clear_for=spec.clear_for, severity=spec.severity, action=spec.action,
         timeline=timeline, runbook=spec.runbook, labels=dict(spec.labels),
+        on_timeout=spec.on_timeout,
     )
 
 
@@ -253,6 +270,10 @@ def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Pol
         if rule.runbook is not None and rule.action not in ROLLBACKS:
             raise PolicyError(f"{path}: rule {rule.scenario!r}: runbook: action {rule.action} "
                               "runs no runbook (only the rollback actions do)")
+    try:
+        levels = parse_levels(spec.escalation, path)
+    except EscalationError as exc:
+        raise PolicyError(str(exc)) from None
     return Policy(path=path, rules=rules, baseline=spec.baseline, guards=spec.guards,
                   modes={str(k): str(v) for k, v in spec.modes.items()}, extra_signals=extra,
-                  runbooks=runbooks)
+                  runbooks=runbooks, escalation=levels)
