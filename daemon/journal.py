@@ -1078,6 +1078,58 @@ class Journal:
                      ok=bool(found["ok"]), duration=float(found["duration"]),
                      details=json.loads(found["payload"]))
 
+    # -- annotations (a person's root cause and prevention for an incident's report) --------
+
+    @_reads
+    def annotation(self, incident: int) -> Annotation:
+        """The latest root cause and prevention written for ``incident`` (``annotate``
+        events; each field keeps the latest event that gave it)."""
+        if not _fits(incident):
+            return Annotation()
+        rows = self._db.execute(
+            "SELECT t, payload FROM events WHERE type = 'annotate'"
+            " AND json_extract(payload, '$.incident') = ? ORDER BY id", (incident,)).fetchall()
+        found = Annotation()
+        for row in rows:
+            found = found.updated(float(row["t"]), json.loads(row["payload"]))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Noted:
+    """One field of an incident's annotation: the text, who wrote it, when."""
+
+    text: str
+    by: str
+    t: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"text": self.text, "by": self.by, "t": self.t}
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """What people wrote into an incident's report (``rollbackd incidents annotate``)."""
+
+    root_cause: Noted | None = None
+    prevention: Noted | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.root_cause is not None and self.prevention is not None
+
+    def updated(self, t: float, payload: Mapping[str, Any]) -> Annotation:
+        by = str(payload.get("by", ""))
+        root, prevention = payload.get("root_cause"), payload.get("prevention")
+        return Annotation(
+            root_cause=Noted(root, by, t) if isinstance(root, str) and root else self.root_cause,
+            prevention=(Noted(prevention, by, t) if isinstance(prevention, str) and prevention
+                        else self.prevention))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"root_cause": None if self.root_cause is None else self.root_cause.as_json(),
+                "prevention": None if self.prevention is None else self.prevention.as_json()}
+
 
 _DEPLOY_STATUSES: tuple[DeployStatus, ...] = get_args(DeployStatus)
 

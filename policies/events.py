@@ -18,6 +18,7 @@ ENUMS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "approve": {},
     "baseline": {},
     "runbook": {"phase": ("begin", "end")},
+    "annotate": {},
 }
 RUN_STATUSES = ("succeeded", "failed")
 
@@ -53,14 +54,15 @@ def parse_event(raw: Any) -> dict[str, Any]:
     for key, allowed in ENUMS[kind].items():
         if raw.get(key) not in allowed:
             raise EventError(f"{kind} event: {key} must be one of {', '.join(allowed)}")
-    for key in ("version", "by", "decision", "reason", "runbook"):
+    for key in ("version", "by", "decision", "reason", "runbook", "root_cause", "prevention"):
         if key in raw and not isinstance(raw[key], str):
             raise EventError(f"{kind} event: {key} must be a string")
     if "verified" in raw and not isinstance(raw["verified"], bool):
         raise EventError(f"{kind} event: verified must be true or false")
-    if kind in ("close", "approve"):
+    if kind in ("close", "approve", "annotate"):
         # approve: a person's go for the incident's rollback (approve mode); the engine
-        # ignores it, the daemon starts the runbook.
+        # ignores it, the daemon starts the runbook. annotate: a person's root cause and
+        # prevention for the incident's report; the engine ignores it too.
         incident = raw.get("incident")
         if not isinstance(incident, int) or isinstance(incident, bool) or incident < 1:
             raise EventError(f"{kind} event: incident must be the incident's number")

@@ -11,6 +11,7 @@ import click
 
 from daemon.cli.common import (
     EXIT_FAILED,
+    EXIT_USAGE,
     config_option,
     fail,
     json_option,
@@ -20,6 +21,7 @@ from daemon.cli.common import (
 )
 from daemon.config import Config, ConfigError, load_policy
 from daemon.journal import Journal, JournalError, StateDirError
+from daemon.ops import operator as operator_ops
 from daemon.ops.operator import (
     DECISIONS,
     DecisionError,
@@ -177,3 +179,33 @@ def decide(ctx: click.Context, config_file: Path | None, incident: int, choice: 
     if runbook is not None:
         data["runbook"] = runbook
     render(Notice(f"incident {incident}: {choice} recorded", data), as_json)
+
+
+@incidents.command("annotate")
+@config_option
+@click.argument("incident", type=int)
+@click.option("--root-cause", default=None, metavar="TEXT",
+              help="What caused the incident, for the report's Root cause.")
+@click.option("--prevention", default=None, metavar="TEXT",
+              help="What will keep it from happening again, for the report's Prevention.")
+@click.option("--by", default=None, help="Who writes it (default: who runs the command).")
+@json_option()
+@click.pass_context
+def annotate(ctx: click.Context, config_file: Path | None, incident: int,
+             root_cause: str | None, prevention: str | None, by: str | None,
+             as_json: bool) -> None:
+    """Write an incident's root cause and/or prevention into its report (each replaces the
+    one written before). The reminders after an incident stop once both are written."""
+    _, journal = _journal(ctx, config_file or ctx.obj.get("incidents_config"))
+    try:
+        event = operator_ops.record_annotation(journal, incident, root_cause, prevention,
+                                               by or operator_name())
+    except operator_ops.AnnotationError as exc:
+        fail(str(exc), EXIT_FAILED if exc.missing else EXIT_USAGE)
+    except JournalError as exc:
+        fail(str(exc), EXIT_FAILED)
+    written = " and ".join(k.replace("_", " ") for k in ("root_cause", "prevention")
+                           if k in event)
+    data = {k: v for k, v in event.items() if k != "type"}
+    render(Notice(f"incident {incident}: {written} recorded (`rollbackd incidents report "
+                  f"{incident}` shows it)", data), as_json)

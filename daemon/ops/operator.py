@@ -228,3 +228,55 @@ def incident_decisions(journal: Journal, incident: int) -> IncidentDecisions:
     if not lines:
         raise DecisionError(f"no incident {incident} in the journal", missing=True)
     return IncidentDecisions(lines, list(reversed(journal.restores(incident=incident))))
+
+
+# -- annotations: a person's root cause and prevention for an incident's report ------------
+
+ANNOTATION_CHARS = 4000
+"""The most a root cause or a prevention may hold: a few paragraphs, not a log file."""
+
+
+class AnnotationError(Exception):
+    """An annotation that cannot be recorded; ``str()`` says why, ``missing`` tells an
+    unknown incident (a failure) from text that cannot be used (a usage error)."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def annotation_text(name: str, text: str) -> str:
+    """``text`` as it is journaled: line ends made ``\\n``, trailing blanks dropped; raises
+    AnnotationError when it is empty, too long, or holds control characters (an escape
+    sequence must not reach the terminals and pages that show it)."""
+    cleaned = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
+    cleaned = cleaned.strip("\n")
+    if not cleaned.strip():
+        raise AnnotationError(f"{name} is empty", missing=False)
+    if len(cleaned) > ANNOTATION_CHARS:
+        raise AnnotationError(f"{name} is {len(cleaned)} characters long; at most "
+                              f"{ANNOTATION_CHARS} (link to a longer document instead)",
+                              missing=False)
+    bad = next((c for c in cleaned if (ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) < 160),
+               None)
+    if bad is not None:
+        raise AnnotationError(f"{name} holds the control character {bad!r}", missing=False)
+    return cleaned
+
+
+def record_annotation(journal: Journal, incident: int, root_cause: str | None,
+                      prevention: str | None, by: str) -> dict[str, Any]:
+    """Journal a person's root cause and/or prevention for an incident's report (an
+    ``annotate`` event; the latest of each is the report's, and the reminders stop once both
+    are there). Returns the event. Raises AnnotationError or JournalError."""
+    if root_cause is None and prevention is None:
+        raise AnnotationError("give --root-cause, --prevention or both", missing=False)
+    event: dict[str, Any] = {"type": "annotate", "incident": incident, "by": by}
+    if root_cause is not None:
+        event["root_cause"] = annotation_text("the root cause", root_cause)
+    if prevention is not None:
+        event["prevention"] = annotation_text("the prevention", prevention)
+    if not 0 < incident < 2**63 or journal.incident(incident) is None:
+        raise AnnotationError(f"no incident {incident} in the journal", missing=True)
+    _record(journal, event)
+    return event

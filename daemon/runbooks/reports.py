@@ -47,7 +47,16 @@ from daemon.db.data_window import (
 )
 from daemon.durable import fsync_dir, replace_atomically
 from daemon.fmt import excerpt, iso, when
-from daemon.journal import Deploy, IncidentSummary, Journal, Page, Restore, Run, RunStep
+from daemon.journal import (
+    Annotation,
+    Deploy,
+    IncidentSummary,
+    Journal,
+    Page,
+    Restore,
+    Run,
+    RunStep,
+)
 from policies.engine import Decision
 from policies.units import format_duration
 from probes.pg import with_dbname
@@ -111,6 +120,8 @@ class IncidentFacts:
     pages: list[Page]
     restores: list[Restore]
     deploys: dict[int, Deploy] = field(default_factory=dict)
+    annotation: Annotation = field(default_factory=Annotation)
+    """What people wrote as the root cause and the prevention (``incidents annotate``)."""
 
     @property
     def fingerprint(self) -> str:
@@ -122,6 +133,9 @@ class IncidentFacts:
                 "pages": [p.as_json() for p in self.pages],
                 "restores": [r.as_json() for r in self.restores],
                 "deploys": {str(k): d.as_json() for k, d in self.deploys.items()}}
+        if self.annotation != Annotation():
+            # Only when there is one: the reports written before annotations stay current.
+            rows["annotation"] = self.annotation.as_json()
         text = json.dumps(rows, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -153,7 +167,7 @@ def gather_facts(journal: Journal, incident: int) -> IncidentFacts | None:
         incident=incident, summary=summary, decisions=decisions, runs=runs,
         steps={run.id: journal.steps(run.id) for run in runs},
         pages=journal.pages(incident=incident, limit=10_000), restores=restores,
-        deploys=deploys)
+        deploys=deploys, annotation=journal.annotation(incident))
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -199,6 +213,7 @@ def build_report(config: Config, facts: IncidentFacts, *,
         "resolution": _resolution(facts),
         "prevention": _prevention(facts, windows),
         "data_window": windows,
+        "annotations": facts.annotation.as_json(),
     }
     return IncidentReport(data=data, execution=execution_log(facts, windows))
 
@@ -703,7 +718,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     out += [f"- {_md(line)}" for line in data["impact"]["statements"]]
     out += ["", "## Timeline", ""]
     out += [f"- {when(e['t'])} — {_md(e['text'])}" for e in data["timeline"]]
-    out += _root_cause_md(data["root_cause"])
+    annotations = data.get("annotations") or {}
+    out += _root_cause_md(data["root_cause"],
+                          _annotation_md(annotations.get("root_cause"), "--root-cause",
+                                         data["incident"]))
     out += ["", "## Resolution", ""]
     out += [f"- {_md(line)}" for line in data["resolution"]["statements"]]
     for run in data["resolution"]["runs"]:
@@ -714,13 +732,27 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 + (f" — {_md(step['message'])}" if step["message"] else "")
                 for n, step in enumerate(run["steps"], start=1)]
     out += ["", "## Prevention", ""]
+    out += _annotation_md(annotations.get("prevention"), "--prevention", data["incident"])
     out += [f"- [ ] {_md(item)}" for item in data["prevention"]]
     out += _data_window_md(data["data_window"])
     return "\n".join(out) + "\n"
 
 
-def _root_cause_md(root: Mapping[str, Any]) -> list[str]:
-    out = ["", "## Root cause", ""]
+def _annotation_md(noted: Mapping[str, Any] | None, option: str, incident: object) -> list[str]:
+    """A person's text (``incidents annotate``), quoted line by line so that it stays inside
+    its section, with who wrote it; or the command that writes it. What rollbackd recorded
+    follows either way."""
+    if not noted:
+        return [f"Not written yet (`rollbackd incidents annotate {incident} {option} TEXT`). "
+                "What rollbackd recorded:", ""]
+    lines = [f"> {_md(line)}" if line.strip() else ">"
+             for line in str(noted["text"]).splitlines()]
+    return [*lines, "", f"— written by {_md(noted['by'])} at {when(noted['t'])}. "
+            "What rollbackd recorded:", ""]
+
+
+def _root_cause_md(root: Mapping[str, Any], annotation: Sequence[str] = ()) -> list[str]:
+    out = ["", "## Root cause", "", *annotation]
     if root["deploy"] is not None:
         d = root["deploy"]
         out.append(f"- Deploy {d['id']} (version {_md(d['version'])}) began at "
