@@ -332,7 +332,7 @@ def table_names(values: Iterable[str]) -> tuple[str, ...]:
     Raises RunbookError naming the first that is not one."""
     names: list[str] = []
     for value in values:
-        for name in (part.strip() for part in value.split(",")):
+        for name in (part.strip() for part in value.split(",") if part.strip()):
             if not _TABLE.match(name):
                 raise RunbookError(f"table {name!r} is not a table name (letters, digits and "
                                    "_, optionally schema.table, at most 63 characters each)")
