@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from policies.runbooks import ACTION_RUNBOOK
+
 ENUMS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "deploy": {"phase": ("begin", "end")},
     "migration": {"status": ("failed", "succeeded")},
@@ -66,6 +68,8 @@ def parse_event(raw: Any) -> dict[str, Any]:
         incident = raw.get("incident")
         if not isinstance(incident, int) or isinstance(incident, bool) or incident < 1:
             raise EventError(f"{kind} event: incident must be the incident's number")
+    if kind == "approve":
+        _check_approval(raw)
     if kind == "runbook":
         _check_run(raw)
     if kind == "alert":
@@ -80,6 +84,20 @@ def parse_event(raw: Any) -> dict[str, Any]:
                 isinstance(k, str) and (v is None or is_number(v)) for k, v in values.items()):
             raise EventError("baseline event: values must map signal names to numbers or null")
     return dict(raw)
+
+
+APPROVED_ACTIONS = tuple(ACTION_RUNBOOK)
+"""The rollback actions, each with its bundled runbook."""
+
+
+def _check_approval(raw: Mapping[str, Any]) -> None:
+    """A person's approval may name the rollback ``action`` they chose (absent: the incident's
+    own) and, for a selective rollback, the ``tables`` whose data it restores."""
+    if "action" in raw and raw["action"] not in APPROVED_ACTIONS:
+        raise EventError(f"approve event: action must be one of {', '.join(APPROVED_ACTIONS)}")
+    tables = raw.get("tables", [])
+    if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
+        raise EventError("approve event: tables must be a list of table names")
 
 
 def _check_run(raw: Mapping[str, Any]) -> None:

@@ -11,6 +11,8 @@ down-migration, an arbitrary command) are first observed, then continued or page
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -142,6 +144,16 @@ class Runbook:
     @property
     def restores_database(self) -> bool:
         return any(s.kind == "restore_database" for s in self.steps)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables its restore steps put back (a selective rollback); () when none do, or
+        when they restore the whole database."""
+        found: list[str] = []
+        for s in self.steps:
+            if isinstance(s.args, RestoreArgs):
+                found += [t for t in s.args.tables if t not in found]
+        return tuple(found)
 
     def describe(self) -> list[str]:
         return [f"{i:>2}. {step.describe()}" for i, step in enumerate(self.steps, 1)]
@@ -309,3 +321,42 @@ def resolve(action: str, named: str | None, defined: Mapping[str, Runbook]) -> R
 
 def unknown_runbooks(names: Iterable[str | None], defined: Mapping[str, Runbook]) -> list[str]:
     return sorted({n for n in names if n is not None and n not in defined and n not in BUILTIN})
+
+
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$")
+
+
+def table_names(values: Iterable[str]) -> tuple[str, ...]:
+    """Table names a person gave (``users``, ``public.images``; each may be a comma list),
+    checked as plain SQL identifiers, optionally schema-qualified, duplicates dropped.
+    Raises RunbookError naming the first that is not one."""
+    names: list[str] = []
+    for value in values:
+        for name in (part.strip() for part in value.split(",") if part.strip()):
+            if not _TABLE.match(name):
+                raise RunbookError(f"table {name!r} is not a table name (letters, digits and "
+                                   "_, optionally schema.table, at most 63 characters each)")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise RunbookError("no table named")
+    return tuple(names)
+
+
+def with_tables(runbook: Runbook, tables: Sequence[str]) -> Runbook:
+    """``runbook`` made to restore the data of ``tables`` only (a selective rollback chosen by
+    a person): its restore steps restore those tables; one without a restore step (the bundled
+    selective_rollback rolls back code and configuration only) gets one, checked by the
+    database checklist, right after the app is stopped. The name says the tables: a run
+    recovered after a crash must not be continued with the runbook's own steps."""
+    steps = [dataclasses.replace(s, args=s.args.model_copy(update={"tables": tuple(tables)}))
+             if isinstance(s.args, RestoreArgs) else s for s in runbook.steps]
+    if not runbook.restores_database:
+        stops = [i for i, s in enumerate(steps) if s.kind == "stop_app"]
+        at = stops[0] + 1 if stops else next(
+            (i for i, s in enumerate(steps) if s.kind not in ("notify", "page", "assess")),
+            len(steps))
+        steps[at:at] = [step("restore_database", tables=list(tables)),
+                        step("validate", checklist="database")]
+    return Runbook(f"{runbook.name}[{','.join(tables)}]", tuple(steps),
+                   runbook.description, runbook.labels)

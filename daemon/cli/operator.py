@@ -23,6 +23,7 @@ from daemon.config import Config, ConfigError, load_policy
 from daemon.journal import Journal, JournalError, StateDirError
 from daemon.ops import operator as operator_ops
 from daemon.ops.operator import (
+    CLOSING_CHOICES,
     DECISIONS,
     DecisionError,
     IncidentList,
@@ -35,13 +36,13 @@ from daemon.ops.operator import (
     record_resume,
 )
 from daemon.ops.reports import incident_report
-from policies.runbooks import BUILTIN
+from policies.policy import Policy
 
 
-def _policy_runbooks(path: Path, config: Config) -> tuple[str, ...]:
-    """The runbooks a decision may name: the bundled ones and the policy's own."""
+def _policy(path: Path, config: Config) -> Policy:
+    """The policy a rollback decision is checked against (its runbooks and rules)."""
     try:
-        return tuple(load_policy(config, path).all_runbooks())
+        return load_policy(config, path)
     except ConfigError as exc:
         fail(str(exc))
 
@@ -160,25 +161,32 @@ def report(ctx: click.Context, config_file: Path | None, incident: int, fmt: str
 @click.argument("choice", type=click.Choice(DECISIONS))
 @click.option("--reason", default="", help="Why, for the incident's record.")
 @click.option("--runbook", default=None,
-              help="With rollback: the runbook to run (default: the incident's action's).")
+              help="With a rollback: the runbook to run (default: the action's).")
+@click.option("--tables", "tables", multiple=True, metavar="T1,T2",
+              help="With selective_rollback: the tables whose data is restored (repeatable).")
 @json_option()
 @click.pass_context
 def decide(ctx: click.Context, config_file: Path | None, incident: int, choice: str,
-           reason: str, runbook: str | None, as_json: bool) -> None:
-    """Answer an incident: dismiss it (a false alarm) or fix forward (no rollback), either
-    closing it; or rollback: approve its rollback, which the daemon starts at its next
-    cycle (approve mode)."""
+           reason: str, runbook: str | None, tables: tuple[str, ...], as_json: bool) -> None:
+    """Answer an incident: dismiss it (a false alarm) or fix_forward (no rollback), either
+    closing it; or choose a rollback (immediate_rollback, planned_rollback,
+    selective_rollback --tables T; rollback: the incident's own action), which the daemon
+    starts at its next cycle through the executor, whose checks still apply. What the journal
+    tells now of those checks (a pause, a run going on, the restore point) is printed as
+    warnings; the decision is recorded all the same (exit 0)."""
     path, config = load_or_fail(ctx, config_file)
     _, journal = _journal(ctx, config_file)
-    known = _policy_runbooks(path, config) if runbook is not None else tuple(BUILTIN)
+    policy = None if choice in CLOSING_CHOICES else _policy(path, config)
     try:
-        record_decision(journal, incident, choice, reason, operator_name(), runbook, known)
-    except (JournalError, DecisionError) as exc:
+        recorded = record_decision(journal, incident, choice, reason, operator_name(),
+                                   runbook, tables=tables, policy=policy, app=config.app_name)
+    except DecisionError as exc:
+        fail(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILED)
+    except JournalError as exc:
         fail(str(exc), EXIT_FAILED)
-    data: dict[str, object] = {"incident": incident, "decision": choice, "reason": reason}
-    if runbook is not None:
-        data["runbook"] = runbook
-    render(Notice(f"incident {incident}: {choice} recorded", data), as_json)
+    for warning in recorded.warnings():
+        warn(warning)
+    render(recorded, as_json)
 
 
 @incidents.command("annotate")

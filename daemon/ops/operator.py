@@ -10,25 +10,27 @@ from __future__ import annotations
 import getpass
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.config import Config
 from daemon.fmt import when
-from daemon.journal import Deploy, Drill, IncidentSummary, Journal, Restore
+from daemon.journal import Deploy, Drill, IncidentSummary, Journal, Restore, Run
 from daemon.ops.recovery import inspect_interrupted_restores
 from policies.engine import Decision
-from policies.policy import ROLLBACKS
-from policies.runbooks import BUILTIN
+from policies.policy import ROLLBACKS, Policy
+from policies.runbooks import BUILTIN, Runbook, RunbookError, resolve, table_names, with_tables
 
 
 class DecisionError(Exception):
-    """An incident that cannot be decided; ``str()`` says why, ``missing`` tells which case."""
+    """An incident that cannot be decided; ``str()`` says why. ``missing``: no such incident;
+    ``usage``: the decision itself is malformed (whatever the journal holds)."""
 
-    def __init__(self, message: str, *, missing: bool) -> None:
+    def __init__(self, message: str, *, missing: bool, usage: bool = False) -> None:
         super().__init__(message)
         self.missing = missing
+        self.usage = usage
 
 
 def operator_name() -> str:
@@ -49,40 +51,214 @@ def record_resume(journal: Journal, by: str) -> None:
     _record(journal, {"type": "resume", "by": by})
 
 
-DECISIONS = ("dismiss", "fix_forward", "rollback")
+ROLLBACK_CHOICES = ("immediate_rollback", "planned_rollback", "selective_rollback")
+CLOSING_CHOICES = ("fix_forward", "dismiss")
+DECISIONS = (*ROLLBACK_CHOICES, *CLOSING_CHOICES, "rollback")
+"""What a person may answer an incident with; ``rollback`` approves the incident's own action
+(scripts written before the kinds could be chosen use it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunGuards:
+    """What the journal tells now of the executor's checks on a person's run: a pause, a run
+    going on, the restore point of the latest deploy. The executor checks again when the
+    daemon starts the run; this is the person's warning, not the gate."""
+
+    paused: bool
+    running: Run | None
+    deploy: Deploy | None
+    restores: bool
+    """Whether the runbook restores the database (the restore point matters)."""
+
+    def warnings(self) -> list[str]:
+        found: list[str] = []
+        if self.paused:
+            found.append("rollbackd is paused: the daemon refuses this run (run `rollbackd "
+                         "resume` first, then decide again)")
+        if self.running is not None:
+            found.append(f"run {self.running.id} ({self.running.runbook}) is going on: the "
+                         "daemon refuses a second run (one at a time); decide again once it "
+                         "has ended")
+        if self.restores:
+            deploy = self.deploy
+            if deploy is None:
+                found.append("no deploy is journaled: the restore step has no restore point "
+                             "and fails")
+            elif deploy.restore_point is None:
+                found.append(f"deploy {deploy.id} ({deploy.version}) has no restore point: "
+                             "the restore step fails")
+            elif not deploy.restore_point_verified:
+                found.append(f"restore point {deploy.restore_point} of deploy {deploy.id} is "
+                             "NOT verified: the restore verifies it first and refuses it if "
+                             "that fails")
+        return found
+
+    def describe(self) -> str:
+        """``checked now: not paused, no run going on, restore point rp-1 verified``."""
+        parts = ["PAUSED" if self.paused else "not paused",
+                 "no run going on" if self.running is None
+                 else f"run {self.running.id} going on"]
+        deploy = self.deploy
+        if self.restores:
+            parts.append("no restore point" if deploy is None or deploy.restore_point is None
+                         else f"restore point {deploy.restore_point} "
+                         + ("verified" if deploy.restore_point_verified else "NOT verified"))
+        return "checked now: " + ", ".join(parts) + " (the executor checks again)"
+
+    def as_json(self) -> dict[str, Any]:
+        deploy = self.deploy
+        return {"paused": self.paused,
+                "running_run": None if self.running is None else self.running.id,
+                "restores_database": self.restores,
+                "restore_point": None if deploy is None else deploy.restore_point,
+                "restore_point_verified": None if deploy is None or deploy.restore_point is None
+                else deploy.restore_point_verified,
+                "warnings": self.warnings()}
+
+
+def run_guards(journal: Journal, app: str | None, runbook: Runbook | None) -> RunGuards:
+    pause_event = journal.latest_event(("pause", "resume"))
+    running = journal.runs(status="running", limit=1)
+    return RunGuards(
+        paused=pause_event is not None and pause_event.payload["type"] == "pause",
+        running=running[0] if running else None, deploy=journal.latest_deploy(app),
+        restores=runbook is not None and runbook.restores_database)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecorded:
+    """A decision journaled: a close, or an approval and the run the daemon is to start."""
+
+    incident: int
+    decision: str
+    reason: str
+    by: str
+    action: str | None = None
+    """The rollback action approved (None: a close, or a runbook named on an incident whose
+    action runs none)."""
+    runbook: str | None = None
+    """The runbook the daemon is to start, as the policy stands now."""
+    tables: tuple[str, ...] = ()
+    guards: RunGuards | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"incident": self.incident, "decision": self.decision,
+                                "reason": self.reason, "by": self.by}
+        if self.guards is not None:
+            data.update(action=self.action, runbook=self.runbook, tables=list(self.tables),
+                        guards=self.guards.as_json())
+        return data
+
+    def describe(self) -> list[str]:
+        line = f"incident {self.incident}: {self.decision} recorded"
+        if self.runbook is not None:
+            line += f"; the daemon starts {self.runbook} at its next cycle"
+        return [line] if self.guards is None else [line, self.guards.describe()]
+
+    def warnings(self) -> list[str]:
+        return [] if self.guards is None else self.guards.warnings()
+
+
+def approved_runbook(policy: Policy | None, scenario: str, action: str, named: str | None,
+                     tables: Sequence[str] = ()) -> Runbook | None:
+    """The runbook a person's approval of ``action`` runs: the one they named, else the
+    incident's rule's own when that rule's action is the one chosen, else the action's bundled
+    one; with ``tables``, made to restore those tables' data only (:func:`with_tables`)."""
+    if named is None and policy is not None:
+        rule = next((r for r in policy.rules if r.scenario == scenario), None)
+        if rule is not None and rule.action == action:
+            named = rule.runbook
+    runbook = resolve(action, named, {} if policy is None else policy.runbooks)
+    return with_tables(runbook, tables) if runbook is not None and tables else runbook
+
+
+def approved_timeline(policy: Policy, scenario: str, action: str,
+                      incident_timeline: float | None) -> float | None:
+    """The budget of a person's run: the timeline of the chosen action in the policy (the
+    incident's rule's when its action is that one, else the first rule with it), else the
+    incident's own."""
+    rules = sorted(policy.rules, key=lambda r: r.scenario != scenario)
+    rule = next((r for r in rules if r.action == action), None)
+    return incident_timeline if rule is None else rule.timeline
 
 
 def record_decision(journal: Journal, incident: int, choice: str, reason: str, by: str,
-                    runbook: str | None = None,
-                    known: Collection[str] = tuple(BUILTIN)) -> None:
-    """Journal a human decision on an open incident: ``dismiss`` and ``fix_forward`` close
-    it; ``rollback`` approves its rollback (an ``approve`` event: the daemon starts the
-    incident's runbook, or ``runbook`` when named). Raises DecisionError or JournalError."""
+                    runbook: str | None = None, *, tables: Sequence[str] = (),
+                    policy: Policy | None = None, app: str | None = None) -> DecisionRecorded:
+    """Journal a person's decision on an open incident: ``dismiss`` and ``fix_forward`` close
+    it; a rollback kind approves that rollback (an ``approve`` event: the daemon starts its
+    runbook, or ``runbook`` when named, at its next cycle); ``rollback`` approves the
+    incident's own action. ``policy`` gives the runbooks and rules (None: the bundled runbooks
+    only); ``app`` the deploy whose restore point is told. Raises DecisionError or
+    JournalError."""
+    if choice not in DECISIONS:
+        raise DecisionError(f"no decision {choice!r} (known: {', '.join(DECISIONS)})",
+                            missing=False, usage=True)
     summary = journal.incident(incident)
     if summary is None:
         raise DecisionError(f"no incident {incident} in the journal", missing=True)
     if summary.state != "open":
         raise DecisionError(f"incident {incident} is already resolved", missing=False)
     decision = choice if not reason else f"{choice} ({reason})"
-    if choice != "rollback":
-        if runbook is not None:
-            raise DecisionError("a runbook is named only with the decision rollback",
-                                missing=False)
+    if choice in CLOSING_CHOICES:
+        if runbook is not None or tables:
+            raise DecisionError("a runbook or tables are named only with the decision rollback "
+                                f"or {'|'.join(ROLLBACK_CHOICES)}, not {choice}", missing=False,
+                                usage=True)
         _record(journal, {"type": "close", "incident": incident, "by": by,
                           "decision": decision})
-        return
+        return DecisionRecorded(incident, choice, reason, by)
+    action = choice if choice != "rollback" else (
+        summary.action if summary.action in ROLLBACKS else None)
+    names, event = _checked_approval(summary, choice, action, runbook, tables, policy)
+    chosen = approved_runbook(policy, summary.scenario, action or summary.action, runbook,
+                              names)
+    guards = run_guards(journal, app, chosen)
+    _record(journal, {"type": "approve", "incident": incident, "by": by, "decision": decision,
+                      **event})
+    return DecisionRecorded(incident, choice, reason, by, action,
+                            None if chosen is None else chosen.name, names, guards)
+
+
+def _checked_approval(summary: IncidentSummary, choice: str, action: str | None,
+                      runbook: str | None, tables: Sequence[str], policy: Policy | None
+                      ) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The tables checked and the approve event's own fields; DecisionError when the
+    approval cannot be carried out as given."""
+    known = policy.all_runbooks() if policy is not None else dict(BUILTIN)
+    n = summary.incident
     if runbook is not None and runbook not in known:
         raise DecisionError(f"no runbook {runbook!r} (known: {', '.join(known)})",
                             missing=False)
-    if runbook is None and summary.action not in ROLLBACKS:
+    if action is None and runbook is None:
         raise DecisionError(
-            f"incident {incident}'s action is {summary.action}, which runs no runbook: name "
-            f"one ({', '.join(known)})", missing=False)
-    event: dict[str, Any] = {"type": "approve", "incident": incident, "by": by,
-                             "decision": decision}
+            f"incident {n}'s action is {summary.action}, which runs no runbook: name one "
+            f"({', '.join(known)}) or decide {'|'.join(ROLLBACK_CHOICES)}",
+            missing=False)
+    names: tuple[str, ...] = ()
+    if tables:
+        if action != "selective_rollback":
+            raise DecisionError("tables go with selective_rollback only", missing=False,
+                                usage=True)
+        try:
+            names = table_names(tables)
+        except RunbookError as exc:
+            raise DecisionError(f"tables: {exc}", missing=False, usage=True) from None
+    elif choice == "selective_rollback":
+        chosen = approved_runbook(policy, summary.scenario, choice, runbook)
+        if chosen is None or not chosen.tables:
+            raise DecisionError(
+                "selective_rollback restores the data of named tables: give them (--tables "
+                "T, or \"tables\" in the API), or name a runbook that restores tables",
+                missing=False, usage=True)
+    event: dict[str, Any] = {}
+    if action is not None:
+        event["action"] = action
     if runbook is not None:
         event["runbook"] = runbook
-    _record(journal, event)
+    if names:
+        event["tables"] = list(names)
+    return names, event
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,11 +119,16 @@ class ResumeBody(_Body):
 
 
 class DecisionBody(_Body):
-    decision: Literal["dismiss", "fix_forward", "rollback"]
-    """dismiss, fix_forward: close the incident; rollback: approve its runbook."""
+    decision: Literal["immediate_rollback", "planned_rollback", "selective_rollback",
+                      "fix_forward", "dismiss", "rollback"]
+    """dismiss, fix_forward: close the incident; a rollback kind: start its runbook;
+    rollback: the incident's own action's."""
     reason: _Line = ""
     by: _Who  # a decision closes an incident: the record names a person, not "api"
     runbook: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,59}$")] | None = None
+    tables: Annotated[list[Annotated[StrictStr, Field(max_length=200)]],
+                      Field(max_length=100)] = []
+    """With selective_rollback: the tables whose data is restored (checked as names)."""
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -289,20 +294,23 @@ class Api:
         return _accepted({"paused": False, "by": body.by})
 
     async def decide(self, request: Request) -> Response:
+        """202 with what the journal tells now of the executor's checks (``guards``): the
+        decision is recorded whatever they say; the executor checks again and journals a
+        refusal as a page."""
         number = _incident_number(request)
         body = await self._parse(request, DecisionBody)
         try:
-            record_decision(self.host.journal, number, body.decision, body.reason, body.by,
-                            body.runbook, tuple(self.host.policy.all_runbooks()))
+            recorded = record_decision(
+                self.host.journal, number, body.decision, body.reason, body.by, body.runbook,
+                tables=body.tables, policy=self.host.policy, app=self.host.config.app_name)
         except DecisionError as exc:
-            raise ApiError(404 if exc.missing else 409, str(exc)) from None
+            status = 400 if exc.usage else 404 if exc.missing else 409
+            raise ApiError(status, str(exc), "invalid" if exc.usage else None) from None
         self.log.warning("decision recorded through the API", incident=number,
                          decision=body.decision, by=body.by, reason=body.reason,
-                         runbook=body.runbook)
-        answer: dict[str, Any] = {"incident": number, "decision": body.decision, "by": body.by}
-        if body.runbook is not None:
-            answer["runbook"] = body.runbook
-        return _accepted(answer)
+                         runbook=recorded.runbook, tables=list(recorded.tables),
+                         warnings=recorded.warnings())
+        return _accepted(recorded.as_json())
 
 
 def _incident_number(request: Request) -> int:

@@ -19,6 +19,7 @@ from daemon.db.backups import BackupError, BackupStore
 from daemon.db.restore import SwapRecovery
 from daemon.journal import Journal, JournalError, JournalEvent
 from daemon.logs import get_logger
+from daemon.ops.operator import approved_runbook, approved_timeline
 from daemon.ops.recovery import recover_interrupted_restores
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError
@@ -36,7 +37,7 @@ from daemon.service.status_line import describe
 from policies.engine import Decision, Engine
 from policies.events import EventError
 from policies.policy import ROLLBACKS, Policy
-from policies.runbooks import Runbook, resolve
+from policies.runbooks import Runbook, RunbookError, resolve, table_names
 from probes.base import one_line
 from probes.runner import ProbeOutcome, probe_id
 
@@ -525,8 +526,10 @@ class Daemon:
         return resolve(action, named, self.policy.runbooks)
 
     def _approved(self, event: JournalEvent) -> None:
-        """A person's ``decide N rollback``: start the open incident's runbook (or the one the
-        approval names)."""
+        """A person's ``decide N <rollback kind>``: start the chosen action's runbook (or the
+        one the approval names; with tables, made to restore those) for the open incident,
+        through the executor and its checks. ``rollback`` (no action in the event) is the
+        incident's own action."""
         payload = event.payload
         number, by = payload.get("incident"), str(payload.get("by", "a person"))
         log = self.log.bind(incident=number, by=by)
@@ -540,22 +543,31 @@ class Daemon:
             log.error("approval ignored: the incident's decisions cannot be read",
                       executed=False, error=str(exc))
             return
-        named = payload.get("runbook")
-        runbook = self._runbook_for(last.scenario, last.action, named)
+        named, tables = payload.get("runbook"), list(payload.get("tables", []))
+        action = str(payload.get("action") or last.action)
+        try:
+            runbook = approved_runbook(self.policy, last.scenario, action, named,
+                                       table_names(tables) if tables else ())
+        except RunbookError as exc:  # another tool wrote the event: its tables are not names
+            log.warning("approval ignored: its tables cannot be used", executed=False,
+                        tables=tables, error=str(exc))
+            return
         if runbook is None:
             log.warning("approval ignored: no runbook to run", executed=False,
-                        action=last.action, runbook=named)
+                        action=action, runbook=named)
             return
         why = f"approved by {by}" + (f": {payload['decision']}" if payload.get("decision")
                                      else "")
-        request = RunRequest(runbook, number, last.scenario, last.action,
-                             f"{why}; {last.reason}", by, last.timeline_s)
+        timeline = (last.timeline_s if action == last.action
+                    else approved_timeline(self.policy, last.scenario, action, last.timeline_s))
+        request = RunRequest(runbook, number, last.scenario, action, f"{why}; {last.reason}",
+                             by, timeline)
         if self.engine.paused:
             self.executor.record_refusal(request, "rollbackd is paused: resume it first")
             log.warning("approval", executed=False, runbook=runbook.name, not_executed="paused")
             return
         executed, not_executed = self._launch(request)
-        log.warning("approval", executed=executed, runbook=runbook.name,
+        log.warning("approval", executed=executed, runbook=runbook.name, action=action,
                     **({"not_executed": not_executed} if not_executed else {}))
 
     def _launch(self, request: RunRequest) -> tuple[bool, str]:
