@@ -12,7 +12,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from daemon.paging.channels.base import Channel, DeliveryError
@@ -43,7 +44,8 @@ class _RetryAfterOrBackoff:
 
     def __init__(self, max_wait: float) -> None:
         self.max_wait = max_wait
-        self.backoff = wait_exponential_jitter(initial=FIRST_WAIT, max=max_wait, jitter=JITTER)
+        self.backoff = (wait_exponential(multiplier=FIRST_WAIT, max=max_wait)
+                        + wait_random(0, JITTER))
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -109,8 +110,9 @@ def _os_reason(exc: BaseException) -> str:
     quote the URL)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror
+        # asyncio words its own strerror ("Connect call failed (addr)"): the errno's is plainer
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
         seen = seen.__cause__ or seen.__context__
     return type(exc).__name__
 
