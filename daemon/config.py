@@ -22,7 +22,7 @@ from pydantic import (
 
 from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
 from policies.units import Duration, Size
-from probes.base import StrictModel, read_secret_file
+from probes.base import StrictModel, read_secret_file, redact_url
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -266,8 +266,8 @@ def _http_url_problem(value: str) -> str | None:
 def _http_url(value: str) -> str:
     problem = _http_url_problem(value)
     if problem:
-        # The URL is not secret here (a secret URL comes from a file), so quote it.
-        raise ValueError(f"{value!r} {problem}")
+        # A secret URL comes from a file, so this one may be quoted, but not its password.
+        raise ValueError(f"{redact_url(value)!r} {problem}")
     return value.rstrip("/")
 
 

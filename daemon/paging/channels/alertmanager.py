@@ -24,6 +24,7 @@ from daemon.paging.channels.base import (
     transport_error,
 )
 from daemon.paging.message import Message
+from probes.base import redact_url
 
 ALERTNAME = "RollbackdIncident"
 KEEP_UP_RESENDS = 5
@@ -96,8 +97,8 @@ class AlertmanagerChannel:
         self._client = http_client(timeout)
 
     async def _post(self, url: str, body: list[dict[str, Any]]) -> None:
-        await post_json(self._client, f"{self.name}: {url}", f"{url}/api/v2/alerts", body,
-                        self.timeout)
+        await post_json(self._client, f"{self.name}: {redact_url(url)}",
+                        f"{url}/api/v2/alerts", body, self.timeout)
 
     async def send(self, message: Message) -> str:
         body = alert_body(message, now=self._clock(), resend=self.resend)
@@ -152,7 +153,7 @@ class AlertmanagerChannel:
         return silences
 
     async def _get_json(self, url: str, path: str, params: list[tuple[str, str]]) -> Any:
-        where = f"{self.name}: {url}"
+        where = f"{self.name}: {redact_url(url)}"
         try:
             response = await self._client.get(f"{url}{path}",
                                               params=tuple(params))
