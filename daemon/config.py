@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,16 +11,18 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
 from policies.units import Duration, Size
-from probes.base import StrictModel, read_secret_file
+from probes.base import StrictModel, read_secret_file, redact_url
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -237,6 +240,279 @@ class ApiSettings(StrictModel):
         return self._tokens
 
 
+PAGING_CHANNELS = ("alertmanager", "pagerduty", "slack", "email", "webhook")
+"""Every direct channel, in the default fallback order: Alertmanager first (it routes with
+the site's own grouping, silences and HA), the others for when the monitoring stack is down."""
+
+PagingChannelName = Literal["alertmanager", "pagerduty", "slack", "email", "webhook"]
+
+MAX_SECRET_FILE = 4096
+"""A routing key, a webhook URL, a password: a bigger file is not one of them."""
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+def _http_url_problem(value: str) -> str | None:
+    """Why ``value`` is not an http(s) URL with a host, in words that never repeat it."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in {"http", "https"}:
+        return "is not an http(s) URL"
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if not host or any(ch.isspace() for ch in value):
+        return "is not an http(s) URL with a host"
+    return None
+
+
+def _http_url(value: str) -> str:
+    problem = _http_url_problem(value)
+    if problem:
+        # A secret URL comes from a file, so this one may be quoted, but not its password.
+        raise ValueError(f"{redact_url(value)!r} {problem}")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _one_word_secret(path: Path, what: str) -> str:
+    """The single token a secret file holds (newline dropped): a key, a token, a URL."""
+    text = read_secret_file(path, MAX_SECRET_FILE, what).strip()
+    if not text:
+        raise ValueError(f"{what} {path} is empty")
+    if any(not ch.isprintable() or ch.isspace() for ch in text):
+        raise ValueError(f"{what} {path} must hold one value without spaces")
+    return text
+
+
+def read_routing_key(path: Path) -> str:
+    return _one_word_secret(path, "routing key file")
+
+
+def read_webhook_url(path: Path) -> str:
+    """A Slack incoming-webhook URL: the URL is the credential, so no error repeats it."""
+    url = _one_word_secret(path, "webhook URL file")
+    problem = _http_url_problem(url)
+    if problem:
+        raise ValueError(f"webhook URL file {path}: its content {problem}")
+    return url
+
+
+def read_password(path: Path) -> str:
+    """A password may hold spaces; only the line end is dropped."""
+    text = read_secret_file(path, MAX_SECRET_FILE, "password file").rstrip("\r\n")
+    if not text:
+        raise ValueError(f"password file {path} is empty")
+    return text
+
+
+class AlertmanagerPaging(StrictModel):
+    urls: list[HttpUrl] = Field(min_length=1, description="each member of an HA pair")
+    timeout: Duration = Field(default=5.0, gt=0, le=300, description="up to 5m")
+    resend: Duration = Field(default=60.0, ge=1, le=86400,
+                             description="how often an open page is re-posted; 1s to 1d")
+
+    @field_validator("urls")
+    @classmethod
+    def _unique(cls, urls: list[str]) -> list[str]:
+        dupes = sorted({u for u in urls if urls.count(u) > 1})
+        if dupes:
+            raise ValueError(f"{dupes[0]!r} is listed twice")
+        return urls
+
+
+class PagerDutyPaging(StrictModel):
+    routing_key_file: Path
+    url: HttpUrl = PAGERDUTY_EVENTS_URL
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
+    _routing_key: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _load_key(self) -> PagerDutyPaging:
+        # Read with the config, so a rotation takes effect on SIGHUP and a broken file is
+        # rejected at load rather than at 3 a.m. when the page is due.
+        self._routing_key = read_routing_key(self.routing_key_file)
+        return self
+
+    @property
+    def routing_key(self) -> str:
+        return self._routing_key
+
+
+class SlackPaging(StrictModel):
+    webhook_url_file: Path
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
+    _webhook_url: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _load_url(self) -> SlackPaging:
+        self._webhook_url = read_webhook_url(self.webhook_url_file)
+        return self
+
+    @property
+    def webhook_url(self) -> str:
+        return self._webhook_url
+
+
+EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")]
+
+
+class EmailPaging(StrictModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    host: str = Field(min_length=1, pattern=r"^[^\s/]+$")
+    port: int = Field(default=587, ge=1, le=65535, strict=True, description="1 to 65535")
+    from_: EmailAddress = Field(alias="from")
+    to: list[EmailAddress] = Field(min_length=1)
+    username: str | None = Field(default=None, min_length=1)
+    password_file: Path | None = None
+    starttls: bool = True
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the server's certificate with, "
+                                  "instead of the system's (a private relay)")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
+    _password: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _load_password(self) -> EmailPaging:
+        if self.username is not None and self.password_file is None:
+            raise ValueError("username needs password_file")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        if self.password_file is not None:
+            self._password = read_password(self.password_file)
+        return self
+
+    @property
+    def password(self) -> str:
+        return self._password
+
+
+class WebhookPaging(StrictModel):
+    url: HttpUrl
+    token_file: Path | None = Field(default=None, description="a bearer token")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
+    _token: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _load_token(self) -> WebhookPaging:
+        if self.token_file is not None:
+            self._token = _one_word_secret(self.token_file, "token file")
+        return self
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+
+_CONTACT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+
+# What a contact on each channel must give, and may give.
+_CONTACT_NEEDS = {"email": "to", "pagerduty": "routing_key_file", "slack": "webhook_url_file",
+                  "webhook": "url"}
+_CONTACT_KEYS = {"email": {"to"}, "pagerduty": {"routing_key_file"},
+                 "slack": {"webhook_url_file"}, "webhook": {"url", "token_file"}}
+
+
+class ContactSettings(StrictModel):
+    """A named external contact (database vendor, hosting provider, security team) that a
+    person pages with ``rollbackd page --to NAME``. Servers, URLs and timeouts not given here
+    are those of the channel's own ``[paging.CHANNEL]`` section."""
+
+    channel: Literal["email", "webhook", "pagerduty", "slack"]
+    who: str = Field(min_length=1, max_length=200, description="the recipient in words")
+    to: list[EmailAddress] | None = Field(default=None, min_length=1)
+    routing_key_file: Path | None = None
+    webhook_url_file: Path | None = None
+    url: HttpUrl | None = None
+    token_file: Path | None = None
+    _secret: str = PrivateAttr(default="")
+    _token: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _fits_channel(self) -> ContactSettings:
+        needed = _CONTACT_NEEDS[self.channel]
+        if getattr(self, needed) is None:
+            raise ValueError(f"a contact on channel {self.channel} needs {needed}")
+        given = {key for key in ("to", "routing_key_file", "webhook_url_file", "url",
+                                 "token_file") if getattr(self, key) is not None}
+        stray = sorted(given - _CONTACT_KEYS[self.channel])
+        if stray:
+            raise ValueError(f"{stray[0]} does not apply to channel {self.channel}")
+        if self.routing_key_file is not None:
+            self._secret = read_routing_key(self.routing_key_file)
+        if self.webhook_url_file is not None:
+            self._secret = read_webhook_url(self.webhook_url_file)
+        if self.token_file is not None:
+            self._token = _one_word_secret(self.token_file, "token file")
+        return self
+
+    @property
+    def routing_key(self) -> str:
+        return self._secret if self.channel == "pagerduty" else ""
+
+    @property
+    def webhook_url(self) -> str:
+        return self._secret if self.channel == "slack" else ""
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+
+class PagingSettings(StrictModel):
+    attempts: int = Field(default=3, ge=1, le=10, strict=True, description="1 to 10")
+    max_retry_wait: Duration = Field(default=30.0, gt=0, le=3600,
+                                     description="cap on one wait, Retry-After included; up to 1h")
+    templates_dir: Path | None = None
+    status_every: Duration = Field(default=900.0, ge=60, le=86400, description="1m to 1d")
+    alertmanager: AlertmanagerPaging | None = None
+    pagerduty: PagerDutyPaging | None = None
+    slack: SlackPaging | None = None
+    email: EmailPaging | None = None
+    webhook: WebhookPaging | None = None
+    contacts: dict[str, ContactSettings] = Field(default_factory=dict)
+    # Last, so that its check sees the channels validated before it.
+    order: list[PagingChannelName] = Field(
+        default_factory=list,
+        description="fallback order; by default every configured channel, Alertmanager first")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_order(cls, data: object) -> object:
+        if isinstance(data, dict) and "order" not in data:
+            return {**data, "order": [name for name in PAGING_CHANNELS
+                                      if data.get(name) is not None]}
+        return data
+
+    @field_validator("contacts")
+    @classmethod
+    def _contact_servers(cls, contacts: dict[str, ContactSettings],
+                         info: ValidationInfo) -> dict[str, ContactSettings]:
+        for name, contact in contacts.items():
+            if not _CONTACT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a contact name (lowercase letters, digits, "
+                                 "- and _, at most 40)")
+            if contact.channel == "email" and info.data.get("email") is None:
+                raise ValueError(f"{name}: channel email needs [paging.email] "
+                                 "(the SMTP server to send through)")
+        return contacts
+
+    @field_validator("order")
+    @classmethod
+    def _order_is_configured(cls, order: list[str], info: ValidationInfo) -> list[str]:
+        dupes = sorted({n for n in order if order.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{dupes[0]} is listed twice")
+        for name in order:
+            if info.data.get(name) is None:
+                raise ValueError(f"{name} is not configured (add [paging.{name}])")
+        return order
+
+    def configured(self) -> list[str]:
+        """The channels that have a section, in the default order."""
+        return [name for name in PAGING_CHANNELS if getattr(self, name) is not None]
+
+
 class Config(StrictModel):
     daemon: DaemonSettings = DaemonSettings()
     app: AppSettings | None = None
@@ -244,6 +520,7 @@ class Config(StrictModel):
     backups: BackupSettings = BackupSettings()
     probes: ProbesSettings = ProbesSettings()
     api: ApiSettings = ApiSettings()
+    paging: PagingSettings = PagingSettings()
 
     @property
     def app_name(self) -> str:

@@ -1,4 +1,5 @@
-"""A real Alertmanager for tests: one webhook receiver, own storage, loopback, ended by its pid."""
+"""A real Alertmanager for tests: rollbackd's webhook receiver or a configuration of the test's
+own, own storage, loopback, ended by its pid."""
 
 from __future__ import annotations
 
@@ -22,33 +23,33 @@ def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class AlertmanagerServer(ManagedServer):
-    """Alertmanager that sends every alert to ``webhook_url`` with the bearer token read from
-    ``token_file`` (``http_config.authorization.credentials_file``), grouped fast enough for
-    tests: group_wait 1s, group_interval 1s, repeat_interval 1m, send_resolved."""
+def rollbackd_webhook_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
+    """A configuration that sends every alert to ``webhook_url`` with the bearer token read
+    from ``token_file`` (``http_config.authorization.credentials_file``), grouped fast enough
+    for tests: group_wait 1s, group_interval 1s, repeat_interval 1m, send_resolved."""
+    return {
+        "route": {"receiver": "rollbackd", "group_by": ["alertname"],
+                  "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"},
+        "receivers": [{
+            "name": "rollbackd",
+            "webhook_configs": [{
+                "url": webhook_url,
+                "send_resolved": True,
+                "http_config": {"authorization": {"type": "Bearer",
+                                                  "credentials_file": str(token_file)}},
+            }],
+        }],
+    }
 
-    def __init__(self, webhook_url: str, token_file: Path) -> None:
+
+class AlertmanagerServer(ManagedServer):
+    """Alertmanager with the given configuration (a dict: JSON is YAML, and json.dumps
+    quotes every value correctly), its own storage, on loopback."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__("alertmanager", "prometheus-alertmanager", "prometheus-alertmanager")
         self.config = self.dir / "alertmanager.yml"
-        self.config.write_text(self._config(webhook_url, token_file))
-
-    @staticmethod
-    def _config(webhook_url: str, token_file: Path) -> str:
-        # JSON is YAML, and json.dumps quotes every value correctly.
-        config: dict[str, Any] = {
-            "route": {"receiver": "rollbackd", "group_by": ["alertname"],
-                      "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"},
-            "receivers": [{
-                "name": "rollbackd",
-                "webhook_configs": [{
-                    "url": webhook_url,
-                    "send_resolved": True,
-                    "http_config": {"authorization": {"type": "Bearer",
-                                                      "credentials_file": str(token_file)}},
-                }],
-            }],
-        }
-        return json.dumps(config, indent=2)
+        self.config.write_text(json.dumps(config, indent=2))
 
     def start(self) -> None:
         argv = [
@@ -79,8 +80,16 @@ class AlertmanagerServer(ManagedServer):
 
 @contextlib.contextmanager
 def running_alertmanager(webhook_url: str, token_file: Path) -> Iterator[AlertmanagerServer]:
-    """A started :class:`AlertmanagerServer`, stopped on exit."""
-    server = AlertmanagerServer(webhook_url, token_file)
+    """A started Alertmanager that sends every alert to rollbackd's webhook receiver
+    (:func:`rollbackd_webhook_config`), stopped on exit."""
+    with running_alertmanager_with(rollbackd_webhook_config(webhook_url, token_file)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_alertmanager_with(config: Mapping[str, Any]) -> Iterator[AlertmanagerServer]:
+    """A started :class:`AlertmanagerServer` with ``config``, stopped on exit."""
+    server = AlertmanagerServer(config)
     server.start()
     try:
         yield server
