@@ -172,6 +172,36 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX pages_incident ON pages (incident)",
     )),
+    Migration(5, "the paging outbox: each page's delivery state and its attempts", (
+        "ALTER TABLE pages ADD COLUMN status TEXT NOT NULL DEFAULT 'pending'"
+        " CHECK (status IN ('pending', 'delivered', 'recorded'))",
+        "ALTER TABLE pages ADD COLUMN event TEXT NOT NULL DEFAULT 'trigger'"
+        " CHECK (event IN ('trigger', 'acknowledge', 'resolve'))",
+        "ALTER TABLE pages ADD COLUMN recipient TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE pages ADD COLUMN channels TEXT",
+        "ALTER TABLE pages ADD COLUMN title TEXT",
+        "ALTER TABLE pages ADD COLUMN text TEXT",
+        "ALTER TABLE pages ADD COLUMN tries INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE pages ADD COLUMN next_at REAL",
+        "ALTER TABLE pages ADD COLUMN delivered_at REAL",
+        "ALTER TABLE pages ADD COLUMN delivered_by TEXT",
+        "ALTER TABLE pages ADD COLUMN last_error TEXT",
+        # Before the outbox the journal was the only channel: those pages were never meant
+        # to be sent, and sending them now would page people about old incidents.
+        "UPDATE pages SET status = 'recorded'",
+        "CREATE INDEX pages_pending ON pages (status, next_at)",
+        """CREATE TABLE page_attempts (
+            id INTEGER PRIMARY KEY,
+            page INTEGER NOT NULL REFERENCES pages (id),
+            t REAL NOT NULL,
+            channel TEXT NOT NULL,
+            ok INTEGER NOT NULL,
+            tries INTEGER NOT NULL,
+            receipt TEXT NOT NULL,
+            error TEXT NOT NULL
+        )""",
+        "CREATE INDEX page_attempts_page ON page_attempts (page)",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -259,10 +289,18 @@ class RunStep:
                 "output": self.output, "details": dict(self.details)}
 
 
+PageStatus = Literal["pending", "delivered", "recorded"]
+"""``pending``: journaled, not yet delivered (the outbox keeps trying); ``delivered``: a
+channel took it; ``recorded``: journaled only (no channel is configured, or it predates the
+outbox)."""
+PageEvent = Literal["trigger", "acknowledge", "resolve"]
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page recorded for a person (delivered by the paging channels; ``journal`` until
-    then). ``dedup_key`` makes recording one twice (a recovered run) a no-op."""
+    """A page in the outbox: journaled before it is sent, delivered at least once.
+    ``dedup_key`` makes recording one twice (a recovered run, a restart) a no-op and is what
+    every channel passes on, so a re-send is never a second page."""
 
     id: int
     t: float
@@ -274,12 +312,43 @@ class Page:
     summary: str
     details: Mapping[str, Any]
     dedup_key: str
+    status: PageStatus = "pending"
+    event: PageEvent = "trigger"
+    recipient: str = ""
+    channels: tuple[str, ...] | None = None
+    """The channels to try, in order; None: the configured order."""
+    title: str | None = None
+    """The rendered page (None until the outbox renders it, just before the first send)."""
+    text: str | None = None
+    tries: int = 0
+    next_at: float | None = None
+    delivered_at: float | None = None
+    delivered_by: str | None = None
+    last_error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "t": self.t, "app": self.app, "incident": self.incident,
                 "run": self.run, "level": self.level, "template": self.template,
                 "summary": self.summary, "details": dict(self.details),
-                "dedup_key": self.dedup_key}
+                "dedup_key": self.dedup_key, "status": self.status, "event": self.event,
+                "recipient": self.recipient,
+                "channels": None if self.channels is None else list(self.channels),
+                "title": self.title, "tries": self.tries, "next_at": self.next_at,
+                "delivered_at": self.delivered_at, "delivered_by": self.delivered_by,
+                "last_error": self.last_error}
+
+
+@dataclass(frozen=True, slots=True)
+class PageAttempt:
+    """One channel's part in one delivery round of a page."""
+
+    page: int
+    t: float
+    channel: str
+    ok: bool
+    tries: int
+    receipt: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1030,14 +1099,18 @@ class Journal:
 
     def add_page(self, app: str, *, t: float, incident: int | None, run: int | None,
                  level: int, template: str, summary: str, details: Mapping[str, Any],
-                 dedup_key: str) -> Page:
-        """Record a page once per ``dedup_key``; the page already recorded when it exists."""
+                 dedup_key: str, event: PageEvent = "trigger", recipient: str = "",
+                 channels: Sequence[str] | None = None) -> Page:
+        """Put a page in the outbox once per ``dedup_key``; the page already there when it
+        exists. The running daemon renders and delivers it."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO pages (t, app, incident, run, level, template, summary,"
-                " details, dedup_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " details, dedup_key, event, recipient, channels)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (t, app, incident, run, level, template, summary,
-                 json.dumps(details, sort_keys=True, default=str), dedup_key))
+                 json.dumps(details, sort_keys=True, default=str), dedup_key, event,
+                 recipient, None if channels is None else json.dumps(list(channels))))
         row = self._db.execute("SELECT * FROM pages WHERE dedup_key = ?",
                                (dedup_key,)).fetchone()
         return _page(row)
@@ -1050,6 +1123,72 @@ class Journal:
         rows = self._db.execute(f"SELECT * FROM pages{where} ORDER BY id LIMIT ?",
                                 args).fetchall()
         return [_page(r) for r in rows]
+
+    @_reads
+    def page(self, page_id: int) -> Page | None:
+        row = self._db.execute("SELECT * FROM pages WHERE id = ?", (page_id,)).fetchone()
+        return None if row is None else _page(row)
+
+    @_reads
+    def pending_pages(self, now: float, limit: int = 50) -> list[Page]:
+        """Pages the outbox must (try to) deliver now, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM pages WHERE status = 'pending' AND (next_at IS NULL OR next_at <= ?)"
+            " ORDER BY id LIMIT ?", (now, limit)).fetchall()
+        return [_page(r) for r in rows]
+
+    @_reads
+    def undelivered(self) -> tuple[int, float | None]:
+        """How many pages wait for delivery, and when the oldest was journaled."""
+        row = self._db.execute(
+            "SELECT count(*), min(t) FROM pages WHERE status = 'pending'").fetchone()
+        return int(row[0]), None if row[1] is None else float(row[1])
+
+    def render_page(self, page_id: int, title: str, text: str) -> None:
+        """Keep what the page says before it is first sent: a re-send says the same."""
+        with self._transaction() as db:
+            db.execute("UPDATE pages SET title = ?, text = ? WHERE id = ? AND title IS NULL",
+                       (title, text, page_id))
+
+    def page_recorded(self, page_id: int) -> None:
+        """No channel to send it through: the journal is where the page is."""
+        with self._transaction() as db:
+            db.execute("UPDATE pages SET status = 'recorded' WHERE id = ? AND status = 'pending'",
+                       (page_id,))
+
+    def page_attempted(self, page_id: int, t: float, attempts: Sequence[PageAttempt], *,
+                       delivered_by: str | None, next_at: float | None) -> None:
+        """One delivery round: each channel's attempt, and the page delivered (by the
+        channel named) or due again at ``next_at``."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO page_attempts (page, t, channel, ok, tries, receipt, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(page_id, a.t, a.channel, int(a.ok), a.tries, a.receipt, a.error)
+                 for a in attempts])
+            errors = "; ".join(f"{a.channel}: {a.error}" for a in attempts if not a.ok)
+            if delivered_by is not None:
+                db.execute("UPDATE pages SET status = 'delivered', tries = tries + 1,"
+                           " delivered_at = ?, delivered_by = ?, next_at = NULL WHERE id = ?",
+                           (t, delivered_by, page_id))
+            else:
+                db.execute("UPDATE pages SET tries = tries + 1, next_at = ?, last_error = ?"
+                           " WHERE id = ?", (next_at, errors or None, page_id))
+
+    @_reads
+    def page_attempts(self, page_id: int) -> list[PageAttempt]:
+        rows = self._db.execute("SELECT * FROM page_attempts WHERE page = ? ORDER BY id",
+                                (page_id,)).fetchall()
+        return [PageAttempt(int(r["page"]), float(r["t"]), r["channel"], bool(r["ok"]),
+                            int(r["tries"]), r["receipt"], r["error"]) for r in rows]
+
+    @_reads
+    def events_of_type(self, kind: str, since: float = 0.0) -> list[JournalEvent]:
+        """Events of one type (``ack``, ``page_next``, ``annotate``...), oldest first."""
+        rows = self._db.execute(
+            "SELECT id, t, payload FROM events WHERE type = ? AND t >= ? ORDER BY id",
+            (kind, since)).fetchall()
+        return [JournalEvent(int(r["id"]), float(r["t"]), json.loads(r["payload"])) for r in rows]
 
     # -- drills ----------------------------------------------------------------------------
 
@@ -1219,4 +1358,11 @@ def _page(row: sqlite3.Row) -> Page:
         id=int(row["id"]), t=float(row["t"]), app=row["app"], incident=row["incident"],
         run=row["run"], level=int(row["level"]), template=row["template"],
         summary=row["summary"], details=json.loads(row["details"]),
-        dedup_key=row["dedup_key"])
+        dedup_key=row["dedup_key"],
+        status=_one_of("page status", row["status"], get_args(PageStatus)),
+        event=_one_of("page event", row["event"], get_args(PageEvent)),
+        recipient=row["recipient"],
+        channels=None if row["channels"] is None else tuple(json.loads(row["channels"])),
+        title=row["title"], text=row["text"], tries=int(row["tries"]), next_at=row["next_at"],
+        delivered_at=row["delivered_at"], delivered_by=row["delivered_by"],
+        last_error=row["last_error"])

@@ -21,6 +21,7 @@ ENUMS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "baseline": {},
     "runbook": {"phase": ("begin", "end")},
     "annotate": {},
+    "ack": {},  # a person saw the incident's page: escalation stops (the engine ignores it)
 }
 RUN_STATUSES = ("succeeded", "failed")
 

@@ -14,6 +14,7 @@ from daemon.cli.demo import demo
 from daemon.cli.deploy import deploy
 from daemon.cli.drill import drill
 from daemon.cli.operator import decide, incidents, pause, resume, status
+from daemon.cli.page import ack, page
 from daemon.cli.run import run
 from daemon.cli.runbook import rollback
 
@@ -29,7 +30,7 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 
 for command in (run, check, simulate, deploy, backup, drill, pause, resume, status,
-                incidents, decide, rollback, demo):
+                incidents, ack, decide, page, rollback, demo):
     cli.add_command(command)
 
 

@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from daemon.cli.common import config_option, fail, load_with_policy
 from daemon.config import Config
+from daemon.paging.templates import check_templates
 from policies.catalogue import is_event_fed
 from policies.engine import Decision
 from policies.policy import Policy, PolicyError, blind_rule, parse_policy, resolve_ref
@@ -74,6 +75,7 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
     click.echo("")
     print_matrix(policy, d.mode)
     print_runbooks(policy)
+    print_paging(config, policy)
     fed = asyncio.run(_fed_signals(config))
     for rule in policy.rules:
         missing = sorted(s for s in rule.signals if s not in fed and not is_event_fed(s))
@@ -108,6 +110,26 @@ def print_runbooks(policy: Policy) -> None:
                    f"{', '.join(users) if users else 'no rule'}): {book.description}".rstrip())
         for line in book.describe():
             click.echo(f"  {line}")
+
+
+def print_paging(config: Config, policy: Policy) -> None:
+    """Who is paged, when, and through what (channel names only: never a URL or a key)."""
+    click.echo("")
+    order = config.paging.order
+    through = " -> ".join(order) if order else "no channel configured: pages are only journaled"
+    click.echo(f"paging    {through}")
+    for level in policy.escalation:
+        through = ", ".join(level.channels) if level.channels else "the order above"
+        click.echo(f"  {level.name} {level.who}: after {format_duration(level.after)} "
+                   f"unanswered, again every {format_duration(level.repeat)} until "
+                   f"acknowledged; through {through}")
+    for name, contact in sorted(config.paging.contacts.items()):
+        click.echo(f"  contact {name}: {contact.who} ({contact.channel})")
+    if config.paging.templates_dir is not None:
+        problems = check_templates(config.paging.templates_dir)
+        if problems:
+            fail(f"paging.templates_dir: {problems[0]}")
+        click.echo(f"  templates {config.paging.templates_dir} (the bundled ones for the rest)")
 
 
 def print_matrix(policy: Policy, mode: str) -> None:

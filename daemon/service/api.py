@@ -29,6 +29,7 @@ from daemon.ops.operator import (
     record_pause,
     record_resume,
 )
+from daemon.ops.paging import AckError, acknowledge
 from daemon.ops.reports import report_facts
 from daemon.runbooks.reports import current_report
 from daemon.service.metrics import Metrics
@@ -313,6 +314,29 @@ class Api:
         return _accepted(recorded.as_json())
 
 
+class AckBody(_Body):
+    by: _Who  # an acknowledgement stops escalation: the record names a person
+    comment: _Line = ""
+
+
+class AckEndpoint:
+    """``POST /api/v1/incidents/{id}/ack``: a person has seen the incident's pages."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    async def __call__(self, request: Request) -> Response:
+        number = _incident_number(request)
+        body = await self.api._parse(request, AckBody)
+        try:
+            done = acknowledge(self.api.host.journal, number, body.by, "api", body.comment)
+        except AckError as exc:
+            raise ApiError(404 if exc.missing else 409, str(exc)) from None
+        self.api.log.warning("incident acknowledged through the API", incident=number,
+                             by=body.by)
+        return _accepted(done.as_json())
+
+
 def _incident_number(request: Request) -> int:
     number: int = request.path_params["incident"]
     # SQLite integers are 64-bit: a bigger number cannot name an incident.
@@ -345,6 +369,8 @@ def api_routes(host: ApiHost) -> list[BaseRoute]:
         Route("/api/v1/incidents/{incident:int}", guarded(api.incident), methods=["GET"]),
         Route("/api/v1/incidents/{incident:int}/report", guarded(api.report), methods=["GET"]),
         Route("/api/v1/incidents/{incident:int}/decision", guarded(api.decide),
+              methods=["POST"]),
+        Route("/api/v1/incidents/{incident:int}/ack", guarded(AckEndpoint(api)),
               methods=["POST"]),
         Route("/api/v1/pause", guarded(api.pause), methods=["POST"]),
         Route("/api/v1/resume", guarded(api.resume), methods=["POST"]),

@@ -17,10 +17,13 @@ from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, load_policy
 from daemon.db.backups import BackupError, BackupStore
 from daemon.db.restore import SwapRecovery
-from daemon.journal import Journal, JournalError, JournalEvent
+from daemon.journal import Journal, JournalError, JournalEvent, Page
 from daemon.logs import get_logger
 from daemon.ops.operator import approved_runbook, approved_timeline
 from daemon.ops.recovery import recover_interrupted_restores
+from daemon.paging.acks import acks_from_silences
+from daemon.paging.outbox import Outbox
+from daemon.paging.pager import Pager
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError
 from daemon.service.api import api_routes
@@ -43,6 +46,9 @@ from probes.runner import ProbeOutcome, probe_id
 
 DATA_SAFETY_EVERY = 30.0
 """Seconds between reads of the backup store and drill results for the metrics."""
+
+SILENCES_EVERY = 10.0
+"""Seconds between looks at Alertmanager for silences that acknowledge the open incident."""
 
 STOP_GRACE = 5.0
 RECOVERY_TIMEOUT = 60.0
@@ -140,6 +146,12 @@ class Daemon:
         self.executor = Executor(config, journal, observer=self.metrics,
                                  runbooks=policy.all_runbooks())
         self._run_task: asyncio.Task[None] | None = None
+        self.outbox = Outbox(journal, config.app_name, config.paging, self.metrics)
+        self.pager = Pager(journal, config.app_name, config.paging)
+        self.metrics.track_paging(config.paging.order)
+        self._page_task: asyncio.Task[None] | None = None
+        self._silences_read = -SILENCES_EVERY
+        self._pages_counted: set[int] = set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
@@ -266,6 +278,7 @@ class Daemon:
             self.log.info("stopping", reason=self._stop_reason)
             watchdog_task.cancel()
             await self._stop_run()
+            await self._stop_paging()
             server.should_exit = True
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(server_task, STOP_GRACE + 1)
@@ -320,6 +333,7 @@ class Daemon:
         now = time.time()
         self._log_probe_changes(outcomes)
         self._decide(now, values)
+        self._page(now)
         self._refresh_data_safety()
         self._note_cut_connections()
         shown = self._as_decided(values)
@@ -487,36 +501,61 @@ class Daemon:
         self._page_for(decision, why)
 
     def _page_for(self, decision: Decision, waiting: str) -> None:
-        """A decision that needs a person is recorded as a page (delivery by the paging
-        channels comes later; the journal is the channel until then): ``evaluate`` and an
-        approval awaited ask for a decision, ``page`` is one. Once per incident, kind and
-        scenario (the dedup key), so a restart never records it twice."""
-        if decision.kind not in ("open", "escalate"):
-            return
-        asks = decision.action == "evaluate" or (decision.action in ROLLBACKS
-                                                  and decision.mode == "approve")
-        if not asks and decision.action != "page":
-            return
-        n = decision.incident
-        summary = (f"incident {n}: {decision.scenario} ({decision.severity}) -> "
-                   f"{decision.action}: {decision.reason}")
-        if asks:
-            summary += (f"; decide with: rollbackd decide {n} rollback|dismiss|fix_forward"
-                        if decision.action == "evaluate" else f"; {waiting}")
-        app = self.config.app_name
+        """A decision that opens or escalates an incident tells L1 (an emergency, a planned
+        rollback notice, or a decision request that waits for a person): journaled in the
+        outbox, delivered beside the loop, once per incident, level and kind."""
         try:
-            page = self.journal.add_page(
-                app, t=decision.t, incident=n, run=None, level=1,
-                template="decision" if asks else "emergency", summary=summary,
-                details=decision.as_json(),
-                dedup_key=f"{app}/incident-{n}/{decision.kind}/{decision.scenario}")
+            page = self.pager.page_decision(decision, self.policy, self.engine.paused, waiting)
         except JournalError as exc:
             self.metrics.page_recorded("journal", "failed")
-            self.log.error("cannot journal a page", error=str(exc), incident=n)
+            self.log.error("cannot journal a page", error=str(exc), incident=decision.incident)
             return
-        self.metrics.page_recorded("journal", "recorded")
-        self.log.warning("page", channel="journal", template=page.template, incident=n,
-                         page=page.id, summary=summary)
+        if page is not None:
+            self._count_pages([page])
+
+    def _page(self, now: float) -> None:
+        """Journal what escalation, runs and resolutions make due, then deliver the outbox
+        in the background (a slow channel must not hold up the cycle)."""
+        try:
+            self._count_pages(self.pager.tick(self.policy, now))
+        except JournalError as exc:
+            self.log.error("cannot journal the pages due; trying next cycle", error=str(exc))
+        task = self._page_task
+        if task is None or task.done():
+            self._page_task = asyncio.create_task(self._deliver_pages())
+
+    def _count_pages(self, pages: list[Page]) -> None:
+        for page in pages:
+            if page.id in self._pages_counted or page.tries or page.status != "pending":
+                continue
+            self._pages_counted.add(page.id)
+            self.metrics.page_recorded("journal", "recorded")
+            self.log.warning("page journaled", page=page.id, template=page.template,
+                             incident=page.incident, level=page.level,
+                             page_event=page.event, summary=page.summary)
+
+    async def _deliver_pages(self) -> None:
+        try:
+            await self.outbox.flush()
+            await self.outbox.refresh_alerts(time.time())
+            if time.monotonic() - self._silences_read >= SILENCES_EVERY:
+                self._silences_read = time.monotonic()
+                incident = self.engine.incident
+                if incident is not None and incident[0] in self.outbox.standing_incidents():
+                    await acks_from_silences(self.outbox, self.journal, incident[0])
+        except Exception as exc:  # never let paging take the daemon down; retried next cycle
+            self.log.error("paging failed; trying again next cycle",
+                           error=one_line(exc, with_type=True),
+                           exc_info=(type(exc), exc, exc.__traceback__))
+
+    async def _stop_paging(self) -> None:
+        """Stopping: a delivery going on gets a moment; what it did not send stays in the
+        outbox for the next start."""
+        task = self._page_task
+        if task is None or task.done():
+            return
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, STOP_GRACE)
 
     def _runbook_for(self, scenario: str, action: str, named: str | None) -> Runbook | None:
         """The runbook a decision (or a person's approval naming one) runs."""
@@ -675,6 +714,8 @@ class Daemon:
         await old.aclose()
         self.config = new
         self.executor.config = new  # a run going on keeps the config it began with
+        self.outbox.settings = self.pager.settings = new.paging
+        self.metrics.track_paging(new.paging.order)
         self.metrics.track(self._probe_ids(), self.probes.signals())
         self._warn_about_slow_probes()
         self.metrics.reloads.labels("success").inc()

@@ -30,8 +30,9 @@ from probes.runner import ProbeOutcome
 ALERT_STATUSES = ("firing", "resolved")
 STEP_KINDS: tuple[str, ...] = get_args(StepKind)
 STEP_OUTCOMES: tuple[str, ...] = get_args(StepOutcome)
-PAGE_CHANNELS = ("journal",)
-PAGE_OUTCOMES = ("recorded", "failed")
+PAGE_OUTCOMES = ("delivered", "failed")
+"""A channel's outcomes; the ``journal`` channel's are ``recorded`` (put in the outbox) and
+``failed`` (the journal refused it)."""
 RUNBOOK_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
 """Seconds: a runbook takes from seconds (code only) to its budget (up to an hour)."""
 API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled", "disconnected")
@@ -160,12 +161,21 @@ class Metrics:
             "rollbackd_runbook_running", "1 while a runbook runs", registry=r,
         )
         self.pages = Counter(
-            "rollbackd_pages_total", "Pages recorded, by channel and outcome",
+            "rollbackd_pages_total",
+            "Pages by channel and outcome: journal (recorded in the outbox, or failed to be), "
+            "then each channel's delivery attempts (delivered or failed)",
             ["channel", "outcome"], registry=r,
         )
-        for channel in PAGE_CHANNELS:
-            for outcome in PAGE_OUTCOMES:
-                self.pages.labels(channel, outcome)
+        self.pages.labels("journal", "recorded")
+        self.pages.labels("journal", "failed")
+        self.page_queue_length = Gauge(
+            "rollbackd_page_queue_length", "Pages journaled and not yet delivered", registry=r,
+        )
+        self.page_oldest_undelivered = Gauge(
+            "rollbackd_page_oldest_undelivered_seconds",
+            "Age of the oldest page not yet delivered; 0 when none waits", registry=r,
+        )
+        self._page_channels: set[str] = set()
         self._probes: set[str] = set()
         self._signals: set[str] = set()
         self._info: dict[str, str] = {}
@@ -184,6 +194,17 @@ class Metrics:
 
     def page_recorded(self, channel: str, outcome: str) -> None:
         self.pages.labels(channel, outcome).inc()
+
+    def page_queue(self, length: int, oldest_age: float) -> None:
+        self.page_queue_length.set(length)
+        self.page_oldest_undelivered.set(max(0.0, oldest_age))
+
+    def track_paging(self, channels: Iterable[str]) -> None:
+        """Initialise each configured channel's series (a reload may add one)."""
+        for channel in set(channels) - self._page_channels:
+            for outcome in PAGE_OUTCOMES:
+                self.pages.labels(channel, outcome)
+        self._page_channels |= set(channels)
 
     def track(self, probes: Iterable[str], signals: Iterable[str]) -> None:
         """Initialise the series of the configured probes and signals; drop those no longer in."""
