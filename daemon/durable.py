@@ -172,6 +172,9 @@ def hold_point(point: str) -> None:
       ``before``: the attempt is journaled as begun, its side effect not yet started;
       ``after``: its side effect is done (or failed), the attempt not yet journaled as ended.
       The executor waits in a thread, so the daemon's event loop goes on meanwhile.
+    * ``page:<template>:before_send`` and ``page:<template>:after_send``
+      (:mod:`daemon.paging.outbox`): a page journaled and rendered, not yet sent; sent, not
+      yet journaled as delivered.
     """
     if not holds_at(point):
         return

@@ -47,7 +47,7 @@ from probes.runner import ProbeOutcome, probe_id
 DATA_SAFETY_EVERY = 30.0
 """Seconds between reads of the backup store and drill results for the metrics."""
 
-SILENCES_EVERY = 10.0
+SILENCES_EVERY = 2.0
 """Seconds between looks at Alertmanager for silences that acknowledge the open incident."""
 
 STOP_GRACE = 5.0

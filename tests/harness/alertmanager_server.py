@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness.servers import ManagedServer
+from tests.harness.servers import ManagedServer, require_binary
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                    "ALL_PROXY")
@@ -76,6 +77,15 @@ class AlertmanagerServer(ManagedServer):
         response = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5.0,
                               trust_env=False)
         response.raise_for_status()
+
+
+    def amtool(self, *args: str) -> str:
+        """``amtool ARGS`` against this Alertmanager (as an on-call person runs it)."""
+        binary = require_binary("amtool", "prometheus-alertmanager")
+        env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+        done = subprocess.run([binary, *args, f"--alertmanager.url={self.url}"], env=env,
+                              capture_output=True, text=True, timeout=30, check=True)
+        return done.stdout.strip()
 
 
 @contextlib.contextmanager

@@ -5,8 +5,6 @@ on-call person answers it) and resolved."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,13 +16,12 @@ from daemon.paging.channels import AlertmanagerChannel, DeliveryError
 from daemon.paging.channels.alertmanager import alert_labels
 from daemon.paging.message import Message
 from tests.harness.alertmanager_server import (
-    PROXY_VARIABLES,
     AlertmanagerServer,
     running_alertmanager_with,
 )
 from tests.harness.paging import Answer, StandIn, closed_port_url, stand_in
 from tests.harness.paging import page as any_page
-from tests.harness.servers import require_binary, wait_for
+from tests.harness.servers import wait_for
 
 PD_ROUTING_KEY = "a" * 32
 
@@ -180,14 +177,6 @@ async def test_alertmanager_routes_the_page_to_its_webhook_slack_and_pagerduty_r
     assert "level = L2" in firing and "scenario = db_errors" in firing
 
 
-def amtool(am: AlertmanagerServer, *args: str) -> str:
-    binary = require_binary("amtool", "prometheus-alertmanager")
-    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
-    done = subprocess.run([binary, *args, f"--alertmanager.url={am.url}"], env=env,
-                          capture_output=True, text=True, timeout=30, check=True)
-    return done.stdout.strip()
-
-
 async def test_a_silence_made_with_amtool_is_found_with_its_author_and_comment(
         routed: Routed) -> None:
     message = page(incident=15)
@@ -195,7 +184,7 @@ async def test_a_silence_made_with_amtool_is_found_with_its_author_and_comment(
     await channel.send(message)
     assert await channel.silenced_by(alert_labels(message)) == []
 
-    silence_id = amtool(routed.am, "silence", "add", "alertname=RollbackdIncident",
+    silence_id = routed.am.amtool("silence", "add", "alertname=RollbackdIncident",
                         "incident=15", "--comment=looking at it, rollback is on me",
                         "--author=alice", "--duration=1h")
     silences = await channel.silenced_by(alert_labels(message))
