@@ -56,13 +56,15 @@ class IntakeClosedError(JournalError):
 
 
 @dataclass(slots=True)
-class _Request:
+class Waiting:
+    """A request's events, waiting for their commit; ``done`` is its answer."""
+
     t: float
     payloads: Payloads
     done: asyncio.Future[list[int]] = field(repr=False)
 
 
-def take_batch(queue: list[_Request], max_requests: int, max_events: int) -> list[_Request]:
+def take_batch(queue: list[Waiting], max_requests: int, max_events: int) -> list[Waiting]:
     """The oldest requests that fit in one transaction (always at least one), taken off
     ``queue``: a request is never split, so that it is journaled whole or not at all."""
     taken, events = 0, 0
@@ -90,7 +92,7 @@ class Intake:
         self._observer = observer
         self._max_batch = (max_batch_requests, max_batch_events)
         self._max_queued = (max_queued_requests, max_queued_events)
-        self._queue: list[_Request] = []
+        self._queue: list[Waiting] = []
         self._queued_events = 0
         self._wake = asyncio.Event()
         self._closed = False
@@ -114,7 +116,7 @@ class Intake:
             raise IntakeFullError(f"{len(self._queue)} requests ({self._queued_events} events) "
                              "already wait for the journal")
         done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(t, payloads, done))
+        self._queue.append(Waiting(t, payloads, done))
         self._queued_events += len(payloads)
         self._wake.set()
         return await done
@@ -187,7 +189,7 @@ class Intake:
         self._journal = journal
         return journal
 
-    def _commit(self, batch: Sequence[_Request]) -> list[list[int]]:
+    def _commit(self, batch: Sequence[Waiting]) -> list[list[int]]:
         journal = self._journal or self._open()
         return journal.add_event_batches([(r.t, r.payloads) for r in batch])
 
