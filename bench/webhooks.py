@@ -93,6 +93,10 @@ Post = Callable[[int], Awaitable[int]]
 """Send request ``i``'s body; its status code."""
 
 
+class IdledError(ConnectionError):
+    """A kept-alive connection the server had closed: the request never reached it."""
+
+
 class RawClient:
     """Just enough HTTP/1.1 for the bench: POST a prepared request on a kept-alive
     connection (at most CONNECTIONS), read the status and a Content-Length body."""
@@ -109,23 +113,33 @@ class RawClient:
 
     async def post(self, i: int) -> int:
         async with self.slots:
-            reader, writer = (self.idle.pop() if self.idle
-                              else await asyncio.open_connection(self.host, self.port))
-            try:
-                writer.write(self.requests[i])
-                status, keep = await asyncio.wait_for(self._answer(reader), TIMEOUT)
-            except BaseException:
-                writer.close()
-                raise
-            if keep:
-                self.idle.append((reader, writer))
-            else:
-                writer.close()
-            return status
+            if self.idle:
+                try:
+                    return await self._exchange(*self.idle.pop(), i)
+                except IdledError:
+                    pass  # closed by the server while idle (keep-alive timeout): not sent
+            return await self._exchange(*await asyncio.open_connection(self.host, self.port), i)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        i: int) -> int:
+        try:
+            writer.write(self.requests[i])
+            status, keep = await asyncio.wait_for(self._answer(reader), TIMEOUT)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self.idle.append((reader, writer))
+        else:
+            writer.close()
+        return status
 
     @staticmethod
     async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
-        status = int((await reader.readline()).split()[1])
+        first = await reader.readline()
+        if not first:
+            raise IdledError("the connection was closed before an answer")
+        status = int(first.split()[1])
         length, keep = 0, True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
@@ -171,7 +185,7 @@ async def drive(kind: str, url: str, token: str, rate: float, seconds: float,
             load.lateness.append(time.monotonic() - due)
             try:
                 status = await post(i)
-            except (OSError, TimeoutError, ValueError, IndexError, httpx.HTTPError,
+            except (OSError, TimeoutError, ValueError, httpx.HTTPError,
                     asyncio.IncompleteReadError) as exc:
                 key = type(exc).__name__
             else:
