@@ -819,6 +819,14 @@ class Journal:
         with self._transaction() as db:
             return [self._insert_event(db, t, payload) for payload in payloads]
 
+    def add_event_batches(self, batches: Sequence[tuple[float, Sequence[Mapping[str, Any]]]]
+                          ) -> list[list[int]]:
+        """Several senders' batches (each its own ``t``) in one transaction, so that they
+        share one fsync (the webhook's group commit): all of them or none."""
+        with self._transaction() as db:
+            return [[self._insert_event(db, t, payload) for payload in payloads]
+                    for t, payloads in batches]
+
     @_reads
     def events_after(self, event_id: int, limit: int = 10_000) -> list[JournalEvent]:
         rows = self._db.execute(

@@ -32,6 +32,7 @@ from daemon.ops.operator import (
 from daemon.ops.paging import AckError, acknowledge
 from daemon.ops.reports import report_facts
 from daemon.runbooks.reports import current_report
+from daemon.service.intake import RETRY_AFTER, Intake, IntakeFullError
 from daemon.service.metrics import Metrics
 from policies.policy import Policy
 
@@ -49,6 +50,7 @@ class ApiHost(Protocol):
     policy: Policy
     journal: Journal
     metrics: Metrics
+    intake: Intake
 
 
 class ApiError(Exception):
@@ -182,7 +184,9 @@ class Api:
     def _refused(self, request: Request, exc: ApiError) -> Response:
         if exc.reason is not None:
             self.host.metrics.api_rejected.labels(exc.reason).inc()
-            log = self.log.debug if exc.reason == "disconnected" else self.log.warning
+            # Per request in a flood (busy): the counter says it; the log stays readable.
+            quiet = exc.reason in ("disconnected", "busy")
+            log = self.log.debug if quiet else self.log.warning
             log("API request refused", path=request.url.path, status=exc.status,
                              reason=exc.reason, error=str(exc),
                              client=request.client.host if request.client else None)
@@ -234,7 +238,12 @@ class Api:
 
     async def alertmanager(self, request: Request) -> Response:
         hook = await self._parse(request, AlertmanagerWebhook)
-        self.host.journal.add_events(time.time(), [alert.event() for alert in hook.alerts])
+        try:
+            # 200 only once journaled; the commit is shared with the requests waiting with it.
+            await self.host.intake.record(time.time(), [alert.event() for alert in hook.alerts])
+        except IntakeFullError as exc:
+            raise ApiError(503, f"too many notifications wait for the journal: {exc}; retry",
+                           "busy", {"Retry-After": str(RETRY_AFTER)}) from None
         for alert in hook.alerts:
             self.host.metrics.alerts_received.labels(alert.status).inc()
         if hook.truncated_alerts:

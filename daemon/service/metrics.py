@@ -35,7 +35,10 @@ PAGE_OUTCOMES = ("delivered", "failed")
 ``failed`` (the journal refused it)."""
 RUNBOOK_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
 """Seconds: a runbook takes from seconds (code only) to its budget (up to an hour)."""
-API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled", "disconnected")
+API_REJECTIONS = ("unauthorized", "too_large", "invalid", "disabled", "disconnected", "busy")
+COMMIT_REQUEST_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+"""Webhook requests per journal commit: 1 when quiet, up to the batch bound under a flood."""
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 class Metrics:
@@ -137,6 +140,16 @@ class Metrics:
         )
         for reason in API_REJECTIONS:
             self.api_rejected.labels(reason)
+        self.commit_requests = Histogram(
+            "rollbackd_journal_commit_requests",
+            "Webhook requests journaled per commit (group commit: they share one fsync)",
+            buckets=COMMIT_REQUEST_BUCKETS, registry=r,
+        )
+        self.commit_duration = Histogram(
+            "rollbackd_journal_commit_duration_seconds",
+            "How long a group commit of webhook events took (in the writer's thread)",
+            buckets=COMMIT_SECONDS_BUCKETS, registry=r,
+        )
         self.http_refused = Counter(
             "rollbackd_http_connections_refused_total",
             "HTTP connections closed unserved: over the connection limit, or too slow to send "
@@ -205,6 +218,12 @@ class Metrics:
             for outcome in PAGE_OUTCOMES:
                 self.pages.labels(channel, outcome)
         self._page_channels |= set(channels)
+
+    # -- what the webhook's writer reports (daemon.service.intake.CommitObserver) ----------
+
+    def journal_committed(self, requests: int, events: int, seconds: float) -> None:
+        self.commit_requests.observe(requests)
+        self.commit_duration.observe(seconds)
 
     def track(self, probes: Iterable[str], signals: Iterable[str]) -> None:
         """Initialise the series of the configured probes and signals; drop those no longer in."""
