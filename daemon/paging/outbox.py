@@ -161,7 +161,6 @@ class Outbox:
         contact = _contact_of(page)
         if not self.configured and contact is None:
             self.journal.page_recorded(page.id)
-            self.observer.page_recorded("journal", "recorded")
             self.log.warning("page", channel="journal", page=page.id, template=page.template,
                              incident=page.incident, summary=page.summary)
             return True

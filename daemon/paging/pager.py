@@ -21,7 +21,7 @@ from daemon.config import PagingSettings
 from daemon.journal import IncidentSummary, Journal, Page, Run
 from daemon.logs import get_logger
 from daemon.paging.facts import needs_annotation
-from daemon.paging.outbox import page_key
+from daemon.paging.outbox import STATE_CHANNELS, page_key
 from policies.engine import Decision
 from policies.escalation import Waiting, due, timeline_over
 from policies.policy import ROLLBACKS, Policy
@@ -49,10 +49,10 @@ def initial_template(decision: Decision, paused: bool) -> str | None:
         return "decision"
     if decision.action == "page":
         return "emergency"
-    if decision.action in ROLLBACKS:
-        if decision.mode != "auto" or paused:
-            return "decision"
-        return "emergency" if decision.action == "immediate_rollback" else "planned"
+    if decision.action in ROLLBACKS and (decision.mode != "auto" or paused):
+        return "decision"
+    # A rollback the daemon runs tells people through its runbook's own page and notify
+    # steps (the emergency or planned notice, the completion notice).
     return None
 
 
@@ -174,7 +174,7 @@ class Pager:
     def _acknowledged(self, incident: IncidentSummary, sent: Sequence[Page],
                       acks: Sequence[float]) -> list[Page]:
         """Once acknowledged, the channels holding the incident's pages open are told."""
-        if not acks:
+        if not acks or not self._holding():
             return []
         return [self._journal(PageRequest(
             incident.incident, level, "status",
@@ -207,10 +207,14 @@ class Pager:
         keys = {p.dedup_key for p in sent}
         pages: list[Page] = []
         completion = page_key(self.app, n, 1, "completion")
-        if completion not in keys and now - incident.updated_at <= COMPLETION_WITHIN:
+        told = any(p.template == "completion" and p.event == "trigger" for p in sent)
+        recent = now - incident.updated_at <= COMPLETION_WITHIN
+        if completion not in keys and not told and recent:
             pages.append(self._journal(PageRequest(
                 n, 1, "completion", completion, f"incident {n} resolved"),
                 incident.updated_at, {}))
+        resolve = page_key(self.app, n, 1, "resolve")
+        if self._holding() and resolve not in keys and recent:
             pages += [self._journal(PageRequest(
                 n, level, "completion", page_key(self.app, n, level, "resolve"),
                 f"incident {n} resolved", event="resolve"), incident.updated_at, {})
@@ -226,6 +230,11 @@ class Pager:
                 f"incident {n}: the report's root cause and prevention are still empty"),
                 now, {"after": kind}))
         return pages
+
+    def _holding(self) -> bool:
+        """A configured channel holds pages open (an alert, an incident) to acknowledge or
+        resolve; without one there is nothing to update."""
+        return any(name in STATE_CHANNELS for name in self.settings.order)
 
     def _journal(self, request: PageRequest, t: float, details: dict[str, object]) -> Page:
         return self.journal.add_page(

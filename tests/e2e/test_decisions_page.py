@@ -1,6 +1,6 @@
 """Decisions that need a person are recorded as pages: an `evaluate` decision asks for one
-(the decision request), a `page` decision is one, and neither starts a runbook. Delivery
-to Alertmanager or PagerDuty comes later; the journal is the channel until then."""
+(the decision request), a `page` decision is one, and neither starts a runbook. With no
+channel configured the journal is where the page stays (test_paging_e2e delivers them)."""
 
 from __future__ import annotations
 

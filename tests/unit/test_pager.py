@@ -99,10 +99,15 @@ def test_unanswered_the_chain_is_paged_l2_after_15_minutes_and_l3_after_30(
                     "shop/incident-1/L3/decision"]
 
 
+def holding() -> PagingSettings:
+    """Settings with a channel that holds pages open (to acknowledge and resolve)."""
+    return PagingSettings.model_validate({"alertmanager": {"urls": ["http://127.0.0.1:9"]}})
+
+
 def test_an_acknowledgement_stops_the_chain_and_tells_the_channels(journal: Journal,
                                                                    policy: Policy) -> None:
     evaluate_incident(journal)
-    pager = Pager(journal, "shop", PagingSettings())
+    pager = Pager(journal, "shop", holding())
     pager.tick(policy, now=1000.0)
     record_ack(journal, 1, "alice", "cli", t=1100.0)
     pages = pager.tick(policy, now=1000.0 + 2 * HOUR)
@@ -110,13 +115,12 @@ def test_an_acknowledgement_stops_the_chain_and_tells_the_channels(journal: Jour
     assert not [p for p in journal.pages(incident=1) if p.level > 1]
 
 
-def test_an_automatic_rollback_informs_l1_and_does_not_escalate(journal: Journal,
-                                                                policy: Policy) -> None:
+def test_an_automatic_rollback_leaves_notices_to_its_runbook_and_does_not_escalate(
+        journal: Journal, policy: Policy) -> None:
     opened = decision(1000.0, "open", "migration_failed", "migration.failed == 1")
     journal.add_decision(opened)
     pager = Pager(journal, "shop", PagingSettings())
-    page = pager.page_decision(opened, policy, paused=False)
-    assert page is not None and page.template == "emergency"
+    assert pager.page_decision(opened, policy, paused=False) is None
     assert pager.tick(policy, now=1000.0 + HOUR) == []
 
 
@@ -131,7 +135,8 @@ def test_a_failed_rollback_run_pages_the_next_level_at_once(journal: Journal,
                                                             policy: Policy) -> None:
     journal.add_decision(decision(1000.0, "open", "migration_failed", "migration.failed == 1"))
     pager = Pager(journal, "shop", PagingSettings())
-    pager.page_decision(decision(1000.0, "open", "migration_failed", "m"), policy, False)
+    journal.add_page("shop", t=1000.0, incident=1, run=None, level=1, template="emergency",
+                     summary="the runbook's page step", details={}, dedup_key="run-1/step-1")
     run = journal.begin_run("shop", incident=1, runbook="immediate_rollback",
                             action="immediate_rollback", scenario="migration_failed",
                             by="rollbackd", t=1001.0, deadline=1900.0, deploy=None,
@@ -158,7 +163,7 @@ def test_status_updates_go_out_every_15_minutes_while_a_run_goes(journal: Journa
 def test_resolution_sends_the_completion_notice_and_resolves_what_was_paged(
         journal: Journal, policy: Policy) -> None:
     evaluate_incident(journal)
-    pager = Pager(journal, "shop", PagingSettings())
+    pager = Pager(journal, "shop", holding())
     pager.tick(policy, now=1000.0 + 900)  # L1 and L2
     journal.add_decision(decision(2000.0, "resolve", "performance_degraded", "clear for 5m",
                                   severity="medium", action="evaluate",
@@ -168,6 +173,28 @@ def test_resolution_sends_the_completion_notice_and_resolves_what_was_paged(
         (1, "completion", "trigger"), (1, "completion", "resolve"), (2, "completion", "resolve")]
     assert pager.tick(policy, now=2002.0) == []
     assert len(journal.pages(incident=1)) == 5  # L1 and L2 decisions, and the three above
+
+
+def test_without_a_channel_that_holds_pages_nothing_is_acknowledged_or_resolved(
+        journal: Journal, policy: Policy) -> None:
+    evaluate_incident(journal)
+    pager = Pager(journal, "shop", PagingSettings())
+    pager.tick(policy, now=1000.0)
+    record_ack(journal, 1, "alice", "cli", t=1100.0)
+    assert pager.tick(policy, now=1200.0) == []
+    journal.add_decision(decision(2000.0, "resolve", "performance_degraded", "clear",
+                                  severity="medium", action="evaluate",
+                                  requested_action="evaluate"))
+    assert levels(pager.tick(policy, now=2001.0)) == [(1, "completion")]
+
+
+def test_a_runbook_s_own_completion_notice_is_not_sent_twice(journal: Journal,
+                                                             policy: Policy) -> None:
+    journal.add_decision(decision(1000.0, "open", "migration_failed", "m"))
+    journal.add_page("shop", t=1500.0, incident=1, run=1, level=1, template="completion",
+                     summary="the runbook's notify step", details={}, dedup_key="run-1/step-9")
+    journal.add_decision(decision(2000.0, "resolve", "migration_failed", "clean watch"))
+    assert Pager(journal, "shop", PagingSettings()).tick(policy, now=2001.0) == []
 
 
 def test_reminders_follow_at_24_hours_and_a_week_until_the_report_is_annotated(
