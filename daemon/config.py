@@ -603,6 +603,9 @@ def _anchored(config: Config, path: Path) -> Config:
         changes["daemon"] = daemon.model_copy(update=updates)
     if not config.backups.dir.is_absolute():
         changes["backups"] = config.backups.model_copy(update={"dir": base / config.backups.dir})
+    templates = config.paging.templates_dir
+    if templates is not None and not templates.is_absolute():
+        changes["paging"] = config.paging.model_copy(update={"templates_dir": base / templates})
     return config.model_copy(update=changes) if changes else config
 
 

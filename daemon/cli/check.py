@@ -12,7 +12,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from daemon.cli.common import config_option, fail, load_with_policy
 from daemon.config import Config
-from daemon.paging.templates import check_templates
 from policies.catalogue import is_event_fed
 from policies.engine import Decision
 from policies.policy import Policy, PolicyError, blind_rule, parse_policy, resolve_ref
@@ -125,10 +124,7 @@ def print_paging(config: Config, policy: Policy) -> None:
                    f"acknowledged; through {through}")
     for name, contact in sorted(config.paging.contacts.items()):
         click.echo(f"  contact {name}: {contact.who} ({contact.channel})")
-    if config.paging.templates_dir is not None:
-        problems = check_templates(config.paging.templates_dir)
-        if problems:
-            fail(f"paging.templates_dir: {problems[0]}")
+    if config.paging.templates_dir is not None:  # checked by load_with_policy
         click.echo(f"  templates {config.paging.templates_dir} (the bundled ones for the rest)")
 
 

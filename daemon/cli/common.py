@@ -15,6 +15,7 @@ import click
 from daemon.config import Config, ConfigError, load_config, load_policy, resolve_path
 from daemon.db.backups import Progress as ProgressCallback
 from daemon.ops.common import OpsError
+from daemon.paging.templates import require_templates
 
 if TYPE_CHECKING:
     from policies.policy import Policy
@@ -99,6 +100,7 @@ def load_with_database(ctx: click.Context, given: Path | None) -> tuple[Path, Co
 def load_with_policy(ctx: click.Context, given: Path | None) -> tuple[Path, Config, Policy]:
     path, config = load_or_fail(ctx, given)
     try:
+        require_templates(config, path)
         return path, config, load_policy(config, path)
     except ConfigError as exc:
         fail(str(exc))

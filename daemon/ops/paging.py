@@ -134,7 +134,7 @@ async def page_contact(config: Config, journal: Journal, name: str, incident: in
         line += f": {message}"
     page = journal.add_page(
         config.app_name, t=now, incident=incident, run=None, level=0, template="contact",
-        summary=line, details={"contact": name, "by": by},
+        summary=line, details={"contact": name, "by": by, "message": message},
         dedup_key=f"{config.app_name}/incident-{incident}/contact-{name}/{now:.6f}",
         recipient=contact.who, channels=[f"{CONTACT_PREFIX}{name}"])
     outbox = Outbox(journal, config.app_name, config.paging, NoPageObserver())

@@ -38,7 +38,7 @@ EVIDENCE_LINES = 20
 """The newest decisions listed as evidence; older ones are counted."""
 PLAIN_CHARS = 120
 
-GENERAL_FACTS = ("app", "now", "level", "recipient", "sender", "channel", "host")
+GENERAL_FACTS = ("app", "now", "level", "recipient", "sender", "channel", "host", "note")
 INCIDENT_FACTS = (
     "incident", "summary", "scenario", "opened_by", "severity", "action", "mode", "state",
     "opened_at", "updated_at", "elapsed", "timeline", "deadline", "reason", "what_fired",
@@ -99,6 +99,7 @@ def general_facts(app: str, *, now: float, level: int = 0,
         "sender": "the on-call engineer",
         "channel": "this channel",
         "host": plain(socket.gethostname()),
+        "note": "(none)",
     }
 
 

@@ -29,7 +29,7 @@ from daemon.paging.channels import build_channels, build_contact
 from daemon.paging.channels.alertmanager import AlertmanagerChannel
 from daemon.paging.channels.base import Channel
 from daemon.paging.deliver import Attempt, deliver, send_each
-from daemon.paging.facts import general_facts, incident_facts
+from daemon.paging.facts import general_facts, incident_facts, plain, quote
 from daemon.paging.message import Message
 from daemon.paging.templates import Rendered, render
 
@@ -121,6 +121,10 @@ class Outbox:
             facts = incident_facts(self.journal, self.app, page.incident, now=now,
                                    level=page.level, recipient=page.recipient)
         facts.setdefault("summary", page.summary)
+        if isinstance(page.details.get("by"), str):
+            facts["sender"] = plain(page.details["by"])
+        if isinstance(page.details.get("message"), str) and page.details["message"]:
+            facts["note"] = quote(page.details["message"])
         result = render(page.template, facts, self.settings.templates_dir)
         self.journal.render_page(page.id, result.title, result.text)
         return result

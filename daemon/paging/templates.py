@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from daemon.config import Config, ConfigError
 from daemon.paging.facts import GENERAL_FACTS, INCIDENT_FACTS, plain
 
 KINDS = ("emergency", "planned", "decision", "status", "completion", "reminder", "test",
@@ -152,3 +153,16 @@ def render(kind: str, facts: Mapping[str, str], templates_dir: Path | None = Non
                       TITLE_CHARS)
     text = Template(body.lstrip("\n")).safe_substitute(values).rstrip()
     return Rendered(title=title, text=text)
+
+
+def require_templates(config: Config, config_path: Path) -> None:
+    """A config whose ``paging.templates_dir`` holds a bad template is rejected up front (at
+    start, at reload, by ``check``) with one line, rather than discovered at 3 a.m. when a
+    page is rendered."""
+    directory = config.paging.templates_dir
+    if directory is None:
+        return
+    problems = check_templates(directory)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{config_path}: paging.templates_dir: {problems[0]}{more}")

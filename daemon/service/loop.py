@@ -24,6 +24,7 @@ from daemon.ops.recovery import recover_interrupted_restores
 from daemon.paging.acks import acks_from_silences
 from daemon.paging.outbox import Outbox
 from daemon.paging.pager import Pager
+from daemon.paging.templates import require_templates
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError
 from daemon.service.api import api_routes
@@ -699,6 +700,7 @@ class Daemon:
         self._notified(self.notifier.reloading())
         try:
             new = load_config(self.config_path)
+            require_templates(new, self.config_path)
             policy = load_policy(new, self.config_path)
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()

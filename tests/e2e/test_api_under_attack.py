@@ -43,7 +43,8 @@ def test_a_deeply_nested_array_in_an_ignored_field_is_a_400(daemon: Rollbackd) -
 @pytest.mark.parametrize("number", ["9223372036854775808", "99999999999999999999999", "0"])
 def test_an_incident_number_beyond_any_journal_is_a_404(daemon: Rollbackd, number: str) -> None:
     for method, path in (("GET", f"/api/v1/incidents/{number}"),
-                         ("POST", f"/api/v1/incidents/{number}/decision")):
+                         ("POST", f"/api/v1/incidents/{number}/decision"),
+                         ("POST", f"/api/v1/incidents/{number}/ack")):
         response = daemon.call(method, path, json={"decision": "dismiss", "by": "ops"})
         assert response.status_code == 404, (path, response.text)
     no_tracebacks(daemon)
@@ -72,7 +73,17 @@ _paths = st.sampled_from([
     "/api/v1/incidents/1/decision", "/api/v1/pause", "/api/v1/resume", "/api/v1/nothing",
     "/metrics", "/healthz", "/readyz", "/", "/api/v1/incidents/-1",
     "/api/v1/incidents/18446744073709551616/decision", "/api/v1/incidents/1%00",
+    "/api/v1/incidents/1/ack", "/api/v1/incidents/18446744073709551616/ack",
 ])
+_text = st.text(max_size=12) | st.sampled_from(["", "users", "public.images", "a\nb", "x" * 300])
+_answers = st.one_of(
+    st.fixed_dictionaries({"decision": st.sampled_from(
+        ["dismiss", "fix_forward", "rollback", "immediate_rollback", "planned_rollback",
+         "selective_rollback", "evaluate", ""]), "by": _text},
+        optional={"reason": _text, "runbook": _text | st.none(),
+                  "tables": st.lists(_text, max_size=3) | _text}),
+    st.fixed_dictionaries({"by": _text}, optional={"comment": _text | _json}),
+).map(lambda v: json.dumps(v).encode())
 _bodies = st.one_of(
     _json.map(lambda v: json.dumps(v).encode()),
     st.builds(lambda alerts, extra: json.dumps(webhook(*alerts, **extra)).encode(),
@@ -83,6 +94,7 @@ _bodies = st.one_of(
                        max_size=3),
               st.dictionaries(st.text(max_size=8), _json, max_size=2)),
     st.binary(max_size=300),
+    _answers,
 )
 
 
@@ -99,7 +111,10 @@ def test_no_request_makes_the_api_answer_5xx(daemon: Rollbackd, method: str, pat
     assert response.status_code < 500, (method, path, body[:200], response.text)
 
 
-def test_after_the_fuzzing_the_daemon_logged_no_traceback(daemon: Rollbackd) -> None:
+def test_after_the_fuzzing_the_daemon_logged_no_traceback_and_kept_its_interval(
+        daemon: Rollbackd) -> None:
     no_tracebacks(daemon)
+    last = daemon.metric("rollbackd_last_cycle_timestamp_seconds")
+    assert last is not None and time.time() - last < 5, "the main loop stopped cycling"
 
 

@@ -276,25 +276,62 @@ def test_page_test_reports_each_configured_channel(tmp_path: Path) -> None:
         assert "pagerduty" not in only.stdout
 
 
-def test_ack_on_the_command_line_and_the_api_answer_an_open_incident(
+def test_ack_and_paging_a_named_contact_answer_an_open_incident(
         tmp_path: Path, hosts: list[Host]) -> None:
-    host = Host(tmp_path, "")
-    hosts.append(host)
-    host.start()
-    missing = rollbackd("ack", "9", config=host.config)
-    assert missing.returncode == 1 and "no incident 9" in missing.stderr
-    host.alert_fires()
-    wait_for(lambda: host.journal.incident(1) is not None, 20, what="incident 1 to open")
-    acked = rollbackd("ack", "1", "--by", "bob", config=host.config)
-    assert acked.returncode == 0, acked.stderr
-    assert "incident 1 acknowledged by bob" in acked.stdout
-    over_api = httpx.post(f"{host.url}/api/v1/incidents/1/ack", json={"by": "carol"},
-                          headers={"Authorization": f"Bearer {host.token}"}, timeout=10,
-                          trust_env=False)
-    assert over_api.status_code == 202, over_api.text
-    nobody = httpx.post(f"{host.url}/api/v1/incidents/1/ack", json={},
-                        headers={"Authorization": f"Bearer {host.token}"}, timeout=10,
-                        trust_env=False)
-    assert nobody.status_code == 400 and "by" in nobody.text
-    assert [(e.payload["by"], e.payload["via"]) for e in host.journal.events_of_type("ack")] == [
-        ("bob", "cli"), ("carol", "api")]
+    """`rollbackd ack N` and `POST /api/v1/incidents/N/ack` journal who acknowledged;
+    `rollbackd page --to vendor --incident N` pages a named external contact at once."""
+    with stand_in() as vendor:
+        host = Host(tmp_path, '[paging]\n[paging.contacts.vendor]\nchannel = "webhook"\n'
+                              f'url = "{vendor.url}/support"\nwho = "database vendor support"\n')
+        hosts.append(host)
+        host.start()
+        missing = rollbackd("ack", "9", config=host.config)
+        assert missing.returncode == 1 and "no incident 9" in missing.stderr
+        host.alert_fires()
+        wait_for(lambda: host.journal.incident(1) is not None, 20, what="incident 1 to open")
+        acked = rollbackd("ack", "1", "--by", "bob", config=host.config)
+        assert acked.returncode == 0, acked.stderr
+        assert "incident 1 acknowledged by bob" in acked.stdout
+        auth = {"Authorization": f"Bearer {host.token}"}
+        over_api = httpx.post(f"{host.url}/api/v1/incidents/1/ack", json={"by": "carol"},
+                              headers=auth, timeout=10, trust_env=False)
+        assert over_api.status_code == 202, over_api.text
+        nobody = httpx.post(f"{host.url}/api/v1/incidents/1/ack", json={}, headers=auth,
+                            timeout=10, trust_env=False)
+        assert nobody.status_code == 400 and "by" in nobody.text
+        assert [(e.payload["by"], e.payload["via"])
+                for e in host.journal.events_of_type("ack")] == [("bob", "cli"), ("carol", "api")]
+
+        paged = rollbackd("page", "--to", "vendor", "--incident", "1", "--message",
+                          "replica lag after the restore", config=host.config)
+        assert paged.returncode == 0, paged.stdout + paged.stderr
+        assert "to database vendor support delivered" in paged.stdout
+        [body] = vendor.bodies()
+        assert (body["incident"], body["kind"], body["recipient"]) == (
+            1, "contact", "database vendor support")
+        assert "replica lag after the restore" in body["text"]
+        unknown = rollbackd("page", "--to", "nobody", "--incident", "1", config=host.config)
+        assert unknown.returncode == 1 and "known: vendor" in unknown.stderr
+
+
+def test_a_bad_template_is_refused_by_check_and_run_with_one_line_and_exit_2(
+        tmp_path: Path) -> None:
+    """A templates_dir (relative to the config file) whose decision template names a fact
+    that does not exist is found when rollbackd starts, not when it pages at 3 a.m."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "decision.txt").write_text("Decide on $incidnet\n\nbody\n")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    config = config_file(tmp_path, daemon={"policy": tmp_path / "policy.toml"},
+                         app={"name": "visionforge"},
+                         extra='[paging]\ntemplates_dir = "templates"\n')
+    for verb in ("check", "run"):
+        refused = rollbackd(verb, config=config)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert "paging.templates_dir" in line and "decision.txt" in line, line
+        assert "incidnet" in line, line
+    (tmp_path / "templates" / "decision.txt").write_text("Decide on $incident\n\nbody\n")
+    good = rollbackd("check", config=config)
+    assert good.returncode == 0, good.stderr
+    assert f"templates {tmp_path / 'templates'}" in good.stdout
+    assert "L2 technical director: after 15m" in good.stdout
