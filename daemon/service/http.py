@@ -1,9 +1,8 @@
-"""The daemon's HTTP face: landing page, /metrics, /healthz, /readyz, and the API's routes."""
+"""The daemon's HTTP face: /metrics, /healthz, /readyz, the live page's and the API's routes."""
 
 from __future__ import annotations
 
 import asyncio
-import html
 import resource
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -12,11 +11,9 @@ import h11
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from daemon import __version__
 
 
 class Health(Protocol):
@@ -31,20 +28,9 @@ class Health(Protocol):
 
 
 def build_app(health: Health, registry: CollectorRegistry,
-              api: Sequence[BaseRoute] = ()) -> Starlette:
-    """``api``: the token-guarded /api/v1 routes (daemon.service.api); the others stay open."""
-
-    async def landing(_: Request) -> Response:
-        status = html.escape(health.status_line)
-        return HTMLResponse(
-            "<!doctype html><html><head><title>rollbackd</title></head><body>"
-            f"<h1>rollbackd {html.escape(__version__)}</h1><p>{status}</p><ul>"
-            '<li><a href="/metrics">/metrics</a></li>'
-            '<li><a href="/healthz">/healthz</a> (the main loop is alive)</li>'
-            '<li><a href="/readyz">/readyz</a> (a first cycle completed)</li>'
-            "<li>/api/v1/ (bearer token: Alertmanager webhook, status, incidents, pause)</li>"
-            "</ul></body></html>"
-        )
+              api: Sequence[BaseRoute] = (), pages: Sequence[BaseRoute] = ()) -> Starlette:
+    """``api``: the token-guarded /api/v1 routes (daemon.service.api); ``pages``: the live
+    page at ``/`` and its data (daemon.service.live); the others stay open."""
 
     async def healthz(_: Request) -> Response:
         if health.is_alive():
@@ -60,7 +46,7 @@ def build_app(health: Health, registry: CollectorRegistry,
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[
-        Route("/", landing),
+        *pages,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

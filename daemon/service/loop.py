@@ -35,6 +35,7 @@ from daemon.service.http import (
     connection_cap,
 )
 from daemon.service.intake import Intake
+from daemon.service.live import LiveRecord, live_routes
 from daemon.service.metrics import Metrics
 from daemon.service.probeset import ProbeSet, build_probes
 from daemon.service.sd_notify import Notifier
@@ -141,6 +142,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.metrics = Metrics()
         self.metrics.track_policy(policy)
+        self.live = LiveRecord()  # the live page's signal history, backups and drill
         self.engine = Engine(policy, config.daemon.mode, journal.last_incident())
         self._event_cursor = self._catch_up(time.time())
         self._last_step = 0.0
@@ -259,7 +261,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         GuardedH11Protocol.cap = connection_cap()
         server = _EmbeddedServer(uvicorn.Config(
-            build_app(self, self.metrics.registry, api_routes(self)), log_config=None,
+            build_app(self, self.metrics.registry, api_routes(self), live_routes(self)),
+            log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
             http=GuardedH11Protocol,
             # asyncio accepts up to ``backlog`` sockets in one go before any protocol sees
@@ -347,6 +350,7 @@ class Daemon:
         self._refresh_data_safety()
         self._note_cut_connections()
         shown = self._as_decided(values)
+        self.live.record(now, shown)
         self._status_line = describe(self.config.app_name, outcomes, shown, self.engine)
         current = self.executor.current
         if current is not None and current.run is not None:
@@ -481,6 +485,7 @@ class Daemon:
             self.log.warning("cannot read drills from the journal", error=str(exc))
             last = good = None
         self.metrics.record_data_safety(backups, last, good)
+        self.live.data_safety(backups, last)
 
     def _journal_decision(self, decision: Decision) -> None:
         """Journal the decision, then act on it: an incident opened or escalated to a
