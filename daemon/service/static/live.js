@@ -164,6 +164,13 @@
     }
     if (path) root.append(svg("path", { d: path, fill: "none", stroke: "#e6e6e6",
                                         "stroke-width": 1.5 }));
+    // The latest reading as a dot: a line only minutes old is a sliver at the right edge.
+    const known = sig.points.filter((p) => p[1] !== null);
+    if (known.length) {
+      const [lt, lv] = known[known.length - 1];
+      root.append(svg("circle", { cx: x(lt).toFixed(1), cy: y(lv).toFixed(1), r: 3,
+                                  fill: "#e6e6e6" }));
+    }
     for (const th of sig.thresholds) {
       const ty = y(th.value);
       root.append(svg("line", { x1: PAD_L, x2: W - PAD_R, y1: ty, y2: ty, stroke: "#ff5252",
@@ -176,7 +183,10 @@
       const dx = x(d.deploy.started_at);
       root.append(svg("line", { x1: dx, x2: dx, y1: PAD_T, y2: H - PAD_B, stroke: "#4fc3f7",
                                 "stroke-width": 1.5 }));
-      root.append(svg("text", { x: dx + 3, y: PAD_T + 10, "font-size": 10, fill: "#4fc3f7" },
+      // Labelled on the side with room: a recent deploy sits at the right edge.
+      const right = dx > (PAD_L + W - PAD_R) / 2;
+      root.append(svg("text", { x: right ? dx - 3 : dx + 3, y: PAD_T + 10, "font-size": 10,
+                                "text-anchor": right ? "end" : "start", fill: "#4fc3f7" },
                       "deploy " + d.deploy.version));
     }
     box.append(root);
