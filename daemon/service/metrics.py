@@ -30,6 +30,7 @@ from probes.runner import ProbeOutcome
 ALERT_STATUSES = ("firing", "resolved")
 STEP_KINDS: tuple[str, ...] = get_args(StepKind)
 STEP_OUTCOMES: tuple[str, ...] = get_args(StepOutcome)
+RUN_ENDINGS = ("succeeded", "failed", "abandoned")
 PAGE_OUTCOMES = ("delivered", "failed")
 """A channel's outcomes; the ``journal`` channel's are ``recorded`` (put in the outbox) and
 ``failed`` (the journal refused it)."""
@@ -163,6 +164,14 @@ class Metrics:
         )
         for name in BUILTIN_RUNBOOKS:
             self.runbook_duration.labels(name)
+        self.runbook_runs = Counter(
+            "rollbackd_runbook_runs_total",
+            "Runbook runs ended, by runbook and status (succeeded, failed, abandoned)",
+            ["runbook", "status"], registry=r,
+        )
+        for name in BUILTIN_RUNBOOKS:
+            for status in RUN_ENDINGS:
+                self.runbook_runs.labels(name, status)
         self.runbook_steps = Counter(
             "rollbackd_runbook_steps_total", "Runbook step attempts ended, by step and outcome",
             ["step", "outcome"], registry=r,
@@ -201,6 +210,7 @@ class Metrics:
     def run_ended(self, runbook: str, status: str, duration: float) -> None:
         self.runbook_running.set(0)
         self.runbook_duration.labels(runbook).observe(duration)
+        self.runbook_runs.labels(runbook, status).inc()
 
     def step_ended(self, kind: str, outcome: str) -> None:
         self.runbook_steps.labels(kind, outcome).inc()
