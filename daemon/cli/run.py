@@ -32,16 +32,16 @@ def run(ctx: click.Context, config_file: Path | None, record: Path | None) -> No
         fail(f"{path}: daemon.state_dir: {exc}")
     except JournalError as exc:
         fail(str(exc), EXIT_FAILED)
-    try:
-        listener = bind_listener(config.daemon.listen_host, config.daemon.listen_port)
-    except ListenError as exc:
-        fail(f"{path}: daemon.listen: {exc}")
     recorder = None
     if record is not None:
         try:
             recorder = Recorder.open(record, policy)
         except RecordError as exc:
             fail(f"--record: {exc}")
+    try:
+        listener = bind_listener(config.daemon.listen_host, config.daemon.listen_port)
+    except ListenError as exc:
+        fail(f"{path}: daemon.listen: {exc}")
     daemon = Daemon(path, config, policy, journal, recorder=recorder)
     sys.exit(asyncio.run(daemon.run(listener)))
 

@@ -123,18 +123,25 @@ class Recorder:
         if self._handle is None:
             return
         self.log.error("recording stopped", why=why)
-        self.close()
+        self._close(quiet=True)
 
     def _failed(self, exc: Exception) -> None:
         self.stop(str(exc) if isinstance(exc, RecordError)
                   else f"cannot record: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
+        self._close(quiet=False)
+
+    def _close(self, quiet: bool) -> None:
+        """``quiet``: the recording already stopped with a log line; a close that fails the
+        same way (the rest of a line that could not be written) says nothing new."""
         handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                handle.close()
-            except OSError as exc:
+        if handle is None:
+            return
+        try:
+            handle.close()
+        except OSError as exc:
+            if not quiet:
                 self.log.error("recording stopped", why=f"cannot close: {exc.strerror or exc}")
 
     def _line(self, at: float, body: dict[str, Any]) -> dict[str, Any]:
