@@ -22,6 +22,12 @@ config makes half the requests fail: planned rollback), ``slow-release`` (v2 ans
 evaluate, a person is paged; the demo answers ``rollbackd decide N dismiss``),
 ``data-corruption`` (rows of v1's users deleted after the deploy: the data check fails,
 planned rollback).
+
+With ``record``, rollbackd runs with ``--record FILE`` (what its decision engine was fed, as a
+replay), and at the end, once rollbackd has stopped, the demo writes its decisions beside it
+as ``FILE.decisions.jsonl`` (as ``rollbackd incidents show N --json`` prints them, every
+incident in turn) and the policy it ran under as ``FILE.policy.toml``, in mode ``auto``:
+``rollbackd simulate --policy FILE.policy.toml --replay FILE`` takes those decisions.
 """
 
 from __future__ import annotations
@@ -240,8 +246,10 @@ class Outcome:
 class Demo:
     def __init__(self, scenario: Scenario, *, keep: bool = False,
                  timeout: float = DEFAULT_TIMEOUT, out: TextIO | None = None,
-                 live: bool | None = None, quiet: bool = False) -> None:
+                 live: bool | None = None, quiet: bool = False,
+                 record: Path | None = None) -> None:
         self.scenario = scenario
+        self.record = None if record is None else record.resolve()
         self.keep = keep
         self.timeout = timeout
         self.view = View(out, live=live, quiet=quiet)
@@ -282,6 +290,7 @@ class Demo:
                     self.stack.traffic.stop()
             else:
                 with _signals_deferred():
+                    self._save_recording()
                     self.stack.stop_all()
                 self.view.line("demo: stopped everything it started")
         return outcome
@@ -416,7 +425,8 @@ class Demo:
             token_file=token_file, policy=policy))
         self.api = f"http://{listen}"
         log = stack.workdir / "rollbackd.log"
-        self._daemon = Proc([*ROLLBACKD, "run", "--config", str(self.config)], log=log,
+        record = [] if self.record is None else ["--record", str(self.record)]
+        self._daemon = Proc([*ROLLBACKD, "run", "--config", str(self.config), *record], log=log,
                             new_session=True)
         stack.procs.append(self._daemon)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -757,6 +767,31 @@ class Demo:
         for text in shown[-lines:]:
             self.view.line(f"  rollbackd log: {text[:240]}")
 
+    def _save_recording(self) -> None:
+        """Beside the recording: the decisions rollbackd journaled and its policy, once it has
+        stopped (so that both end with its last cycle), before the journal is removed."""
+        daemon, record = self._daemon, self.record
+        if record is None or daemon is None:
+            return
+        daemon.close()
+        from daemon.journal import Journal, JournalError
+
+        try:
+            journal = Journal.in_state_dir(self.stack.workdir / "state")
+            try:
+                lines = [json.dumps(d.as_json()) + "\n"
+                         for summary in reversed(journal.incidents(limit=1_000_000))
+                         for d in journal.decisions(limit=1_000_000, incident=summary.incident)]
+            finally:
+                journal.close()
+            Path(f"{record}.decisions.jsonl").write_text("".join(lines), encoding="utf-8")
+            shutil.copyfile(self.stack.workdir / "policy.toml", f"{record}.policy.toml")
+        except (OSError, JournalError) as exc:
+            self.view.line(f"demo: cannot save the decisions beside {record}: {exc}")
+            return
+        self.view.line(f"demo: recorded {record} (replay), {record}.decisions.jsonl "
+                       f"({len(lines)} decisions), {record}.policy.toml")
+
     def _print_keep(self) -> None:
         stack = self.stack
         assert stack.cluster is not None
@@ -801,7 +836,7 @@ def _sigterm_interrupts(signum: int, frame: FrameType | None) -> None:
 
 def run_demo(scenario: str = "bad-migration", *, keep: bool = False,
              timeout: float = DEFAULT_TIMEOUT, out: TextIO | None = None,
-             live: bool | None = None) -> int:
+             live: bool | None = None, record: Path | None = None) -> int:
     """The demo, from a fresh machine to its checks; its exit status."""
     chosen = SCENARIOS.get(scenario)
     if chosen is None:
@@ -810,7 +845,8 @@ def run_demo(scenario: str = "bad-migration", *, keep: bool = False,
         return EXIT_CANNOT_RUN
     previous = signal.signal(signal.SIGTERM, _sigterm_interrupts)
     try:
-        return Demo(chosen, keep=keep, timeout=timeout, out=out, live=live).run().code
+        return Demo(chosen, keep=keep, timeout=timeout, out=out, live=live,
+                    record=record).run().code
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -823,8 +859,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave everything running and print how to reach it")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds rollbackd gets from the deploy to the resolved incident")
+    parser.add_argument("--record", type=Path, help="record rollbackd's engine to this file")
     args = parser.parse_args(argv)
-    return run_demo(args.scenario, keep=args.keep, timeout=args.timeout)
+    return run_demo(args.scenario, keep=args.keep, timeout=args.timeout, record=args.record)
 
 
 if __name__ == "__main__":

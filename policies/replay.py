@@ -23,6 +23,15 @@ to 0 (like a deploy begin) and leaves the deploy nothing to roll back to until t
 ``simulate`` invents no runbook events: without them, it assumes every automatic rollback it
 decides is carried out at the moment of the decision, for the rate limit only, and an incident
 still never has a second automatic rollback.
+
+A line may say ``"at"``: the time the engine is given for it when that differs from ``t``, the
+step the line belongs to (lines are ordered, and decided, by ``t``). A recording of the daemon
+(``rollbackd run --record``) needs it: a cycle feeds its samples, then the events journaled
+since the last cycle, each at its own time (earlier, or a moment later), and decides once at
+the cycle's time::
+
+    {"t": 1000.9, "signals": {"http.error_ratio": 0.01}}
+    {"t": 1000.9, "at": 1000.4, "event": {"type": "deploy", "phase": "begin", "version": "v2"}}
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ class ReplayLine:
     t: float
     signals: Mapping[str, float | None] | None
     event: Mapping[str, Any] | None
+    at: float | None = None
+    """The time the engine is given for the line, when not ``t``."""
 
 
 def _signals(raw: Any, line: int) -> dict[str, float | None]:
@@ -105,14 +116,18 @@ def parse_line(raw: str | bytes, line: int) -> ReplayLine | None:
     t = data.get("t")
     if not isinstance(t, int | float) or not is_number(t) or t < 0:
         raise ReplayError(line, '"t" must be a number of seconds >= 0')
-    extra = set(data) - {"t", "signals", "event"}
+    extra = set(data) - {"t", "at", "signals", "event"}
     if extra:
         raise ReplayError(line, f"unknown key {excerpt(sorted(extra)[0])}")
     if ("signals" in data) == ("event" in data):
         raise ReplayError(line, 'a line has either "signals" or "event"')
+    at = data.get("at")
+    if "at" in data and (not isinstance(at, int | float) or not is_number(at) or at < 0):
+        raise ReplayError(line, '"at" must be a number of seconds >= 0')
+    fed = None if at is None else float(at)
     if "signals" in data:
-        return ReplayLine(float(t), _signals(data["signals"], line), None)
-    return ReplayLine(float(t), None, _event(data["event"], line))
+        return ReplayLine(float(t), _signals(data["signals"], line), None, fed)
+    return ReplayLine(float(t), None, _event(data["event"], line), fed)
 
 
 def parse_replay(lines: Iterable[str | bytes]) -> Iterator[ReplayLine]:
@@ -145,10 +160,11 @@ def run(policy: Policy, lines: Iterable[ReplayLine], mode: str = "auto") -> Iter
         if current is not None and line.t != current:
             yield from engine.decide(current)
         current = line.t
+        at = line.t if line.at is None else line.at
         if line.signals is not None:
-            engine.observe(line.t, line.signals)
+            engine.observe(at, line.signals)
         elif line.event is not None:
-            engine.record(line.t, line.event)
+            engine.record(at, line.event)
     if current is not None:
         yield from engine.decide(current)
 

@@ -55,7 +55,10 @@ def load_demo() -> ModuleType | None:
               help="Leave everything running at the end and print how to reach it.")
 @click.option("--timeout", default="90s", show_default=True, callback=duration_param,
               help="How long rollbackd gets from the deploy to the resolved incident.")
-def demo(scenario: str, keep: bool, timeout: float) -> None:
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run rollbackd with --record FILE; at the end write its decisions to "
+                   "FILE.decisions.jsonl and its policy to FILE.policy.toml, for simulate.")
+def demo(scenario: str, keep: bool, timeout: float, record: Path | None) -> None:
     """Ship a bad release of the example app and watch rollbackd roll it back.
 
     Starts a throwaway PostgreSQL, the example app v1 with data and live traffic, and
@@ -64,9 +67,13 @@ def demo(scenario: str, keep: bool, timeout: float) -> None:
     every row written before the deploy is there and those after it are kept, and prints the
     incident report. Everything it started is stopped at the end (unless --keep) and on
     Ctrl-C.
+
+    With --record FILE, `rollbackd simulate --policy FILE.policy.toml --replay FILE` takes
+    the decisions FILE.decisions.jsonl lists.
     """
     module = load_demo()
     if module is None:
         fail(NEEDS_CHECKOUT, EXIT_USAGE)
-    code: int = module.run_demo(scenario, keep=keep, timeout=timeout)
+    extra = {} if record is None else {"record": record}
+    code: int = module.run_demo(scenario, keep=keep, timeout=timeout, **extra)
     sys.exit(code)

@@ -14,11 +14,15 @@ from daemon.logs import configure_logging
 
 @click.command()
 @config_option
+@click.option("--record", "record", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append what the decision engine is fed to FILE, as a replay that "
+                   "`rollbackd simulate` steps to the daemon's own decisions.")
 @click.pass_context
-def run(ctx: click.Context, config_file: Path | None) -> None:
+def run(ctx: click.Context, config_file: Path | None, record: Path | None) -> None:
     """Run the daemon: probe, export metrics, notify systemd (the systemd service's ExecStart)."""
     from daemon.journal import Journal, JournalError, StateDirError
     from daemon.service.loop import Daemon, ListenError, bind_listener
+    from daemon.service.recorder import Recorder, RecordError
 
     path, config, policy = load_with_policy(ctx, config_file)
     configure_logging(config.daemon.log_format)
@@ -28,11 +32,17 @@ def run(ctx: click.Context, config_file: Path | None) -> None:
         fail(f"{path}: daemon.state_dir: {exc}")
     except JournalError as exc:
         fail(str(exc), EXIT_FAILED)
+    recorder = None
+    if record is not None:
+        try:
+            recorder = Recorder.open(record, policy)
+        except RecordError as exc:
+            fail(f"--record: {exc}")
     try:
         listener = bind_listener(config.daemon.listen_host, config.daemon.listen_port)
     except ListenError as exc:
         fail(f"{path}: daemon.listen: {exc}")
-    daemon = Daemon(path, config, policy, journal)
+    daemon = Daemon(path, config, policy, journal, recorder=recorder)
     sys.exit(asyncio.run(daemon.run(listener)))
 
 

@@ -38,6 +38,7 @@ from daemon.service.intake import Intake
 from daemon.service.live import LiveRecord, live_routes
 from daemon.service.metrics import Metrics
 from daemon.service.probeset import ProbeSet, build_probes
+from daemon.service.recorder import Recorder
 from daemon.service.sd_notify import Notifier
 from daemon.service.status_line import describe
 from policies.engine import Decision, Engine
@@ -133,7 +134,7 @@ class Daemon:
     """
 
     def __init__(self, config_path: Path, config: Config, policy: Policy, journal: Journal,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, recorder: Recorder | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.policy = policy
@@ -144,6 +145,7 @@ class Daemon:
         self.metrics.track_policy(policy)
         self.live = LiveRecord()  # the live page's signal history, backups and drill
         self.engine = Engine(policy, config.daemon.mode, journal.last_incident())
+        self.recorder = recorder  # before the catch-up: its events are fed to the engine too
         self._event_cursor = self._catch_up(time.time())
         self._last_step = 0.0
         self._data_safety_read = -DATA_SAFETY_EVERY
@@ -298,6 +300,8 @@ class Daemon:
             await self.probes.aclose()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.recorder is not None:
+                self.recorder.close()
         self.log.info("stopped")
         return 0
 
@@ -403,7 +407,12 @@ class Daemon:
                   and d.action in ROLLBACKS and now - d.t < cooldown]
         self.engine.remember_auto_rollbacks(d.t for d in recent)
         latest = self.journal.incidents(limit=1)
-        if not latest or latest[0].state != "open":
+        open_incident = bool(latest) and latest[0].state == "open"
+        if self.recorder is not None and (recent or open_incident):
+            self.log.warning("the recording cannot hold the open incident or the automatic "
+                             "rollbacks taken back from the journal: simulate starts without "
+                             "them", recording=str(self.recorder.path))
+        if not open_incident:
             return
         summary = latest[0]
         lines = self.journal.decisions(limit=1000, incident=summary.incident)
@@ -423,6 +432,8 @@ class Daemon:
             self.log.error("ignoring a malformed journal event", event_id=event.id,
                            error=str(exc))
             return
+        if self.recorder is not None:
+            self.recorder.event(t, event.payload, self.engine)
         payload = event.payload
         if not catching_up and payload.get("type") == "deploy" and payload.get("phase") == "begin":
             # Journal the baselines frozen at this deploy: a restart could not recompute them.
@@ -436,6 +447,8 @@ class Daemon:
         """One engine step: this cycle's samples, the events journaled since the last one."""
         now = max(now, self._last_step)  # the wall clock may step back; the engine may not
         self.engine.observe(now, values)
+        if self.recorder is not None:
+            self.recorder.signals(now, values, self.engine)
         events: list[JournalEvent] = []
         if self._journal_usable():
             try:
@@ -720,6 +733,8 @@ class Daemon:
             # Timers and the open incident start afresh under a new policy; say so.
             self.log.warning("policy changed; rule timers restart", policy=policy.path,
                              open_incident=self.engine.incident is not None)
+            if self.recorder is not None:
+                self.recorder.stop("the policy or the mode changed: a replay runs one engine")
             self.policy = policy
             self.executor.runbooks = policy.all_runbooks()
             self.engine = Engine(policy, new.daemon.mode, self.journal.last_incident())
