@@ -36,6 +36,8 @@ NOT_IN_THE_DAEMON = (
     "examples",
     # incident reports: imported on the first report request
     "daemon.ops.reports", "daemon.runbooks.reports",
+    # psutil: at the first process probe or restart; smtplib: at the first e-mail page
+    "psutil", "smtplib",
     # optional imports of structlog, httpx (its command line) and httpcore
     "rich", "pygments", "trio",
 )
