@@ -102,6 +102,22 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)
 
 
+@functools.cache
+def _no_ca_context() -> ssl.SSLContext:
+    # Verifies certificates and host names like any client context, but trusts no CA: a TLS
+    # connection through it fails closed instead of going unchecked.
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def tls_context_for(url: str, follow_redirects: bool) -> ssl.SSLContext:
+    """The TLS context for a client of ``url``: the verifying one (``tls_context``), except
+    for a client that can only ever speak plain HTTP (an http:// URL and no redirects), which
+    gets one that trusts no CA, so a daemon probing plain HTTP never loads the CA bundle."""
+    if url.lower().startswith("http://") and not follow_redirects:
+        return _no_ca_context()
+    return tls_context()
+
+
 def redact_url(url: str) -> str:
     """``url`` with any ``user:password@`` replaced, for logs and terminals."""
     scheme, sep, rest = url.partition("://")

@@ -30,7 +30,7 @@ from probes.base import (
     Notes,
     one_line,
     starved_of_descriptors,
-    tls_context,
+    tls_context_for,
 )
 from probes.settings import HttpProbeSettings
 
@@ -103,7 +103,7 @@ class HttpProbe:
             max_redirects=MAX_REDIRECTS,
             # Proxy variables of the daemon's environment must not reroute health checks.
             trust_env=False,
-            verify=tls_context(),
+            verify=tls_context_for(self._url, settings.follow_redirects),
             headers={"User-Agent": "rollbackd-http-probe", **settings.header_values()},
             cookies=_cookie_jar_keeping_nothing(),
         )

@@ -12,9 +12,12 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import psutil
+# psutil is imported where a process is looked at: the daemon imports this module for its
+# app controller even when it neither probes a process nor restarts one.
+if TYPE_CHECKING:
+    import psutil
 
 from policies.samples import Reading
 from probes.base import NO_NOTES, Notes
@@ -112,6 +115,8 @@ def find_by_cmdline(argv: list[str]) -> Identity | None:
     Workers forked from the main process share its argv: the main one is the match whose
     parent is not a match, and the oldest of those if there are still several.
     """
+    import psutil
+
     matches: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline", "status"]):
         if proc.info["cmdline"] == argv and proc.info["status"] != psutil.STATUS_ZOMBIE:
@@ -132,6 +137,8 @@ def observe(pid: int, not_before: float | None = None) -> Snapshot | None:
     ``not_before``: a process started later than this (plus slack) is a stranger that reused
     a stale pid, and is treated as absent.
     """
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import httpx
 
 from policies.samples import Reading
-from probes.base import NO_NOTES, Notes, redact_url, tls_context
+from probes.base import NO_NOTES, Notes, redact_url, tls_context_for
 from probes.settings import PrometheusProbeSettings
 
 # The query's own evaluation deadline is set a little under ours so that Prometheus reports a
@@ -81,8 +81,9 @@ class PrometheusProbe:
         self.name = settings.name
         self.timeout = settings.timeout
         self.endpoint = str(settings.url).rstrip("/") + "/api/v1/query"
-        self._client = httpx.AsyncClient(timeout=settings.timeout, trust_env=False,
-                                         follow_redirects=False, verify=tls_context())
+        self._client = httpx.AsyncClient(
+            timeout=settings.timeout, trust_env=False, follow_redirects=False,
+            verify=tls_context_for(self.endpoint, follow_redirects=False))
 
     def signals(self) -> list[str]:
         return [self.settings.signal]

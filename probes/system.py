@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import psutil
-
 from policies.samples import Reading
 from probes.base import Notes
 from probes.settings import SystemProbeSettings
@@ -51,6 +49,8 @@ def min_disk_free_ratio(paths: Sequence[Path]) -> tuple[float | None, list[str]]
 
 
 def memory_available_ratio() -> float | None:
+    import psutil  # here: the daemon imports every probe's module, configured or not
+
     memory = psutil.virtual_memory()
     if memory.total <= 0:
         return None

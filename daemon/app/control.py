@@ -24,8 +24,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-import psutil
-
 from daemon.app.result import StepResult
 from daemon.config import CommandControl, Control, ProcessControl, SystemdControl
 from daemon.fmt import excerpt
@@ -393,6 +391,8 @@ class ProcessController(AppController):
 
 def _alive(target: Identity) -> bool:
     """Whether that very process (pid and start time) is still there and not a zombie."""
+    import psutil  # here: only a restart looks at processes (see probes/process.py)
+
     try:
         proc = psutil.Process(target.pid)
         return proc.create_time() == target.started and proc.status() != psutil.STATUS_ZOMBIE
@@ -402,6 +402,8 @@ def _alive(target: Identity) -> bool:
 
 def _send(target: Identity, sig: signal.Signals) -> str | None:
     """Send ``sig`` to exactly that process; an error line, or ``None`` (sent, or gone)."""
+    import psutil
+
     try:
         proc = psutil.Process(target.pid)
         if proc.create_time() != target.started:

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import click
 
-from daemon.config import Config, ConfigError, load_config, load_policy, resolve_path
-from daemon.db.backups import Progress as ProgressCallback
-from daemon.ops.common import OpsError
-from daemon.paging.templates import require_templates
-
+# Only click at the top: the ``rollbackd`` group imports this module before it knows which verb
+# runs, and ``rollbackd run`` must choose what the daemon process imports (daemon/cli/__init__).
 if TYPE_CHECKING:
+    from daemon.config import Config
+    from daemon.db.backups import Progress as ProgressCallback
     from policies.policy import Policy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,6 +51,8 @@ def render(result: Renderable, as_json: bool) -> None:
 def render_outcome(operation: Callable[[], Renderable], as_json: bool) -> None:
     """Run one service operation and render its result; its refusal (``OpsError``) is the
     one line and exit 1 every verb gives."""
+    from daemon.ops.common import OpsError
+
     try:
         result = operation()
     except OpsError as exc:
@@ -82,6 +83,8 @@ def json_option(help_text: str = "Print one JSON document.") -> Callable[[F], F]
 
 
 def load_or_fail(ctx: click.Context, given: Path | None) -> tuple[Path, Config]:
+    from daemon.config import ConfigError, load_config, resolve_path
+
     path = resolve_path(given or ctx.obj.get("config_file"))
     try:
         return path, load_config(path)
@@ -98,6 +101,9 @@ def load_with_database(ctx: click.Context, given: Path | None) -> tuple[Path, Co
 
 
 def load_with_policy(ctx: click.Context, given: Path | None) -> tuple[Path, Config, Policy]:
+    from daemon.config import ConfigError, load_policy
+    from daemon.paging.templates import require_templates
+
     path, config = load_or_fail(ctx, given)
     try:
         require_templates(config, path)

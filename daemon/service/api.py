@@ -30,8 +30,6 @@ from daemon.ops.operator import (
     record_resume,
 )
 from daemon.ops.paging import AckError, acknowledge
-from daemon.ops.reports import report_facts
-from daemon.runbooks.reports import current_report
 from daemon.service.intake import RETRY_AFTER, Intake, IntakeFullError
 from daemon.service.metrics import Metrics
 from policies.policy import Policy
@@ -274,6 +272,11 @@ class Api:
         """The incident's report (``?format=json``, the default, or ``md``), made again first
         when missing or stale: the journal is read here, in the loop; the rest (databases
         compared for the data window, files written) in a worker thread."""
+        # Imported on the first request: reports are asked for after an incident, and the daemon
+        # should not carry their code (about 1.5 MB) until then.
+        from daemon.ops.reports import report_facts
+        from daemon.runbooks.reports import current_report
+
         number = _incident_number(request)
         form = request.query_params.get("format", "json")
         if form not in ("json", "md"):

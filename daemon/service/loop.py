@@ -266,7 +266,7 @@ class Daemon:
             build_app(self, self.metrics.registry, api_routes(self), live_routes(self)),
             log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
-            http=GuardedH11Protocol,
+            http=GuardedH11Protocol, ws="none",  # no websockets: uvicorn need not import wsproto
             # asyncio accepts up to ``backlog`` sockets in one go before any protocol sees
             # them: uvicorn's 2048 would run past the descriptor limit in a flood.
             backlog=ACCEPT_BATCH,

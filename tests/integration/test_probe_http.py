@@ -205,16 +205,30 @@ async def test_a_tick_cut_short_leaves_the_probe_unknown_in_the_aggregate(
     assert aggregate_http([healthy])["http.up"] is None
 
 
-def test_every_http_client_shares_one_verifying_tls_context() -> None:
+def test_every_https_client_shares_one_verifying_tls_context() -> None:
     import ssl
 
     from probes.base import tls_context
 
-    first = HttpProbe(settings("http://127.0.0.1:1/", name="a"))
-    second = HttpProbe(settings("http://127.0.0.1:1/", name="b"))
+    first = HttpProbe(settings("https://127.0.0.1:1/", name="a"))
+    second = HttpProbe(settings("https://127.0.0.1:1/", name="b"))
+    redirected = HttpProbe(settings("http://127.0.0.1:1/", name="c", follow_redirects=True))
     context = tls_context()
     assert context is tls_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    for probe in (first, second):
+    for probe in (first, second, redirected):
         transport = probe._client._transport
         assert transport._pool._ssl_context is context  # type: ignore[attr-defined]
+
+
+def test_a_plain_http_client_without_redirects_gets_a_context_that_trusts_no_ca() -> None:
+    import ssl
+
+    from probes.base import tls_context
+
+    probe = HttpProbe(settings("http://127.0.0.1:1/", name="plain"))
+    context = probe._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context is not tls_context()
+    # Any TLS through it would still be verified, and fail: it fails closed, not open.
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] == 0

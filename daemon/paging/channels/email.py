@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import smtplib
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -78,6 +77,8 @@ class EmailChannel:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def _send_blocking(self, mail: EmailMessage) -> str:
+        import smtplib  # at the first e-mail page: a daemon that sends none never needs it
+
         server = f"{self.host}:{self.port}"
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
