@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -40,15 +43,82 @@ def assert_all_gone(out: str) -> None:
             httpx.get(url, timeout=2)
 
 
-def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row() -> None:
-    result = subprocess.run([*ROLLBACKD, "demo"], capture_output=True, text=True, timeout=240,
-                            cwd=ROOT, check=False)
-    out = result.stdout
+DEFAULT_SCENARIO = "bad-migration"
 
-    assert result.returncode == 0, out + result.stderr
+
+class DemoRun:
+    """``rollbackd demo`` started in the background, its output to files; the default
+    scenario is run as the README runs it, without ``--scenario``."""
+
+    def __init__(self, scenario: str) -> None:
+        args = [] if scenario == DEFAULT_SCENARIO else ["--scenario", scenario]
+        self.out: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
+        self.err: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115
+        self.process = subprocess.Popen([*ROLLBACKD, "demo", *args],
+                                        stdout=self.out, stderr=self.err, text=True, cwd=ROOT)
+
+    def result(self) -> tuple[int, str, str]:
+        """Its exit status, stdout and stderr once it ends (240 s at most)."""
+        returncode = self.process.wait(timeout=240)
+        self.out.seek(0)
+        self.err.seek(0)
+        return returncode, self.out.read(), self.err.read()
+
+    def finish(self) -> None:
+        """Ctrl-C it (the demo then stops what it started) if it still runs; close its files."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.out.close()
+        self.err.close()
+
+
+SCENARIO_OF = {
+    "test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row": "bad-migration",
+    "test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end": "error-spike",
+    "test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back": "slow-release",
+}
+"""The full demo run each test below checks."""
+
+
+@pytest.fixture(scope="module")
+def demos(request: pytest.FixtureRequest) -> Iterator[dict[str, DemoRun]]:
+    """The full demo runs of the tests selected in this module, all started at once at first
+    use: each demo has its own PostgreSQL, app and rollbackd on ports of their own and spends
+    most of its half-minute waiting on its timeline, so side by side they take about as long
+    as the longest one alone."""
+    wanted = sorted({SCENARIO_OF[item.originalname] for item in request.session.items
+                     if isinstance(item, pytest.Function) and item.module is request.module
+                     and item.originalname in SCENARIO_OF})
+    started: dict[str, DemoRun] = {}
+    try:
+        for scenario in wanted:
+            started[scenario] = DemoRun(scenario)
+        yield started
+    finally:
+        for run in started.values():
+            run.finish()
+
+
+def run_demo(demos: dict[str, DemoRun], scenario: str) -> str:
+    returncode, out, err = demos[scenario].result()
+    assert returncode == 0, out + err
+    assert "NOT MET" not in out
+    assert out.rstrip().endswith("demo: stopped everything it started")
+    assert_all_gone(out)
+    return out
+
+
+def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, "bad-migration")
+
     for check in CHECKS:
         assert f"demo: verified {check}: " in out, f"{check} not verified:\n{out}"
-    assert "NOT MET" not in out
     assert "v2's migration failed: rollbackd deploy run exited 1" in out
     assert re.search(r"incident 1 open: migration_failed \(critical\) -> immediate_rollback "
                      r"\[auto\]", out)
@@ -56,23 +126,11 @@ def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row() -> None:
     assert re.search(r"demo: verified rows written after the deploy: \d+ acknowledged; the \d+ "
                      r"the restore undid are kept in visionforge_rolledback_", out), out
     assert f"demo: all {len(CHECKS)} checks verified" in out
-    assert out.rstrip().endswith("demo: stopped everything it started")
-    assert_all_gone(out)
 
 
-def run_demo(scenario: str) -> str:
-    result = subprocess.run([*ROLLBACKD, "demo", "--scenario", scenario], capture_output=True,
-                            text=True, timeout=240, cwd=ROOT, check=False)
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
-    assert "NOT MET" not in out
-    assert out.rstrip().endswith("demo: stopped everything it started")
-    assert_all_gone(out)
-    return out
-
-
-def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end() -> None:
-    out = run_demo("error-spike")
+def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, "error-spike")
     assert re.search(r"incident 1: app_compromised -> planned_rollback \[auto\]", out), out
     assert re.search(r"demo: verified runbook: run 1 planned_rollback succeeded", out), out
     for check in ("v1 serving", "database restored", "incident resolved",
@@ -80,8 +138,9 @@ def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end() ->
         assert f"demo: verified {check}: " in out, f"{check} not verified:\n{out}"
 
 
-def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back() -> None:
-    out = run_demo("slow-release")
+def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, "slow-release")
     assert re.search(r"incident 1: performance_degraded -> evaluate \[auto\]", out), out
     assert "demo: verified a person paged: " in out, out
     assert "decide with: rollbackd decide 1" in out
