@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -44,25 +45,42 @@ def assert_all_gone(out: str) -> None:
 
 
 DEFAULT_SCENARIO = "bad-migration"
+CTRL_C = "ctrl-c"
+"""The default demo, interrupted with SIGINT once it prints that live traffic runs."""
 
 
 class DemoRun:
-    """``rollbackd demo`` started in the background, its output to files; the default
-    scenario is run as the README runs it, without ``--scenario``."""
+    """``rollbackd demo`` started in the background; its stdout read as it comes. The default
+    scenario is run as the README runs it, without ``--scenario``. ``interrupt_at``: send
+    SIGINT (Ctrl-C) as soon as a line of stdout contains it (stderr then goes to stdout too,
+    as on a terminal)."""
 
-    def __init__(self, scenario: str) -> None:
+    def __init__(self, scenario: str, interrupt_at: str | None = None) -> None:
         args = [] if scenario == DEFAULT_SCENARIO else ["--scenario", scenario]
-        self.out: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
-        self.err: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115
-        self.process = subprocess.Popen([*ROLLBACKD, "demo", *args],
-                                        stdout=self.out, stderr=self.err, text=True, cwd=ROOT)
+        self.interrupt_at = interrupt_at
+        self.err: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
+        self.process = subprocess.Popen(
+            [*ROLLBACKD, "demo", *args], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stderr=subprocess.STDOUT if interrupt_at else self.err)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        interrupted = False
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if self.interrupt_at and not interrupted and self.interrupt_at in line:
+                self.process.send_signal(signal.SIGINT)
+                interrupted = True
 
     def result(self) -> tuple[int, str, str]:
         """Its exit status, stdout and stderr once it ends (240 s at most)."""
         returncode = self.process.wait(timeout=240)
-        self.out.seek(0)
+        self.reader.join(timeout=10)
         self.err.seek(0)
-        return returncode, self.out.read(), self.err.read()
+        return returncode, "".join(self.lines), self.err.read()
 
     def finish(self) -> None:
         """Ctrl-C it (the demo then stops what it started) if it still runs; close its files."""
@@ -73,7 +91,7 @@ class DemoRun:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.out.close()
+        self.reader.join(timeout=10)
         self.err.close()
 
 
@@ -81,23 +99,25 @@ SCENARIO_OF = {
     "test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row": "bad-migration",
     "test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end": "error-spike",
     "test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back": "slow-release",
+    "test_ctrl_c_stops_everything_the_demo_started": CTRL_C,
 }
-"""The full demo run each test below checks."""
+"""The demo run each test below checks."""
 
 
 @pytest.fixture(scope="module")
 def demos(request: pytest.FixtureRequest) -> Iterator[dict[str, DemoRun]]:
-    """The full demo runs of the tests selected in this module, all started at once at first
-    use: each demo has its own PostgreSQL, app and rollbackd on ports of their own and spends
-    most of its half-minute waiting on its timeline, so side by side they take about as long
-    as the longest one alone."""
+    """The demo runs of the tests selected in this module, all started at once at first use:
+    each demo has its own PostgreSQL, app and rollbackd on ports of their own and spends most
+    of its half-minute waiting on its timeline, so side by side they take about as long as
+    the longest one alone."""
     wanted = sorted({SCENARIO_OF[item.originalname] for item in request.session.items
                      if isinstance(item, pytest.Function) and item.module is request.module
                      and item.originalname in SCENARIO_OF})
     started: dict[str, DemoRun] = {}
     try:
         for scenario in wanted:
-            started[scenario] = DemoRun(scenario)
+            started[scenario] = (DemoRun(DEFAULT_SCENARIO, interrupt_at="live traffic:")
+                                 if scenario == CTRL_C else DemoRun(scenario))
         yield started
     finally:
         for run in started.values():
@@ -149,25 +169,11 @@ def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back(
     assert "demo: verified runbook" not in out and "demo: verified database restored" not in out
 
 
-def test_ctrl_c_stops_everything_the_demo_started() -> None:
-    demo = subprocess.Popen([*ROLLBACKD, "demo"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    lines: list[str] = []
-    try:
-        assert demo.stdout is not None
-        for line in demo.stdout:
-            lines.append(line)
-            if "live traffic:" in line:
-                break
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-    out = "".join(lines) + rest
+def test_ctrl_c_stops_everything_the_demo_started(demos: dict[str, DemoRun]) -> None:
+    returncode, out, _ = demos[CTRL_C].result()  # stderr is in out
 
-    assert demo.returncode == 130, out
+    assert returncode == 130, out
+    assert "live traffic:" in out  # interrupted there, not before
     assert "interrupted: stopping everything the demo started" in out
     assert out.rstrip().endswith("demo: stopped everything it started")
     assert_all_gone(out)
