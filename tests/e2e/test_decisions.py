@@ -28,6 +28,7 @@ from tests.harness.replays import (
     fixture_names,
     mismatches,
     policy_for,
+    rollbackd_many,
 )
 
 pytestmark = pytest.mark.e2e
@@ -104,8 +105,6 @@ class Run:
     stderr: str
 
 
-
-
 def simulate(policy: str, replay: Path, fmt: str = "jsonl", mode: str = "auto") -> Run:
     """The real CLI in a child process, as a user runs it."""
     done = rollbackd("simulate", "--policy", policy, "--replay", str(replay), "--format", fmt,
@@ -113,9 +112,14 @@ def simulate(policy: str, replay: Path, fmt: str = "jsonl", mode: str = "auto") 
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def simulate_fixture(name: str, fmt: str) -> Run:
-    fmt = "jsonl" if fmt == "again" else fmt
-    return simulate(policy_for(name), REPLAYS / f"{name}.jsonl", fmt, MODES.get(name, "auto"))
+def simulate_args(name: str, fmt: str) -> list[str]:
+    return ["simulate", "--policy", policy_for(name), "--replay", str(REPLAYS / f"{name}.jsonl"),
+            "--format", fmt, "--mode", MODES.get(name, "auto")]
+
+
+def simulate_alone(name: str) -> Run:
+    """A fixture's jsonl run in a child process of its own."""
+    return simulate(policy_for(name), REPLAYS / f"{name}.jsonl", "jsonl", MODES.get(name, "auto"))
 
 
 DETERMINISM = ["rate_limit", "database_outage_outranks_errors", "unknown_holds_timer", "paused"]
@@ -123,16 +127,19 @@ DETERMINISM = ["rate_limit", "database_outage_outranks_errors", "unknown_holds_t
 
 @pytest.fixture(scope="module")
 def runs() -> dict[tuple[str, str], Run]:
-    """Every fixture through the CLI once per format, and a few a second time ("again");
-    the children run side by side to save time."""
+    """Every fixture through the CLI once per format, and a few a second time ("again").
+
+    The jsonl and table runs go through the console script's entry point one after another
+    in one child process (the interpreter's start-up is most of a short simulate's time);
+    each "again" run is a process of its own, so that the determinism check compares two
+    processes (two hash seeds) and would also see one run leaking state into the next."""
     jobs = [(name, fmt) for name in fixture_names() for fmt in ("jsonl", "table")]
-    jobs += [(name, "again") for name in DETERMINISM]
+    batch = rollbackd_many([simulate_args(name, fmt) for name, fmt in jobs])
+    found = {job: Run(*result) for job, result in zip(jobs, batch, strict=True)}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = pool.map(lambda job: simulate_fixture(*job), jobs)
-        return dict(zip(jobs, results, strict=True))
-
-
-
+        again = list(pool.map(simulate_alone, DETERMINISM))
+    found.update({(name, "again"): run for name, run in zip(DETERMINISM, again, strict=True)})
+    return found
 
 
 def procedures() -> list[Any]:

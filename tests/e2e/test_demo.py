@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -40,15 +44,101 @@ def assert_all_gone(out: str) -> None:
             httpx.get(url, timeout=2)
 
 
-def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row() -> None:
-    result = subprocess.run([*ROLLBACKD, "demo"], capture_output=True, text=True, timeout=240,
-                            cwd=ROOT, check=False)
-    out = result.stdout
+DEFAULT_SCENARIO = "bad-migration"
+CTRL_C = "ctrl-c"
+"""The default demo, interrupted with SIGINT once it prints that live traffic runs."""
 
-    assert result.returncode == 0, out + result.stderr
+
+class DemoRun:
+    """``rollbackd demo`` started in the background; its stdout read as it comes. The default
+    scenario is run as the README runs it, without ``--scenario``. ``interrupt_at``: send
+    SIGINT (Ctrl-C) as soon as a line of stdout contains it (stderr then goes to stdout too,
+    as on a terminal)."""
+
+    def __init__(self, scenario: str, interrupt_at: str | None = None) -> None:
+        args = [] if scenario == DEFAULT_SCENARIO else ["--scenario", scenario]
+        self.interrupt_at = interrupt_at
+        self.err: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
+        self.process = subprocess.Popen(
+            [*ROLLBACKD, "demo", *args], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stderr=subprocess.STDOUT if interrupt_at else self.err)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        interrupted = False
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if self.interrupt_at and not interrupted and self.interrupt_at in line:
+                self.process.send_signal(signal.SIGINT)
+                interrupted = True
+
+    def result(self) -> tuple[int, str, str]:
+        """Its exit status, stdout and stderr once it ends (240 s at most)."""
+        returncode = self.process.wait(timeout=240)
+        self.reader.join(timeout=10)
+        self.err.seek(0)
+        return returncode, "".join(self.lines), self.err.read()
+
+    def finish(self) -> None:
+        """Ctrl-C it (the demo then stops what it started) if it still runs; close its files."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.reader.join(timeout=10)
+        self.err.close()
+
+
+SCENARIO_OF = {
+    "test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row": "bad-migration",
+    "test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end": "error-spike",
+    "test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back": "slow-release",
+    "test_ctrl_c_stops_everything_the_demo_started": CTRL_C,
+}
+"""The demo run each test below checks."""
+
+
+@pytest.fixture(scope="module")
+def demos(request: pytest.FixtureRequest) -> Iterator[dict[str, DemoRun]]:
+    """The demo runs of the tests selected in this module, all started at once at first use:
+    each demo has its own PostgreSQL, app and rollbackd on ports of their own and spends most
+    of its half-minute waiting on its timeline, so side by side they take about as long as
+    the longest one alone."""
+    wanted = sorted({SCENARIO_OF[item.originalname] for item in request.session.items
+                     if isinstance(item, pytest.Function) and item.module is request.module
+                     and item.originalname in SCENARIO_OF})
+    started: dict[str, DemoRun] = {}
+    try:
+        for scenario in wanted:
+            started[scenario] = (DemoRun(DEFAULT_SCENARIO, interrupt_at="live traffic:")
+                                 if scenario == CTRL_C else DemoRun(scenario))
+        yield started
+    finally:
+        for run in started.values():
+            run.finish()
+
+
+def run_demo(demos: dict[str, DemoRun], scenario: str) -> str:
+    returncode, out, err = demos[scenario].result()
+    assert returncode == 0, out + err
+    assert "NOT MET" not in out
+    assert out.rstrip().endswith("demo: stopped everything it started")
+    assert_all_gone(out)
+    return out
+
+
+def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, "bad-migration")
+
     for check in CHECKS:
         assert f"demo: verified {check}: " in out, f"{check} not verified:\n{out}"
-    assert "NOT MET" not in out
     assert "v2's migration failed: rollbackd deploy run exited 1" in out
     assert re.search(r"incident 1 open: migration_failed \(critical\) -> immediate_rollback "
                      r"\[auto\]", out)
@@ -56,23 +146,11 @@ def test_the_demo_rolls_back_a_bad_migration_and_verifies_every_row() -> None:
     assert re.search(r"demo: verified rows written after the deploy: \d+ acknowledged; the \d+ "
                      r"the restore undid are kept in visionforge_rolledback_", out), out
     assert f"demo: all {len(CHECKS)} checks verified" in out
-    assert out.rstrip().endswith("demo: stopped everything it started")
-    assert_all_gone(out)
 
 
-def run_demo(scenario: str) -> str:
-    result = subprocess.run([*ROLLBACKD, "demo", "--scenario", scenario], capture_output=True,
-                            text=True, timeout=240, cwd=ROOT, check=False)
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
-    assert "NOT MET" not in out
-    assert out.rstrip().endswith("demo: stopped everything it started")
-    assert_all_gone(out)
-    return out
-
-
-def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end() -> None:
-    out = run_demo("error-spike")
+def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, "error-spike")
     assert re.search(r"incident 1: app_compromised -> planned_rollback \[auto\]", out), out
     assert re.search(r"demo: verified runbook: run 1 planned_rollback succeeded", out), out
     for check in ("v1 serving", "database restored", "incident resolved",
@@ -80,8 +158,9 @@ def test_sustained_errors_after_a_release_are_a_planned_rollback_end_to_end() ->
         assert f"demo: verified {check}: " in out, f"{check} not verified:\n{out}"
 
 
-def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back() -> None:
-    out = run_demo("slow-release")
+def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, "slow-release")
     assert re.search(r"incident 1: performance_degraded -> evaluate \[auto\]", out), out
     assert "demo: verified a person paged: " in out, out
     assert "decide with: rollbackd decide 1" in out
@@ -90,25 +169,11 @@ def test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back() 
     assert "demo: verified runbook" not in out and "demo: verified database restored" not in out
 
 
-def test_ctrl_c_stops_everything_the_demo_started() -> None:
-    demo = subprocess.Popen([*ROLLBACKD, "demo"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    lines: list[str] = []
-    try:
-        assert demo.stdout is not None
-        for line in demo.stdout:
-            lines.append(line)
-            if "live traffic:" in line:
-                break
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-    out = "".join(lines) + rest
+def test_ctrl_c_stops_everything_the_demo_started(demos: dict[str, DemoRun]) -> None:
+    returncode, out, _ = demos[CTRL_C].result()  # stderr is in out
 
-    assert demo.returncode == 130, out
+    assert returncode == 130, out
+    assert "live traffic:" in out  # interrupted there, not before
     assert "interrupted: stopping everything the demo started" in out
     assert out.rstrip().endswith("demo: stopped everything it started")
     assert_all_gone(out)

@@ -27,7 +27,10 @@ pytestmark = pytest.mark.e2e
 
 ROLLBACKD = [sys.executable, "-m", "daemon"]
 
-# Every entry of this index takes 20 ms to compute: pg_restore spends seconds building it.
+# An index whose every entry takes 20 ms to compute keeps pg_restore busy in its post-data
+# step for SLOW_ROWS x 20 ms = 1.5 s: the test sees it start (polling every 50 ms) and kills
+# rollbackd well inside it. Each restore of the restore point builds it in full again.
+SLOW_ROWS = 75
 SLOW_INDEX = """
 CREATE FUNCTION slow_key(v bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS
 $$ BEGIN PERFORM pg_sleep(0.02); RETURN v; END $$;
@@ -58,7 +61,7 @@ def write_config(tmp_path: Path, dsn: str) -> Path:
 def test_a_killed_in_place_restore_takes_pg_restore_with_it_and_the_rerun_names_its_backup(
         pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
     name = str(dbname_of(pg_db))
-    seed_visionforge(pg_db, images=150)
+    seed_visionforge(pg_db, images=SLOW_ROWS)
     run(pg_db, SLOW_INDEX)
     store = store_in(tmp_path / "backups")
     rp = store.create(pg_db, "restore_point")

@@ -23,8 +23,10 @@ from tests.harness.servers import PgCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# An index whose every entry takes 20 ms to compute keeps pg_restore busy for a few seconds
-# in its post-data step: long enough to kill rollbackd while it runs.
+# An index whose every entry takes 20 ms to compute keeps pg_restore busy in its post-data
+# step for SLOW_ROWS x 20 ms = 1.5 s: the test sees it start (polling every 50 ms) and kills
+# rollbackd well inside it. Each restore of the restore point builds it in full again.
+SLOW_ROWS = 75
 SLOW_INDEX = """
 CREATE FUNCTION slow_key(v bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS
 $$ BEGIN PERFORM pg_sleep(0.02); RETURN v; END $$;
@@ -101,9 +103,9 @@ def _kill_when_restoring(proc: Proc, cluster: PgCluster, database_like: str,
 
 def slow_restore_point_and_later_writes(
         pg_db: str, tmp_path: Path) -> tuple[Manifest, dict[str, tuple[int, str | None]], Path]:
-    """A restore point whose restore takes seconds (SLOW_INDEX), rows deleted after it, the
+    """A restore point whose restore takes over a second (SLOW_INDEX), rows deleted after it, the
     tables' checksums as they are now, and a config: what a killed restore must not change."""
-    seed_visionforge(pg_db, images=150)
+    seed_visionforge(pg_db, images=SLOW_ROWS)
     run(pg_db, SLOW_INDEX)
     rp = store_in(tmp_path / "backups").create(pg_db, "restore_point")
     run(pg_db, "DELETE FROM images WHERE id <= 10")

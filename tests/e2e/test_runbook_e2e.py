@@ -17,7 +17,7 @@ import pytest
 
 from daemon.config import load_config
 from daemon.db.backups import BackupStore
-from probes.pg import with_dbname
+from probes.pg import dbname_of, with_dbname
 from tests.harness.cli import rollbackd
 from tests.harness.data import restore_into_fresh_database, run, scalar, table_checksums
 from tests.harness.paths import APP_DIR
@@ -28,11 +28,19 @@ from tests.harness.servers import PgCluster, require_binary, wait_for
 pytestmark = pytest.mark.e2e
 
 START_DELAY = 3
-"""The app's start command waits this long first: the run then lasts several cycles."""
+"""The app's start command waits this long first: the run then lasts several cycles (only
+the test that counts the cycles while a run goes needs that)."""
 
 
 @pytest.fixture
 def host(pg_db: str, tmp_path: Path) -> Iterator[Host]:
+    found = rollback_host(pg_db, tmp_path)
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def slow_starting_host(pg_db: str, tmp_path: Path) -> Iterator[Host]:
     found = rollback_host(pg_db, tmp_path, start_delay=START_DELAY)
     yield found
     found.close()
@@ -42,7 +50,9 @@ def metric(url: str, name: str, **labels: str) -> float | None:
     return scrape(url).get((name, tuple(sorted(labels.items()))))
 
 
-def test_a_failed_migration_is_rolled_back_by_the_daemon_end_to_end(host: Host) -> None:
+def test_a_failed_migration_is_rolled_back_by_the_daemon_end_to_end(
+        slow_starting_host: Host) -> None:
+    host = slow_starting_host
     daemon: Proc = start_daemon(host.config)
     try:
         url = daemon_url(host.config)
@@ -130,7 +140,9 @@ def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(
         restored = table_checksums(host.dsn, manifest)
         assert {name: count for name, (count, _) in restored.items()} == {
             t.qualified: t.rows for t in manifest.tables}
-        reference = restore_into_fresh_database(pg_cluster, store, manifest, "rp_reference")
+        # A name of this test's own on the shared cluster (other tests make references too).
+        reference = restore_into_fresh_database(pg_cluster, store, manifest,
+                                                f"{dbname_of(host.dsn)}_reference")
         assert restored == table_checksums(reference, manifest)
         # The row written after the deploy is in the kept copy, and counted in the report.
         assert scalar(host.dsn,
