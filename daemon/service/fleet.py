@@ -56,6 +56,11 @@ WATCH_EVERY = 0.25
 ALIVE_HEARTBEATS = 3
 """A host whose heartbeat is older than this many heartbeats is gone (for resolving)."""
 
+STALE_PENDING = 30.0
+"""Seconds (beyond ALIVE_HEARTBEATS heartbeats, for the hosts' clocks) after which an
+incident still ``pending`` with the lock free was opened by a host that died before taking
+the lock: another host does the database part."""
+
 
 def database_part(plan: Sequence[str], steps: Sequence[RunStep]) -> str | None:
     """Where a run's database steps stand: ``done`` (each ended ok or skipped), ``failed``
@@ -144,6 +149,8 @@ class Fleet:
         self._problem: str | None = None
         self._followers: dict[int, tuple[RunRequest, int]] = {}
         """Follower runs launched, by id(request): (the request, the fleet incident)."""
+        self._leaders: dict[int, tuple[RunRequest, int]] = {}
+        """Runs launched to do a stale incident's database part, likewise."""
         self._incidents: dict[int, int] = {}
         """Local incident -> fleet incident, for the pages' identity."""
         self._runs: dict[int, int] = {}
@@ -225,6 +232,18 @@ class Fleet:
         if incident.db_state == "restoring" and not view.lock_held:
             await self._take_over(incident)
             return
+        if incident.db_state == "pending" and not view.lock_held and self._stale(incident):
+            runbook = runbooks.get(incident.runbook)
+            if runbook is not None:
+                stale = RunRequest(
+                    runbook, None, incident.scenario, incident.action,
+                    f"fleet {self.name} incident {incident.id} was opened by "
+                    f"{incident.opened_by}, which never began its database part: {self.host} "
+                    "does it", "rollbackd")
+                self._leaders[id(stale)] = (stale, incident.id)
+                if not launch(stale)[0]:
+                    self._leaders.pop(id(stale), None)
+            return
         if not view.mine_pending or incident.db_state not in FINAL:
             return
         if incident.db_state == "failed":
@@ -234,7 +253,7 @@ class Fleet:
                            fleet_incident=incident.describe())
             return
         request = self._follower_request(incident, None, runbooks)
-        if request is None:
+        if request is None:  # its runbook is not this host's
             await asyncio.to_thread(self.db.set_code_state, incident.id, "failed")
             self.log.error("the fleet incident's runbook is not defined on this host",
                            runbook=incident.runbook, fleet_incident=incident.id)
@@ -245,6 +264,10 @@ class Fleet:
             self._followers.pop(id(request), None)
             self.log.warning("cannot follow the fleet incident yet", incident=incident.id,
                              why=why)
+
+    def _stale(self, incident: FleetIncident) -> bool:
+        return time.time() - incident.updated_at > (self.heartbeat * ALIVE_HEARTBEATS
+                                                    + STALE_PENDING)
 
     def _follower_request(self, incident: FleetIncident, base: RunRequest | None,
                           runbooks: Mapping[str, Runbook]) -> RunRequest | None:
@@ -269,7 +292,7 @@ class Fleet:
         except LockError:
             return  # another host took it first (or the lost one is back)
         try:
-            current = await asyncio.to_thread(self._under_lock_incident, lock, incident.id)
+            current = await asyncio.to_thread(self.db.incident, incident.id)
             if current is None or current.db_state != "restoring":
                 return
             self.log.error("the host doing the fleet's database part was lost; observing "
@@ -283,9 +306,6 @@ class Fleet:
                 self._page_failed(settled)
         finally:
             await asyncio.to_thread(lock.release)
-
-    def _under_lock_incident(self, lock: FleetLock, incident_id: int) -> FleetIncident | None:
-        return self.db.incident(incident_id)
 
     def _observe(self) -> tuple[SwapRecovery | None, str | None]:
         """The database as a lost host left it: a swap cut short completed or reverted."""
@@ -318,6 +338,12 @@ class Fleet:
         follower = self._followers.pop(id(request), None)
         if follower is not None:
             return await self._follow(request, follower[1], executor)
+        leading = self._leaders.pop(id(request), None)
+        if leading is not None:
+            stale = await asyncio.to_thread(self.db.incident, leading[1])
+            if stale is None or not stale.open:
+                return None
+            return await self._lead_or_follow(request, stale, executor, try_lead=True)
         manifest = None
         with contextlib.suppress(JournalError):
             deploy = self.journal.latest_deploy(self.config.app_name)
@@ -330,19 +356,29 @@ class Fleet:
                                   f"may restore the shared database runs: {exc}") from None
         if request.incident is not None:
             self._incidents[request.incident] = incident.id
-        lock: FleetLock | None = None
-        if opened or (incident.db_state == "pending" and incident.opened_by == self.host):
+        mine = opened or (incident.db_state == "pending" and incident.opened_by == self.host)
+        return await self._lead_or_follow(request, incident, executor, try_lead=mine)
+
+    async def _lead_or_follow(self, request: RunRequest, incident: FleetIncident,
+                              executor: Executor, *, try_lead: bool) -> RunResult | None:
+        """Lead (take the lock; the database part is still ``pending`` under it) or follow."""
+        if try_lead:
             try:
                 lock = await asyncio.to_thread(self.db.lock, f"incident {incident.id}")
             except LockError as exc:
                 self.log.warning("another host holds the fleet's lock; following",
                                  error=str(exc), fleet_incident=incident.id)
-        if lock is None:
-            self.log.warning("following the fleet incident", fleet_incident=incident.describe())
-            base = self._follower_request(incident, request, {})
-            assert base is not None
-            return await self._follow(base, incident.id, executor, wait=True)
-        return await self._lead(request, incident, lock, executor)
+            else:
+                # Read again under the lock: another host may have taken it over meanwhile.
+                current = await asyncio.to_thread(self.db.incident, incident.id)
+                if current is not None and current.db_state == "pending":
+                    return await self._lead(request, current, lock, executor)
+                await asyncio.to_thread(lock.release)
+                incident = current or incident
+        self.log.warning("following the fleet incident", fleet_incident=incident.describe())
+        base = self._follower_request(incident, request, {})
+        assert base is not None
+        return await self._follow(base, incident.id, executor, wait=True)
 
     def _open(self, scenario: str, action: str, runbook: str,
               restore_point: str | None) -> tuple[FleetIncident, bool]:
@@ -365,6 +401,8 @@ class Fleet:
             log.warning("leading the fleet incident: this host does its database part",
                         db_state=state)
             task = asyncio.create_task(executor.run(request))
+            await asyncio.sleep(0)  # the run journals itself (and a first page) at once
+            self._note_run(executor, request, incident.id)
             if not settled:
                 await self._watch(task, request, incident, lock, executor, log)
                 settled = True
@@ -380,6 +418,12 @@ class Fleet:
         self._runs[result.run.id] = incident.id
         await self._done(incident.id, result.ok)
         return result
+
+    def _note_run(self, executor: Executor, request: RunRequest, incident_id: int) -> None:
+        """The run's pages go out under the fleet incident's identity."""
+        current = executor.current
+        if current is not None and current.request is request and current.run is not None:
+            self._runs[current.run.id] = incident_id
 
     async def _watch(self, task: asyncio.Task[RunResult], request: RunRequest,
                      incident: FleetIncident, lock: FleetLock, executor: Executor,
@@ -433,8 +477,10 @@ class Fleet:
                 log.error("the fleet's database part failed: this host's code and "
                           "configuration are not rolled back")
                 return None
-        result = await executor.run(request)
-        self._runs[result.run.id] = incident_id
+        task = asyncio.create_task(executor.run(request))
+        await asyncio.sleep(0)
+        self._note_run(executor, request, incident_id)
+        result = await task
         await self._done(incident_id, result.ok)
         log.warning("followed the fleet incident", run=result.run.id,
                     status=result.run.status, state=result.state)
