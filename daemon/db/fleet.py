@@ -112,10 +112,12 @@ class FleetError(Exception):
 
 
 def fleet_key(fleet: str) -> int:
-    """The fleet's advisory lock key: a signed bigint derived from its name (distinct from the
-    restore's own ``ROLLBACK_LOCK_KEY``, which the restore takes on a session of its own)."""
+    """The fleet's advisory lock key: a bigint derived from its name (distinct from the
+    restore's own ``ROLLBACK_LOCK_KEY``, which the restore takes on a session of its own).
+    Never negative: pg_locks shows a key's halves as oids, which a negative high half is not
+    (looking for the holder would fail)."""
     digest = hashlib.blake2b(f"rollbackd fleet {fleet}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def can_move(current: str, new: str) -> bool:

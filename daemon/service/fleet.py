@@ -297,7 +297,14 @@ class Fleet:
                 return
             self.log.error("the host doing the fleet's database part was lost; observing "
                            "what it left", fleet_incident=current.describe())
-            swap, problem = await asyncio.to_thread(self._observe)
+            try:
+                swap, problem = await asyncio.to_thread(self._observe)
+            except LockError as exc:
+                # The restore's own lock is still held: the lost host's sessions are still
+                # ending, or a restore runs by hand. Nothing is decided; the next look retries.
+                self.log.warning("the restore lock is held; observing the database again at "
+                                 "the next look", error=str(exc))
+                return
             state, note, facts = lost_verdict(current, self.host, swap, problem)
             settled = await asyncio.to_thread(lock.set_db_state, current.id, state, note,
                                               facts)
@@ -308,10 +315,11 @@ class Fleet:
             await asyncio.to_thread(lock.release)
 
     def _observe(self) -> tuple[SwapRecovery | None, str | None]:
-        """The database as a lost host left it: a swap cut short completed or reverted."""
+        """The database as a lost host left it: a swap cut short completed or reverted
+        (LockError while a restore's lock is held)."""
         try:
             return recover_interrupted_swap(RestoreOptions.from_config(self.config)), None
-        except (RestoreError, LockError) as exc:
+        except RestoreError as exc:
             return None, str(exc)
 
     def _page_failed(self, incident: FleetIncident) -> None:

@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,23 @@ def ended_runs(host: Host) -> list[Run]:
 
 
 def outputs(daemons: list[Proc]) -> str:
-    return "\n".join(f"--- daemon {i}:\n{d.output()[-2500:]}" for i, d in enumerate(daemons))
+    """Each daemon's lines about the fleet, its warnings and errors, and its last lines."""
+    said = []
+    for i, daemon in enumerate(daemons):
+        lines = daemon.output().splitlines()
+        notable = [line for line in lines if '"fleet"' in line or '"level": "error"' in line
+                   or ('"level": "warning"' in line and '"event": "probe' not in line)]
+        said.append(f"--- daemon {i}:\n" + "\n".join([*notable[-40:], "...", *lines[-3:]]))
+    return "\n".join(said)
+
+
+def wait_for_hosts(predicate: Callable[[], object], timeout: float, what: str,
+                   daemons: list[Proc]) -> None:
+    """wait_for, failing with what the daemons said by then (not when the wait began)."""
+    try:
+        wait_for(predicate, timeout, what=what)
+    except BaseException:
+        pytest.fail(f"{what}:\n{outputs(daemons)}")
 
 
 def check_rolled_back_once(hosts: list[Host], fleet: str, context: str) -> None:
@@ -71,9 +88,9 @@ def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts
         try:
             leader, *followers = hosts
             bad_deploy(leader, followers)
-            wait_for(lambda: all(ended_runs(h) for h in hosts)
-                     and all(s == "done" for s in code_states(pg_db, fleet).values()), 60,
-                     what=f"every host to roll back ({outputs(daemons)})")
+            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
+                           and all(s == "done" for s in code_states(pg_db, fleet).values()),
+                           60, "every host to roll back", daemons)
             context = outputs(daemons)
             [led] = leader.journal.runs()
             assert (led.runbook, led.status) == (RUNBOOK, "succeeded"), (led, context)
@@ -105,19 +122,21 @@ def test_the_restoring_host_killed_mid_swap_is_taken_over_and_the_fleet_ends_rol
         daemons += [start_daemon(h.config) for h in followers]
         try:
             bad_deploy(leader, followers)
-            wait_for(lambda: f"test hold at {point}" in daemons[0].output(), 60, interval=0.05,
-                     what=f"the leader to reach {point} ({outputs(daemons)})")
+            wait_for_hosts(lambda: f"test hold at {point}" in daemons[0].output(), 60,
+                           f"the leader to reach {point}", daemons)
             os.kill(daemons[0].pid, signal.SIGKILL)
             daemons[0].popen.wait(10)
 
-            # Another host takes the lock over, completes the swap, and the others follow.
-            wait_for(lambda: all(ended_runs(h) for h in followers), 60,
-                     what=f"the followers to roll back ({outputs(daemons)})")
+            # Another host takes the lock over and completes the swap; the others follow.
+            wait_for_hosts(lambda: fleet_incidents(pg_db, fleet)[0].db_state != "restoring",
+                           60, "another host to settle the database part", daemons)
             [incident] = fleet_incidents(pg_db, fleet)
             context = f"{incident.describe()}\n{outputs(daemons)}"
             assert incident.db_state == "restored" and incident.db_host != "host0", context
             assert incident.facts["lost"] == "host0", context
             assert incident.facts["swap_outcome"] == "completed", context
+            wait_for_hosts(lambda: all(ended_runs(h) for h in followers), 60,
+                           "the followers to roll back", daemons)
             for host in followers:
                 [run] = host.journal.runs()
                 assert run.status == "succeeded", (run.summary, context)
@@ -125,8 +144,8 @@ def test_the_restoring_host_killed_mid_swap_is_taken_over_and_the_fleet_ends_rol
             # The lost host comes back: its run carries on after the swap completed for it.
             daemons[0].close()
             daemons[0] = start_daemon(leader.config)
-            wait_for(lambda: ended_runs(leader), 60,
-                     what=f"the leader's run to be recovered ({outputs(daemons)})")
+            wait_for_hosts(lambda: ended_runs(leader), 60, "the leader's run to be recovered",
+                           daemons)
             [led] = leader.journal.runs()
             context = f"{led.summary}\n{outputs(daemons)}"
             assert led.status == "succeeded", context
