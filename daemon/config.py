@@ -513,6 +513,26 @@ class PagingSettings(StrictModel):
         return [name for name in PAGING_CHANNELS if getattr(self, name) is not None]
 
 
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname() or "host"
+
+
+class FleetSettings(StrictModel):
+    """``[fleet]``: several app hosts on one database (DESIGN section 7). The hosts of one
+    fleet share a small ``rollbackd`` schema in the maintenance database: the first to decide
+    a rollback restores the database once, under the fleet's advisory lock; every host rolls
+    back its own code and configuration."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                      description="the fleet: letters, digits, _ . - (at most 63)")
+    id: str = Field(default_factory=_hostname, min_length=1, max_length=128,
+                    pattern=r"^[^\x00-\x1f]+$",
+                    description="this host in the fleet (default: the hostname)")
+    heartbeat: Duration = Field(default=5.0, ge=0.2, le=300, description="0.2s to 5m")
+
+
 class Config(StrictModel):
     daemon: DaemonSettings = DaemonSettings()
     app: AppSettings | None = None
@@ -521,6 +541,13 @@ class Config(StrictModel):
     probes: ProbesSettings = ProbesSettings()
     api: ApiSettings = ApiSettings()
     paging: PagingSettings = PagingSettings()
+    fleet: FleetSettings | None = None
+
+    @model_validator(mode="after")
+    def _fleet_needs_database(self) -> Config:
+        if self.fleet is not None and self.database is None:
+            raise ValueError("[fleet] needs [database]: the fleet coordinates through it")
+        return self
 
     @property
     def app_name(self) -> str:

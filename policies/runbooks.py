@@ -360,3 +360,36 @@ def with_tables(runbook: Runbook, tables: Sequence[str]) -> Runbook:
                         step("validate", checklist="database")]
     return Runbook(f"{runbook.name}[{','.join(tables)}]", tuple(steps),
                    runbook.description, runbook.labels)
+
+
+DATABASE_STEPS: tuple[str, ...] = ("restore_database", "safety_backup", "run_down_migration")
+"""The steps that change the database: in a fleet, one host runs them once for all."""
+
+FOLLOWER_DROPS: tuple[str, ...] = (*DATABASE_STEPS, "assess", "page", "notify")
+"""What a host following a fleet incident leaves out: the database part (another host did it
+once) and the notices (the host that did it pages; the others journal only)."""
+
+FOLLOWER_SUFFIX = "@fleet"
+
+
+def fleet_follower(runbook: Runbook) -> Runbook:
+    """The part of ``runbook`` a host that follows a fleet incident runs once the database is
+    restored: its own app, code and configuration, and the checks (stop and start app, roll
+    back code and config, validate, wait healthy, exec). Named ``<name>@fleet``, so a run
+    recovered after a crash is continued with these steps, not the whole runbook's."""
+    if runbook.name.endswith(FOLLOWER_SUFFIX):
+        return runbook
+    steps = tuple(s for s in runbook.steps if s.kind not in FOLLOWER_DROPS)
+    return Runbook(f"{runbook.name}{FOLLOWER_SUFFIX}", steps,
+                   f"{runbook.description} (a fleet follower's part: no database step, "
+                   "no page)".strip(), runbook.labels)
+
+
+def with_fleet_followers(runbooks: Mapping[str, Runbook]) -> dict[str, Runbook]:
+    """``runbooks`` and each one's follower part (what a recovered follower run may be
+    continued with)."""
+    found = dict(runbooks)
+    for runbook in runbooks.values():
+        follower = fleet_follower(runbook)
+        found.setdefault(follower.name, follower)
+    return found

@@ -102,6 +102,9 @@ class Outbox:
         self._standing: dict[str, Standing] = {}
         self._lock = asyncio.Lock()
         self._restored = False
+        self.fleet_alias: Callable[[Page], tuple[str, int] | None] | None = None
+        """Fleet mode: the (app, incident) a fleet incident's page goes out under, the same
+        from every host, so Alertmanager and PagerDuty see one alert."""
 
     @property
     def configured(self) -> tuple[str, ...]:
@@ -132,9 +135,11 @@ class Outbox:
     def message(self, page: Page, rendered: Rendered) -> Message:
         incident = (None if page.incident is None
                     else self.journal.incident(page.incident))
+        alias = None if self.fleet_alias is None else self.fleet_alias(page)
+        app, number = (self.app, page.incident) if alias is None else alias
         return Message(
-            dedup_key=page.dedup_key, alert_key=alert_key(self.app, page.incident, page.level),
-            app=self.app, incident=page.incident, level=page.level,
+            dedup_key=page.dedup_key, alert_key=alert_key(app, number, page.level),
+            app=app, incident=number, level=page.level,
             recipient=page.recipient or ("" if page.level == 0 else f"L{page.level}"),
             kind=page.template, severity=_severity(page, incident), title=rendered.title,
             text=rendered.text, labels=_labels(incident), event=page.event, sent_at=page.t)

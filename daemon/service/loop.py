@@ -28,6 +28,7 @@ from daemon.paging.templates import require_templates
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError
 from daemon.service.api import api_routes
+from daemon.service.fleet import Fleet
 from daemon.service.http import (
     GuardedH11Protocol,
     build_app,
@@ -159,6 +160,11 @@ class Daemon:
         self.pager = Pager(journal, config.app_name, config.paging)
         self.metrics.track_paging(config.paging.order)
         self._page_task: asyncio.Task[None] | None = None
+        # Fleet mode: the hosts sharing one database coordinate through it (daemon/service/
+        # fleet.py); a fleet incident's pages go out under the fleet's identity.
+        self.fleet = Fleet(config, journal) if config.fleet is not None else None
+        if self.fleet is not None:
+            self.outbox.fleet_alias = self.fleet.alias
         self._silences_read = -SILENCES_EVERY
         self._pages_counted: set[int] = set()
         self._stop = asyncio.Event()
@@ -351,6 +357,8 @@ class Daemon:
         self._log_probe_changes(outcomes)
         self._decide(now, values)
         self._page(now)
+        if self.fleet is not None:
+            self.fleet.tick(self._run_going, self._launch, self.policy.all_runbooks())
         self._refresh_data_safety()
         self._note_cut_connections()
         shown = self._as_decided(values)
@@ -651,9 +659,18 @@ class Daemon:
         self._run_task = loop.create_task(self._execute(request))
         return True, ""
 
+    def _run_going(self) -> bool:
+        return (self._run_task is not None and not self._run_task.done()) or self.executor.busy
+
     async def _execute(self, request: RunRequest) -> None:
         try:
-            result = await self.executor.run(request)
+            if self.fleet is not None:
+                ran = await self.fleet.run(request, self.executor)
+                if ran is None:
+                    return
+                result = ran
+            else:
+                result = await self.executor.run(request)
         except RunRefusedError as exc:
             self.executor.record_refusal(request, str(exc))
             self.log.error("runbook refused", runbook=request.runbook.name,
@@ -670,9 +687,14 @@ class Daemon:
         """The runs the journal has as running from before this start: continued from the
         interrupted step, or abandoned with a page (:mod:`daemon.runbooks.recovery`)."""
         try:
-            for result in await self.executor.recover(swap):
+            if self.fleet is not None:
+                swap = await self.fleet.before_recovery(self.executor, swap)
+            results = await self.executor.recover(swap)
+            for result in results:
                 self.log.warning("recovered run ended", run=result.run.id,
                                  status=result.run.status, state=result.state)
+            if self.fleet is not None:
+                await self.fleet.after_recovery(results)
         except Exception as exc:  # never let recovery take the daemon down
             self.log.error("recovery of unfinished runs failed",
                            error=one_line(exc, with_type=True),

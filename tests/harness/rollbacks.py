@@ -15,12 +15,13 @@ from subprocess import CompletedProcess
 import httpx
 
 from daemon.journal import Journal, Run
+from examples.apprun import answers
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
 from tests.harness.data import seed_visionforge
 from tests.harness.paths import APP_DIR
 from tests.harness.processes import Proc, start_app
-from tests.harness.servers import free_port
+from tests.harness.servers import free_port, wait_for
 
 POLICY = """\
 [guards]
@@ -74,17 +75,25 @@ class Host:
 
 
 def rollback_host(dsn: str, tmp_path: Path, *, action: str = "immediate_rollback",
-                  start_delay: float = 0, interval: str = "1s") -> Host:
+                  start_delay: float = 0, interval: str = "1s", address: str = "127.0.0.1",
+                  seed: bool = True, extra: str = "") -> Host:
     """The example app seeded in ``dsn`` and running (v1); a daemon config whose rule rolls
     a failed migration back with ``action``. ``start_delay``: seconds the app's start
-    command waits first. Close it with :meth:`Host.close`."""
-    seed_visionforge(dsn)
+    command waits first; ``address``: the loopback address the app and the daemon listen on
+    (several hosts on one machine); ``seed``: false when another host seeded ``dsn``;
+    ``extra``: more of the config (``[fleet]``). Close it with :meth:`Host.close`."""
+    if seed:
+        seed_visionforge(dsn)
     pidfile = tmp_path / "app.pid"
     port = free_port()
-    app, url = start_app(dsn, port=port, pidfile=pidfile)
     app_argv = [sys.executable, str(APP_DIR / "app.py"), "--dsn", dsn, "--host",
-                "127.0.0.1", "--port", str(port), "--pidfile", str(pidfile),
+                address, "--port", str(port), "--pidfile", str(pidfile),
                 "--release-version", "v1"]
+    if address == "127.0.0.1":
+        app, url = start_app(dsn, port=port, pidfile=pidfile)
+    else:
+        app, url = Proc(app_argv), f"http://{address}:{port}"
+        wait_for(lambda: answers(url), 20, what=f"the example app on {url} ({app.output()})")
     start = (["sh", "-c", f'sleep {start_delay}; exec "$0" "$@"', *app_argv] if start_delay
              else app_argv)
     policy = tmp_path / "policy.toml"
@@ -92,7 +101,7 @@ def rollback_host(dsn: str, tmp_path: Path, *, action: str = "immediate_rollback
     (tmp_path / "backups").mkdir()
     config = config_file(
         tmp_path,
-        daemon={"interval": interval, "listen": f"127.0.0.1:{free_port()}", "mode": "auto",
+        daemon={"interval": interval, "listen": f"{address}:{free_port()}", "mode": "auto",
                 "policy": policy, "log_format": "json"},
         app={"name": "visionforge",
              "control": {"adapter": "process", "pidfile": pidfile, "start": start,
@@ -112,7 +121,7 @@ name = "health"
 url = "{url}/health"
 timeout = "500ms"
 window = "2s"
-""")
+""" + extra)
     return Host(dsn, url, pidfile, config, Journal.in_state_dir(tmp_path / "state"), app)
 
 

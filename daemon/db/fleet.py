@@ -1,0 +1,376 @@
+"""The fleet's shared state: several app hosts on one PostgreSQL, each with its own rollbackd,
+coordinate through a small ``rollbackd`` schema in the maintenance database (DESIGN section 7:
+PostgreSQL itself coordinates; no home-made consensus).
+
+* ``rollbackd.fleet_incidents``: at most one open incident per fleet (a partial unique index
+  makes a second one impossible, whatever the race), its runbook and restore point, and the
+  state of its database part: ``pending`` (nothing done yet), ``restoring`` (a host holds the
+  fleet's lock and works on the database), ``restored`` (done, or nothing to restore: every
+  host may roll back its code), ``failed`` (not restored; the host that tried paged).
+* ``rollbackd.fleet_hosts``: each host's heartbeat, the incident it follows and how far its
+  own part went (``code_state``: pending, done, failed).
+* The database part of a rollback is done under ``pg_try_advisory_lock(fleet_key(fleet))``
+  held on a session of its own (:class:`FleetLock`); ``db_state`` changes only on that
+  session. A host that dies releases the lock with its session: ``restoring`` with the lock
+  free means the host doing it is gone, and the next host that takes the lock observes what
+  it left (:mod:`daemon.db.restore`'s recovery rules) instead of restoring again.
+
+Everything is synchronous with every wait bounded; the daemon calls it in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from daemon.db.admin import connect
+from daemon.locks import LockError, advisory_lock
+from probes.base import one_line
+
+SCHEMA = "rollbackd"
+SCHEMA_VERSION = 1
+
+DbState = Literal["pending", "restoring", "restored", "failed"]
+CodeState = Literal["pending", "done", "failed"]
+
+FINAL: tuple[DbState, ...] = ("restored", "failed")
+
+_MOVES: dict[str, tuple[str, ...]] = {
+    "pending": ("restoring", "restored", "failed"),
+    "restoring": ("restoring", "restored", "failed"),
+    "restored": (),
+    "failed": (),
+}
+"""db_state's moves: forward only (``restoring`` again: another host took over)."""
+
+_SCHEMA_LOCK = 0x726264666C656574
+"""``rbdfleet`` in ASCII: serialises the schema's creation by hosts starting together."""
+
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.fleet_incidents (
+    id bigserial PRIMARY KEY,
+    fleet text NOT NULL,
+    opened_by text NOT NULL,
+    scenario text NOT NULL,
+    action text NOT NULL,
+    runbook text NOT NULL,
+    restore_point text,
+    db_state text NOT NULL DEFAULT 'pending'
+        CHECK (db_state IN ('pending', 'restoring', 'restored', 'failed')),
+    db_host text,
+    note text NOT NULL DEFAULT '',
+    facts jsonb NOT NULL DEFAULT '{{}}',
+    opened_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS fleet_incidents_one_open
+    ON {SCHEMA}.fleet_incidents (fleet) WHERE resolved_at IS NULL;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.fleet_hosts (
+    fleet text NOT NULL,
+    host text NOT NULL,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    following bigint REFERENCES {SCHEMA}.fleet_incidents (id),
+    code_state text CHECK (code_state IN ('pending', 'done', 'failed')),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (fleet, host)
+);
+"""
+
+_INCIDENT_COLUMNS = """i.id, i.fleet, i.opened_by, i.scenario, i.action, i.runbook,
+    i.restore_point, i.db_state, i.db_host, i.note, extract(epoch FROM i.opened_at)::float8,
+    extract(epoch FROM i.updated_at)::float8, extract(epoch FROM i.resolved_at)::float8,
+    i.facts"""
+
+_LOCK_HELD = """EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = (%(key)s >> 32)::oid AND l.objid = (%(key)s & 4294967295)::oid
+    AND l.objsubid = 1)"""
+
+_LOOK = f"""
+WITH beat AS (
+    INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host) VALUES (%(fleet)s, %(host)s)
+    ON CONFLICT (fleet, host) DO UPDATE SET heartbeat_at = now()
+    RETURNING h.following, h.code_state
+)
+SELECT {_INCIDENT_COLUMNS}, (SELECT following FROM beat), (SELECT code_state FROM beat),
+       {_LOCK_HELD}
+FROM (SELECT 1) AS one
+LEFT JOIN {SCHEMA}.fleet_incidents i ON i.fleet = %(fleet)s AND i.resolved_at IS NULL
+"""
+
+
+class FleetError(Exception):
+    """The fleet's state cannot be read or written; ``str()`` is one line naming why."""
+
+
+def fleet_key(fleet: str) -> int:
+    """The fleet's advisory lock key: a bigint derived from its name (distinct from the
+    restore's own ``ROLLBACK_LOCK_KEY``, which the restore takes on a session of its own).
+    Never negative: pg_locks shows a key's halves as oids, which a negative high half is not
+    (looking for the holder would fail)."""
+    digest = hashlib.blake2b(f"rollbackd fleet {fleet}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def can_move(current: str, new: str) -> bool:
+    return new in _MOVES.get(current, ())
+
+
+@dataclass(frozen=True, slots=True)
+class FleetIncident:
+    id: int
+    fleet: str
+    opened_by: str
+    scenario: str
+    action: str
+    runbook: str
+    restore_point: str | None
+    db_state: DbState
+    db_host: str | None
+    """The host that did (or does) the database part."""
+    note: str
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None
+    facts: dict[str, Any]
+    """What the database part found (a swap a host completed after another was lost)."""
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None
+
+    def describe(self) -> str:
+        by = f" by {self.db_host}" if self.db_host else ""
+        return (f"fleet {self.fleet} incident {self.id} ({self.scenario} -> {self.action}, "
+                f"opened by {self.opened_by}): database {self.db_state}{by}"
+                + (f" ({self.note})" if self.note else ""))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "fleet": self.fleet, "opened_by": self.opened_by,
+                "scenario": self.scenario, "action": self.action, "runbook": self.runbook,
+                "restore_point": self.restore_point, "db_state": self.db_state,
+                "db_host": self.db_host, "note": self.note, "opened_at": self.opened_at,
+                "updated_at": self.updated_at, "resolved_at": self.resolved_at,
+                "facts": self.facts}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """One look at the fleet (:meth:`FleetDb.look`): its open incident, what this host
+    follows, and whether some session holds the fleet's lock."""
+
+    incident: FleetIncident | None
+    following: int | None
+    code_state: CodeState | None
+    lock_held: bool
+
+    @property
+    def mine_pending(self) -> bool:
+        """This host follows the open incident and has not done its part."""
+        return (self.incident is not None and self.following == self.incident.id
+                and self.code_state == "pending")
+
+
+def _incident(row: tuple[Any, ...]) -> FleetIncident | None:
+    if row[0] is None:
+        return None
+    return FleetIncident(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
+                         str(row[5]), row[6], row[7], row[8], str(row[9]), float(row[10]),
+                         float(row[11]), None if row[12] is None else float(row[12]),
+                         dict(row[13] or {}))
+
+
+class FleetDb:
+    """The fleet's tables on the maintenance database, as host ``host`` of fleet ``fleet``
+    sees and changes them. Each call is one short session (bounded: connect, statement and
+    lock timeouts); :meth:`lock` holds a session of its own."""
+
+    def __init__(self, dsn: str, fleet: str, host: str, *, connect_timeout: float = 5.0,
+                 statement_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.fleet = fleet
+        self.host = host
+        self.key = fleet_key(fleet)
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+
+    def _session(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        return connect(self.dsn, connect_timeout=self.connect_timeout,
+                       statement_timeout=self.statement_timeout, lock_timeout=5.0,
+                       error=FleetError)
+
+    def ensure_schema(self) -> None:
+        """Create the schema if it is missing (idempotent; hosts starting together wait for
+        each other); FleetError when it was written by a newer rollbackd."""
+        with self._session() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute(_DDL)
+            conn.execute(f"INSERT INTO {SCHEMA}.meta VALUES ('schema_version', %s) "
+                         "ON CONFLICT (key) DO NOTHING", (str(SCHEMA_VERSION),))
+            row = conn.execute(f"SELECT value FROM {SCHEMA}.meta "
+                               "WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+            if version > SCHEMA_VERSION:
+                raise FleetError(f"the {SCHEMA} schema in the maintenance database is version "
+                                 f"{version}, newer than this rollbackd's {SCHEMA_VERSION}: "
+                                 "upgrade rollbackd on this host")
+
+    def look(self) -> FleetView:
+        """The cycle's one query: this host's heartbeat, the fleet's open incident, what this
+        host follows, and whether the fleet's lock is held."""
+        with self._session() as conn:
+            row = conn.execute(_LOOK, {"fleet": self.fleet, "host": self.host,
+                                       "key": self.key}).fetchone()
+        assert row is not None
+        return FleetView(_incident(row), row[14], row[15], bool(row[16]))
+
+    def incident(self, incident_id: int) -> FleetIncident | None:
+        with self._session() as conn:
+            row = conn.execute(f"SELECT {_INCIDENT_COLUMNS} FROM {SCHEMA}.fleet_incidents i "
+                               "WHERE i.id = %s", (incident_id,)).fetchone()
+        return None if row is None else _incident(row)
+
+    def latest(self) -> FleetIncident | None:
+        """The fleet's newest incident, open or resolved."""
+        with self._session() as conn:
+            row = conn.execute(f"SELECT {_INCIDENT_COLUMNS} FROM {SCHEMA}.fleet_incidents i "
+                               "WHERE i.fleet = %s ORDER BY i.id DESC LIMIT 1",
+                               (self.fleet,)).fetchone()
+        return None if row is None else _incident(row)
+
+    def open_or_join(self, scenario: str, action: str, runbook: str,
+                     restore_point: str | None) -> tuple[FleetIncident, bool]:
+        """Open the fleet's incident, or join the one open; ``(incident, opened)``. One
+        transaction: opening it makes every host of the fleet follow it at once, so none
+        misses an incident that ends before its next look."""
+        with self._session() as conn, conn.transaction():
+            row = conn.execute(
+                f"INSERT INTO {SCHEMA}.fleet_incidents AS i (fleet, opened_by, scenario, "
+                "action, runbook, restore_point) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (fleet) WHERE resolved_at IS NULL DO NOTHING "
+                f"RETURNING {_INCIDENT_COLUMNS}",
+                (self.fleet, self.host, scenario, action, runbook, restore_point)).fetchone()
+            opened = row is not None
+            if row is None:
+                row = conn.execute(f"SELECT {_INCIDENT_COLUMNS} FROM {SCHEMA}.fleet_incidents i "
+                                   "WHERE i.fleet = %s AND i.resolved_at IS NULL",
+                                   (self.fleet,)).fetchone()
+                if row is None:  # resolved between the two statements: a new one is due
+                    raise FleetError(f"fleet {self.fleet}: the open incident was resolved "
+                                     "while joining it; try again")
+            found = _incident(row)
+            assert found is not None
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host, following, code_state) "
+                "VALUES (%s, %s, %s, 'pending') ON CONFLICT (fleet, host) DO UPDATE SET "
+                "following = excluded.following, code_state = 'pending', updated_at = now(), "
+                "heartbeat_at = now() WHERE h.following IS DISTINCT FROM excluded.following",
+                (self.fleet, self.host, found.id))
+            if opened:
+                conn.execute(
+                    f"UPDATE {SCHEMA}.fleet_hosts SET following = %s, code_state = 'pending', "
+                    "updated_at = now() WHERE fleet = %s AND host <> %s",
+                    (found.id, self.fleet, self.host))
+            return found, opened
+
+    def follow(self, incident_id: int) -> bool:
+        """Join ``incident_id`` (a host that comes up during it); False when it already
+        follows it."""
+        with self._session() as conn:
+            cur = conn.execute(
+                f"INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host, following, code_state) "
+                "VALUES (%s, %s, %s, 'pending') ON CONFLICT (fleet, host) DO UPDATE SET "
+                "following = excluded.following, code_state = 'pending', updated_at = now() "
+                "WHERE h.following IS DISTINCT FROM excluded.following",
+                (self.fleet, self.host, incident_id))
+            return cur.rowcount > 0
+
+    def set_code_state(self, incident_id: int, state: CodeState) -> None:
+        with self._session() as conn:
+            conn.execute(
+                f"UPDATE {SCHEMA}.fleet_hosts SET code_state = %s, updated_at = now() "
+                "WHERE fleet = %s AND host = %s AND following = %s",
+                (state, self.fleet, self.host, incident_id))
+
+    def hosts(self) -> list[tuple[str, int | None, str | None, float]]:
+        """``(host, following, code_state, seconds since its heartbeat)`` for every host."""
+        with self._session() as conn:
+            rows = conn.execute(
+                f"SELECT host, following, code_state, "
+                "extract(epoch FROM now() - heartbeat_at)::float8 "
+                f"FROM {SCHEMA}.fleet_hosts WHERE fleet = %s ORDER BY host",
+                (self.fleet,)).fetchall()
+        return [(str(h), f, c, float(age)) for h, f, c, age in rows]
+
+    def resolve_if_done(self, incident_id: int, alive_within: float) -> bool:
+        """Resolve the incident once its database part is over and no host alive (a heartbeat
+        within ``alive_within`` seconds) still has its part to do."""
+        with self._session() as conn:
+            cur = conn.execute(
+                f"UPDATE {SCHEMA}.fleet_incidents i SET resolved_at = now(), updated_at = now() "
+                "WHERE i.id = %(id)s AND i.resolved_at IS NULL "
+                "AND i.db_state IN ('restored', 'failed') AND NOT EXISTS ("
+                f"  SELECT 1 FROM {SCHEMA}.fleet_hosts h WHERE h.fleet = i.fleet "
+                "  AND h.following = i.id AND h.code_state = 'pending' "
+                "  AND h.heartbeat_at > now() - make_interval(secs => %(alive)s))",
+                {"id": incident_id, "alive": alive_within})
+            return cur.rowcount > 0
+
+    def lock(self, what: str) -> FleetLock:
+        """Take the fleet's lock on a session of its own; LockError naming the holder when
+        another session has it."""
+        return FleetLock(self, what)
+
+
+class FleetLock:
+    """The fleet's advisory lock, held on a session of its own until :meth:`release` (or
+    until this process dies: the server ends the session and frees the lock). ``db_state``
+    changes only on this session, so only the holder moves it."""
+
+    def __init__(self, db: FleetDb, what: str) -> None:
+        self.db = db
+        self._stack = contextlib.ExitStack()
+        self.conn: psycopg.Connection[Any] = self._stack.enter_context(advisory_lock(
+            db.dsn, f"fleet {db.fleet}: {what}", connect_timeout=db.connect_timeout,
+            key=db.key, name=f"fleet {db.fleet}'s database lock"))
+
+    def set_db_state(self, incident_id: int, state: DbState, note: str = "",
+                     facts: dict[str, Any] | None = None) -> FleetIncident:
+        """Move the incident's database state (forward only); FleetError when it cannot."""
+        try:
+            with self.conn.transaction():
+                row = self.conn.execute(
+                    f"SELECT db_state FROM {SCHEMA}.fleet_incidents WHERE id = %s FOR UPDATE",
+                    (incident_id,)).fetchone()
+                if row is None:
+                    raise FleetError(f"fleet incident {incident_id} does not exist")
+                if not can_move(str(row[0]), state):
+                    raise FleetError(f"fleet incident {incident_id}: its database state is "
+                                     f"{row[0]}, it cannot become {state}")
+                updated = self.conn.execute(
+                    f"UPDATE {SCHEMA}.fleet_incidents i SET db_state = %s, db_host = %s, "
+                    "note = %s, facts = %s, updated_at = now() WHERE i.id = %s "
+                    f"RETURNING {_INCIDENT_COLUMNS}",
+                    (state, self.db.host, note, Jsonb(facts or {}), incident_id)).fetchone()
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot set fleet incident {incident_id}'s database state: "
+                             f"{one_line(exc)}") from None
+        found = None if updated is None else _incident(updated)
+        assert found is not None
+        return found
+
+    def release(self) -> None:
+        self._stack.close()
+
+
+__all__ = ["FINAL", "SCHEMA", "SCHEMA_VERSION", "CodeState", "DbState", "FleetDb",
+           "FleetError", "FleetIncident", "FleetLock", "FleetView", "LockError", "can_move",
+           "fleet_key"]

@@ -1,0 +1,554 @@
+"""Fleet mode (``[fleet]``): this host's part in a rollback of several app hosts on one
+database (DESIGN section 7), on top of :mod:`daemon.db.fleet`.
+
+* A rollback this host's engine decides opens the fleet's incident, or joins the one open.
+  The host that opened it takes the fleet's lock and runs the whole runbook; the database
+  state (``restoring`` -> ``restored``/``failed``) is set as soon as its database steps are
+  over, and the lock released then.
+* Every other host follows: each cycle (at most every ``heartbeat``) one query says what is
+  open; once the database is ``restored`` the host runs the runbook's follower part
+  (:func:`policies.runbooks.fleet_follower`: its own app, code and configuration, no database
+  step, no page) and records its ``code_state``. The followers do not stop their app while
+  the database is restored: a follower runs only once the database part is over, so a fleet
+  whose database turns out unchanged never goes down as a whole; what they write meanwhile
+  lands in the kept copy, which the data window reports.
+* ``restoring`` with the lock free: the host doing it died (its session ended). The next host
+  whose look sees it takes the lock and observes the database by the recovery rules: a swap
+  cut short is completed (``restored``: every host follows) or reverted (``failed``: nothing
+  restored); nothing found is ``failed`` too (an in-place restore cut short, or a restore
+  that ended unrecorded: the state is not known). Never a second restore for one incident;
+  ``failed`` pages, from that host.
+* Pages: the pages of this host's runs for a fleet incident carry the fleet's identity (app =
+  the fleet's name, incident = the fleet incident's id: :meth:`Fleet.alias`), so Alertmanager
+  and PagerDuty see one alert whichever host sends it; followers page nothing of their own
+  but a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from daemon.config import Config
+from daemon.db.fleet import FINAL, DbState, FleetDb, FleetError, FleetIncident, FleetLock, FleetView
+from daemon.db.restore import RestoreError, RestoreOptions, SwapRecovery
+from daemon.db.restore.swap import recover_interrupted_swap
+from daemon.journal import Journal, JournalError, Page, RunStep
+from daemon.locks import LockError
+from daemon.logs import get_logger
+from daemon.runbooks.context import RunRequest
+from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
+from policies.runbooks import (
+    DATABASE_STEPS,
+    FOLLOWER_SUFFIX,
+    Runbook,
+    fleet_follower,
+    with_fleet_followers,
+)
+from probes.pg import with_dbname
+
+WATCH_EVERY = 0.25
+"""Seconds between two looks at the leader's run for the end of its database steps."""
+
+ALIVE_HEARTBEATS = 3
+"""A host whose heartbeat is older than this many heartbeats is gone (for resolving)."""
+
+STALE_PENDING = 30.0
+"""Seconds (beyond ALIVE_HEARTBEATS heartbeats, for the hosts' clocks) after which an
+incident still ``pending`` with the lock free was opened by a host that died before taking
+the lock: another host does the database part."""
+
+
+def database_part(plan: Sequence[str], steps: Sequence[RunStep]) -> str | None:
+    """Where a run's database steps stand: ``done`` (each ended ok or skipped), ``failed``
+    (one's last attempt failed) or None (not over yet). A plan without database steps is
+    ``done`` at once."""
+    wanted = [i for i, kind in enumerate(plan, 1) if kind in DATABASE_STEPS]
+    latest: dict[int, RunStep] = {}
+    for s in steps:
+        if s.idx not in latest or s.attempt >= latest[s.idx].attempt:
+            latest[s.idx] = s
+    for index in wanted:
+        last = latest.get(index)
+        if last is None or last.ended_at is None:
+            return None
+        if last.outcome == "failed":
+            return "failed"
+    return "done"
+
+
+def lost_verdict(incident: FleetIncident, host: str, swap: SwapRecovery | None,
+                 problem: str | None) -> tuple[DbState, str, dict[str, Any]]:
+    """What a host that took the lock over from a lost one makes of the database:
+    ``(db_state, note, facts)``; the facts let the lost host, once back, continue its own
+    run after the restore that was completed for it."""
+    lost = incident.db_host or incident.opened_by
+    facts: dict[str, Any] = {"lost": lost, "observed_by": host}
+    if swap is not None:
+        facts.update({"swap_outcome": swap.outcome, "database": swap.database,
+                      "kept": swap.kept, "found": swap.found})
+    if problem is not None:
+        return "failed", (f"{lost} was lost during the database part; {host} could not "
+                          f"observe the database ({problem}): not restored again, look at "
+                          "it"), facts
+    if swap is not None and swap.applied and swap.outcome == "completed":
+        kept = f"; the data it replaced is kept in {swap.kept}" if swap.kept else ""
+        return "restored", (f"{lost} was lost during the restore; {host} completed its "
+                            f"swap{kept}"), facts
+    if swap is not None and swap.applied and swap.outcome == "reverted":
+        return "failed", (f"{lost} was lost during the restore; {host} reverted its swap: "
+                          "nothing was restored and a second restore is not started"), facts
+    if swap is not None and swap.needs_operator:
+        return "failed", (f"{lost} was lost during the restore; its swap needs a person: "
+                          f"{swap.advice}"), facts
+    return "failed", (f"{lost} was lost during the database part and no swap was found cut "
+                      "short: the database's state is not known (an in-place restore cut "
+                      "short, or a restore that ended unrecorded); look at it before anything "
+                      "restores it"), facts
+
+
+def completed_for(incident: FleetIncident | None, host: str) -> SwapRecovery | None:
+    """The swap another host completed for ``host`` after it was lost mid-restore, as the
+    recovery of ``host``'s own unfinished run reads it (None when there is none)."""
+    if incident is None:
+        return None
+    facts = incident.facts
+    if (facts.get("lost") != host or facts.get("swap_outcome") != "completed"
+            or incident.db_state != "restored" or not isinstance(facts.get("database"), str)):
+        return None
+    kept = facts.get("kept")
+    return SwapRecovery(database=facts["database"], state="swapped", outcome="completed",
+                        found=f"{incident.note} (fleet incident {incident.id})",
+                        live_holds="restored", kept=kept if isinstance(kept, str) else None,
+                        applied=True)
+
+
+class Fleet:
+    """This host's side of the fleet; the daemon calls :meth:`tick` from each cycle,
+    :meth:`run` for the runs it launches, and :meth:`before_recovery`/:meth:`after_recovery`
+    around the start-up recovery of unfinished runs."""
+
+    def __init__(self, config: Config, journal: Journal) -> None:
+        fleet, db = config.fleet, config.database
+        assert fleet is not None and db is not None
+        self.config = config
+        self.journal = journal
+        self.name = fleet.name
+        self.host = fleet.id
+        self.heartbeat = float(fleet.heartbeat)
+        self.db = FleetDb(with_dbname(db.dsn, db.maintenance_db), fleet.name, fleet.id,
+                          connect_timeout=float(db.connect_timeout))
+        self.log = get_logger().bind(app=config.app_name, fleet=fleet.name, host=fleet.id)
+        self.view: FleetView | None = None
+        self._schema = False
+        self._looked = -float("inf")
+        self._task: asyncio.Task[None] | None = None
+        self._problem: str | None = None
+        self._followers: dict[int, tuple[RunRequest, int]] = {}
+        """Follower runs launched, by id(request): (the request, the fleet incident)."""
+        self._leaders: dict[int, tuple[RunRequest, int]] = {}
+        """Runs launched to do a stale incident's database part, likewise."""
+        self._incidents: dict[int, int] = {}
+        """Local incident -> fleet incident, for the pages' identity."""
+        self._runs: dict[int, int] = {}
+        """Local run -> fleet incident."""
+        self._recovering: int | None = None
+        """The fleet incident unfinished runs found at start-up belong to."""
+
+    # -- pages ---------------------------------------------------------------------------
+
+    def alias(self, page: Page) -> tuple[str, int] | None:
+        """The identity a page of a fleet incident goes out under (the fleet's name and the
+        fleet incident), the same from every host; None for a page of this host alone."""
+        number = page.details.get("fleet_incident")
+        if not isinstance(number, int):
+            number = (self._incidents.get(page.incident) if page.incident is not None
+                      else None)
+            if number is None and page.run is not None:
+                number = self._runs.get(page.run)
+        return None if number is None else (self.name, number)
+
+    # -- each cycle ----------------------------------------------------------------------
+
+    def tick(self, busy: Callable[[], bool], launch: Callable[[RunRequest], tuple[bool, str]],
+             runbooks: Mapping[str, Runbook]) -> None:
+        """At most every ``heartbeat``: look at the fleet in the background (a slow database
+        must not hold up the cycle) and act on what is open."""
+        if self._task is not None and not self._task.done():
+            return
+        if time.monotonic() - self._looked < self.heartbeat:
+            return
+        self._looked = time.monotonic()
+        self._task = asyncio.create_task(self._look_and_act(busy, launch, runbooks))
+
+    async def _look_and_act(self, busy: Callable[[], bool],
+                            launch: Callable[[RunRequest], tuple[bool, str]],
+                            runbooks: Mapping[str, Runbook]) -> None:
+        try:
+            view = await asyncio.to_thread(self._look)
+        except FleetError as exc:
+            self._report_problem(str(exc))
+            return
+        self._report_problem(None)
+        self.view = view
+        incident = view.incident
+        if incident is None:
+            return
+        try:
+            await self._act(view, incident, busy, launch, runbooks)
+        except (FleetError, LockError, JournalError) as exc:
+            self.log.error("cannot take part in the fleet incident; trying again",
+                           incident=incident.id, error=str(exc))
+
+    def _look(self) -> FleetView:
+        if not self._schema:
+            self.db.ensure_schema()
+            self._schema = True
+        return self.db.look()
+
+    def _report_problem(self, problem: str | None) -> None:
+        if problem is not None and problem != self._problem:
+            self.log.error("cannot look at the fleet", error=problem)
+        elif problem is None and self._problem is not None:
+            self.log.info("looking at the fleet again")
+        self._problem = problem
+
+    async def _act(self, view: FleetView, incident: FleetIncident, busy: Callable[[], bool],
+                   launch: Callable[[RunRequest], tuple[bool, str]],
+                   runbooks: Mapping[str, Runbook]) -> None:
+        if incident.db_state in FINAL:
+            await asyncio.to_thread(self.db.resolve_if_done, incident.id,
+                                    self.heartbeat * ALIVE_HEARTBEATS)
+        if busy():
+            return  # this host's own run (leader or follower) takes care of it
+        if view.following != incident.id:
+            if await asyncio.to_thread(self.db.follow, incident.id):
+                self.log.warning("joined the fleet incident", incident=incident.id,
+                                 fleet_incident=incident.describe())
+            view = FleetView(incident, incident.id, "pending", view.lock_held)
+        if incident.db_state == "restoring" and not view.lock_held:
+            await self._take_over(incident)
+            return
+        if incident.db_state == "pending" and not view.lock_held and self._stale(incident):
+            runbook = runbooks.get(incident.runbook)
+            if runbook is not None:
+                stale = RunRequest(
+                    runbook, None, incident.scenario, incident.action,
+                    f"fleet {self.name} incident {incident.id} was opened by "
+                    f"{incident.opened_by}, which never began its database part: {self.host} "
+                    "does it", "rollbackd")
+                self._leaders[id(stale)] = (stale, incident.id)
+                if not launch(stale)[0]:
+                    self._leaders.pop(id(stale), None)
+            return
+        if not view.mine_pending or incident.db_state not in FINAL:
+            return
+        if incident.db_state == "failed":
+            await asyncio.to_thread(self.db.set_code_state, incident.id, "failed")
+            self.log.error("the fleet's database part failed: this host's code and "
+                           "configuration are not rolled back (the host that tried paged)",
+                           fleet_incident=incident.describe())
+            return
+        request = self._follower_request(incident, None, runbooks)
+        if request is None:  # its runbook is not this host's
+            await asyncio.to_thread(self.db.set_code_state, incident.id, "failed")
+            self.log.error("the fleet incident's runbook is not defined on this host",
+                           runbook=incident.runbook, fleet_incident=incident.id)
+            return
+        self._followers[id(request)] = (request, incident.id)
+        launched, why = launch(request)
+        if not launched:
+            self._followers.pop(id(request), None)
+            self.log.warning("cannot follow the fleet incident yet", incident=incident.id,
+                             why=why)
+
+    def _stale(self, incident: FleetIncident) -> bool:
+        return time.time() - incident.updated_at > (self.heartbeat * ALIVE_HEARTBEATS
+                                                    + STALE_PENDING)
+
+    def _follower_request(self, incident: FleetIncident, base: RunRequest | None,
+                          runbooks: Mapping[str, Runbook]) -> RunRequest | None:
+        name = incident.runbook.removesuffix(FOLLOWER_SUFFIX)
+        runbook = runbooks.get(name) if base is None else base.runbook
+        if runbook is None:
+            return None
+        reason = (f"fleet {self.name} incident {incident.id} (opened by "
+                  f"{incident.opened_by}): the database is {incident.db_state}"
+                  + (f" ({incident.note})" if incident.note else ""))
+        return RunRequest(fleet_follower(runbook), None if base is None else base.incident,
+                          incident.scenario, incident.action,
+                          reason if base is None else f"{reason}; {base.reason}",
+                          "rollbackd" if base is None else base.by,
+                          None if base is None else base.timeline_s)
+
+    # -- the database part, taken over from a host that was lost ---------------------------
+
+    async def _take_over(self, incident: FleetIncident) -> None:
+        try:
+            lock = await asyncio.to_thread(self.db.lock, f"incident {incident.id} taken over")
+        except LockError:
+            return  # another host took it first (or the lost one is back)
+        try:
+            current = await asyncio.to_thread(self.db.incident, incident.id)
+            if current is None or current.db_state != "restoring":
+                return
+            self.log.error("the host doing the fleet's database part was lost; observing "
+                           "what it left", fleet_incident=current.describe())
+            try:
+                swap, problem = await asyncio.to_thread(self._observe)
+            except LockError as exc:
+                # The restore's own lock is still held: the lost host's sessions are still
+                # ending, or a restore runs by hand. Nothing is decided; the next look retries.
+                self.log.warning("the restore lock is held; observing the database again at "
+                                 "the next look", error=str(exc))
+                return
+            state, note, facts = lost_verdict(current, self.host, swap, problem)
+            settled = await asyncio.to_thread(lock.set_db_state, current.id, state, note,
+                                              facts)
+            self.log.warning("fleet database part settled", fleet_incident=settled.describe())
+            if state == "failed":
+                self._page_failed(settled)
+        finally:
+            await asyncio.to_thread(lock.release)
+
+    def _observe(self) -> tuple[SwapRecovery | None, str | None]:
+        """The database as a lost host left it: a swap cut short completed or reverted
+        (LockError while a restore's lock is held)."""
+        try:
+            return recover_interrupted_swap(RestoreOptions.from_config(self.config)), None
+        except RestoreError as exc:
+            return None, str(exc)
+
+    def _page_failed(self, incident: FleetIncident) -> None:
+        line = (f"{self.name} fleet incident {incident.id} ({incident.scenario}): the database "
+                f"was NOT restored: {incident.note}")
+        try:
+            self.journal.add_page(
+                self.config.app_name, t=time.time(), incident=None, run=None, level=1,
+                template="emergency", summary=line,
+                details={"fleet": self.name, "fleet_incident": incident.id,
+                         "host": self.host, **incident.as_json()},
+                dedup_key=f"{self.name}/fleet-incident-{incident.id}/database-failed")
+        except JournalError as exc:
+            self.log.critical("CANNOT RECORD A PAGE", summary=line, error=str(exc))
+
+    # -- the runs the daemon launches ----------------------------------------------------
+
+    async def run(self, request: RunRequest, executor: Executor) -> RunResult | None:
+        """Carry out ``request`` as a host of the fleet: a follower run launched by
+        :meth:`tick`; otherwise this host's engine (or a person) decided a rollback: open or
+        join the fleet incident, then restore once (leader) or follow. None when nothing ran
+        (the database part failed elsewhere). RunRefusedError when the fleet cannot be read
+        (a rollback that might restore the database a second time does not run)."""
+        follower = self._followers.pop(id(request), None)
+        if follower is not None:
+            return await self._follow(request, follower[1], executor)
+        leading = self._leaders.pop(id(request), None)
+        if leading is not None:
+            stale = await asyncio.to_thread(self.db.incident, leading[1])
+            if stale is None or not stale.open:
+                return None
+            return await self._lead_or_follow(request, stale, executor, try_lead=True)
+        manifest = None
+        with contextlib.suppress(JournalError):
+            deploy = self.journal.latest_deploy(self.config.app_name)
+            manifest = None if deploy is None else deploy.restore_point
+        try:
+            incident, opened = await asyncio.to_thread(
+                self._open, request.scenario, request.action, request.runbook.name, manifest)
+        except FleetError as exc:
+            raise RunRefusedError(f"the fleet's state cannot be read, so no rollback that "
+                                  f"may restore the shared database runs: {exc}") from None
+        if request.incident is not None:
+            self._incidents[request.incident] = incident.id
+        mine = opened or (incident.db_state == "pending" and incident.opened_by == self.host)
+        return await self._lead_or_follow(request, incident, executor, try_lead=mine)
+
+    async def _lead_or_follow(self, request: RunRequest, incident: FleetIncident,
+                              executor: Executor, *, try_lead: bool) -> RunResult | None:
+        """Lead (take the lock; the database part is still ``pending`` under it) or follow."""
+        if try_lead:
+            try:
+                lock = await asyncio.to_thread(self.db.lock, f"incident {incident.id}")
+            except LockError as exc:
+                self.log.warning("another host holds the fleet's lock; following",
+                                 error=str(exc), fleet_incident=incident.id)
+            else:
+                # Read again under the lock: another host may have taken it over meanwhile.
+                current = await asyncio.to_thread(self.db.incident, incident.id)
+                if current is not None and current.db_state == "pending":
+                    return await self._lead(request, current, lock, executor)
+                await asyncio.to_thread(lock.release)
+                incident = current or incident
+        self.log.warning("following the fleet incident", fleet_incident=incident.describe())
+        base = self._follower_request(incident, request, {})
+        assert base is not None
+        return await self._follow(base, incident.id, executor, wait=True)
+
+    def _open(self, scenario: str, action: str, runbook: str,
+              restore_point: str | None) -> tuple[FleetIncident, bool]:
+        if not self._schema:
+            self.db.ensure_schema()
+            self._schema = True
+        return self.db.open_or_join(scenario, action, runbook, restore_point)
+
+    async def _lead(self, request: RunRequest, incident: FleetIncident, lock: FleetLock,
+                    executor: Executor) -> RunResult:
+        log = self.log.bind(fleet_incident=incident.id, runbook=request.runbook.name)
+        settled = False
+        try:
+            state: DbState = ("restoring" if any(s.kind in DATABASE_STEPS
+                                                 for s in request.runbook.steps)
+                              else "restored")
+            note = "" if state == "restoring" else "the runbook has no database step"
+            await asyncio.to_thread(lock.set_db_state, incident.id, state, note)
+            settled = state == "restored"
+            log.warning("leading the fleet incident: this host does its database part",
+                        db_state=state)
+            task = asyncio.create_task(executor.run(request))
+            await asyncio.sleep(0)  # the run journals itself (and a first page) at once
+            self._note_run(executor, request, incident.id)
+            if not settled:
+                await self._watch(task, request, incident, lock, executor, log)
+                settled = True
+            result = await task
+        except RunRefusedError:
+            if not settled:
+                with contextlib.suppress(FleetError):
+                    await asyncio.to_thread(lock.set_db_state, incident.id, "failed",
+                                            f"{self.host} could not begin its run")
+            raise
+        finally:
+            await asyncio.to_thread(lock.release)
+        self._runs[result.run.id] = incident.id
+        await self._done(incident.id, result.ok)
+        return result
+
+    def _note_run(self, executor: Executor, request: RunRequest, incident_id: int) -> None:
+        """The run's pages go out under the fleet incident's identity."""
+        current = executor.current
+        if current is not None and current.request is request and current.run is not None:
+            self._runs[current.run.id] = incident_id
+
+    async def _watch(self, task: asyncio.Task[RunResult], request: RunRequest,
+                     incident: FleetIncident, lock: FleetLock, executor: Executor,
+                     log: Any) -> None:
+        """Set the database state once the run's database steps are over (or it ended)."""
+        plan = [s.kind for s in request.runbook.steps]
+        run_id: int | None = None
+        verdict: str | None = None
+        while verdict is None:
+            await asyncio.wait({task}, timeout=WATCH_EVERY)
+            current = executor.current
+            if run_id is None and current is not None and current.request is request \
+                    and current.run is not None:
+                run_id = current.run.id
+                self._runs[run_id] = incident.id
+            if task.done():
+                if task.cancelled() or task.exception() is not None:
+                    verdict = "failed"
+                    break
+                result = task.result()
+                verdict = database_part(plan, result.steps) or "failed"
+                break
+            if run_id is not None:
+                with contextlib.suppress(JournalError):
+                    verdict = database_part(plan, self.journal.steps(run_id))
+        state: DbState = "restored" if verdict == "done" else "failed"
+        note = "" if state == "restored" else f"{self.host}'s database steps did not succeed"
+        try:
+            settled = await asyncio.to_thread(lock.set_db_state, incident.id, state, note)
+            log.warning("fleet database part over", fleet_incident=settled.describe())
+        except FleetError as exc:
+            log.error("cannot record the fleet's database state", error=str(exc))
+
+    async def _follow(self, request: RunRequest, incident_id: int, executor: Executor,
+                      wait: bool = False) -> RunResult | None:
+        """The follower part, once the database part is over (``wait``: until then, within
+        the request's budget)."""
+        log = self.log.bind(fleet_incident=incident_id)
+        if wait:
+            deadline = time.monotonic() + request.budget
+            while True:
+                found = await asyncio.to_thread(self.db.incident, incident_id)
+                if found is None or found.db_state in FINAL:
+                    break
+                if time.monotonic() > deadline:
+                    raise RunRefusedError(f"fleet incident {incident_id}'s database part did "
+                                          "not end within the budget")
+                await asyncio.sleep(self.heartbeat)
+            if found is None or found.db_state == "failed":
+                await self._done(incident_id, False)
+                log.error("the fleet's database part failed: this host's code and "
+                          "configuration are not rolled back")
+                return None
+        task = asyncio.create_task(executor.run(request))
+        await asyncio.sleep(0)
+        self._note_run(executor, request, incident_id)
+        result = await task
+        await self._done(incident_id, result.ok)
+        log.warning("followed the fleet incident", run=result.run.id,
+                    status=result.run.status, state=result.state)
+        return result
+
+    async def _done(self, incident_id: int, ok: bool) -> None:
+        try:
+            await asyncio.to_thread(self.db.set_code_state, incident_id,
+                                    "done" if ok else "failed")
+            await asyncio.to_thread(self.db.resolve_if_done, incident_id,
+                                    self.heartbeat * ALIVE_HEARTBEATS)
+        except FleetError as exc:
+            self.log.error("cannot record this host's part in the fleet incident",
+                           fleet_incident=incident_id, error=str(exc))
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def before_recovery(self, executor: Executor,
+                              swap: SwapRecovery | None) -> SwapRecovery | None:
+        """Before unfinished runs are recovered: they may be follower runs; a swap this
+        host's start-up completed or reverted settles the fleet's database part when this
+        host was doing it; and a swap another host completed for this one (lost mid-restore)
+        is what the recovery of its run reads."""
+        executor.runbooks = with_fleet_followers(executor.runbooks)
+        try:
+            view = await asyncio.to_thread(self._look)
+            latest = view.incident or await asyncio.to_thread(self.db.latest)
+        except FleetError as exc:
+            self._report_problem(str(exc))
+            return swap
+        self.view = view
+        if latest is not None:
+            self._recovering = latest.id
+            with contextlib.suppress(JournalError):
+                for run in self.journal.runs(status="running"):
+                    self._runs[run.id] = latest.id
+                    if run.incident is not None:
+                        self._incidents[run.incident] = latest.id
+        if swap is None or not swap.applied:
+            return completed_for(latest, self.host) or swap
+        if latest is None or latest.db_state != "restoring" or view.lock_held:
+            return swap
+        try:
+            lock = await asyncio.to_thread(self.db.lock, f"incident {latest.id} recovered")
+        except LockError:
+            return swap
+        try:
+            state, note, facts = lost_verdict(latest, self.host, swap, None)
+            settled = await asyncio.to_thread(lock.set_db_state, latest.id, state, note, facts)
+            self.log.warning("fleet database part settled at start-up",
+                             fleet_incident=settled.describe())
+            if state == "failed":
+                self._page_failed(settled)
+        except FleetError as exc:
+            self.log.error("cannot settle the fleet's database part", error=str(exc))
+        finally:
+            await asyncio.to_thread(lock.release)
+        return swap
+
+    async def after_recovery(self, results: Sequence[RunResult]) -> None:
+        """A recovered run of this host is its part in the incident it followed."""
+        if results and self._recovering is not None:
+            await self._done(self._recovering, all(r.ok for r in results))

@@ -1,0 +1,67 @@
+"""Several app hosts on one database, on one machine: each a :func:`rollback_host` of its own
+(the example app and a ``rollbackd run`` config) listening on its own loopback address
+(127.0.0.2, 127.0.0.3, ...; every 127/8 address works on Linux), all in one ``[fleet]``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from daemon.db.fleet import FleetDb, FleetIncident
+from probes.pg import with_dbname
+from tests.harness.rollbacks import Host, rollback_host
+
+FLEET = "visionforge-fleet"
+
+
+def fleet_hosts(dsn: str, tmp_path: Path, count: int = 3, *, fleet: str = FLEET,
+                heartbeat: str = "500ms", interval: str = "500ms") -> list[Host]:
+    """``count`` hosts of ``fleet`` on ``dsn`` (seeded once), host ``i`` on 127.0.0.(i+2)
+    with fleet id ``host<i>``; close each with :meth:`Host.close`."""
+    hosts: list[Host] = []
+    try:
+        for i in range(count):
+            directory = tmp_path / f"host{i}"
+            directory.mkdir()
+            hosts.append(rollback_host(
+                dsn, directory, address=f"127.0.0.{i + 2}", seed=i == 0, interval=interval,
+                extra=f'\n[fleet]\nname = "{fleet}"\nid = "host{i}"\nheartbeat = "{heartbeat}"\n'))
+    except BaseException:
+        for host in hosts:
+            host.close()
+        raise
+    return hosts
+
+
+@contextlib.contextmanager
+def closing(hosts: list[Host]) -> Iterator[list[Host]]:
+    try:
+        yield hosts
+    finally:
+        for host in hosts:
+            host.close()
+
+
+def maintenance_dsn(dsn: str) -> str:
+    return with_dbname(dsn, "postgres")
+
+
+def fleet_incidents(dsn: str, fleet: str = FLEET) -> list[FleetIncident]:
+    """Every incident of ``fleet`` in the maintenance database, oldest first."""
+    db = FleetDb(maintenance_dsn(dsn), fleet, "test")
+    found: list[FleetIncident] = []
+    latest = db.latest()
+    if latest is None:
+        return found
+    for number in range(1, latest.id + 1):
+        incident = db.incident(number)
+        if incident is not None and incident.fleet == fleet:
+            found.append(incident)
+    return found
+
+
+def code_states(dsn: str, fleet: str = FLEET) -> dict[str, str | None]:
+    """Each host of ``fleet``: its code_state."""
+    return {host: state for host, _, state, _ in
+            FleetDb(maintenance_dsn(dsn), fleet, "test").hosts()}
