@@ -33,9 +33,10 @@ async def acks_from_silences(outbox: Outbox, journal: Journal, incident: int) ->
     if channel is None:
         return []
     seen = {str(e.payload.get("via", "")) for e in acks_of(journal, incident)}
-    labels = {"alertname": ALERTNAME, "app": outbox.app, "incident": str(incident)}
+    identities = outbox.standing_identities(incident) or [
+        {"alertname": ALERTNAME, "app": outbox.app, "incident": str(incident)}]
     try:
-        silences = await channel.silenced_by(labels)
+        found = {s.id: s for labels in identities for s in await channel.silenced_by(labels)}
     except DeliveryError as exc:
         get_logger().bind(app=outbox.app).warning(
             "cannot read Alertmanager's silences", incident=incident, error=str(exc))
@@ -43,7 +44,7 @@ async def acks_from_silences(outbox: Outbox, journal: Journal, incident: int) ->
     finally:
         await channel.aclose()
     events = []
-    for silence in silences:
+    for silence in found.values():
         via = f"{SILENCE_VIA}{silence.id}"
         if via in seen:
             continue

@@ -83,6 +83,8 @@ class Standing:
 
     message: Message
     posted_at: float
+    incident: int | None = None
+    """The local incident the alert is about (the message's may be a fleet incident's)."""
 
 
 class Outbox:
@@ -195,7 +197,7 @@ class Outbox:
             next_at=None if by else done + retry_delay(page.tries))
         for attempt in attempts:
             self.observer.page_recorded(attempt.channel, "delivered" if attempt.ok else "failed")
-        self._remember(message, attempts, done)
+        self._remember(message, attempts, done, page.incident)
         log = self.log.bind(page=page.id, template=page.template, incident=page.incident,
                             level=page.level, page_event=page.event, dedup_key=page.dedup_key)
         if by is None:
@@ -232,13 +234,14 @@ class Outbox:
 
     # -- Alertmanager's standing alerts --------------------------------------------------
 
-    def _remember(self, message: Message, attempts: Sequence[Attempt], t: float) -> None:
+    def _remember(self, message: Message, attempts: Sequence[Attempt], t: float,
+                  incident: int | None) -> None:
         if not any(a.ok and a.channel == "alertmanager" for a in attempts):
             return
         if message.event == "resolve":
             self._standing.pop(message.alert_key, None)
         else:
-            self._standing[message.alert_key] = Standing(message, t)
+            self._standing[message.alert_key] = Standing(message, t, incident)
 
     def _restore_standing(self) -> None:
         """After a restart: the open incident's alerts Alertmanager took, to keep them up."""
@@ -257,7 +260,7 @@ class Outbox:
             if page.event == "resolve":
                 self._standing.pop(message.alert_key, None)
             else:
-                self._standing[message.alert_key] = Standing(message, 0.0)
+                self._standing[message.alert_key] = Standing(message, 0.0, page.incident)
 
     async def refresh_alerts(self, now: float) -> None:
         """Post the standing alerts again before Alertmanager lets them expire."""
@@ -273,7 +276,8 @@ class Outbox:
                 attempts = await send_each(standing.message, channels, attempts=1,
                                            max_wait=self.settings.max_retry_wait)
                 if attempts and attempts[0].ok:
-                    self._standing[standing.message.alert_key] = Standing(standing.message, now)
+                    self._standing[standing.message.alert_key] = Standing(
+                        standing.message, now, standing.incident)
                 else:
                     self.log.warning("cannot post an open page's alert again",
                                      alert_key=standing.message.alert_key,
@@ -282,9 +286,17 @@ class Outbox:
             await _close(channels)
 
     def standing_incidents(self) -> set[int]:
-        """The incidents whose alerts Alertmanager holds for us (to look for silences)."""
-        return {s.message.incident for s in self._standing.values()
-                if s.message.incident is not None}
+        """The (local) incidents whose alerts Alertmanager holds for us (to look for
+        silences)."""
+        return {s.incident for s in self._standing.values() if s.incident is not None}
+
+    def standing_identities(self, incident: int) -> list[dict[str, str]]:
+        """The labels that name ``incident``'s alerts in Alertmanager (in fleet mode, the
+        fleet's name and incident), the way a silence matches them."""
+        seen = {(s.message.app, s.message.incident) for s in self._standing.values()
+                if s.incident == incident}
+        return [{"alertname": ALERTNAME, "app": app, "incident": str(number)}
+                for app, number in sorted(seen, key=str)]
 
     def alertmanager(self) -> AlertmanagerChannel | None:
         """The Alertmanager channel (for reading silences), when one is configured."""
