@@ -63,7 +63,7 @@ class _LevelFile(BaseModel):
 
     who: str = Field(min_length=1, max_length=100, pattern=r"^[^\r\n]+$")
     after: Duration = Field(ge=0, description="0 to 30d")
-    repeat: Duration = Field(default=DEFAULT_REPEAT, ge=10, description="10s to 30d")
+    repeat: Duration = Field(default=DEFAULT_REPEAT, ge=1, description="1s to 30d")
     channels: list[Literal["alertmanager", "pagerduty", "slack", "email", "webhook"]] = Field(
         default_factory=list)
 
