@@ -17,6 +17,7 @@ import click
 if TYPE_CHECKING:
     from daemon.config import Config
     from daemon.db.backups import Progress as ProgressCallback
+    from daemon.journal import Journal
     from policies.policy import Policy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,6 +91,20 @@ def load_or_fail(ctx: click.Context, given: Path | None) -> tuple[Path, Config]:
         return path, load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def open_journal_or_fail(path: Path, config: Config) -> Journal:
+    """The config's journal. A state_dir that cannot be a directory is a config error (exit
+    2); a journal that cannot be opened (damaged, replaced, emptied, of a newer rollbackd) is
+    a failed operation (exit 1), its path named."""
+    from daemon.journal import Journal, JournalError, StateDirError
+
+    try:
+        return Journal.in_state_dir(config.daemon.state_dir)
+    except StateDirError as exc:
+        fail(f"{path}: daemon.state_dir: {exc}")
+    except JournalError as exc:
+        fail(str(exc), EXIT_FAILED)
 
 
 def load_with_database(ctx: click.Context, given: Path | None) -> tuple[Path, Config]:

@@ -16,11 +16,12 @@ from daemon.cli.common import (
     fail,
     json_option,
     load_or_fail,
+    open_journal_or_fail,
     render,
     warn,
 )
 from daemon.config import Config, ConfigError, load_policy
-from daemon.journal import Journal, JournalError, StateDirError
+from daemon.journal import Journal, JournalError
 from daemon.ops import operator as operator_ops
 from daemon.ops.operator import (
     CLOSING_CHOICES,
@@ -52,12 +53,7 @@ def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Config, Jour
     (exit 2); a journal that cannot be opened (damaged, replaced, emptied, of a newer
     rollbackd) is a failed operation (exit 1), its path named."""
     path, config = load_or_fail(ctx, config_file)
-    try:
-        return config, Journal.in_state_dir(config.daemon.state_dir)
-    except StateDirError as exc:
-        fail(f"{path}: daemon.state_dir: {exc}")
-    except JournalError as exc:
-        fail(str(exc), EXIT_FAILED)
+    return config, open_journal_or_fail(path, config)
 
 
 def _record_then_render(ctx: click.Context, config_file: Path | None,

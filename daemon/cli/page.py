@@ -13,25 +13,15 @@ from daemon.cli.common import (
     fail,
     json_option,
     load_or_fail,
+    open_journal_or_fail,
     render,
     render_outcome,
 )
-from daemon.journal import Journal, JournalError, StateDirError
 from daemon.ops.common import OpsError
 from daemon.ops.operator import operator_name
 from daemon.ops.paging import acknowledge, page_contact, send_test_page
 
 CHANNELS = ("alertmanager", "pagerduty", "slack", "email", "webhook")
-
-
-def _journal(ctx: click.Context, config_file: Path | None) -> tuple[Path, Journal]:
-    path, config = load_or_fail(ctx, config_file)
-    try:
-        return path, Journal.in_state_dir(config.daemon.state_dir)
-    except StateDirError as exc:
-        fail(f"{path}: daemon.state_dir: {exc}")
-    except JournalError as exc:
-        fail(str(exc), EXIT_FAILED)
 
 
 @click.command()
@@ -45,7 +35,7 @@ def ack(ctx: click.Context, config_file: Path | None, incident: int, by: str | N
         comment: str, as_json: bool) -> None:
     """Acknowledge incident N's pages: its escalation stops (the running daemon picks it up
     at its next cycle, and tells PagerDuty)."""
-    _, journal = _journal(ctx, config_file)
+    journal = open_journal_or_fail(*load_or_fail(ctx, config_file))
     who = by or operator_name()
     render_outcome(lambda: acknowledge(journal, incident, who, "cli", comment), as_json)
 
@@ -67,8 +57,8 @@ def page(ctx: click.Context, config_file: Path | None, contact: str | None,
         return
     if contact is None or incident is None:
         fail("page: give --to NAME and --incident N (or use: rollbackd page test)")
-    _, config = load_or_fail(ctx, config_file)
-    _, journal = _journal(ctx, config_file)
+    path, config = load_or_fail(ctx, config_file)
+    journal = open_journal_or_fail(path, config)
     render_outcome(lambda: asyncio.run(page_contact(
         config, journal, contact, incident, message, operator_name())), as_json)
 

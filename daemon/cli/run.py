@@ -8,7 +8,12 @@ from pathlib import Path
 
 import click
 
-from daemon.cli.common import EXIT_FAILED, config_option, fail, load_with_policy
+from daemon.cli.common import (
+    config_option,
+    fail,
+    load_with_policy,
+    open_journal_or_fail,
+)
 from daemon.logs import configure_logging
 
 
@@ -20,18 +25,12 @@ from daemon.logs import configure_logging
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None, record: Path | None) -> None:
     """Run the daemon: probe, export metrics, notify systemd (the systemd service's ExecStart)."""
-    from daemon.journal import Journal, JournalError, StateDirError
     from daemon.service.loop import Daemon, ListenError, bind_listener
     from daemon.service.recorder import Recorder, RecordError
 
     path, config, policy = load_with_policy(ctx, config_file)
     configure_logging(config.daemon.log_format)
-    try:
-        journal = Journal.in_state_dir(config.daemon.state_dir)
-    except StateDirError as exc:
-        fail(f"{path}: daemon.state_dir: {exc}")
-    except JournalError as exc:
-        fail(str(exc), EXIT_FAILED)
+    journal = open_journal_or_fail(path, config)
     recorder = None
     if record is not None:
         try:
