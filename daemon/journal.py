@@ -294,6 +294,8 @@ PageStatus = Literal["pending", "delivered", "recorded"]
 channel took it; ``recorded``: journaled only (no channel is configured, or it predates the
 outbox)."""
 PageEvent = Literal["trigger", "acknowledge", "resolve"]
+"""``trigger`` tells people; ``acknowledge`` and ``resolve`` update what was triggered under
+the same key (PagerDuty's event actions; Alertmanager's ``endsAt``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-PageEvent = Literal["trigger", "acknowledge", "resolve"]
-"""``trigger`` tells people; ``acknowledge`` and ``resolve`` update what was triggered under
-the same key (PagerDuty's event actions; Alertmanager's ``endsAt``)."""
+from daemon.journal import PageEvent
 
 SEVERITIES = ("critical", "high", "medium", "low")
 

@@ -30,7 +30,7 @@ from daemon.paging.channels.alertmanager import AlertmanagerChannel
 from daemon.paging.channels.base import Channel
 from daemon.paging.deliver import Attempt, deliver, send_each
 from daemon.paging.facts import general_facts, incident_facts, plain, quote
-from daemon.paging.message import Message
+from daemon.paging.message import SEVERITIES, Message
 from daemon.paging.templates import Rendered, render
 
 RETRY_DELAYS = (15.0, 30.0, 60.0, 120.0, 300.0)
@@ -334,8 +334,7 @@ def _severity(page: Page, incident: IncidentSummary | None) -> str:
     if incident is not None:
         return incident.severity
     value = page.details.get("severity")
-    return value if isinstance(value, str) and value in (
-        "critical", "high", "medium", "low") else "high"
+    return value if isinstance(value, str) and value in SEVERITIES else "high"
 
 
 def _labels(incident: IncidentSummary | None) -> dict[str, str]:

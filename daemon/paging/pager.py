@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from daemon.config import PagingSettings
-from daemon.journal import IncidentSummary, Journal, Page, Run
+from daemon.journal import IncidentSummary, Journal, Page, PageEvent, Run
 from daemon.logs import get_logger
 from daemon.paging.facts import needs_annotation
 from daemon.paging.outbox import STATE_CHANNELS, page_key
@@ -72,7 +72,7 @@ class PageRequest:
     summary: str
     recipient: str = ""
     channels: tuple[str, ...] | None = None
-    event: str = "trigger"
+    event: PageEvent = "trigger"
 
 
 class Pager:
@@ -240,7 +240,7 @@ class Pager:
         return self.journal.add_page(
             self.app, t=t, incident=request.incident, run=None, level=request.level,
             template=request.template, summary=request.summary, details=details,
-            dedup_key=request.key, event=request.event,  # type: ignore[arg-type]
+            dedup_key=request.key, event=request.event,
             recipient=request.recipient, channels=request.channels)
 
 
