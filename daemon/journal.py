@@ -202,6 +202,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX page_attempts_page ON page_attempts (page)",
     )),
+    Migration(6, "events found by type (the pager reads an incident's acks every cycle)", (
+        "CREATE INDEX events_type ON events (type, id)",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -1193,11 +1196,18 @@ class Journal:
                             int(r["tries"]), r["receipt"], r["error"]) for r in rows]
 
     @_reads
-    def events_of_type(self, kind: str, since: float = 0.0) -> list[JournalEvent]:
-        """Events of one type (``ack``, ``page_next``, ``annotate``...), oldest first."""
-        rows = self._db.execute(
-            "SELECT id, t, payload FROM events WHERE type = ? AND t >= ? ORDER BY id",
-            (kind, since)).fetchall()
+    def events_of_type(self, kind: str, since: float = 0.0,
+                       incident: int | None = None) -> list[JournalEvent]:
+        """Events of one type (``ack``, ``close``, ``annotate``...), oldest first; only those
+        of ``incident`` when given."""
+        query = "SELECT id, t, payload FROM events WHERE type = ? AND t >= ?"
+        args: list[Any] = [kind, since]
+        if incident is not None:
+            if not _fits(incident):
+                return []
+            query += " AND json_extract(payload, '$.incident') = ?"
+            args.append(incident)
+        rows = self._db.execute(query + " ORDER BY id", args).fetchall()
         return [JournalEvent(int(r["id"]), float(r["t"]), json.loads(r["payload"])) for r in rows]
 
     # -- drills ----------------------------------------------------------------------------

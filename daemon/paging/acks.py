@@ -22,7 +22,7 @@ def record_ack(journal: Journal, incident: int, by: str, via: str, comment: str 
 
 
 def acks_of(journal: Journal, incident: int) -> list[JournalEvent]:
-    return [e for e in journal.events_of_type("ack") if e.payload.get("incident") == incident]
+    return journal.events_of_type("ack", incident=incident)
 
 
 async def acks_from_silences(outbox: Outbox, journal: Journal, incident: int) -> list[int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from daemon.config import PagingSettings
 from daemon.journal import IncidentSummary, Journal, Page, PageEvent, Run
 from daemon.logs import get_logger
+from daemon.paging.acks import acks_of
 from daemon.paging.facts import needs_annotation
 from daemon.paging.outbox import STATE_CHANNELS, page_key
 from policies.engine import Decision
@@ -123,8 +124,7 @@ class Pager:
     def _open(self, incident: IncidentSummary, policy: Policy, now: float) -> list[Page]:
         n = incident.incident
         sent = self.journal.pages(incident=n, limit=10_000)
-        acks = [e.t for e in self.journal.events_of_type("ack")
-                if e.payload.get("incident") == n]
+        acks = [e.t for e in acks_of(self.journal, n)]
         runs = self.journal.runs(incident=n, limit=100)
         decisions = self.journal.decisions(limit=1000, incident=n)
         forced = forced_up(runs, decisions)
@@ -185,8 +185,7 @@ class Pager:
     def _close_on_timeout(self, incident: IncidentSummary, choice: str, now: float) -> Page:
         """``on_timeout`` = fix_forward or dismiss: close the incident as a person would."""
         n = incident.incident
-        closing = [e for e in self.journal.events_of_type("close", since=incident.opened_at)
-                   if e.payload.get("incident") == n]
+        closing = self.journal.events_of_type("close", since=incident.opened_at, incident=n)
         if not closing:  # the engine closes it at its next step; journal the close once
             self.journal.add_event(now, {"type": "close", "incident": n,
                                          "by": "rollbackd (on_timeout)",

@@ -244,8 +244,7 @@ def _timeline(journal: Journal, number: int, since: float, now: float) -> list[d
     entries += [
         {"t": e.t, "kind": "ack", "by": str(e.payload.get("by", "")),
          "via": str(e.payload.get("via", "")), "comment": str(e.payload.get("comment", ""))}
-        for e in journal.events_of_type("ack", since=since)
-        if e.payload.get("incident") == number]
+        for e in journal.events_of_type("ack", since=since, incident=number)]
     return sorted(entries, key=lambda e: e["t"])
 
 

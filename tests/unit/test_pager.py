@@ -236,3 +236,13 @@ def test_on_timeout_page_reaches_the_top_level_at_the_timeline_s_end(journal: Jo
     pager.tick(policy, now=1000.0)
     assert {lv for lv, _ in levels(pager.tick(policy, now=1600.0))} >= {2, 3}
     assert journal.events_of_type("close") == []
+
+
+def test_an_acknowledgement_of_another_incident_does_not_stop_this_one_s_chain(
+        journal: Journal, policy: Policy) -> None:
+    evaluate_incident(journal)
+    pager = Pager(journal, "shop", PagingSettings())
+    pager.tick(policy, now=1000.0)
+    record_ack(journal, 7, "alice", "cli", t=1100.0)
+    journal.add_event(1100.0, {"type": "ack", "incident": "1", "by": "mallory", "via": "x"})
+    assert (2, "decision") in levels(pager.tick(policy, now=1000.0 + 900))
