@@ -18,26 +18,16 @@ import pytest
 
 from daemon.journal import Journal
 from tests.harness.alertmanager_server import AlertmanagerServer, running_alertmanager_with
-from tests.harness.api import alert, new_token, webhook
+from tests.harness.api import POLICY, alert, new_token, webhook, write_config
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
 from tests.harness.paging import StandIn, closed_port_url, smtp_server, stand_in
 from tests.harness.processes import Proc, daemon_url, start_daemon
-from tests.harness.servers import free_port, wait_for
+from tests.harness.servers import wait_for
 
 pytestmark = pytest.mark.e2e
 
 HOLD_ENV = "ROLLBACKD_TEST_HOLD"
-
-POLICY = """\
-[[rule]]
-scenario = "high_latency"
-when = "alert.HighLatency > 0"
-clear_for = "1s"
-severity = "medium"
-action = "evaluate"
-timeline = "60m"
-"""
 
 SHORT_CHAIN = """
 [[escalation]]
@@ -60,13 +50,8 @@ class Host:
         self.token = new_token()
         token_file = tmp_path / "api.token"
         token_file.write_text(self.token + "\n")
-        (tmp_path / "policy.toml").write_text(policy)
-        self.config = config_file(
-            tmp_path, daemon={"interval": "500ms", "listen": f"127.0.0.1:{free_port()}",
-                              "mode": "dry-run", "policy": tmp_path / "policy.toml",
-                              "log_format": "json"},
-            app={"name": "visionforge"},
-            extra=f'[api]\ntoken_files = ["{token_file}"]\n{paging}')
+        self.config = write_config(
+            tmp_path, f'[api]\ntoken_files = ["{token_file}"]\n{paging}', policy)
         self.url = daemon_url(self.config)
         self.journal = Journal.in_state_dir(tmp_path / "state")
         self.daemon: Proc | None = None

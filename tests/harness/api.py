@@ -33,8 +33,10 @@ def new_token() -> str:
     return "tok-" + secrets.token_hex(16)
 
 
-def write_config(tmp_path: Path, api: str) -> Path:
-    (tmp_path / "policy.toml").write_text(POLICY)
+def write_config(tmp_path: Path, api: str, policy: str = POLICY) -> Path:
+    """A dry-run daemon on a free port with a 500 ms interval, ``policy`` (by default one
+    evaluate rule on the HighLatency alert) and ``api`` (the config's extra sections)."""
+    (tmp_path / "policy.toml").write_text(policy)
     return config_file(tmp_path, daemon={"interval": "500ms",
                                          "listen": f"127.0.0.1:{free_port()}",
                                          "mode": "dry-run", "policy": tmp_path / "policy.toml",
