@@ -42,24 +42,27 @@ resolves incidents in the running daemon, so an older one was settled before pag
 (or was told already) and is not announced again."""
 
 
+def asks_for_decision(action: str, mode: str) -> bool:
+    """The incident waits for a person to choose: ``evaluate``, or a rollback the daemon
+    does not run itself (``approve`` or ``dry-run`` mode)."""
+    return action == "evaluate" or (action in ROLLBACKS and mode != "auto")
+
+
+def waits_for_person(action: str, mode: str) -> bool:
+    """A decision is asked for, or the action is to page (a person must act)."""
+    return action == "page" or asks_for_decision(action, mode)
+
+
 def initial_template(decision: Decision, paused: bool) -> str | None:
-    """The page a decision that opens or escalates an incident sends to L1, or None."""
+    """The page a decision that opens or escalates an incident sends to L1, or None. A
+    rollback the daemon runs tells people through its runbook's own page and notify steps
+    (the emergency or planned notice, the completion notice); paused, it runs none."""
     if decision.kind not in ("open", "escalate"):
         return None
-    if decision.action == "evaluate":
+    if asks_for_decision(decision.action, decision.mode) or (
+            decision.action in ROLLBACKS and paused):
         return "decision"
-    if decision.action == "page":
-        return "emergency"
-    if decision.action in ROLLBACKS and (decision.mode != "auto" or paused):
-        return "decision"
-    # A rollback the daemon runs tells people through its runbook's own page and notify
-    # steps (the emergency or planned notice, the completion notice).
-    return None
-
-
-def waits_for_person(last: IncidentSummary) -> bool:
-    return (last.action in ("evaluate", "page")
-            or (last.action in ROLLBACKS and last.mode != "auto"))
+    return "emergency" if decision.action == "page" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,7 @@ class Pager:
         decisions = self.journal.decisions(limit=1000, incident=n)
         forced = forced_up(runs, decisions)
         pages = self._status(incident, sent, now)
-        if not (waits_for_person(incident) or forced):
+        if not (waits_for_person(incident.action, incident.mode) or forced):
             return pages + self._acknowledged(incident, sent, acks)
         since = _waiting_since(decisions, forced)
         state = Waiting(since=since, acked_at=max(acks, default=None), forced=forced,
@@ -139,8 +142,7 @@ class Pager:
         over = timeline_over(since, timeline, now)
         if over and rule is not None and rule.on_timeout != "page":
             return [*pages, self._close_on_timeout(incident, rule.on_timeout, now)]
-        asks = incident.action == "evaluate" or (incident.action in ROLLBACKS
-                                                  and incident.mode != "auto")
+        asks = asks_for_decision(incident.action, incident.mode)
         template = "decision" if asks and not forced else "emergency"
         for page in due(policy.escalation, state, now, top=over):
             kind = template if page.repeat == 0 else f"{template}-repeat-{page.repeat}"
@@ -258,9 +260,8 @@ def _waiting_since(decisions: Sequence[Decision], forced: Sequence[float]) -> fl
     """When the incident began to wait for a person: its first decision that asked for one
     (its opening, or an escalation to such an action), else the first forcing."""
     for decision in decisions:
-        if decision.kind in ("open", "escalate") and (
-                decision.action in ("evaluate", "page")
-                or (decision.action in ROLLBACKS and decision.mode != "auto")):
+        if decision.kind in ("open", "escalate") and waits_for_person(decision.action,
+                                                                      decision.mode):
             return decision.t
     return min(forced, default=decisions[0].t if decisions else time.time())
 
