@@ -4,7 +4,6 @@ through the executor, for that person, and the database ends equal to the restor
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,13 @@ from daemon.db.backups import BackupStore
 from daemon.ops.operator import operator_name
 from tests.harness.cli import rollbackd
 from tests.harness.data import restore_into_fresh_database, run, scalar, table_checksums
-from tests.harness.paths import APP_DIR
 from tests.harness.processes import Proc, start_daemon
-from tests.harness.rollbacks import Host, deploy_run, finished_run, rollback_host
+from tests.harness.rollbacks import (
+    Host,
+    deploy_invalid_index,
+    finished_run,
+    rollback_host,
+)
 from tests.harness.servers import PgCluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -34,11 +37,7 @@ def test_an_evaluate_incident_answered_planned_rollback_runs_the_runbook_end_to_
         host: Host, pg_cluster: PgCluster) -> None:
     daemon: Proc = start_daemon(host.config)
     try:
-        # A non-transactional migration that fails and leaves an invalid index behind.
-        release = APP_DIR / "releases" / "v2-invalid-index"
-        deployed = deploy_run(host.config, sys.executable, str(APP_DIR / "migrate.py"),
-                              "--dsn", host.dsn, "--dir", str(APP_DIR / "migrations"),
-                              "--dir", str(release))
+        deployed = deploy_invalid_index(host.config, host.dsn)
         assert deployed.returncode == 1, deployed.stderr
         run(host.dsn, "INSERT INTO users (email, name) VALUES ('late@example.com', 'Late')")
         wait_for(lambda: [p.template for p in host.journal.pages(incident=1)] == ["decision"],

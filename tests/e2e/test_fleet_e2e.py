@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from daemon.journal import Run
 from tests.harness.cli import rollbackd
 from tests.harness.data import scalar
 from tests.harness.fleet import closing, code_states, fleet_hosts, fleet_incidents
-from tests.harness.paths import APP_DIR
 from tests.harness.processes import Proc, start_daemon
-from tests.harness.rollbacks import Host, deploy_run
+from tests.harness.rollbacks import Host, deploy_invalid_index
 from tests.harness.servers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -36,9 +34,7 @@ def bad_deploy(leader: Host, others: list[Host]) -> None:
     for host in others:
         began = rollbackd("deploy", "begin", "--version", "v2", config=host.config)
         assert began.returncode == 0, began.stderr
-    deployed = deploy_run(leader.config, sys.executable, str(APP_DIR / "migrate.py"),
-                          "--dsn", leader.dsn, "--dir", str(APP_DIR / "migrations"),
-                          "--dir", str(APP_DIR / "releases" / "v2-invalid-index"))
+    deployed = deploy_invalid_index(leader.config, leader.dsn)
     assert deployed.returncode == 1, deployed.stdout + deployed.stderr
 
 

@@ -22,7 +22,13 @@ from tests.harness.cli import rollbackd
 from tests.harness.data import restore_into_fresh_database, run, scalar, table_checksums
 from tests.harness.paths import APP_DIR
 from tests.harness.processes import Proc, daemon_url, scrape, start_daemon
-from tests.harness.rollbacks import Host, deploy_run, finished_run, rollback_host
+from tests.harness.rollbacks import (
+    Host,
+    deploy_invalid_index,
+    deploy_run,
+    finished_run,
+    rollback_host,
+)
 from tests.harness.servers import PgCluster, require_binary, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -118,11 +124,7 @@ def test_a_migration_that_changed_the_schema_is_restored_by_the_daemon(
         host: Host, pg_cluster: PgCluster) -> None:
     daemon: Proc = start_daemon(host.config)
     try:
-        # A non-transactional migration that fails and leaves an invalid index behind.
-        release = APP_DIR / "releases" / "v2-invalid-index"
-        deployed = deploy_run(host.config, sys.executable, str(APP_DIR / "migrate.py"),
-                              "--dsn", host.dsn, "--dir", str(APP_DIR / "migrations"),
-                              "--dir", str(release))
+        deployed = deploy_invalid_index(host.config, host.dsn)
         assert deployed.returncode == 1
         run(host.dsn, "INSERT INTO users (email, name) VALUES ('late@example.com', 'Late')")
         wait_for(lambda: finished_run(host.journal) is not None, 90,

@@ -132,6 +132,14 @@ def deploy_run(config: Path, *command: str) -> CompletedProcess[str]:
                      *command, timeout=120)
 
 
+def deploy_invalid_index(config: Path, dsn: str) -> CompletedProcess[str]:
+    """``deploy run`` of v2 whose non-transactional migration fails after leaving an invalid
+    index behind: a failed deploy that changed the schema (exit 1)."""
+    return deploy_run(config, sys.executable, str(APP_DIR / "migrate.py"), "--dsn", dsn,
+                      "--dir", str(APP_DIR / "migrations"),
+                      "--dir", str(APP_DIR / "releases" / "v2-invalid-index"))
+
+
 def finished_run(journal: Journal) -> Run | None:
     """The newest run once it has ended."""
     runs = journal.runs()
