@@ -4,9 +4,11 @@ PostgreSQL itself coordinates; no home-made consensus).
 
 * ``rollbackd.fleet_incidents``: at most one open incident per fleet (a partial unique index
   makes a second one impossible, whatever the race), its runbook and restore point, and the
-  state of its database part: ``pending`` (nothing done yet), ``restoring`` (a host holds the
-  fleet's lock and works on the database), ``restored`` (done, or nothing to restore: every
-  host may roll back its code), ``failed`` (not restored; the host that tried paged).
+  state of its database part: ``awaiting`` (a rollback waits for a person's decision, taken
+  on any host), ``pending`` (nothing done yet), ``restoring`` (a host holds the fleet's lock
+  and works on the database), ``restored`` (done, or nothing to restore: every host may roll
+  back its code), ``failed`` (not restored; the host that tried paged), ``dismissed`` (a
+  person decided against the rollback: nothing done, the incident is over).
 * ``rollbackd.fleet_hosts``: each host's heartbeat, the incident it follows and how far its
   own part went (``code_state``: pending, done, failed).
 * The database part of a rollback is done under ``pg_try_advisory_lock(fleet_key(fleet))``
@@ -33,20 +35,32 @@ from daemon.locks import LockError, advisory_lock
 from probes.base import one_line
 
 SCHEMA = "rollbackd"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``db_state`` may also be ``awaiting`` and ``dismissed`` (decisions in approve mode)."""
 
-DbState = Literal["pending", "restoring", "restored", "failed"]
+DbState = Literal["awaiting", "pending", "restoring", "restored", "failed", "dismissed"]
 CodeState = Literal["pending", "done", "failed"]
 
 FINAL: tuple[DbState, ...] = ("restored", "failed")
 
 _MOVES: dict[str, tuple[str, ...]] = {
+    "awaiting": ("restoring", "restored", "failed", "dismissed"),
     "pending": ("restoring", "restored", "failed"),
     "restoring": ("restoring", "restored", "failed"),
     "restored": (),
     "failed": (),
+    "dismissed": (),
 }
 """db_state's moves: forward only (``restoring`` again: another host took over)."""
+
+_STATES = ", ".join(f"'{state}'" for state in _MOVES)
+
+_UPGRADE = f"""
+ALTER TABLE {SCHEMA}.fleet_incidents DROP CONSTRAINT IF EXISTS fleet_incidents_db_state_check;
+ALTER TABLE {SCHEMA}.fleet_incidents ADD CONSTRAINT fleet_incidents_db_state_check
+    CHECK (db_state IN ({_STATES}));
+"""
+"""Version 1 to 2: the new states (a version 1 host refuses the upgraded schema: it is newer)."""
 
 _SCHEMA_LOCK = 0x726264666C656574
 """``rbdfleet`` in ASCII: serialises the schema's creation by hosts starting together."""
@@ -63,7 +77,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.fleet_incidents (
     runbook text NOT NULL,
     restore_point text,
     db_state text NOT NULL DEFAULT 'pending'
-        CHECK (db_state IN ('pending', 'restoring', 'restored', 'failed')),
+        CONSTRAINT fleet_incidents_db_state_check CHECK (db_state IN ({_STATES})),
     db_host text,
     note text NOT NULL DEFAULT '',
     facts jsonb NOT NULL DEFAULT '{{}}',
@@ -222,6 +236,10 @@ class FleetDb:
                 raise FleetError(f"the {SCHEMA} schema in the maintenance database is version "
                                  f"{version}, newer than this rollbackd's {SCHEMA_VERSION}: "
                                  "upgrade rollbackd on this host")
+            if version < SCHEMA_VERSION:
+                conn.execute(_UPGRADE)
+                conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s "
+                             "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def look(self) -> FleetView:
         """The cycle's one query: this host's heartbeat, the fleet's open incident, what this
@@ -247,17 +265,21 @@ class FleetDb:
         return None if row is None else _incident(row)
 
     def open_or_join(self, scenario: str, action: str, runbook: str,
-                     restore_point: str | None) -> tuple[FleetIncident, bool]:
-        """Open the fleet's incident, or join the one open; ``(incident, opened)``. One
-        transaction: opening it makes every host of the fleet follow it at once, so none
-        misses an incident that ends before its next look."""
+                     restore_point: str | None, *, awaiting: bool = False
+                     ) -> tuple[FleetIncident, bool]:
+        """Open the fleet's incident (``awaiting``: a rollback that waits for a person's
+        decision), or join the one open; ``(incident, opened)``. One transaction: opening it
+        makes every host of the fleet follow it at once, so none misses an incident that ends
+        before its next look."""
+        state: DbState = "awaiting" if awaiting else "pending"
         with self._session() as conn, conn.transaction():
             row = conn.execute(
                 f"INSERT INTO {SCHEMA}.fleet_incidents AS i (fleet, opened_by, scenario, "
-                "action, runbook, restore_point) VALUES (%s, %s, %s, %s, %s, %s) "
+                "action, runbook, restore_point, db_state) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (fleet) WHERE resolved_at IS NULL DO NOTHING "
                 f"RETURNING {_INCIDENT_COLUMNS}",
-                (self.fleet, self.host, scenario, action, runbook, restore_point)).fetchone()
+                (self.fleet, self.host, scenario, action, runbook, restore_point,
+                 state)).fetchone()
             opened = row is not None
             if row is None:
                 row = conn.execute(f"SELECT {_INCIDENT_COLUMNS} FROM {SCHEMA}.fleet_incidents i "
@@ -366,6 +388,29 @@ class FleetLock:
         found = None if updated is None else _incident(updated)
         assert found is not None
         return found
+
+    def decided(self, incident_id: int, action: str, runbook: str) -> None:
+        """A person decided the ``awaiting`` incident's rollback on this host: the action and
+        runbook chosen are the ones every host follows."""
+        self._update(incident_id, "SET action = %s, runbook = %s, updated_at = now() "
+                     "WHERE i.id = %s AND i.db_state = 'awaiting'", (action, runbook, incident_id))
+
+    def dismiss(self, incident_id: int, note: str) -> bool:
+        """A person closed the ``awaiting`` incident on this host (dismiss, fix forward):
+        ``dismissed`` and resolved at once; False when it no longer awaited a decision."""
+        return self._update(
+            incident_id, "SET db_state = 'dismissed', db_host = %s, note = %s, "
+            "resolved_at = now(), updated_at = now() WHERE i.id = %s AND i.db_state = 'awaiting'",
+            (self.db.host, note, incident_id))
+
+    def _update(self, incident_id: int, clause: str, params: tuple[Any, ...]) -> bool:
+        try:
+            with self.conn.transaction():
+                cur = self.conn.execute(f"UPDATE {SCHEMA}.fleet_incidents i {clause}", params)
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot update fleet incident {incident_id}: "
+                             f"{one_line(exc)}") from None
+        return cur.rowcount > 0
 
     def release(self) -> None:
         self._stack.close()

@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from daemon.config import PagingSettings
 from daemon.durable import hold_point, holds_at
@@ -77,6 +77,28 @@ def retry_delay(tries: int) -> float:
     return RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)]
 
 
+Sending = tuple[Literal["send", "hold", "leave"], str]
+"""What becomes of one of this host's pages in a fleet: ``send`` it; ``hold`` it back a moment
+(why); ``leave`` it to another host (which one): journaled as recorded, not sent."""
+
+
+class FleetPages(Protocol):
+    """Fleet mode's say in this host's pages (:class:`daemon.service.fleet.Fleet`)."""
+
+    name: str
+    """The fleet's name."""
+    host: str
+    """This host's id in the fleet: where a page tells the person to answer."""
+
+    def alias(self, page: Page) -> tuple[str, int] | None:
+        """The (app, incident) a fleet incident's page goes out under, the same from every
+        host, so Alertmanager and PagerDuty see one alert; None for this host's own."""
+
+    def sending(self, page: Page) -> Sending:
+        """Whether this host sends the page, holds it back a moment, or leaves it to
+        another host."""
+
+
 @dataclass(frozen=True, slots=True)
 class Standing:
     """An incident level's alert that Alertmanager holds: re-posted until resolved."""
@@ -104,9 +126,8 @@ class Outbox:
         self._standing: dict[str, Standing] = {}
         self._lock = asyncio.Lock()
         self._restored = False
-        self.fleet_alias: Callable[[Page], tuple[str, int] | None] | None = None
-        """Fleet mode: the (app, incident) a fleet incident's page goes out under, the same
-        from every host, so Alertmanager and PagerDuty see one alert."""
+        self.fleet: FleetPages | None = None
+        """Fleet mode: the fleet's say in this host's pages."""
 
     @property
     def configured(self) -> tuple[str, ...]:
@@ -125,6 +146,9 @@ class Outbox:
         else:
             facts = incident_facts(self.journal, self.app, page.incident, now=now,
                                    level=page.level, recipient=page.recipient)
+            if self.fleet is not None:  # where to answer: a decision there is the fleet's
+                facts["host"] = plain(f"{self.fleet.host} (a host of fleet {self.fleet.name}: "
+                                      "what is decided there is decided for every host)")
         facts.setdefault("summary", page.summary)
         if isinstance(page.details.get("by"), str):
             facts["sender"] = plain(page.details["by"])
@@ -137,7 +161,7 @@ class Outbox:
     def message(self, page: Page, rendered: Rendered) -> Message:
         incident = (None if page.incident is None
                     else self.journal.incident(page.incident))
-        alias = None if self.fleet_alias is None else self.fleet_alias(page)
+        alias = None if self.fleet is None else self.fleet.alias(page)
         app, number = (self.app, page.incident) if alias is None else alias
         return Message(
             dedup_key=page.dedup_key, alert_key=alert_key(app, number, page.level),
@@ -174,6 +198,14 @@ class Outbox:
             self.journal.page_recorded(page.id)
             self.log.warning("page", channel="journal", page=page.id, template=page.template,
                              incident=page.incident, summary=page.summary)
+            return True
+        sending, who = ("send", "") if self.fleet is None else self.fleet.sending(page)
+        if sending == "hold":
+            return False
+        if sending == "leave":
+            self.journal.page_recorded(page.id)
+            self.log.warning("page left to the host that pages for the fleet", host=who,
+                             page=page.id, template=page.template, incident=page.incident)
             return True
         message = self.message(page, self.rendered(page, now))
         point = f"page:{page.template}:before_send"

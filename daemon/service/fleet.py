@@ -22,6 +22,12 @@ database (DESIGN section 7), on top of :mod:`daemon.db.fleet`.
   the fleet's name, incident = the fleet incident's id: :meth:`Fleet.alias`), so Alertmanager
   and PagerDuty see one alert whichever host sends it; followers page nothing of their own
   but a failure.
+* Approve mode: a rollback that waits for a person is one fleet incident (``awaiting``), which
+  each host's incident joins. The host that opened it pages for the fleet (the others leave
+  their pages to it while its heartbeat is fresh: :meth:`Fleet.sending`). A person decides on
+  any host: a rollback leads the database part from that host, and every other host approves
+  its own incident for the fleet and follows; a dismissal or fix-forward ends the fleet
+  incident, and every other host closes its own the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import Config
@@ -39,8 +46,11 @@ from daemon.db.restore.swap import recover_interrupted_swap
 from daemon.journal import Journal, JournalError, Page, RunStep
 from daemon.locks import LockError
 from daemon.logs import get_logger
+from daemon.ops.operator import DecisionError, record_decision
+from daemon.paging.outbox import Sending
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
+from policies.policy import Policy
 from policies.runbooks import (
     DATABASE_STEPS,
     FOLLOWER_SUFFIX,
@@ -60,6 +70,21 @@ STALE_PENDING = 30.0
 """Seconds (beyond ALIVE_HEARTBEATS heartbeats, for the hosts' clocks) after which an
 incident still ``pending`` with the lock free was opened by a host that died before taking
 the lock: another host does the database part."""
+
+JOIN_GRACE = 10.0
+"""Seconds (beyond ALIVE_HEARTBEATS heartbeats) a page of a rollback awaiting a decision is
+held back while this host joins the fleet incident it belongs to; then it goes out under this
+host's own identity: better paged twice than not at all."""
+
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    """A rollback this host's engine decided that waits for a person (approve mode)."""
+
+    scenario: str
+    action: str
+    runbook: str
+    since: float
+    """time.monotonic() when it was decided."""
 
 
 def database_part(plan: Sequence[str], steps: Sequence[RunStep]) -> str | None:
@@ -157,6 +182,15 @@ class Fleet:
         """Local run -> fleet incident."""
         self._recovering: int | None = None
         """The fleet incident unfinished runs found at start-up belong to."""
+        self._joining: dict[int, Awaiting] = {}
+        """Local incidents awaiting a decision, not yet joined to the fleet's incident."""
+        self._undecided: dict[int, int] = {}
+        """Local incident -> the fleet incident awaiting a decision it joined, until decided."""
+        self._shared: dict[int, str] = {}
+        """Local incidents joined to a fleet incident awaiting a decision -> its opener, the
+        host that pages for the fleet."""
+        self._alive: set[str] = set()
+        """The hosts whose heartbeat was fresh at the last look (while decisions are shared)."""
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -171,10 +205,37 @@ class Fleet:
                 number = self._runs.get(page.run)
         return None if number is None else (self.name, number)
 
+    def sending(self, page: Page) -> Sending:
+        """Whether this host sends ``page``: a page of a rollback awaiting a decision is held
+        until this host has joined the fleet incident (at most JOIN_GRACE beyond a few
+        heartbeats), then left to the host that opened it, unless that host went quiet.
+        Acknowledgements and resolutions follow this host's own triggers (the outbox sends
+        them only where those went)."""
+        if page.incident is None or page.event != "trigger":
+            return "send", ""
+        joining = self._joining.get(page.incident)
+        if joining is not None:
+            waited = time.monotonic() - joining.since
+            if waited < self.heartbeat * ALIVE_HEARTBEATS + JOIN_GRACE:
+                return "hold", "joining the fleet incident it belongs to"
+            return "send", ""
+        opener = self._shared.get(page.incident)
+        if opener is None or opener == self.host or opener not in self._alive:
+            return "send", ""
+        return "leave", opener
+
+    def awaits_decision(self, incident: int, scenario: str, action: str, runbook: str) -> None:
+        """This host's engine decided a rollback that waits for a person (approve mode): at
+        the next look, open the fleet's incident awaiting a decision, or join the one open."""
+        if incident not in self._undecided and incident not in self._shared:
+            self._joining.setdefault(incident, Awaiting(scenario, action, runbook,
+                                                        time.monotonic()))
+            self._looked = -float("inf")
+
     # -- each cycle ----------------------------------------------------------------------
 
     def tick(self, busy: Callable[[], bool], launch: Callable[[RunRequest], tuple[bool, str]],
-             runbooks: Mapping[str, Runbook]) -> None:
+             policy: Policy) -> None:
         """At most every ``heartbeat``: look at the fleet in the background (a slow database
         must not hold up the cycle) and act on what is open."""
         if self._task is not None and not self._task.done():
@@ -182,26 +243,117 @@ class Fleet:
         if time.monotonic() - self._looked < self.heartbeat:
             return
         self._looked = time.monotonic()
-        self._task = asyncio.create_task(self._look_and_act(busy, launch, runbooks))
+        self._task = asyncio.create_task(self._look_and_act(busy, launch, policy))
 
     async def _look_and_act(self, busy: Callable[[], bool],
                             launch: Callable[[RunRequest], tuple[bool, str]],
-                            runbooks: Mapping[str, Runbook]) -> None:
+                            policy: Policy) -> None:
         try:
+            await self._join_awaiting()
             view = await asyncio.to_thread(self._look)
         except FleetError as exc:
             self._report_problem(str(exc))
             return
         self._report_problem(None)
         self.view = view
-        incident = view.incident
-        if incident is None:
-            return
         try:
-            await self._act(view, incident, busy, launch, runbooks)
+            if await self._carry_decisions(view, policy):
+                return  # the approvals start this host's runs through the loop
+            if view.incident is not None:
+                await self._act(view, view.incident, busy, launch, policy.all_runbooks())
         except (FleetError, LockError, JournalError) as exc:
             self.log.error("cannot take part in the fleet incident; trying again",
-                           incident=incident.id, error=str(exc))
+                           incident=None if view.incident is None else view.incident.id,
+                           error=str(exc))
+
+    # -- decisions awaiting a person (approve mode) ----------------------------------------
+
+    async def _join_awaiting(self) -> None:
+        """Open or join the fleet incident of each rollback awaiting a decision here."""
+        joined: list[tuple[int, FleetIncident, bool]] = []
+        for number, waiting in list(self._joining.items()):
+            joined.append((number, *await asyncio.to_thread(
+                self._open, waiting.scenario, waiting.action, waiting.runbook,
+                self._restore_point(), awaiting=True)))
+        if not joined:
+            return
+        await self._refresh_alive()  # before its pages are let go: who pages for the fleet
+        for number, incident, opened in joined:
+            del self._joining[number]
+            self._incidents[number] = incident.id
+            self._shared[number] = incident.opened_by
+            self._undecided[number] = incident.id
+            self.log.warning("the rollback awaiting a decision is the fleet's" if opened else
+                             "joined the fleet incident", incident=number,
+                             fleet_incident=incident.describe())
+
+    async def _refresh_alive(self) -> None:
+        hosts = await asyncio.to_thread(self.db.hosts)
+        alive = self.heartbeat * ALIVE_HEARTBEATS
+        self._alive = {host for host, _, _, age in hosts if age < alive}
+
+    async def _carry_decisions(self, view: FleetView, policy: Policy) -> bool:
+        """A decision a person took on any host, carried to this host's own incidents: a
+        closing one here ends the fleet incident; one taken elsewhere is recorded here (an
+        approval of the fleet's rollback, or the same closing). True when this host approved
+        a rollback (the loop starts it at its next cycle)."""
+        if self._shared:
+            await self._refresh_alive()
+        approved = False
+        for number, fleet_id in list(self._undecided.items()):
+            local = self.journal.incident(number)
+            incident = (view.incident if view.incident is not None
+                        and view.incident.id == fleet_id
+                        else await asyncio.to_thread(self.db.incident, fleet_id))
+            if local is None or local.state != "open":
+                if (incident is not None and incident.db_state == "awaiting"
+                        and not await self._dismiss(incident, local.reason if local else "")):
+                    continue  # the lock is busy: the next look tries again
+                del self._undecided[number]
+                continue
+            if incident is None or incident.db_state == "awaiting":
+                continue
+            del self._undecided[number]
+            approved |= self._record(number, incident, policy)
+        return approved
+
+    async def _dismiss(self, incident: FleetIncident, why: str) -> bool:
+        try:
+            lock = await asyncio.to_thread(self.db.lock, f"incident {incident.id} closed")
+        except LockError:
+            return False
+        try:
+            note = f"closed on {self.host}" + (f": {why}" if why else "")
+            if await asyncio.to_thread(lock.dismiss, incident.id, note):
+                self.log.warning("the fleet's rollback was decided against here: the fleet "
+                                 "incident is over", fleet_incident=incident.id, note=note)
+        finally:
+            await asyncio.to_thread(lock.release)
+        return True
+
+    def _record(self, number: int, incident: FleetIncident, policy: Policy) -> bool:
+        """Record on this host's incident the decision taken for the fleet elsewhere."""
+        where = incident.db_host or incident.opened_by
+        by = f"fleet {self.name}"
+        try:
+            if incident.db_state == "dismissed":
+                record_decision(self.journal, number, "dismiss",
+                                f"decided for the fleet on {where}: {incident.note}", by,
+                                policy=policy, app=self.config.app_name)
+                self.log.warning("closed this host's incident as the fleet decided",
+                                 incident=number, fleet_incident=incident.describe())
+                return False
+            record_decision(self.journal, number, "rollback",
+                            f"{incident.action} decided for the fleet on {where}", by,
+                            incident.runbook.removesuffix(FOLLOWER_SUFFIX), policy=policy,
+                            app=self.config.app_name)
+        except DecisionError as exc:
+            self.log.error("cannot record the fleet's decision on this host's incident",
+                           incident=number, fleet_incident=incident.id, error=str(exc))
+            return False
+        self.log.warning("approved this host's incident as the fleet decided",
+                         incident=number, fleet_incident=incident.describe())
+        return True
 
     def _look(self) -> FleetView:
         if not self._schema:
@@ -343,6 +495,8 @@ class Fleet:
         join the fleet incident, then restore once (leader) or follow. None when nothing ran
         (the database part failed elsewhere). RunRefusedError when the fleet cannot be read
         (a rollback that might restore the database a second time does not run)."""
+        if request.incident is not None:
+            self._undecided.pop(request.incident, None)  # this run carries its decision
         follower = self._followers.pop(id(request), None)
         if follower is not None:
             return await self._follow(request, follower[1], executor)
@@ -352,19 +506,18 @@ class Fleet:
             if stale is None or not stale.open:
                 return None
             return await self._lead_or_follow(request, stale, executor, try_lead=True)
-        manifest = None
-        with contextlib.suppress(JournalError):
-            deploy = self.journal.latest_deploy(self.config.app_name)
-            manifest = None if deploy is None else deploy.restore_point
         try:
             incident, opened = await asyncio.to_thread(
-                self._open, request.scenario, request.action, request.runbook.name, manifest)
+                self._open, request.scenario, request.action, request.runbook.name,
+                self._restore_point())
         except FleetError as exc:
             raise RunRefusedError(f"the fleet's state cannot be read, so no rollback that "
                                   f"may restore the shared database runs: {exc}") from None
         if request.incident is not None:
             self._incidents[request.incident] = incident.id
-        mine = opened or (incident.db_state == "pending" and incident.opened_by == self.host)
+        # Awaiting a decision: the host where a person decided it leads.
+        mine = opened or incident.db_state == "awaiting" or (
+            incident.db_state == "pending" and incident.opened_by == self.host)
         return await self._lead_or_follow(request, incident, executor, try_lead=mine)
 
     async def _lead_or_follow(self, request: RunRequest, incident: FleetIncident,
@@ -379,7 +532,10 @@ class Fleet:
             else:
                 # Read again under the lock: another host may have taken it over meanwhile.
                 current = await asyncio.to_thread(self.db.incident, incident.id)
-                if current is not None and current.db_state == "pending":
+                if current is not None and current.db_state == "awaiting":
+                    await asyncio.to_thread(lock.decided, current.id, request.action,
+                                            request.runbook.name)
+                if current is not None and current.db_state in ("awaiting", "pending"):
                     return await self._lead(request, current, lock, executor)
                 await asyncio.to_thread(lock.release)
                 incident = current or incident
@@ -388,12 +544,20 @@ class Fleet:
         assert base is not None
         return await self._follow(base, incident.id, executor, wait=True)
 
-    def _open(self, scenario: str, action: str, runbook: str,
-              restore_point: str | None) -> tuple[FleetIncident, bool]:
+    def _open(self, scenario: str, action: str, runbook: str, restore_point: str | None,
+              awaiting: bool = False) -> tuple[FleetIncident, bool]:
         if not self._schema:
             self.db.ensure_schema()
             self._schema = True
-        return self.db.open_or_join(scenario, action, runbook, restore_point)
+        return self.db.open_or_join(scenario, action, runbook, restore_point,
+                                    awaiting=awaiting)
+
+    def _restore_point(self) -> str | None:
+        """The restore point of this host's latest deploy (recorded with the incident)."""
+        with contextlib.suppress(JournalError):
+            deploy = self.journal.latest_deploy(self.config.app_name)
+            return None if deploy is None else deploy.restore_point
+        return None
 
     async def _lead(self, request: RunRequest, incident: FleetIncident, lock: FleetLock,
                     executor: Executor) -> RunResult:

@@ -164,7 +164,8 @@ class Daemon:
         # fleet.py); a fleet incident's pages go out under the fleet's identity.
         self.fleet = Fleet(config, journal) if config.fleet is not None else None
         if self.fleet is not None:
-            self.outbox.fleet_alias = self.fleet.alias
+            self.outbox.fleet = self.fleet
+            self._rejoin_awaiting_decision()
         self._silences_read = -SILENCES_EVERY
         self._pages_counted: set[int] = set()
         self._stop = asyncio.Event()
@@ -358,7 +359,7 @@ class Daemon:
         self._decide(now, values)
         self._page(now)
         if self.fleet is not None:
-            self.fleet.tick(self._run_going, self._launch, self.policy.all_runbooks())
+            self.fleet.tick(self._run_going, self._launch, self.policy)
         self._refresh_data_safety()
         self._note_cut_connections()
         shown = self._as_decided(values)
@@ -430,6 +431,19 @@ class Daemon:
         self.log.warning("resumed the open incident of the previous run" if resumed else
                          "the open incident's rule is no longer in the policy; not resumed",
                          incident=summary.incident, scenario=summary.scenario)
+
+    def _rejoin_awaiting_decision(self) -> None:
+        """Fleet mode, after a restart: the open incident's rollback still waits for a person
+        (approve mode), so it is still the fleet's incident awaiting a decision."""
+        incident = self.engine.incident
+        summary = None if incident is None else self.journal.incident(incident[0])
+        if (self.fleet is None or summary is None or summary.state != "open"
+                or summary.mode != "approve" or summary.action not in ROLLBACKS):
+            return
+        runbook = self._runbook_for(summary.scenario, summary.action, None)
+        if runbook is not None:
+            self.fleet.awaits_decision(summary.incident, summary.scenario, summary.action,
+                                       runbook.name)
 
     def _feed(self, t: float, event: JournalEvent, catching_up: bool = False) -> None:
         """One journal event into the engine; a malformed one is logged and skipped (another
@@ -524,6 +538,11 @@ class Daemon:
                 why = "the rule names a runbook that is not defined"
             elif decision.mode == "approve":
                 why = (f"waiting for a person: rollbackd decide {decision.incident} rollback")
+                if self.fleet is not None:
+                    why += (f" on {self.fleet.host} (fleet {self.fleet.name}: decided on one "
+                            "host, it is decided for every host)")
+                    self.fleet.awaits_decision(decision.incident, decision.scenario,
+                                               decision.action, runbook.name)
             elif decision.mode != "auto" or self.engine.paused:
                 why = f"mode {decision.mode}: nothing is executed"
             else:

@@ -2,7 +2,8 @@
 127.0.0.2, 127.0.0.3 and 127.0.0.4), in one fleet: a bad deploy (a failed migration that
 changed the schema) is rolled back once in the database and on every host; and when the host
 restoring it is SIGKILLed in the middle of its swap, another host completes the swap and the
-fleet still ends rolled back, with one restore."""
+fleet still ends rolled back, with one restore. In approve mode, the fleet is paged once and
+one person's decision, on any host, is the decision of every host."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from daemon.db.fleet import FleetIncident
 from daemon.durable import HOLD_ENV
 from daemon.journal import Run
 from tests.harness.cli import rollbackd
 from tests.harness.data import scalar
 from tests.harness.fleet import closing, code_states, fleet_hosts, fleet_incidents
+from tests.harness.paging import StandIn, stand_in
 from tests.harness.processes import Proc, start_daemon
 from tests.harness.rollbacks import Host, deploy_invalid_index
 from tests.harness.servers import wait_for
@@ -146,6 +149,124 @@ def test_the_restoring_host_killed_mid_swap_is_taken_over_and_the_fleet_ends_rol
             context = f"{led.summary}\n{outputs(daemons)}"
             assert led.status == "succeeded", context
             check_rolled_back_once(hosts, fleet, context)
+        finally:
+            for daemon in daemons:
+                daemon.close()
+
+
+# -- approve mode: one decision for the fleet ----------------------------------------------
+
+
+SHARED_SYMPTOM = """
+[[rule]]
+scenario = "data_validation_failed"
+when = "db.validation_failures > 0"
+severity = "critical"
+action = "immediate_rollback"
+timeline = "30m"
+"""
+"""What every host sees of the bad deploy (the invalid index it left fails a validation): in
+approve mode each host's engine opens an incident of its own."""
+
+
+def approve_mode_hosts(pg_db: str, tmp_path: Path, fleet: str, hook: StandIn) -> list[Host]:
+    return fleet_hosts(pg_db, tmp_path, fleet=fleet, mode="approve", rules=SHARED_SYMPTOM,
+                       extra=f'[paging]\n[paging.webhook]\nurl = "{hook.url}/hook"\n')
+
+
+def open_incident(host: Host) -> int | None:
+    """The host's open incident's number, if it has one."""
+    latest = host.journal.incidents(limit=1)
+    return latest[0].incident if latest and latest[0].state == "open" else None
+
+
+def decision_pages(hook: StandIn) -> list[dict[str, object]]:
+    return [b for b in hook.bodies() if b.get("kind") == "decision"]
+
+
+def await_the_fleets_decision(hosts: list[Host], hook: StandIn, fleet: str,
+                              daemons: list[Proc]) -> FleetIncident:
+    """A bad deploy in approve mode: every host opens an incident awaiting a person, all
+    joined to one fleet incident, and one decision page goes out (from its opener)."""
+    leader, *others = hosts
+    bad_deploy(leader, others)
+    wait_for_hosts(lambda: all(open_incident(h) for h in hosts) and decision_pages(hook)
+                   and all(p.status != "pending" for h in hosts for p in h.journal.pages()),
+                   60, "every host to open an incident and settle its decision page", daemons)
+    [incident] = fleet_incidents(hosts[0].dsn, fleet)
+    context = f"{incident.describe()}\n{outputs(daemons)}"
+    assert incident.db_state == "awaiting", context
+    [page] = decision_pages(hook)
+    assert page["app"] == fleet and page["incident"] == incident.id, (page, context)
+    assert f"on {incident.opened_by}" in str(page["text"]), page["text"]
+    for host in hosts:
+        [decision_page] = [p for p in host.journal.pages() if p.template == "decision"]
+        mine = f"host{hosts.index(host)}" == incident.opened_by
+        assert decision_page.status == ("delivered" if mine else "recorded"), \
+            (decision_page, context)
+    return incident
+
+
+def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_every_host(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"fleet-{secrets.token_hex(4)}"
+    with stand_in() as hook, closing(approve_mode_hosts(pg_db, tmp_path, fleet,
+                                                              hook)) as hosts:
+        daemons = [start_daemon(h.config) for h in hosts]
+        try:
+            waiting = await_the_fleets_decision(hosts, hook, fleet, daemons)
+            assert all(h.journal.runs() == [] for h in hosts)  # nothing before a person
+
+            # A person decides on a host that did not page: it leads, the others follow.
+            decider = next(h for i, h in enumerate(hosts) if f"host{i}" != waiting.opened_by)
+            number = open_incident(decider)
+            decided = rollbackd("decide", str(number), "rollback", "--reason", "bad v2",
+                                config=decider.config)
+            assert decided.returncode == 0, decided.stdout + decided.stderr
+            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
+                           and all(s == "done" for s in code_states(pg_db, fleet).values()),
+                           90, "every host to roll back", daemons)
+            context = outputs(daemons)
+            [led] = decider.journal.runs()
+            assert (led.runbook, led.status, led.incident) == (RUNBOOK, "succeeded", number), \
+                (led, context)
+            for host in (h for h in hosts if h is not decider):
+                [run] = host.journal.runs()
+                assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
+                    (run.summary, context)
+                assert run.incident is not None, run  # its own incident, approved for the fleet
+                assert [a for a in host.journal.events_of_type("approve")
+                        if a.payload.get("by") == f"fleet {fleet}"], context
+            check_rolled_back_once(hosts, fleet, context)
+            [incident] = fleet_incidents(pg_db, fleet)
+            assert incident.db_host == f"host{hosts.index(decider)}", (incident, context)
+            assert len(decision_pages(hook)) == 1, decision_pages(hook)
+        finally:
+            for daemon in daemons:
+                daemon.close()
+
+
+def test_in_approve_mode_a_dismissal_on_one_host_closes_every_hosts_incident(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"fleet-{secrets.token_hex(4)}"
+    with stand_in() as hook, closing(approve_mode_hosts(pg_db, tmp_path, fleet,
+                                                              hook)) as hosts:
+        daemons = [start_daemon(h.config) for h in hosts]
+        try:
+            waiting = await_the_fleets_decision(hosts, hook, fleet, daemons)
+            opener = hosts[int(waiting.opened_by.removeprefix("host"))]
+            number = open_incident(opener)
+            dismissed = rollbackd("decide", str(number), "dismiss", "--reason", "known noise",
+                                  config=opener.config)
+            assert dismissed.returncode == 0, dismissed.stdout + dismissed.stderr
+            wait_for_hosts(lambda: not any(open_incident(h) for h in hosts), 60,
+                           "every host's incident to close", daemons)
+            [incident] = fleet_incidents(pg_db, fleet)
+            context = f"{incident.describe()}\n{outputs(daemons)}"
+            assert incident.db_state == "dismissed" and incident.resolved_at is not None, context
+            assert "known noise" in incident.note, context
+            assert all(h.journal.runs() == [] and h.journal.restores() == [] for h in hosts)
+            assert len(decision_pages(hook)) == 1, decision_pages(hook)
         finally:
             for daemon in daemons:
                 daemon.close()

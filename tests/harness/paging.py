@@ -21,7 +21,9 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from daemon.journal import Page as PageRecord
 from daemon.paging.message import Message
+from daemon.paging.outbox import Sending
 from tests.harness.http import serving
 from tests.harness.servers import free_port
 
@@ -38,6 +40,26 @@ def page(**changes: Any) -> Message:
         sent_at=1_800_000_000.0,
     )
     return replace(base, **changes)
+
+
+@dataclass
+class FleetOf:
+    """A fleet's say in an outbox's pages (the outbox's ``fleet``), without a fleet: pages of
+    the local ``incidents`` (or of the local ``runs``) go out as the fleet incident mapped to
+    them; this host sends every page."""
+
+    name: str
+    incidents: Mapping[int, int] = field(default_factory=dict)
+    runs: Mapping[int, int] = field(default_factory=dict)
+    host: str = "host0"
+
+    def alias(self, page: PageRecord) -> tuple[str, int] | None:
+        number = (self.incidents.get(page.incident) if page.incident is not None
+                  else self.runs.get(page.run) if page.run is not None else None)
+        return None if number is None else (self.name, number)
+
+    def sending(self, page: PageRecord) -> Sending:
+        return "send", ""
 
 
 # -- the HTTP stand-in -------------------------------------------------------------------

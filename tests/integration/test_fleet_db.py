@@ -9,7 +9,7 @@ import threading
 import psycopg
 import pytest
 
-from daemon.db.fleet import FleetDb, FleetError, FleetIncident
+from daemon.db.fleet import SCHEMA_VERSION, FleetDb, FleetError, FleetIncident
 from daemon.locks import LockError
 
 
@@ -37,7 +37,7 @@ def test_the_schema_is_created_once_by_hosts_starting_together_and_again_harmles
     with psycopg.connect(pg_db) as conn:
         version = conn.execute("SELECT value FROM rollbackd.meta "
                                "WHERE key = 'schema_version'").fetchone()
-    assert version == ("1",)
+    assert version == (str(SCHEMA_VERSION),)
 
 
 def test_a_schema_written_by_a_newer_rollbackd_is_refused_naming_both_versions(
@@ -45,7 +45,8 @@ def test_a_schema_written_by_a_newer_rollbackd_is_refused_naming_both_versions(
     host(pg_db, "a").ensure_schema()
     with psycopg.connect(pg_db) as conn:
         conn.execute("UPDATE rollbackd.meta SET value = '7' WHERE key = 'schema_version'")
-    with pytest.raises(FleetError, match="version 7, newer than this rollbackd's 1"):
+    with pytest.raises(FleetError,
+                       match=f"version 7, newer than this rollbackd.s {SCHEMA_VERSION}"):
         host(pg_db, "a").ensure_schema()
 
 
@@ -159,3 +160,81 @@ def test_an_incident_resolves_once_its_database_is_over_and_no_live_host_is_pend
     late = host(pg_db, "late")
     assert late.follow(again.id) and not late.follow(again.id)
     assert late.look().mine_pending
+
+
+def test_a_rollback_awaiting_a_decision_is_one_incident_that_any_host_may_decide(
+        pg_db: str) -> None:
+    a, b = host(pg_db, "a"), host(pg_db, "b")
+    a.ensure_schema()
+    waiting, opened = a.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                     awaiting=True)
+    assert opened and waiting.db_state == "awaiting"
+    joined, opened = b.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                    awaiting=True)
+    assert not opened and joined.id == waiting.id and b.look().following == waiting.id
+    # A person decides a planned rollback on b: b records the choice and leads.
+    lock = b.lock("decided")
+    try:
+        lock.decided(waiting.id, "planned_rollback", "planned_rollback")
+        led = lock.set_db_state(waiting.id, "restoring")
+    finally:
+        lock.release()
+    assert (led.action, led.runbook, led.db_state, led.db_host) == (
+        "planned_rollback", "planned_rollback", "restoring", "b")
+    lock = a.lock("too late")
+    try:  # a decision is taken once: neither a second choice nor a dismissal moves it now
+        lock.decided(waiting.id, "fix_forward", "none")
+        assert not lock.dismiss(waiting.id, "dismissed on a")
+    finally:
+        lock.release()
+    current = a.incident(waiting.id)
+    assert current is not None and (current.action, current.db_state) == (
+        "planned_rollback", "restoring")
+
+
+def test_a_dismissed_rollback_ends_the_fleet_incident_at_once(pg_db: str) -> None:
+    a = host(pg_db, "a")
+    a.ensure_schema()
+    waiting, _ = a.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                awaiting=True)
+    lock = a.lock("dismiss")
+    try:
+        assert lock.dismiss(waiting.id, "dismiss on a by alice")
+        with pytest.raises(FleetError, match="its database state is dismissed"):
+            lock.set_db_state(waiting.id, "restoring")
+    finally:
+        lock.release()
+    assert a.look().incident is None
+    latest = a.latest()
+    assert latest is not None and latest.db_state == "dismissed"
+    assert latest.resolved_at is not None and latest.note == "dismiss on a by alice"
+
+
+def test_a_version_1_schema_is_upgraded_to_hold_decisions(pg_db: str) -> None:
+    with psycopg.connect(pg_db, autocommit=True) as conn:  # what version 1 created
+        conn.execute("""
+            CREATE SCHEMA rollbackd;
+            CREATE TABLE rollbackd.meta (key text PRIMARY KEY, value text NOT NULL);
+            INSERT INTO rollbackd.meta VALUES ('schema_version', '1');
+            CREATE TABLE rollbackd.fleet_incidents (
+                id bigserial PRIMARY KEY, fleet text NOT NULL, opened_by text NOT NULL,
+                scenario text NOT NULL, action text NOT NULL, runbook text NOT NULL,
+                restore_point text,
+                db_state text NOT NULL DEFAULT 'pending'
+                    CHECK (db_state IN ('pending', 'restoring', 'restored', 'failed')),
+                db_host text, note text NOT NULL DEFAULT '',
+                facts jsonb NOT NULL DEFAULT '{}',
+                opened_at timestamptz NOT NULL DEFAULT now(),
+                updated_at timestamptz NOT NULL DEFAULT now(), resolved_at timestamptz);
+            INSERT INTO rollbackd.fleet_incidents (fleet, opened_by, scenario, action, runbook,
+                db_state, resolved_at) VALUES ('vf', 'a', 's', 'immediate_rollback',
+                'immediate_rollback', 'restored', now());""")
+    a = host(pg_db, "a")
+    a.ensure_schema()
+    waiting, opened = a.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                     awaiting=True)
+    assert opened and waiting.db_state == "awaiting" and waiting.id == 2
+    with psycopg.connect(pg_db) as conn:
+        version = conn.execute("SELECT value FROM rollbackd.meta "
+                               "WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from daemon.config import PagingSettings
-from daemon.journal import Journal, Page
+from daemon.journal import Journal
 from daemon.paging.acks import acks_from_silences
 from daemon.paging.outbox import NoPageObserver, Outbox
 from policies.engine import Decision
 from tests.harness.alertmanager_server import AlertmanagerServer, running_alertmanager_with
-from tests.harness.paging import stand_in
+from tests.harness.paging import FleetOf, stand_in
 
 
 @pytest.fixture
@@ -35,10 +35,7 @@ async def test_a_silence_of_the_fleet_incident_s_alert_acknowledges_the_local_in
         {"alertmanager": {"urls": [alertmanager.url], "timeout": "3s"}})
     outbox = Outbox(journal, "shop", settings, NoPageObserver())
 
-    def fleet_incident(page: Page) -> tuple[str, int] | None:
-        return ("shop-fleet", 42) if page.incident == 3 else None
-
-    outbox.fleet_alias = fleet_incident
+    outbox.fleet = FleetOf("shop-fleet", {3: 42})
     journal.add_page("shop", t=1000.0, incident=3, run=None, level=1, template="decision",
                      summary="incident 3: slow", details={}, dedup_key="shop/incident-3/L1")
     assert await outbox.flush() == 1

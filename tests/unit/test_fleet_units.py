@@ -17,6 +17,7 @@ from daemon.locks import ROLLBACK_LOCK_KEY
 from daemon.paging.outbox import NoPageObserver, Outbox, alert_labels
 from daemon.service.fleet import completed_for, database_part, lost_verdict
 from policies.runbooks import BUILTIN, fleet_follower, with_fleet_followers
+from tests.harness.paging import FleetOf
 
 
 def step(idx: int, kind: str, outcome: str | None, attempt: int = 1) -> RunStep:
@@ -129,7 +130,7 @@ def test_two_hosts_pages_of_one_fleet_incident_carry_the_same_alert_labels(
         outbox = Outbox(journal, "visionforge", PagingSettings(), NoPageObserver())
         message = outbox.message(page, outbox.rendered(page, 2.0))
         assert message.app == "visionforge" and message.incident is None
-        outbox.fleet_alias = lambda p, n=local: ("vf", 12) if p.run == n else None
+        outbox.fleet = FleetOf("vf", runs={local: 12})
         message = outbox.message(page, outbox.rendered(page, 2.0))
         assert message.alert_key == "vf/incident-12/L1"
         labels.append(alert_labels(message))
