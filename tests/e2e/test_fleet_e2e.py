@@ -13,14 +13,21 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from daemon.db.fleet import FleetIncident
+from daemon.db.fleet import FleetDb, FleetIncident
 from daemon.durable import HOLD_ENV
 from daemon.journal import Run
 from tests.harness.cli import rollbackd
 from tests.harness.data import scalar
-from tests.harness.fleet import closing, code_states, fleet_hosts, fleet_incidents
+from tests.harness.fleet import (
+    closing,
+    code_states,
+    fleet_hosts,
+    fleet_incidents,
+    maintenance_dsn,
+)
 from tests.harness.paging import StandIn, stand_in
 from tests.harness.processes import Proc, start_daemon
 from tests.harness.rollbacks import Host, deploy_invalid_index
@@ -267,6 +274,79 @@ def test_in_approve_mode_a_dismissal_on_one_host_closes_every_hosts_incident(
             assert "known noise" in incident.note, context
             assert all(h.journal.runs() == [] and h.journal.restores() == [] for h in hosts)
             assert len(decision_pages(hook)) == 1, decision_pages(hook)
+        finally:
+            for daemon in daemons:
+                daemon.close()
+
+
+# -- hosts lost at other moments -----------------------------------------------------------
+
+
+def test_an_incident_whose_opener_died_before_the_database_part_is_led_by_another_host(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"fleet-{secrets.token_hex(4)}"
+    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
+        daemons = [start_daemon(h.config) for h in hosts]
+        try:
+            for host in hosts:  # each host's restore point of the release
+                began = rollbackd("deploy", "begin", "--version", "v2", config=host.config)
+                assert began.returncode == 0, began.stderr
+            with psycopg.connect(pg_db, autocommit=True) as conn:  # what the release changed
+                conn.execute("CREATE TABLE released_in_v2 (id int)")
+            # A host opened the incident and died before taking the fleet's lock, long ago.
+            ghost = FleetDb(maintenance_dsn(pg_db), fleet, "ghost")
+            opened, _ = ghost.open_or_join("migration_failed", RUNBOOK, RUNBOOK, None)
+            with psycopg.connect(maintenance_dsn(pg_db), autocommit=True) as conn:
+                conn.execute("UPDATE rollbackd.fleet_incidents SET updated_at = now() - "
+                             "interval '1 hour' WHERE id = %s", (opened.id,))
+            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
+                           and all(s == "done" for h, s in code_states(pg_db, fleet).items()
+                                   if h != "ghost"),
+                           90, "a live host to lead and every host to roll back", daemons)
+            [incident] = fleet_incidents(pg_db, fleet)
+            context = f"{incident.describe()}\n{outputs(daemons)}"
+            assert incident.db_host in {"host0", "host1", "host2"}, context
+            runs = {f"host{i}": h.journal.runs() for i, h in enumerate(hosts)}
+            assert [r.runbook for r in runs[incident.db_host]] == [RUNBOOK], (runs, context)
+            assert all([r.runbook for r in host_runs] == [f"{RUNBOOK}@fleet"]
+                       for name, host_runs in runs.items() if name != incident.db_host), runs
+            assert all(r.status == "succeeded" for rs in runs.values() for r in rs), context
+            check_rolled_back_once(hosts, fleet, context)
+            assert scalar(pg_db, "SELECT to_regclass('released_in_v2') IS NULL") is True
+        finally:
+            for daemon in daemons:
+                daemon.close()
+
+
+def test_a_follower_killed_in_its_own_part_finishes_it_when_it_starts_again(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"fleet-{secrets.token_hex(4)}"
+    point = "runbook:1:stop_app:after"  # the follower's app is stopped, not yet journaled
+    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
+        leader, follower, other = hosts
+        daemons = [start_daemon(leader.config),
+                   start_daemon(follower.config, env={**os.environ, HOLD_ENV: point}),
+                   start_daemon(other.config)]
+        try:
+            bad_deploy(leader, [follower, other])
+            wait_for_hosts(lambda: f"test hold at {point}" in daemons[1].output(), 60,
+                           f"the follower to reach {point}", daemons)
+            assert follower.health() is None  # its app is down: the moment to lose it
+            os.kill(daemons[1].pid, signal.SIGKILL)
+            daemons[1].popen.wait(10)
+            [cut] = follower.journal.runs()
+            assert cut.status == "running", cut
+
+            daemons[1].close()
+            daemons[1] = start_daemon(follower.config)
+            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
+                           and all(s == "done" for s in code_states(pg_db, fleet).values()),
+                           90, "the follower to finish its part after its restart", daemons)
+            [run] = follower.journal.runs()
+            context = f"{run.summary}\n{outputs(daemons)}"
+            assert (run.id, run.runbook, run.status) == (cut.id, f"{RUNBOOK}@fleet",
+                                                          "succeeded"), context
+            check_rolled_back_once(hosts, fleet, context)
         finally:
             for daemon in daemons:
                 daemon.close()
