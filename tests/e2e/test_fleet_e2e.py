@@ -350,3 +350,47 @@ def test_a_follower_killed_in_its_own_part_finishes_it_when_it_starts_again(
         finally:
             for daemon in daemons:
                 daemon.close()
+
+
+def test_the_restoring_host_killed_after_its_restore_leaves_the_fleet_paged_not_restored_twice(
+        pg_db: str, tmp_path: Path) -> None:
+    """Killed between the end of its restore and the journaling of it, the leader leaves no
+    swap cut short: the host that takes over cannot tell whether the database was restored,
+    so the fleet's database part is ``failed`` and paged, and nothing restores it again, not
+    even the lost host when it starts again."""
+    fleet = f"fleet-{secrets.token_hex(4)}"
+    point = "runbook:3:restore_database:after"
+    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
+        leader, *followers = hosts
+        daemons = [start_daemon(leader.config, env={**os.environ, HOLD_ENV: point})]
+        daemons += [start_daemon(h.config) for h in followers]
+        try:
+            bad_deploy(leader, followers)
+            wait_for_hosts(lambda: f"test hold at {point}" in daemons[0].output(), 60,
+                           f"the leader to reach {point}", daemons)
+            os.kill(daemons[0].pid, signal.SIGKILL)
+            daemons[0].popen.wait(10)
+
+            wait_for_hosts(lambda: fleet_incidents(pg_db, fleet)[0].db_state != "restoring",
+                           60, "another host to settle the database part", daemons)
+            [incident] = fleet_incidents(pg_db, fleet)
+            context = f"{incident.describe()}\n{outputs(daemons)}"
+            assert incident.db_state == "failed" and incident.db_host != "host0", context
+            assert "no swap was found cut short" in incident.note, context
+            taker = hosts[int(str(incident.db_host).removeprefix("host"))]
+            [page] = [p for p in taker.journal.pages() if p.template == "emergency"]
+            assert page.dedup_key.endswith("database-failed"), page
+            wait_for_hosts(lambda: all(code_states(pg_db, fleet)[f"host{i}"] == "failed"
+                                       for i in (1, 2)), 30,
+                           "the followers to record that they did not roll back", daemons)
+            assert all(h.journal.runs() == [] and h.health() is not None for h in followers)
+
+            daemons[0].close()
+            daemons[0] = start_daemon(leader.config)
+            wait_for_hosts(lambda: ended_runs(leader), 60, "the leader's run to be recovered",
+                           daemons)
+            restores = [r for host in hosts for r in host.journal.restores()]
+            assert len(restores) == 1, (restores, outputs(daemons))
+        finally:
+            for daemon in daemons:
+                daemon.close()
