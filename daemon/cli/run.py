@@ -26,13 +26,14 @@ from daemon.logs import configure_logging
 def run(ctx: click.Context, config_file: Path | None, record: Path | None) -> None:
     """Run the daemon: probe, export metrics, notify systemd (the systemd service's ExecStart)."""
     from daemon.service.loop import Daemon, ListenError, bind_listener
-    from daemon.service.recorder import Recorder, RecordError
 
     path, config, policy = load_with_policy(ctx, config_file)
     configure_logging(config.daemon.log_format)
     journal = open_journal_or_fail(path, config)
     recorder = None
     if record is not None:
+        from daemon.service.recorder import Recorder, RecordError
+
         try:
             recorder = Recorder.open(record, policy)
         except RecordError as exc:

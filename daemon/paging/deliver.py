@@ -1,23 +1,19 @@
 """Delivery: each channel tried a few times with backoff (Retry-After honoured), then the
-next channel in the fallback order, until one delivers."""
+next channel in the fallback order, until one delivers. Tenacity is imported by the first
+delivery, not with the daemon's outbox."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from typing import TYPE_CHECKING
 
 from daemon.paging.channels.base import Channel, DeliveryError
 from daemon.paging.message import Message
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -43,6 +39,8 @@ class _RetryAfterOrBackoff:
     fallback back."""
 
     def __init__(self, max_wait: float) -> None:
+        from tenacity import wait_exponential, wait_random
+
         self.max_wait = max_wait
         self.backoff = (wait_exponential(multiplier=FIRST_WAIT, max=max_wait)
                         + wait_random(0, JITTER))
@@ -61,6 +59,8 @@ def _retryable(error: BaseException) -> bool:
 async def try_channel(message: Message, channel: Channel, *, attempts: int, max_wait: float,
                       sleep: Sleep = asyncio.sleep) -> Attempt:
     """Up to ``attempts`` tries of one channel; permanent errors end it at once."""
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
     tries = 0
     retrying = AsyncRetrying(stop=stop_after_attempt(attempts), wait=_RetryAfterOrBackoff(max_wait),
                              retry=retry_if_exception(_retryable), sleep=sleep, reraise=True)

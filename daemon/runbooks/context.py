@@ -1,18 +1,25 @@
 """What one run of a runbook knows: the request (which runbook, for which incident, why), the
-deploy and its restore point, the budget, and what the run has left behind so far."""
+deploy and its restore point, the budget, and what the run has left behind so far; how an
+attempt at a step ended (:class:`StepReport`) and the pages a run records."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon.app.control import AppController
 from daemon.config import Config, DatabaseSettings, ProcessControl
 from daemon.db.backups import BackupError, BackupStore, Manifest
-from daemon.journal import Deploy, Journal, JournalError, Run
+from daemon.fmt import when
+from daemon.journal import Deploy, Journal, JournalError, Page, Run, StepOutcome
+from daemon.logs import get_logger
 from policies.runbooks import Runbook
+
+if TYPE_CHECKING:
+    from daemon.app.control import AppController
+    from daemon.app.result import StepResult
 
 DEFAULT_BUDGET = 3600.0
 """Seconds a run may take when its decision has no timeline (``next release``) or it was
@@ -169,8 +176,81 @@ class StepError(Exception):
     say (raised by adapters for what they can tell before any side effect)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """How one attempt at a step ended."""
+
+    outcome: StepOutcome
+    message: str
+    output: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: StepResult) -> StepReport:
+        return cls("ok" if result.ok else "failed", result.message, result.output,
+                   dict(result.details))
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+CHANNEL = "journal"
+"""Pages are recorded in the journal until the paging room delivers them."""
+
+
+def dedup_key(ctx: RunContext, index: int | str) -> str:
+    """(app, incident, run, step): a page recorded twice (a retry, a recovered run) is one."""
+    incident = "-" if ctx.incident is None else str(ctx.incident)
+    return f"{ctx.app}/incident-{incident}/run-{ctx.run_id}/step-{index}"
+
+
+def record_page(ctx: RunContext, template: str, summary_line: str,
+                details: Mapping[str, Any], key: str, *, level: int = 1) -> Page:
+    """Record a page in the journal (``JournalError`` when it cannot be) and log it."""
+    try:
+        page = ctx.journal.add_page(
+            ctx.app, t=time.time(), incident=ctx.incident, run=ctx.run_id, level=level,
+            template=template, summary=summary_line, details=details, dedup_key=key)
+    except JournalError:
+        ctx.observer.page_recorded(CHANNEL, "failed")
+        raise
+    ctx.observer.page_recorded(CHANNEL, "recorded")
+    get_logger().bind(app=ctx.app).warning(
+        "page", channel=CHANNEL, template=template, incident=ctx.incident, run=ctx.run_id,
+        page=page.id, summary=summary_line)
+    return page
+
+
+def page_facts(ctx: RunContext) -> dict[str, Any]:
+    """What every page of a run says besides its line: the incident's facts and the state."""
+    request = ctx.request
+    return {
+        "app": ctx.app, "incident": ctx.incident, "scenario": request.scenario,
+        "action": request.action, "runbook": request.runbook.name, "run": ctx.run_id,
+        "reason": request.reason, "by": request.by,
+        "deploy": None if ctx.deploy is None else ctx.deploy.id,
+        "version": None if ctx.deploy is None else ctx.deploy.version,
+        "restore_point": None if ctx.manifest is None else ctx.manifest.id,
+        "state": ctx.left.describe(),
+    }
+
+
+def data_window(ctx: RunContext) -> str:
+    """The data the run undid and where it is kept, or that it undid none."""
+    restored = ctx.facts.get("restore")
+    if restored is None:
+        return "no data undone (the database was not restored)"
+    return (f"data written from {when(restored['data_window_start'], missing='unknown')} to "
+            f"{when(restored['data_window_end'])} undone, kept in {restored['kept_kind']} "
+            f"{restored['kept']}")
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
 def build_controller(config: Config, *, grace: float | None = None) -> AppController:
     """``[app].control``'s adapter; ``grace`` replaces the process adapter's stop_timeout."""
+    from daemon.app.control import AppController
+
     app = config.app
     if app is None or app.control is None:
         raise StepError("no [app].control configured: rollbackd cannot stop or start the app")

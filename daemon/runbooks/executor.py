@@ -23,18 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential,
-)
-from tenacity.stop import stop_base
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.db.backups import BackupStore
@@ -49,22 +40,20 @@ from daemon.runbooks.context import (
     RunObserver,
     RunRequest,
     StepError,
-    prepare,
-)
-from daemon.runbooks.recovery import assess, rebuilt_state, restore_facts
-from daemon.runbooks.steps import (
-    ADAPTERS,
-    Adapter,
     StepReport,
-    app_state,
     data_window,
     dedup_key,
     page_facts,
+    prepare,
     record_page,
 )
+from daemon.runbooks.recovery import assess, rebuilt_state, restore_facts
 from policies.runbooks import BUILTIN, NoArgs, Runbook, Step
 from policies.units import format_duration
 from probes.base import one_line
+
+if TYPE_CHECKING:
+    from daemon.runbooks.steps import Adapter
 
 RUN_LOCK_FILE = "runbook.lock"
 """Held for a whole run; distinct from ``rollback.lock``, which the restore step takes."""
@@ -120,11 +109,13 @@ class Executor:
     ``journal`` is used from the event loop's thread only (adapters that need the journal in
     a thread open their own). ``observer`` hears of runs, steps and pages (the metrics).
     ``backoff``: seconds before the first retry (doubling, at most MAX_BACKOFF).
+    ``adapters``: the step kinds' adapters (default :data:`daemon.runbooks.steps.ADAPTERS`,
+    imported when a run first carries out a step: the daemon goes without them until then).
     """
 
     def __init__(self, config: Config, journal: Journal, *,
                  observer: RunObserver | None = None, store: BackupStore | None = None,
-                 backoff: float = BACKOFF, adapters: Mapping[str, Adapter] = ADAPTERS,
+                 backoff: float = BACKOFF, adapters: Mapping[str, Adapter] | None = None,
                  runbooks: Mapping[str, Runbook] = BUILTIN) -> None:
         self.config = config
         self.runbooks = runbooks
@@ -331,6 +322,8 @@ class Executor:
         if failed is not None:
             index, step, report = failed
             if step.kind in ("stop_app", "start_app", "wait_healthy"):
+                from daemon.runbooks.steps import app_state
+
                 # What a failed stop or start left is for the adapter to tell.
                 ctx.left.set("app", await app_state(ctx))
             return self._fail(ctx, log, index, step, report)
@@ -409,6 +402,14 @@ class Executor:
     async def _step(self, ctx: RunContext, index: int, step: Step,
                     first_attempt: int = 1) -> StepReport:
         """The step's attempts: retried with backoff while it fails, if it is idempotent."""
+        from tenacity import (
+            AsyncRetrying,
+            RetryCallState,
+            retry_if_result,
+            stop_after_attempt,
+            wait_exponential,
+        )
+
         attempts = first_attempt - 1
 
         async def attempt() -> StepReport:
@@ -416,7 +417,10 @@ class Executor:
             attempts += 1
             return await self._attempt(ctx, index, step, attempts)
 
-        out_of_budget = stop_when(lambda: time.time() >= ctx.deadline)
+        out_of_attempts = stop_after_attempt(1 + (step.retries if step.idempotent else 0))
+
+        def stop(state: RetryCallState) -> bool:
+            return out_of_attempts(state) or time.time() >= ctx.deadline
 
         def last_report(state: RetryCallState) -> StepReport:
             assert state.outcome is not None
@@ -424,8 +428,7 @@ class Executor:
             return result
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + (step.retries if step.idempotent else 0))
-            | out_of_budget,
+            stop=stop,
             wait=wait_exponential(multiplier=self.backoff, max=MAX_BACKOFF),
             retry=retry_if_result(lambda report: report.outcome == "failed"),
             retry_error_callback=last_report, reraise=True)
@@ -461,6 +464,10 @@ class Executor:
         return report
 
     async def _carry_out(self, ctx: RunContext, index: int, step: Step) -> StepReport:
+        if self.adapters is None:
+            from daemon.runbooks.steps import ADAPTERS
+
+            self.adapters = ADAPTERS
         adapter = self.adapters[step.kind]
         try:
             async with asyncio.timeout(step.timeout + STEP_GRACE):
@@ -497,16 +504,6 @@ class Executor:
         else:
             log.info("step", outcome=report.outcome, message=report.message,
                      duration=round(took, 3))
-
-
-class stop_when(stop_base):  # noqa: N801 - named like tenacity's own stop conditions
-    """Stop retrying once ``condition()`` holds (the run's budget ran out)."""
-
-    def __init__(self, condition: Callable[[], bool]) -> None:
-        self.condition = condition
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.condition()
 
 
 async def _hold(point: str) -> None:

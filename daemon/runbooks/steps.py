@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 
 from daemon.app.code import roll_back_code
 from daemon.app.config_files import restore_config_files
-from daemon.app.result import StepResult
 from daemon.db.admin import RestoreError, RestoreOptions
 from daemon.db.backups import BackupError, Manifest
 from daemon.db.migrations import MigrationVersionError, live_version
@@ -34,10 +32,19 @@ from daemon.db.restore.journaled import WholeStrategy, journaled_restore
 from daemon.db.restore.schema import run_down_migration, schema_diff
 from daemon.db.validate import CheckResult, failures, summary, validate_data, validate_database
 from daemon.fmt import excerpt, when
-from daemon.journal import Journal, JournalError, Page, StepOutcome
-from daemon.logs import get_logger
+from daemon.journal import Journal
 from daemon.proc import run_command
-from daemon.runbooks.context import RunContext, StepError, build_controller
+from daemon.runbooks.context import (
+    CHANNEL,
+    RunContext,
+    StepError,
+    StepReport,
+    build_controller,
+    data_window,
+    dedup_key,
+    page_facts,
+    record_page,
+)
 from policies.runbooks import (
     CommandArgs,
     NotifyArgs,
@@ -52,28 +59,10 @@ from probes.base import one_line
 
 T = TypeVar("T")
 
-CHANNEL = "journal"
-"""Pages are recorded in the journal until the paging room delivers them."""
-
 POLL = 0.5
 """Seconds between two looks at the app while waiting for it to answer."""
 
 UNCHANGED = "database unchanged; code and configuration rolled back"
-
-
-@dataclass(frozen=True, slots=True)
-class StepReport:
-    """How one attempt at a step ended."""
-
-    outcome: StepOutcome
-    message: str
-    output: str = ""
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, result: StepResult) -> StepReport:
-        return cls("ok" if result.ok else "failed", result.message, result.output,
-                   dict(result.details))
 
 
 Adapter = Callable[[RunContext, Step, int], Awaitable[StepReport]]
@@ -89,53 +78,6 @@ async def blocking(work: Callable[[], T], seconds: float) -> T:
 
 
 # -- pages -----------------------------------------------------------------------------------
-
-
-def dedup_key(ctx: RunContext, index: int | str) -> str:
-    """(app, incident, run, step): a page recorded twice (a retry, a recovered run) is one."""
-    incident = "-" if ctx.incident is None else str(ctx.incident)
-    return f"{ctx.app}/incident-{incident}/run-{ctx.run_id}/step-{index}"
-
-
-def record_page(ctx: RunContext, template: str, summary_line: str,
-                details: Mapping[str, Any], key: str, *, level: int = 1) -> Page:
-    """Record a page in the journal (``JournalError`` when it cannot be) and log it."""
-    try:
-        page = ctx.journal.add_page(
-            ctx.app, t=time.time(), incident=ctx.incident, run=ctx.run_id, level=level,
-            template=template, summary=summary_line, details=details, dedup_key=key)
-    except JournalError:
-        ctx.observer.page_recorded(CHANNEL, "failed")
-        raise
-    ctx.observer.page_recorded(CHANNEL, "recorded")
-    get_logger().bind(app=ctx.app).warning(
-        "page", channel=CHANNEL, template=template, incident=ctx.incident, run=ctx.run_id,
-        page=page.id, summary=summary_line)
-    return page
-
-
-def page_facts(ctx: RunContext) -> dict[str, Any]:
-    """What every page of a run says besides its line: the incident's facts and the state."""
-    request = ctx.request
-    return {
-        "app": ctx.app, "incident": ctx.incident, "scenario": request.scenario,
-        "action": request.action, "runbook": request.runbook.name, "run": ctx.run_id,
-        "reason": request.reason, "by": request.by,
-        "deploy": None if ctx.deploy is None else ctx.deploy.id,
-        "version": None if ctx.deploy is None else ctx.deploy.version,
-        "restore_point": None if ctx.manifest is None else ctx.manifest.id,
-        "state": ctx.left.describe(),
-    }
-
-
-def data_window(ctx: RunContext) -> str:
-    """The data the run undid and where it is kept, or that it undid none."""
-    restored = ctx.facts.get("restore")
-    if restored is None:
-        return "no data undone (the database was not restored)"
-    return (f"data written from {when(restored['data_window_start'], missing='unknown')} to "
-            f"{when(restored['data_window_end'])} undone, kept in {restored['kept_kind']} "
-            f"{restored['kept']}")
 
 
 def render(ctx: RunContext, template: str) -> str:

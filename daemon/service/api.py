@@ -2,7 +2,8 @@
 
 Handlers run in the daemon's event loop and write the very journal events the CLI writes;
 the main loop hands them to the decision engine at its next cycle, so an answer here means
-"recorded", not "acted upon".
+"recorded", not "acted upon". The operator's verbs import their code (:mod:`daemon.ops`) at
+their first request: the daemon goes without it until someone asks.
 """
 
 from __future__ import annotations
@@ -22,14 +23,6 @@ from starlette.routing import BaseRoute, Route
 from daemon.config import Config
 from daemon.journal import Journal, JournalError
 from daemon.logs import get_logger
-from daemon.ops.operator import (
-    DecisionError,
-    gather_status,
-    record_decision,
-    record_pause,
-    record_resume,
-)
-from daemon.ops.paging import AckError, acknowledge
 from daemon.service.intake import RETRY_AFTER, Intake, IntakeFullError
 from daemon.service.metrics import Metrics
 from policies.policy import Policy
@@ -252,6 +245,8 @@ class Api:
         return JSONResponse({"accepted": len(hook.alerts)})
 
     async def status(self, _: Request) -> Response:
+        from daemon.ops.operator import gather_status
+
         return JSONResponse(gather_status(self.host.config, self.host.journal).as_json())
 
     async def incidents(self, _: Request) -> Response:
@@ -274,6 +269,7 @@ class Api:
         compared for the data window, files written) in a worker thread."""
         # Imported on the first request: reports are asked for after an incident, and the daemon
         # should not carry their code (about 1.5 MB) until then.
+        from daemon.ops.operator import DecisionError
         from daemon.ops.reports import report_facts
         from daemon.runbooks.reports import current_report
 
@@ -295,12 +291,16 @@ class Api:
         return JSONResponse(current.report.data)
 
     async def pause(self, request: Request) -> Response:
+        from daemon.ops.operator import record_pause
+
         body = await self._parse(request, PauseBody)
         record_pause(self.host.journal, body.by, body.reason)
         self.log.warning("pause requested through the API", by=body.by, reason=body.reason)
         return _accepted({"paused": True, "by": body.by, "reason": body.reason})
 
     async def resume(self, request: Request) -> Response:
+        from daemon.ops.operator import record_resume
+
         body = await self._parse(request, ResumeBody)
         record_resume(self.host.journal, body.by)
         self.log.warning("resume requested through the API", by=body.by)
@@ -310,6 +310,8 @@ class Api:
         """202 with what the journal tells now of the executor's checks (``guards``): the
         decision is recorded whatever they say; the executor checks again and journals a
         refusal as a page."""
+        from daemon.ops.operator import DecisionError, record_decision
+
         number = _incident_number(request)
         body = await self._parse(request, DecisionBody)
         try:
@@ -338,6 +340,8 @@ class AckEndpoint:
         self.api = api
 
     async def __call__(self, request: Request) -> Response:
+        from daemon.ops.paging import AckError, acknowledge
+
         number = _incident_number(request)
         body = await self.api._parse(request, AckBody)
         try:

@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
 from tests.harness.paths import ROOT
 
 # What `rollbackd run` does before its loop starts: the group resolves the verb (which is when
@@ -40,6 +42,54 @@ NOT_IN_THE_DAEMON = (
     "psutil", "smtplib",
     # optional imports of structlog, httpx (its command line) and httpcore
     "rich", "pygments", "trio",
+)
+
+# The daemon `rollbackd run` builds (config, policy, journal, Daemon, its HTTP app) for a host
+# with a database and no [fleet], [paging] channels or --record, then one cycle of the steady
+# state: probing, deciding, the pager's tick, the outbox, the backups read for the metrics.
+# Not the servers, nor the start-up recovery (its modules come with daemon.service.loop).
+BUILT_AND_ONE_CYCLE = """
+import asyncio, json, sys
+from pathlib import Path
+import click
+import daemon.cli
+ctx = click.Context(daemon.cli.cli, info_name="rollbackd")
+daemon.cli.cli.resolve_command(ctx, ["run"])
+from daemon.config import load_config, load_policy
+from daemon.journal import Journal
+from daemon.logs import configure_logging
+from daemon.paging.templates import require_templates
+from daemon.service.api import api_routes
+from daemon.service.http import build_app
+from daemon.service.live import live_routes
+from daemon.service.loop import Daemon
+from daemon.service.sd_notify import Notifier
+path = Path(sys.argv[1])
+config = load_config(path)
+require_templates(config, path)
+configure_logging(config.daemon.log_format, stream=sys.stderr)
+host = Daemon(path, config, load_policy(config, path),
+              Journal.in_state_dir(config.daemon.state_dir), notifier=Notifier(None))
+build_app(host, host.metrics.registry, api_routes(host), live_routes(host))
+
+async def one_cycle():
+    await host.cycle()
+    await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+    await host.probes.aclose()
+
+asyncio.run(one_cycle())
+print(json.dumps(sorted(name for name, module in sys.modules.items() if module is not None)))
+"""
+
+UNTIL_NEEDED = (
+    # a run: the step adapters, and through them the app's control and the journaled restore
+    "daemon.runbooks.steps", "daemon.app", "daemon.db.restore.journaled",
+    # the retries of a run's steps and of a page's delivery
+    "tenacity",
+    # the operator's verbs: a person's approval, the API's
+    "daemon.ops.operator", "daemon.ops.paging",
+    # fleet mode ([fleet]) and the recording (--record)
+    "daemon.service.fleet", "daemon.db.fleet", "daemon.service.recorder",
 )
 
 VERBS = ("ack", "backup", "check", "decide", "demo", "deploy", "drill", "incidents", "page",
@@ -80,6 +130,21 @@ def test_rollbackd_run_imports_neither_the_other_verbs_nor_reports_nor_rich() ->
                    if any(name == gone or name.startswith(gone + ".")
                           for gone in NOT_IN_THE_DAEMON))
     assert heavy == [], f"rollbackd run imports {heavy}: import them where they are used"
+
+
+def test_the_daemon_does_not_load_the_rollback_paging_fleet_and_recording_machinery_until_needed(
+        tmp_path: Path) -> None:
+    config = config_file(
+        tmp_path, daemon={"interval": "1s", "listen": "127.0.0.1:9"},
+        database={"dsn": "postgresql://rollbackd@127.0.0.1:9/app", "expected_tables": ["users"]},
+        extra='[probes.postgres]\ntimeout = "200ms"\n\n[[probes.http]]\nname = "health"\n'
+              'url = "http://127.0.0.1:9/health"\ntimeout = "200ms"\n')
+    modules = set(json.loads(python(BUILT_AND_ONE_CYCLE, str(config))))
+    assert {"daemon.service.loop", "daemon.runbooks.executor", "daemon.paging.outbox",
+            "daemon.db.backups"} <= modules
+    loaded = sorted(name for name in modules
+                    if any(name == lazy or name.startswith(lazy + ".") for lazy in UNTIL_NEEDED))
+    assert loaded == [], f"the daemon imports {loaded} before it needs them"
 
 
 def test_rollbackd_help_lists_every_verb_with_its_short_help() -> None:

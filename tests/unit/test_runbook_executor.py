@@ -14,13 +14,13 @@ import pytest
 from daemon.config import Config
 from daemon.journal import Journal
 from daemon.locks import host_lock
-from daemon.runbooks.context import RunContext, RunRequest
+from daemon.runbooks.context import RunContext, RunRequest, StepReport
 from daemon.runbooks.executor import (
     RUN_LOCK_FILE,
     Executor,
     RunRefusedError,
 )
-from daemon.runbooks.steps import ADAPTERS, Adapter, StepReport
+from daemon.runbooks.steps import ADAPTERS, Adapter
 from policies.runbooks import Runbook, Step, step
 
 

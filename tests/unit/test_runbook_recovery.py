@@ -13,10 +13,10 @@ from daemon.config import Config
 from daemon.db.restore import SwapRecovery
 from daemon.journal import Journal, RestoreOutcome, Run
 from daemon.locks import host_lock
-from daemon.runbooks.context import RunContext
+from daemon.runbooks.context import RunContext, StepReport
 from daemon.runbooks.executor import RUN_LOCK_FILE, Executor
 from daemon.runbooks.recovery import REVERTED
-from daemon.runbooks.steps import ADAPTERS, Adapter, StepReport
+from daemon.runbooks.steps import ADAPTERS, Adapter
 from policies.runbooks import BUILTIN, Step
 
 
