@@ -36,7 +36,8 @@ from probes.base import one_line
 
 SCHEMA = "rollbackd"
 SCHEMA_VERSION = 2
-"""2: ``db_state`` may also be ``awaiting`` and ``dismissed`` (decisions in approve mode)."""
+"""2: ``db_state`` may also be ``awaiting`` and ``dismissed``, and an incident awaiting a
+decision records who acknowledged it (approve mode)."""
 
 DbState = Literal["awaiting", "pending", "restoring", "restored", "failed", "dismissed"]
 CodeState = Literal["pending", "done", "failed"]
@@ -59,8 +60,11 @@ _UPGRADE = f"""
 ALTER TABLE {SCHEMA}.fleet_incidents DROP CONSTRAINT IF EXISTS fleet_incidents_db_state_check;
 ALTER TABLE {SCHEMA}.fleet_incidents ADD CONSTRAINT fleet_incidents_db_state_check
     CHECK (db_state IN ({_STATES}));
+ALTER TABLE {SCHEMA}.fleet_incidents ADD COLUMN IF NOT EXISTS acked_by text,
+    ADD COLUMN IF NOT EXISTS acked_at timestamptz;
 """
-"""Version 1 to 2: the new states (a version 1 host refuses the upgraded schema: it is newer)."""
+"""Version 1 to 2: the new states and the acknowledgement (a version 1 host refuses the
+upgraded schema: it is newer)."""
 
 _SCHEMA_LOCK = 0x726264666C656574
 """``rbdfleet`` in ASCII: serialises the schema's creation by hosts starting together."""
@@ -83,7 +87,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.fleet_incidents (
     facts jsonb NOT NULL DEFAULT '{{}}',
     opened_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    resolved_at timestamptz
+    resolved_at timestamptz,
+    acked_by text,
+    acked_at timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS fleet_incidents_one_open
     ON {SCHEMA}.fleet_incidents (fleet) WHERE resolved_at IS NULL;
@@ -101,7 +107,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.fleet_hosts (
 _INCIDENT_COLUMNS = """i.id, i.fleet, i.opened_by, i.scenario, i.action, i.runbook,
     i.restore_point, i.db_state, i.db_host, i.note, extract(epoch FROM i.opened_at)::float8,
     extract(epoch FROM i.updated_at)::float8, extract(epoch FROM i.resolved_at)::float8,
-    i.facts"""
+    i.facts, i.acked_by, extract(epoch FROM i.acked_at)::float8"""
+_INCIDENT_WIDTH = 16
+"""How many columns _INCIDENT_COLUMNS are (a look's own columns follow them)."""
 
 _LOCK_HELD = """EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -156,6 +164,9 @@ class FleetIncident:
     resolved_at: float | None
     facts: dict[str, Any]
     """What the database part found (a swap a host completed after another was lost)."""
+    acked_by: str | None = None
+    """Who acknowledged it while it awaited a decision, on whichever host."""
+    acked_at: float | None = None
 
     @property
     def open(self) -> bool:
@@ -173,7 +184,7 @@ class FleetIncident:
                 "restore_point": self.restore_point, "db_state": self.db_state,
                 "db_host": self.db_host, "note": self.note, "opened_at": self.opened_at,
                 "updated_at": self.updated_at, "resolved_at": self.resolved_at,
-                "facts": self.facts}
+                "facts": self.facts, "acked_by": self.acked_by, "acked_at": self.acked_at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +210,8 @@ def _incident(row: tuple[Any, ...]) -> FleetIncident | None:
     return FleetIncident(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
                          str(row[5]), row[6], row[7], row[8], str(row[9]), float(row[10]),
                          float(row[11]), None if row[12] is None else float(row[12]),
-                         dict(row[13] or {}))
+                         dict(row[13] or {}), row[14],
+                         None if row[15] is None else float(row[15]))
 
 
 class FleetDb:
@@ -248,7 +260,8 @@ class FleetDb:
             row = conn.execute(_LOOK, {"fleet": self.fleet, "host": self.host,
                                        "key": self.key}).fetchone()
         assert row is not None
-        return FleetView(_incident(row), row[14], row[15], bool(row[16]))
+        own = row[_INCIDENT_WIDTH:]
+        return FleetView(_incident(row), own[0], own[1], bool(own[2]))
 
     def incident(self, incident_id: int) -> FleetIncident | None:
         with self._session() as conn:
@@ -313,6 +326,16 @@ class FleetDb:
                 "following = excluded.following, code_state = 'pending', updated_at = now() "
                 "WHERE h.following IS DISTINCT FROM excluded.following",
                 (self.fleet, self.host, incident_id))
+            return cur.rowcount > 0
+
+    def ack(self, incident_id: int, by: str) -> bool:
+        """Record that ``by`` acknowledged the incident (on this host); False when it was
+        acknowledged before (the first acknowledgement is the one kept)."""
+        with self._session() as conn:
+            cur = conn.execute(
+                f"UPDATE {SCHEMA}.fleet_incidents SET acked_by = %s, acked_at = now(), "
+                "updated_at = now() WHERE id = %s AND acked_at IS NULL",
+                (f"{by} on {self.host}", incident_id))
             return cur.rowcount > 0
 
     def set_code_state(self, incident_id: int, state: CodeState) -> None:

@@ -27,7 +27,9 @@ database (DESIGN section 7), on top of :mod:`daemon.db.fleet`.
   their pages to it while its heartbeat is fresh: :meth:`Fleet.sending`). A person decides on
   any host: a rollback leads the database part from that host, and every other host approves
   its own incident for the fleet and follows; a dismissal or fix-forward ends the fleet
-  incident, and every other host closes its own the same way.
+  incident, and every other host closes its own the same way. An acknowledgement on any host
+  is recorded on the fleet incident and journaled by every other host: escalation stops
+  everywhere.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from daemon.journal import Journal, JournalError, Page, RunStep
 from daemon.locks import LockError
 from daemon.logs import get_logger
 from daemon.ops.operator import DecisionError, record_decision
+from daemon.paging.acks import acks_of, record_ack
 from daemon.paging.outbox import Sending
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
@@ -312,10 +315,28 @@ class Fleet:
                 del self._undecided[number]
                 continue
             if incident is None or incident.db_state == "awaiting":
+                if incident is not None:
+                    await self._share_ack(number, incident)
                 continue
             del self._undecided[number]
             approved |= self._record(number, incident, policy)
         return approved
+
+    async def _share_ack(self, number: int, incident: FleetIncident) -> None:
+        """An acknowledgement on any host stops every host's escalation of the decision: the
+        first one here is recorded on the fleet incident, and one recorded there elsewhere
+        is journaled here."""
+        acks = acks_of(self.journal, number)
+        if acks and incident.acked_at is None:
+            by = str(acks[0].payload.get("by") or "a person")
+            if await asyncio.to_thread(self.db.ack, incident.id, by):
+                self.log.warning("acknowledged for the fleet", incident=number, by=by,
+                                 fleet_incident=incident.id)
+        elif not acks and incident.acked_at is not None:
+            record_ack(self.journal, number, incident.acked_by or "a person",
+                       f"fleet {self.name}", t=incident.acked_at)
+            self.log.warning("acknowledged on another host of the fleet", incident=number,
+                             by=incident.acked_by, fleet_incident=incident.id)
 
     async def _dismiss(self, incident: FleetIncident, why: str) -> bool:
         try:

@@ -253,7 +253,7 @@ def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_eve
                 daemon.close()
 
 
-def test_in_approve_mode_a_dismissal_on_one_host_closes_every_hosts_incident(
+def test_in_approve_mode_an_ack_and_a_dismissal_on_one_host_hold_for_every_host(
         pg_db: str, tmp_path: Path) -> None:
     fleet = f"fleet-{secrets.token_hex(4)}"
     with stand_in() as hook, closing(approve_mode_hosts(pg_db, tmp_path, fleet,
@@ -262,6 +262,18 @@ def test_in_approve_mode_a_dismissal_on_one_host_closes_every_hosts_incident(
         try:
             waiting = await_the_fleets_decision(hosts, hook, fleet, daemons)
             opener = hosts[int(waiting.opened_by.removeprefix("host"))]
+
+            # Acknowledged on a host that did not page: the one that pages stops escalating.
+            other = next(h for h in hosts if h is not opener)
+            acked = rollbackd("ack", str(open_incident(other)), "--by", "bob", config=other.config)
+            assert acked.returncode == 0, acked.stdout + acked.stderr
+            n = open_incident(opener)
+            wait_for_hosts(lambda: any(e.payload.get("via") == f"fleet {fleet}" for e in
+                                       opener.journal.events_of_type("ack", incident=n)),
+                           30, "the opener to journal the fleet's acknowledgement", daemons)
+            [incident] = fleet_incidents(pg_db, fleet)
+            assert str(incident.acked_by).startswith("bob on host"), incident
+
             number = open_incident(opener)
             dismissed = rollbackd("decide", str(number), "dismiss", "--reason", "known noise",
                                   config=opener.config)

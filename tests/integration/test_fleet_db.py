@@ -181,6 +181,10 @@ def test_a_rollback_awaiting_a_decision_is_one_incident_that_any_host_may_decide
         lock.release()
     assert (led.action, led.runbook, led.db_state, led.db_host) == (
         "planned_rollback", "planned_rollback", "restoring", "b")
+    # The first acknowledgement, on whichever host, is the fleet's.
+    assert a.ack(waiting.id, "alice") and not b.ack(waiting.id, "bob")
+    acked = b.incident(waiting.id)
+    assert acked is not None and acked.acked_by == "alice on a" and acked.acked_at is not None
     lock = a.lock("too late")
     try:  # a decision is taken once: neither a second choice nor a dismissal moves it now
         lock.decided(waiting.id, "fix_forward", "none")
