@@ -7,11 +7,14 @@ one person's decision, on any host, is the decision of every host."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -63,13 +66,63 @@ def outputs(daemons: list[Proc]) -> str:
     return "\n".join(said)
 
 
-def wait_for_hosts(predicate: Callable[[], object], timeout: float, what: str,
-                   daemons: list[Proc]) -> None:
-    """wait_for, failing with what the daemons said by then (not when the wait began)."""
-    try:
-        wait_for(predicate, timeout, what=what)
-    except BaseException:
-        pytest.fail(f"{what}:\n{outputs(daemons)}")
+@dataclass
+class RunningFleet:
+    """Three hosts of one fleet (``name``), each with its ``rollbackd run``."""
+
+    name: str
+    hosts: list[Host]
+    daemons: list[Proc]
+
+    def said(self) -> str:
+        return outputs(self.daemons)
+
+    def wait(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        """wait_for, failing with what the daemons said by then (not when the wait began)."""
+        try:
+            wait_for(predicate, timeout, what=what)
+        except BaseException:
+            pytest.fail(f"{what}:\n{self.said()}")
+
+    def incident(self) -> FleetIncident:
+        [incident] = fleet_incidents(self.hosts[0].dsn, self.name)
+        return incident
+
+    def host(self, fleet_id: str | None) -> Host:
+        """The host of ``fleet_id`` (host0, host1, ...)."""
+        return self.hosts[int(str(fleet_id).removeprefix("host"))]
+
+    def kill(self, index: int) -> None:
+        os.kill(self.daemons[index].pid, signal.SIGKILL)
+        self.daemons[index].popen.wait(10)
+
+    def restart(self, index: int) -> Run:
+        """Host ``index``'s daemon started again; its run, once recovered."""
+        self.daemons[index].close()
+        self.daemons[index] = start_daemon(self.hosts[index].config)
+        host = self.hosts[index]
+        self.wait(lambda: ended_runs(host), 60, f"host{index}'s run to be recovered")
+        [run] = host.journal.runs()
+        return run
+
+
+@contextlib.contextmanager
+def running_fleet(pg_db: str, tmp_path: Path, *, held: Mapping[int, str] | None = None,
+                  **options: Any) -> Iterator[RunningFleet]:
+    """A fleet of three hosts with their daemons; ``held``: host index -> the test hold point
+    its daemon stops at; ``options`` go to :func:`fleet_hosts`."""
+    name = f"fleet-{secrets.token_hex(4)}"
+    with closing(fleet_hosts(pg_db, tmp_path, fleet=name, **options)) as hosts:
+        daemons: list[Proc] = []
+        try:
+            for i, host in enumerate(hosts):
+                point = (held or {}).get(i)
+                daemons.append(start_daemon(host.config, env=None if point is None
+                                            else {**os.environ, HOLD_ENV: point}))
+            yield RunningFleet(name, hosts, daemons)
+        finally:
+            for daemon in daemons:
+                daemon.close()
 
 
 def check_rolled_back_once(hosts: list[Host], fleet: str, context: str) -> None:
@@ -85,80 +138,150 @@ def check_rolled_back_once(hosts: list[Host], fleet: str, context: str) -> None:
                  and health.get("version") == "v1", 20, what=f"{host.app_url} answering v1")
 
 
+def every_host_rolled_back(fleet: RunningFleet) -> bool:
+    return (all(ended_runs(h) for h in fleet.hosts)
+            and all(s == "done" for host, s in code_states(fleet.hosts[0].dsn,
+                                                           fleet.name).items()
+                    if host != "ghost"))
+
+
 def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts(
         pg_db: str, tmp_path: Path) -> None:
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
-        first_pids = [h.app_pid() for h in hosts]
-        daemons = [start_daemon(h.config) for h in hosts]
-        try:
-            leader, *followers = hosts
-            bad_deploy(leader, followers)
-            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
-                           and all(s == "done" for s in code_states(pg_db, fleet).values()),
-                           60, "every host to roll back", daemons)
-            context = outputs(daemons)
-            [led] = leader.journal.runs()
-            assert (led.runbook, led.status) == (RUNBOOK, "succeeded"), (led, context)
-            for host in followers:
-                [run] = host.journal.runs()
-                assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
-                    (run.summary, context)
-                kinds = [s.kind for s in host.journal.steps(run.id)]
-                assert "restore_database" not in kinds and "page" not in kinds, kinds
-                assert host.journal.restores() == [] and host.journal.pages() == []
-            check_rolled_back_once(hosts, fleet, context)
-            # Every app was stopped and started again by its own host's rollbackd.
-            assert all(h.app_pid() not in (None, pid) for h, pid in zip(hosts, first_pids,
-                                                                        strict=True))
-            wait_for(lambda: fleet_incidents(pg_db, fleet)[0].resolved_at is not None, 10,
-                     what="the fleet incident to resolve")
-        finally:
-            for daemon in daemons:
-                daemon.close()
+    with running_fleet(pg_db, tmp_path) as fleet:
+        first_pids = [h.app_pid() for h in fleet.hosts]
+        leader, *followers = fleet.hosts
+        bad_deploy(leader, followers)
+        fleet.wait(lambda: every_host_rolled_back(fleet), 60, "every host to roll back")
+        context = fleet.said()
+        [led] = leader.journal.runs()
+        assert (led.runbook, led.status) == (RUNBOOK, "succeeded"), (led, context)
+        for host in followers:
+            [run] = host.journal.runs()
+            assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
+                (run.summary, context)
+            kinds = [s.kind for s in host.journal.steps(run.id)]
+            assert "restore_database" not in kinds and "page" not in kinds, kinds
+            assert host.journal.restores() == [] and host.journal.pages() == []
+        check_rolled_back_once(fleet.hosts, fleet.name, context)
+        # Every app was stopped and started again by its own host's rollbackd.
+        assert all(h.app_pid() not in (None, pid) for h, pid in zip(fleet.hosts, first_pids,
+                                                                    strict=True))
+        wait_for(lambda: fleet.incident().resolved_at is not None, 10,
+                 what="the fleet incident to resolve")
+
+
+# -- a host lost during the rollback --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def leader_lost_at(point: str, pg_db: str, tmp_path: Path) -> Iterator[RunningFleet]:
+    """A bad deploy whose rollback leader (host0) is SIGKILLed at ``point``; yields once
+    another host settled the fleet's database part."""
+    with running_fleet(pg_db, tmp_path, held={0: point}) as fleet:
+        leader, *followers = fleet.hosts
+        bad_deploy(leader, followers)
+        fleet.wait(lambda: f"test hold at {point}" in fleet.daemons[0].output(), 60,
+                   f"the leader to reach {point}")
+        fleet.kill(0)
+        fleet.wait(lambda: fleet.incident().db_state != "restoring", 60,
+                   "another host to settle the database part")
+        yield fleet
 
 
 def test_the_restoring_host_killed_mid_swap_is_taken_over_and_the_fleet_ends_rolled_back(
         pg_db: str, tmp_path: Path) -> None:
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    point = "swap:after_first_rename"
-    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
-        leader, *followers = hosts
-        daemons = [start_daemon(leader.config, env={**os.environ, HOLD_ENV: point})]
-        daemons += [start_daemon(h.config) for h in followers]
-        try:
-            bad_deploy(leader, followers)
-            wait_for_hosts(lambda: f"test hold at {point}" in daemons[0].output(), 60,
-                           f"the leader to reach {point}", daemons)
-            os.kill(daemons[0].pid, signal.SIGKILL)
-            daemons[0].popen.wait(10)
+    with leader_lost_at("swap:after_first_rename", pg_db, tmp_path) as fleet:
+        # Another host took the lock over and completed the swap; the others follow.
+        incident, followers = fleet.incident(), fleet.hosts[1:]
+        context = f"{incident.describe()}\n{fleet.said()}"
+        assert incident.db_state == "restored" and incident.db_host != "host0", context
+        assert incident.facts["lost"] == "host0", context
+        assert incident.facts["swap_outcome"] == "completed", context
+        fleet.wait(lambda: all(ended_runs(h) for h in followers), 60,
+                   "the followers to roll back")
+        for host in followers:
+            [run] = host.journal.runs()
+            assert run.status == "succeeded", (run.summary, context)
 
-            # Another host takes the lock over and completes the swap; the others follow.
-            wait_for_hosts(lambda: fleet_incidents(pg_db, fleet)[0].db_state != "restoring",
-                           60, "another host to settle the database part", daemons)
-            [incident] = fleet_incidents(pg_db, fleet)
-            context = f"{incident.describe()}\n{outputs(daemons)}"
-            assert incident.db_state == "restored" and incident.db_host != "host0", context
-            assert incident.facts["lost"] == "host0", context
-            assert incident.facts["swap_outcome"] == "completed", context
-            wait_for_hosts(lambda: all(ended_runs(h) for h in followers), 60,
-                           "the followers to roll back", daemons)
-            for host in followers:
-                [run] = host.journal.runs()
-                assert run.status == "succeeded", (run.summary, context)
+        # The lost host comes back: its run carries on after the swap completed for it.
+        led = fleet.restart(0)
+        context = f"{led.summary}\n{fleet.said()}"
+        assert led.status == "succeeded", context
+        check_rolled_back_once(fleet.hosts, fleet.name, context)
 
-            # The lost host comes back: its run carries on after the swap completed for it.
-            daemons[0].close()
-            daemons[0] = start_daemon(leader.config)
-            wait_for_hosts(lambda: ended_runs(leader), 60, "the leader's run to be recovered",
-                           daemons)
-            [led] = leader.journal.runs()
-            context = f"{led.summary}\n{outputs(daemons)}"
-            assert led.status == "succeeded", context
-            check_rolled_back_once(hosts, fleet, context)
-        finally:
-            for daemon in daemons:
-                daemon.close()
+
+def test_the_restoring_host_killed_after_its_restore_leaves_the_fleet_paged_not_restored_twice(
+        pg_db: str, tmp_path: Path) -> None:
+    """Killed between the end of its restore and the journaling of it, the leader leaves no
+    swap cut short: the host that takes over cannot tell whether the database was restored,
+    so the fleet's database part is ``failed`` and paged, and nothing restores it again, not
+    even the lost host when it starts again."""
+    with leader_lost_at("runbook:3:restore_database:after", pg_db, tmp_path) as fleet:
+        incident, followers = fleet.incident(), fleet.hosts[1:]
+        context = f"{incident.describe()}\n{fleet.said()}"
+        assert incident.db_state == "failed" and incident.db_host != "host0", context
+        assert "no swap was found cut short" in incident.note, context
+        [page] = [p for p in fleet.host(incident.db_host).journal.pages()
+                  if p.template == "emergency"]
+        assert page.dedup_key.endswith("database-failed"), page
+        fleet.wait(lambda: all(code_states(pg_db, fleet.name)[f"host{i}"] == "failed"
+                               for i in (1, 2)), 30,
+                   "the followers to record that they did not roll back")
+        assert all(h.journal.runs() == [] and h.health() is not None for h in followers)
+
+        fleet.restart(0)
+        restores = [r for host in fleet.hosts for r in host.journal.restores()]
+        assert len(restores) == 1, (restores, fleet.said())
+
+
+def test_an_incident_whose_opener_died_before_the_database_part_is_led_by_another_host(
+        pg_db: str, tmp_path: Path) -> None:
+    with running_fleet(pg_db, tmp_path) as fleet:
+        for host in fleet.hosts:  # each host's restore point of the release
+            began = rollbackd("deploy", "begin", "--version", "v2", config=host.config)
+            assert began.returncode == 0, began.stderr
+        with psycopg.connect(pg_db, autocommit=True) as conn:  # what the release changed
+            conn.execute("CREATE TABLE released_in_v2 (id int)")
+        # A host opened the incident and died before taking the fleet's lock, long ago.
+        ghost = FleetDb(maintenance_dsn(pg_db), fleet.name, "ghost")
+        opened, _ = ghost.open_or_join("migration_failed", RUNBOOK, RUNBOOK, None)
+        with psycopg.connect(maintenance_dsn(pg_db), autocommit=True) as conn:
+            conn.execute("UPDATE rollbackd.fleet_incidents SET updated_at = now() - "
+                         "interval '1 hour' WHERE id = %s", (opened.id,))
+        fleet.wait(lambda: every_host_rolled_back(fleet), 90,
+                   "a live host to lead and every host to roll back")
+        incident = fleet.incident()
+        context = f"{incident.describe()}\n{fleet.said()}"
+        assert incident.db_host in {"host0", "host1", "host2"}, context
+        runs = {f"host{i}": h.journal.runs() for i, h in enumerate(fleet.hosts)}
+        assert [r.runbook for r in runs[incident.db_host]] == [RUNBOOK], (runs, context)
+        assert all([r.runbook for r in host_runs] == [f"{RUNBOOK}@fleet"]
+                   for name, host_runs in runs.items() if name != incident.db_host), runs
+        assert all(r.status == "succeeded" for rs in runs.values() for r in rs), context
+        check_rolled_back_once(fleet.hosts, fleet.name, context)
+        assert scalar(pg_db, "SELECT to_regclass('released_in_v2') IS NULL") is True
+
+
+def test_a_follower_killed_in_its_own_part_finishes_it_when_it_starts_again(
+        pg_db: str, tmp_path: Path) -> None:
+    point = "runbook:1:stop_app:after"  # the follower's app is stopped, not yet journaled
+    with running_fleet(pg_db, tmp_path, held={1: point}) as fleet:
+        leader, follower, other = fleet.hosts
+        bad_deploy(leader, [follower, other])
+        fleet.wait(lambda: f"test hold at {point}" in fleet.daemons[1].output(), 60,
+                   f"the follower to reach {point}")
+        assert follower.health() is None  # its app is down: the moment to lose it
+        fleet.kill(1)
+        [cut] = follower.journal.runs()
+        assert cut.status == "running", cut
+
+        run = fleet.restart(1)
+        fleet.wait(lambda: every_host_rolled_back(fleet), 90,
+                   "the follower to finish its part after its restart")
+        context = f"{run.summary}\n{fleet.said()}"
+        assert (run.id, run.runbook, run.status) == (cut.id, f"{RUNBOOK}@fleet",
+                                                      "succeeded"), context
+        check_rolled_back_once(fleet.hosts, fleet.name, context)
 
 
 # -- approve mode: one decision for the fleet ----------------------------------------------
@@ -176,9 +299,34 @@ timeline = "30m"
 approve mode each host's engine opens an incident of its own."""
 
 
-def approve_mode_hosts(pg_db: str, tmp_path: Path, fleet: str, hook: StandIn) -> list[Host]:
-    return fleet_hosts(pg_db, tmp_path, fleet=fleet, mode="approve", rules=SHARED_SYMPTOM,
-                       extra=f'[paging]\n[paging.webhook]\nurl = "{hook.url}/hook"\n')
+@contextlib.contextmanager
+def awaiting_the_fleets_decision(pg_db: str, tmp_path: Path
+                                 ) -> Iterator[tuple[RunningFleet, StandIn]]:
+    """A bad deploy in approve mode, paging through a webhook: every host opens an incident
+    awaiting a person, all joined to one fleet incident, and one decision page goes out
+    (from the host that opened it); the others' are journaled as left to it."""
+    with stand_in() as hook, running_fleet(
+            pg_db, tmp_path, mode="approve", rules=SHARED_SYMPTOM,
+            extra=f'[paging]\n[paging.webhook]\nurl = "{hook.url}/hook"\n') as fleet:
+        leader, *others = fleet.hosts
+        bad_deploy(leader, others)
+        fleet.wait(lambda: all(open_incident(h) for h in fleet.hosts) and decision_pages(hook)
+                   and all(p.status != "pending" for h in fleet.hosts for p in h.journal.pages()),
+                   60, "every host to open an incident and settle its decision page")
+        incident = fleet.incident()
+        context = f"{incident.describe()}\n{fleet.said()}"
+        assert incident.db_state == "awaiting", context
+        [page] = decision_pages(hook)
+        assert page["app"] == fleet.name and page["incident"] == incident.id, (page, context)
+        assert f"on {incident.opened_by}" in str(page["text"]), page["text"]
+        for i, host in enumerate(fleet.hosts):
+            [decision_page] = [p for p in host.journal.pages() if p.template == "decision"]
+            mine = f"host{i}" == incident.opened_by
+            assert decision_page.status == ("delivered" if mine else "recorded"), \
+                (decision_page, context)
+        assert all(h.journal.runs() == [] for h in fleet.hosts)  # nothing before a person
+        yield fleet, hook
+        assert len(decision_pages(hook)) == 1, decision_pages(hook)  # nor after
 
 
 def open_incident(host: Host) -> int | None:
@@ -191,218 +339,54 @@ def decision_pages(hook: StandIn) -> list[dict[str, object]]:
     return [b for b in hook.bodies() if b.get("kind") == "decision"]
 
 
-def await_the_fleets_decision(hosts: list[Host], hook: StandIn, fleet: str,
-                              daemons: list[Proc]) -> FleetIncident:
-    """A bad deploy in approve mode: every host opens an incident awaiting a person, all
-    joined to one fleet incident, and one decision page goes out (from its opener)."""
-    leader, *others = hosts
-    bad_deploy(leader, others)
-    wait_for_hosts(lambda: all(open_incident(h) for h in hosts) and decision_pages(hook)
-                   and all(p.status != "pending" for h in hosts for p in h.journal.pages()),
-                   60, "every host to open an incident and settle its decision page", daemons)
-    [incident] = fleet_incidents(hosts[0].dsn, fleet)
-    context = f"{incident.describe()}\n{outputs(daemons)}"
-    assert incident.db_state == "awaiting", context
-    [page] = decision_pages(hook)
-    assert page["app"] == fleet and page["incident"] == incident.id, (page, context)
-    assert f"on {incident.opened_by}" in str(page["text"]), page["text"]
-    for host in hosts:
-        [decision_page] = [p for p in host.journal.pages() if p.template == "decision"]
-        mine = f"host{hosts.index(host)}" == incident.opened_by
-        assert decision_page.status == ("delivered" if mine else "recorded"), \
-            (decision_page, context)
-    return incident
-
-
 def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_every_host(
         pg_db: str, tmp_path: Path) -> None:
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    with stand_in() as hook, closing(approve_mode_hosts(pg_db, tmp_path, fleet,
-                                                              hook)) as hosts:
-        daemons = [start_daemon(h.config) for h in hosts]
-        try:
-            waiting = await_the_fleets_decision(hosts, hook, fleet, daemons)
-            assert all(h.journal.runs() == [] for h in hosts)  # nothing before a person
-
-            # A person decides on a host that did not page: it leads, the others follow.
-            decider = next(h for i, h in enumerate(hosts) if f"host{i}" != waiting.opened_by)
-            number = open_incident(decider)
-            decided = rollbackd("decide", str(number), "rollback", "--reason", "bad v2",
-                                config=decider.config)
-            assert decided.returncode == 0, decided.stdout + decided.stderr
-            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
-                           and all(s == "done" for s in code_states(pg_db, fleet).values()),
-                           90, "every host to roll back", daemons)
-            context = outputs(daemons)
-            [led] = decider.journal.runs()
-            assert (led.runbook, led.status, led.incident) == (RUNBOOK, "succeeded", number), \
-                (led, context)
-            for host in (h for h in hosts if h is not decider):
-                [run] = host.journal.runs()
-                assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
-                    (run.summary, context)
-                assert run.incident is not None, run  # its own incident, approved for the fleet
-                assert [a for a in host.journal.events_of_type("approve")
-                        if a.payload.get("by") == f"fleet {fleet}"], context
-            check_rolled_back_once(hosts, fleet, context)
-            [incident] = fleet_incidents(pg_db, fleet)
-            assert incident.db_host == f"host{hosts.index(decider)}", (incident, context)
-            assert len(decision_pages(hook)) == 1, decision_pages(hook)
-        finally:
-            for daemon in daemons:
-                daemon.close()
+    with awaiting_the_fleets_decision(pg_db, tmp_path) as (fleet, _):
+        # A person decides on a host that did not page: it leads, the others follow.
+        opener = fleet.host(fleet.incident().opened_by)
+        decider = next(h for h in fleet.hosts if h is not opener)
+        number = open_incident(decider)
+        decided = rollbackd("decide", str(number), "rollback", "--reason", "bad v2",
+                            config=decider.config)
+        assert decided.returncode == 0, decided.stdout + decided.stderr
+        fleet.wait(lambda: every_host_rolled_back(fleet), 90, "every host to roll back")
+        context = fleet.said()
+        [led] = decider.journal.runs()
+        assert (led.runbook, led.status, led.incident) == (RUNBOOK, "succeeded", number), \
+            (led, context)
+        for host in (h for h in fleet.hosts if h is not decider):
+            [run] = host.journal.runs()
+            assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
+                (run.summary, context)
+            assert run.incident is not None, run  # its own incident, approved for the fleet
+            assert [a for a in host.journal.events_of_type("approve")
+                    if a.payload.get("by") == f"fleet {fleet.name}"], context
+        check_rolled_back_once(fleet.hosts, fleet.name, context)
+        assert fleet.incident().db_host == f"host{fleet.hosts.index(decider)}", context
 
 
 def test_in_approve_mode_an_ack_and_a_dismissal_on_one_host_hold_for_every_host(
         pg_db: str, tmp_path: Path) -> None:
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    with stand_in() as hook, closing(approve_mode_hosts(pg_db, tmp_path, fleet,
-                                                              hook)) as hosts:
-        daemons = [start_daemon(h.config) for h in hosts]
-        try:
-            waiting = await_the_fleets_decision(hosts, hook, fleet, daemons)
-            opener = hosts[int(waiting.opened_by.removeprefix("host"))]
+    with awaiting_the_fleets_decision(pg_db, tmp_path) as (fleet, _):
+        opener = fleet.host(fleet.incident().opened_by)
 
-            # Acknowledged on a host that did not page: the one that pages stops escalating.
-            other = next(h for h in hosts if h is not opener)
-            acked = rollbackd("ack", str(open_incident(other)), "--by", "bob", config=other.config)
-            assert acked.returncode == 0, acked.stdout + acked.stderr
-            n = open_incident(opener)
-            wait_for_hosts(lambda: any(e.payload.get("via") == f"fleet {fleet}" for e in
-                                       opener.journal.events_of_type("ack", incident=n)),
-                           30, "the opener to journal the fleet's acknowledgement", daemons)
-            [incident] = fleet_incidents(pg_db, fleet)
-            assert str(incident.acked_by).startswith("bob on host"), incident
+        # Acknowledged on a host that did not page: the one that pages stops escalating.
+        other = next(h for h in fleet.hosts if h is not opener)
+        acked = rollbackd("ack", str(open_incident(other)), "--by", "bob", config=other.config)
+        assert acked.returncode == 0, acked.stdout + acked.stderr
+        n = open_incident(opener)
+        fleet.wait(lambda: any(e.payload.get("via") == f"fleet {fleet.name}" for e in
+                               opener.journal.events_of_type("ack", incident=n)),
+                   30, "the opener to journal the fleet's acknowledgement")
+        assert str(fleet.incident().acked_by).startswith("bob on host"), fleet.incident()
 
-            number = open_incident(opener)
-            dismissed = rollbackd("decide", str(number), "dismiss", "--reason", "known noise",
-                                  config=opener.config)
-            assert dismissed.returncode == 0, dismissed.stdout + dismissed.stderr
-            wait_for_hosts(lambda: not any(open_incident(h) for h in hosts), 60,
-                           "every host's incident to close", daemons)
-            [incident] = fleet_incidents(pg_db, fleet)
-            context = f"{incident.describe()}\n{outputs(daemons)}"
-            assert incident.db_state == "dismissed" and incident.resolved_at is not None, context
-            assert "known noise" in incident.note, context
-            assert all(h.journal.runs() == [] and h.journal.restores() == [] for h in hosts)
-            assert len(decision_pages(hook)) == 1, decision_pages(hook)
-        finally:
-            for daemon in daemons:
-                daemon.close()
-
-
-# -- hosts lost at other moments -----------------------------------------------------------
-
-
-def test_an_incident_whose_opener_died_before_the_database_part_is_led_by_another_host(
-        pg_db: str, tmp_path: Path) -> None:
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
-        daemons = [start_daemon(h.config) for h in hosts]
-        try:
-            for host in hosts:  # each host's restore point of the release
-                began = rollbackd("deploy", "begin", "--version", "v2", config=host.config)
-                assert began.returncode == 0, began.stderr
-            with psycopg.connect(pg_db, autocommit=True) as conn:  # what the release changed
-                conn.execute("CREATE TABLE released_in_v2 (id int)")
-            # A host opened the incident and died before taking the fleet's lock, long ago.
-            ghost = FleetDb(maintenance_dsn(pg_db), fleet, "ghost")
-            opened, _ = ghost.open_or_join("migration_failed", RUNBOOK, RUNBOOK, None)
-            with psycopg.connect(maintenance_dsn(pg_db), autocommit=True) as conn:
-                conn.execute("UPDATE rollbackd.fleet_incidents SET updated_at = now() - "
-                             "interval '1 hour' WHERE id = %s", (opened.id,))
-            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
-                           and all(s == "done" for h, s in code_states(pg_db, fleet).items()
-                                   if h != "ghost"),
-                           90, "a live host to lead and every host to roll back", daemons)
-            [incident] = fleet_incidents(pg_db, fleet)
-            context = f"{incident.describe()}\n{outputs(daemons)}"
-            assert incident.db_host in {"host0", "host1", "host2"}, context
-            runs = {f"host{i}": h.journal.runs() for i, h in enumerate(hosts)}
-            assert [r.runbook for r in runs[incident.db_host]] == [RUNBOOK], (runs, context)
-            assert all([r.runbook for r in host_runs] == [f"{RUNBOOK}@fleet"]
-                       for name, host_runs in runs.items() if name != incident.db_host), runs
-            assert all(r.status == "succeeded" for rs in runs.values() for r in rs), context
-            check_rolled_back_once(hosts, fleet, context)
-            assert scalar(pg_db, "SELECT to_regclass('released_in_v2') IS NULL") is True
-        finally:
-            for daemon in daemons:
-                daemon.close()
-
-
-def test_a_follower_killed_in_its_own_part_finishes_it_when_it_starts_again(
-        pg_db: str, tmp_path: Path) -> None:
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    point = "runbook:1:stop_app:after"  # the follower's app is stopped, not yet journaled
-    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
-        leader, follower, other = hosts
-        daemons = [start_daemon(leader.config),
-                   start_daemon(follower.config, env={**os.environ, HOLD_ENV: point}),
-                   start_daemon(other.config)]
-        try:
-            bad_deploy(leader, [follower, other])
-            wait_for_hosts(lambda: f"test hold at {point}" in daemons[1].output(), 60,
-                           f"the follower to reach {point}", daemons)
-            assert follower.health() is None  # its app is down: the moment to lose it
-            os.kill(daemons[1].pid, signal.SIGKILL)
-            daemons[1].popen.wait(10)
-            [cut] = follower.journal.runs()
-            assert cut.status == "running", cut
-
-            daemons[1].close()
-            daemons[1] = start_daemon(follower.config)
-            wait_for_hosts(lambda: all(ended_runs(h) for h in hosts)
-                           and all(s == "done" for s in code_states(pg_db, fleet).values()),
-                           90, "the follower to finish its part after its restart", daemons)
-            [run] = follower.journal.runs()
-            context = f"{run.summary}\n{outputs(daemons)}"
-            assert (run.id, run.runbook, run.status) == (cut.id, f"{RUNBOOK}@fleet",
-                                                          "succeeded"), context
-            check_rolled_back_once(hosts, fleet, context)
-        finally:
-            for daemon in daemons:
-                daemon.close()
-
-
-def test_the_restoring_host_killed_after_its_restore_leaves_the_fleet_paged_not_restored_twice(
-        pg_db: str, tmp_path: Path) -> None:
-    """Killed between the end of its restore and the journaling of it, the leader leaves no
-    swap cut short: the host that takes over cannot tell whether the database was restored,
-    so the fleet's database part is ``failed`` and paged, and nothing restores it again, not
-    even the lost host when it starts again."""
-    fleet = f"fleet-{secrets.token_hex(4)}"
-    point = "runbook:3:restore_database:after"
-    with closing(fleet_hosts(pg_db, tmp_path, fleet=fleet)) as hosts:
-        leader, *followers = hosts
-        daemons = [start_daemon(leader.config, env={**os.environ, HOLD_ENV: point})]
-        daemons += [start_daemon(h.config) for h in followers]
-        try:
-            bad_deploy(leader, followers)
-            wait_for_hosts(lambda: f"test hold at {point}" in daemons[0].output(), 60,
-                           f"the leader to reach {point}", daemons)
-            os.kill(daemons[0].pid, signal.SIGKILL)
-            daemons[0].popen.wait(10)
-
-            wait_for_hosts(lambda: fleet_incidents(pg_db, fleet)[0].db_state != "restoring",
-                           60, "another host to settle the database part", daemons)
-            [incident] = fleet_incidents(pg_db, fleet)
-            context = f"{incident.describe()}\n{outputs(daemons)}"
-            assert incident.db_state == "failed" and incident.db_host != "host0", context
-            assert "no swap was found cut short" in incident.note, context
-            taker = hosts[int(str(incident.db_host).removeprefix("host"))]
-            [page] = [p for p in taker.journal.pages() if p.template == "emergency"]
-            assert page.dedup_key.endswith("database-failed"), page
-            wait_for_hosts(lambda: all(code_states(pg_db, fleet)[f"host{i}"] == "failed"
-                                       for i in (1, 2)), 30,
-                           "the followers to record that they did not roll back", daemons)
-            assert all(h.journal.runs() == [] and h.health() is not None for h in followers)
-
-            daemons[0].close()
-            daemons[0] = start_daemon(leader.config)
-            wait_for_hosts(lambda: ended_runs(leader), 60, "the leader's run to be recovered",
-                           daemons)
-            restores = [r for host in hosts for r in host.journal.restores()]
-            assert len(restores) == 1, (restores, outputs(daemons))
-        finally:
-            for daemon in daemons:
-                daemon.close()
+        dismissed = rollbackd("decide", str(n), "dismiss", "--reason", "known noise",
+                              config=opener.config)
+        assert dismissed.returncode == 0, dismissed.stdout + dismissed.stderr
+        fleet.wait(lambda: not any(open_incident(h) for h in fleet.hosts), 60,
+                   "every host's incident to close")
+        incident = fleet.incident()
+        context = f"{incident.describe()}\n{fleet.said()}"
+        assert incident.db_state == "dismissed" and incident.resolved_at is not None, context
+        assert "known noise" in incident.note, context
+        assert all(h.journal.runs() == [] and h.journal.restores() == [] for h in fleet.hosts)
