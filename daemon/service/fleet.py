@@ -22,14 +22,14 @@ database (DESIGN section 7), on top of :mod:`daemon.db.fleet`.
   the fleet's name, incident = the fleet incident's id: :meth:`Fleet.alias`), so Alertmanager
   and PagerDuty see one alert whichever host sends it; followers page nothing of their own
   but a failure.
-* Approve mode: a rollback that waits for a person is one fleet incident (``awaiting``), which
-  each host's incident joins. The host that opened it pages for the fleet (the others leave
-  their pages to it while its heartbeat is fresh: :meth:`Fleet.sending`). A person decides on
-  any host: a rollback leads the database part from that host, and every other host approves
-  its own incident for the fleet and follows; a dismissal or fix-forward ends the fleet
-  incident, and every other host closes its own the same way. An acknowledgement on any host
-  is recorded on the fleet incident and journaled by every other host: escalation stops
-  everywhere.
+* Approve and dry-run modes: a rollback that waits for a person is one fleet incident
+  (``awaiting``), which each host's incident joins. The host that opened it pages for the
+  fleet (the others leave their pages to it while its heartbeat is fresh:
+  :meth:`Fleet.sending`). A person decides on any host: a rollback leads the database part
+  from that host, and every other host approves its own incident for the fleet and follows;
+  a dismissal or fix-forward ends the fleet incident, and every other host closes its own
+  the same way. An acknowledgement on any host is recorded on the fleet incident and
+  journaled by every other host: escalation stops everywhere.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ host's own identity: better paged twice than not at all."""
 
 @dataclass(frozen=True, slots=True)
 class Awaiting:
-    """A rollback this host's engine decided that waits for a person (approve mode)."""
+    """A rollback this host's engine decided that waits for a person (approve, dry-run)."""
 
     scenario: str
     action: str
@@ -228,8 +228,9 @@ class Fleet:
         return "leave", opener
 
     def awaits_decision(self, incident: int, scenario: str, action: str, runbook: str) -> None:
-        """This host's engine decided a rollback that waits for a person (approve mode): at
-        the next look, open the fleet's incident awaiting a decision, or join the one open."""
+        """This host's engine decided a rollback that waits for a person (approve or dry-run
+        mode): at the next look, open the fleet's incident awaiting a decision, or join the
+        one open."""
         if incident not in self._undecided and incident not in self._shared:
             self._joining.setdefault(incident, Awaiting(scenario, action, runbook,
                                                         time.monotonic()))
@@ -269,7 +270,7 @@ class Fleet:
                            incident=None if view.incident is None else view.incident.id,
                            error=str(exc))
 
-    # -- decisions awaiting a person (approve mode) ----------------------------------------
+    # -- decisions awaiting a person (approve, dry-run) ----------------------------------
 
     async def _join_awaiting(self) -> None:
         """Open or join the fleet incident of each rollback awaiting a decision here."""

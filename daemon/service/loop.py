@@ -64,6 +64,10 @@ DATA_SAFETY_EVERY = 30.0
 SILENCES_EVERY = 2.0
 """Seconds between looks at Alertmanager for silences that acknowledge the open incident."""
 
+WAITS_FOR_A_PERSON = ("approve", "dry-run")
+"""The modes whose rollbacks wait for a person's decision (``rollbackd decide``): in a fleet,
+one decision for every host."""
+
 STOP_GRACE = 5.0
 RECOVERY_TIMEOUT = 60.0
 ACCEPT_BATCH = 64
@@ -452,11 +456,11 @@ class Daemon:
 
     def _rejoin_awaiting_decision(self) -> None:
         """Fleet mode, after a restart: the open incident's rollback still waits for a person
-        (approve mode), so it is still the fleet's incident awaiting a decision."""
+        (approve or dry-run mode), so it is still the fleet's incident awaiting a decision."""
         incident = self.engine.incident
         summary = None if incident is None else self.journal.incident(incident[0])
         if (self.fleet is None or summary is None or summary.state != "open"
-                or summary.mode != "approve" or summary.action not in ROLLBACKS):
+                or summary.mode not in WAITS_FOR_A_PERSON or summary.action not in ROLLBACKS):
             return
         runbook = self._runbook_for(summary.scenario, summary.action, None)
         if runbook is not None:
@@ -556,17 +560,17 @@ class Daemon:
                 why = "the rule names a runbook that is not defined"
             elif decision.mode == "approve":
                 why = (f"waiting for a person: rollbackd decide {decision.incident} rollback")
-                if self.fleet is not None:
-                    why += (f" on {self.fleet.host} (fleet {self.fleet.name}: decided on one "
-                            "host, it is decided for every host)")
-                    self.fleet.awaits_decision(decision.incident, decision.scenario,
-                                               decision.action, runbook.name)
             elif decision.mode != "auto" or self.engine.paused:
                 why = f"mode {decision.mode}: nothing is executed"
             else:
                 executed, why = self._launch(RunRequest(
                     runbook, decision.incident, decision.scenario, decision.action,
                     decision.reason, "rollbackd", decision.timeline_s))
+        if self.fleet is not None and runbook is not None and decision.mode in WAITS_FOR_A_PERSON:
+            why += (f" (on {self.fleet.host}, a host of fleet {self.fleet.name}: decided on one "
+                    "host, it is decided for every host)")
+            self.fleet.awaits_decision(decision.incident, decision.scenario, decision.action,
+                                       runbook.name)
         extra = {} if runbook is None else {"runbook": runbook.name}
         if why:
             extra["not_executed"] = why

@@ -34,10 +34,14 @@ timeline = "60m"
 """
 
 
-def daemon(tmp_path: Path, mode: str) -> Daemon:
+def daemon(tmp_path: Path, mode: str, *, fleet: bool = False) -> Daemon:
+    """A daemon in ``mode``; with ``fleet``, a host of fleet ``vf`` (on a database it does not
+    reach: nothing here looks at it)."""
     (tmp_path / "policy.toml").write_text(POLICY)
     path = config_file(tmp_path, daemon={"mode": mode, "policy": tmp_path / "policy.toml"},
-                       app={"name": "app"})
+                       app={"name": "app"},
+                       database={"dsn": "host=127.0.0.1 port=9 dbname=app"} if fleet else None,
+                       extra='[fleet]\nname = "vf"\nid = "h1"\n' if fleet else "")
     config = load_config(path)
     return Daemon(path, config, load_policy(config, path),
                   Journal.in_state_dir(config.daemon.state_dir), notifier=Notifier(None))
@@ -154,3 +158,18 @@ async def test_at_start_the_daemon_recovers_a_run_a_crash_cut_short(
     [page] = journal.pages(incident=3)
     assert "FAILED at step 3 (restore_database)" in page.summary
     assert "state left behind: app stopped, database not restored" in page.summary
+
+
+@pytest.mark.parametrize("mode", ["approve", "dry-run"])
+def test_in_a_fleet_a_rollback_waiting_for_a_person_holds_its_page_until_it_joins_the_fleet(
+        tmp_path: Path, journal: Journal, mode: str) -> None:
+    """The decision page waits for the fleet incident it belongs to, so that it goes out
+    under the fleet's identity, from one host."""
+    now = time.time()
+    fail_a_migration(journal, now)
+    d = daemon(tmp_path, mode, fleet=True)
+    assert d.fleet is not None
+    d._decide(now, {})
+    [page] = journal.pages(incident=1)
+    assert page.template == "decision" and "(on h1, a host of fleet vf" in page.summary, page
+    assert d.fleet.sending(page) == ("hold", "joining the fleet incident it belongs to")
