@@ -190,8 +190,8 @@ class Fleet:
         self._undecided: dict[int, int] = {}
         """Local incident -> the fleet incident awaiting a decision it joined, until decided."""
         self._shared: dict[int, str] = {}
-        """Local incidents joined to a fleet incident awaiting a decision -> its opener, the
-        host that pages for the fleet."""
+        """Local incidents joined to a fleet incident awaiting a decision -> the host that
+        pages for the fleet: its opener, then the host that leads the decided rollback."""
         self._alive: set[str] = set()
         """The hosts whose heartbeat was fresh at the last look (while decisions are shared)."""
 
@@ -211,10 +211,11 @@ class Fleet:
     def sending(self, page: Page) -> Sending:
         """Whether this host sends ``page``: a page of a rollback awaiting a decision is held
         until this host has joined the fleet incident (at most JOIN_GRACE beyond a few
-        heartbeats), then left to the host that opened it, unless that host went quiet.
-        Acknowledgements and resolutions follow this host's own triggers (the outbox sends
+        heartbeats), then left to the host that opened it, unless that host went quiet. A
+        run's own pages (its runbook's page steps, its failure) are this host's to send, and
+        acknowledgements and resolutions follow this host's own triggers (the outbox sends
         them only where those went)."""
-        if page.incident is None or page.event != "trigger":
+        if page.incident is None or page.run is not None or page.event != "trigger":
             return "send", ""
         joining = self._joining.get(page.incident)
         if joining is not None:
@@ -320,8 +321,15 @@ class Fleet:
                     await self._share_ack(number, incident)
                 continue
             del self._undecided[number]
+            self._pages_from(number, incident.db_host or incident.opened_by)
             approved |= self._record(number, incident, policy)
         return approved
+
+    def _pages_from(self, number: int | None, host: str) -> None:
+        """``host`` pages for the fleet about this host's incident ``number`` from now on (the
+        one that leads the decided rollback: its status updates and completion notice)."""
+        if number is not None and number in self._shared:
+            self._shared[number] = host
 
     async def _share_ack(self, number: int, incident: FleetIncident) -> None:
         """An acknowledgement on any host stops every host's escalation of the decision: the
@@ -557,6 +565,7 @@ class Fleet:
                 if current is not None and current.db_state == "awaiting":
                     await asyncio.to_thread(lock.decided, current.id, request.action,
                                             request.runbook.name)
+                    self._pages_from(request.incident, self.host)
                 if current is not None and current.db_state in ("awaiting", "pending"):
                     return await self._lead(request, current, lock, executor)
                 await asyncio.to_thread(lock.release)

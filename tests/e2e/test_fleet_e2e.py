@@ -341,7 +341,7 @@ def decision_pages(hook: StandIn) -> list[dict[str, object]]:
 
 def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_every_host(
         pg_db: str, tmp_path: Path) -> None:
-    with awaiting_the_fleets_decision(pg_db, tmp_path) as (fleet, _):
+    with awaiting_the_fleets_decision(pg_db, tmp_path) as (fleet, hook):
         # A person decides on a host that did not page: it leads, the others follow.
         opener = fleet.host(fleet.incident().opened_by)
         decider = next(h for h in fleet.hosts if h is not opener)
@@ -363,6 +363,18 @@ def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_eve
                     if a.payload.get("by") == f"fleet {fleet.name}"], context
         check_rolled_back_once(fleet.hosts, fleet.name, context)
         assert fleet.incident().db_host == f"host{fleet.hosts.index(decider)}", context
+        # The leader's runbook tells people, under the fleet's identity; the followers' not.
+        fleet.wait(lambda: all(p.status != "pending" for p in decider.journal.pages()), 30,
+                   "the leader's pages to be sent")
+        [emergency] = [b for b in hook.bodies() if b.get("kind") == "emergency"]
+        assert (emergency["app"], emergency["incident"]) == (fleet.name, fleet.incident().id)
+        # Every host's incident resolves; the leader tells it, once.
+        fleet.wait(lambda: not any(open_incident(h) for h in fleet.hosts)
+                   and all(p.status != "pending" for h in fleet.hosts
+                           for p in h.journal.pages()),
+                   60, "every host's incident to resolve and its pages to settle")
+        [completion] = [b for b in hook.bodies() if b.get("kind") == "completion"]
+        assert completion["app"] == fleet.name, completion
 
 
 def test_in_approve_mode_an_ack_and_a_dismissal_on_one_host_hold_for_every_host(
