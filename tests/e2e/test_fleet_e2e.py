@@ -32,7 +32,7 @@ from tests.harness.fleet import (
     maintenance_dsn,
 )
 from tests.harness.paging import StandIn, stand_in
-from tests.harness.processes import Proc, start_daemon
+from tests.harness.processes import Proc, start_daemon, wait_until_ready
 from tests.harness.rollbacks import Host, deploy_invalid_index
 from tests.harness.servers import wait_for
 
@@ -117,8 +117,10 @@ def running_fleet(pg_db: str, tmp_path: Path, *, held: Mapping[int, str] | None 
         try:
             for i, host in enumerate(hosts):
                 point = (held or {}).get(i)
-                daemons.append(start_daemon(host.config, env=None if point is None
+                daemons.append(start_daemon(host.config, ready=False, env=None if point is None
                                             else {**os.environ, HOLD_ENV: point}))
+            for daemon, host in zip(daemons, hosts, strict=True):
+                wait_until_ready(daemon, host.config)
             yield RunningFleet(name, hosts, daemons)
         finally:
             for daemon in daemons:

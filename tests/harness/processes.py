@@ -38,10 +38,16 @@ def start_daemon(config: Path, env: dict[str, str] | None = None, ready: bool = 
     wrapper = ["prlimit", *limits, "--"] if limits else []
     proc = Proc([*wrapper, *ROLLBACKD, "run", "--config", str(config)], env=env)
     if ready:
-        url = daemon_url(config)
-        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 20,
-                 what=f"rollbackd to become ready ({proc.output()[-2000:]})")
+        wait_until_ready(proc, config)
     return proc
+
+
+def wait_until_ready(proc: Proc, config: Path) -> None:
+    """Until the daemon started with ``config`` answers /readyz (several started at once are
+    waited for one after the other: they get ready side by side)."""
+    url = daemon_url(config)
+    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 20,
+             what=f"rollbackd to become ready ({proc.output()[-2000:]})")
 
 
 def daemon_url(config: Path) -> str:
