@@ -44,7 +44,7 @@ from typing import Any
 from daemon.config import Config
 from daemon.db.fleet import FINAL, DbState, FleetDb, FleetError, FleetIncident, FleetLock, FleetView
 from daemon.db.restore import RestoreError, RestoreOptions, SwapRecovery
-from daemon.db.restore.swap import recover_interrupted_swap
+from daemon.db.restore.swap import recover_interrupted_swap, swapped_in_since
 from daemon.journal import Journal, JournalError, Page, RunStep
 from daemon.locks import LockError
 from daemon.logs import get_logger
@@ -126,6 +126,9 @@ def lost_verdict(incident: FleetIncident, host: str, swap: SwapRecovery | None,
         kept = f"; the data it replaced is kept in {swap.kept}" if swap.kept else ""
         return "restored", (f"{lost} was lost during the restore; {host} completed its "
                             f"swap{kept}"), facts
+    if swap is not None and swap.outcome == "completed":
+        return "restored", (f"{lost} was lost after its swap completed ({swap.found}); the "
+                            f"data it replaced is kept in {swap.kept}"), facts
     if swap is not None and swap.applied and swap.outcome == "reverted":
         return "failed", (f"{lost} was lost during the restore; {host} reverted its swap: "
                           "nothing was restored and a second restore is not started"), facts
@@ -480,7 +483,7 @@ class Fleet:
             self.log.error("the host doing the fleet's database part was lost; observing "
                            "what it left", fleet_incident=current.describe())
             try:
-                swap, problem = await asyncio.to_thread(self._observe)
+                swap, problem = await asyncio.to_thread(self._observe, current)
             except LockError as exc:
                 # The restore's own lock is still held: the lost host's sessions are still
                 # ending, or a restore runs by hand. Nothing is decided; the next look retries.
@@ -496,11 +499,17 @@ class Fleet:
         finally:
             await asyncio.to_thread(lock.release)
 
-    def _observe(self) -> tuple[SwapRecovery | None, str | None]:
-        """The database as a lost host left it: a swap cut short completed or reverted
-        (LockError while a restore's lock is held)."""
+    def _observe(self, incident: FleetIncident) -> tuple[SwapRecovery | None, str | None]:
+        """The database as a lost host left it: a swap cut short completed or reverted, else
+        a swap that completed since the lost host began (it died before it could say so);
+        LockError while a restore's lock is held."""
+        options = RestoreOptions.from_config(self.config)
         try:
-            return recover_interrupted_swap(RestoreOptions.from_config(self.config)), None
+            swap = recover_interrupted_swap(options)
+            began = incident.facts.get("restoring_since")
+            if swap.outcome == "nothing" and isinstance(began, (int, float)):
+                return swapped_in_since(options, float(began)) or swap, None
+            return swap, None
         except RestoreError as exc:
             return None, str(exc)
 
@@ -599,7 +608,10 @@ class Fleet:
                                                  for s in request.runbook.steps)
                               else "restored")
             note = "" if state == "restoring" else "the runbook has no database step"
-            await asyncio.to_thread(lock.set_db_state, incident.id, state, note)
+            # When, by this host's clock (the one its swap names its copies with): a host
+            # taking over can tell a swap that completed since from older ones.
+            await asyncio.to_thread(lock.set_db_state, incident.id, state, note,
+                                    {"restoring_since": time.time()})
             settled = state == "restored"
             log.warning("leading the fleet incident: this host does its database part",
                         db_state=state)

@@ -22,6 +22,7 @@ import pytest
 from daemon.db.fleet import FleetDb, FleetIncident
 from daemon.durable import HOLD_ENV
 from daemon.journal import Run
+from probes.pg import dbname_of
 from tests.harness.cli import rollbackd
 from tests.harness.data import scalar
 from tests.harness.fleet import (
@@ -212,28 +213,29 @@ def test_the_restoring_host_killed_mid_swap_is_taken_over_and_the_fleet_ends_rol
         check_rolled_back_once(fleet.hosts, fleet.name, context)
 
 
-def test_the_restoring_host_killed_after_its_restore_leaves_the_fleet_paged_not_restored_twice(
+def test_the_restoring_host_killed_after_its_swap_is_found_restored_and_the_fleet_follows(
         pg_db: str, tmp_path: Path) -> None:
-    """Killed between the end of its restore and the journaling of it, the leader leaves no
-    swap cut short: the host that takes over cannot tell whether the database was restored,
-    so the fleet's database part is ``failed`` and paged, and nothing restores it again, not
-    even the lost host when it starts again."""
+    """Killed between the end of its swap and the journaling of it, the leader leaves nothing
+    cut short, but the copy its swap set aside since it began: the host that takes over finds
+    the database restored (never restores again), every host follows, and the lost host's
+    run carries on when it starts again."""
     with leader_lost_at("runbook:3:restore_database:after", pg_db, tmp_path) as fleet:
         incident, followers = fleet.incident(), fleet.hosts[1:]
         context = f"{incident.describe()}\n{fleet.said()}"
-        assert incident.db_state == "failed" and incident.db_host != "host0", context
-        assert "no swap was found cut short" in incident.note, context
-        [page] = [p for p in fleet.host(incident.db_host).journal.pages()
-                  if p.template == "emergency"]
-        assert page.dedup_key.endswith("database-failed"), page
-        fleet.wait(lambda: all(code_states(pg_db, fleet.name)[f"host{i}"] == "failed"
-                               for i in (1, 2)), 30,
-                   "the followers to record that they did not roll back")
-        assert all(h.journal.runs() == [] and h.health() is not None for h in followers)
+        assert incident.db_state == "restored" and incident.db_host != "host0", context
+        assert "host0 was lost after its swap completed" in incident.note, context
+        assert str(incident.facts["kept"]).startswith(f"{dbname_of(pg_db)}_rolledback_"), \
+            context
+        fleet.wait(lambda: all(ended_runs(h) for h in followers), 60,
+                   "the followers to roll back")
+        for host in followers:
+            [run] = host.journal.runs()
+            assert run.status == "succeeded", (run.summary, context)
 
-        fleet.restart(0)
-        restores = [r for host in fleet.hosts for r in host.journal.restores()]
-        assert len(restores) == 1, (restores, fleet.said())
+        led = fleet.restart(0)
+        context = f"{led.summary}\n{fleet.said()}"
+        assert led.status == "succeeded", context
+        check_rolled_back_once(fleet.hosts, fleet.name, context)
 
 
 def test_an_incident_whose_opener_died_before_the_database_part_is_led_by_another_host(

@@ -15,6 +15,7 @@ from daemon.db.restore import (
     recover_interrupted_swap,
     restore_swap,
 )
+from daemon.db.restore.swap import swapped_in_since
 from daemon.locks import LockError, advisory_lock
 from probes.pg import dbname_of, with_dbname
 from tests.harness.data import restore_point, table_checksums
@@ -115,3 +116,21 @@ def test_inspecting_says_a_rollback_holds_the_lock_and_recovering_waits_for_it(
     assert recover_interrupted_swap(opts).actions == [f"dropped {shadow}"]
     with psycopg.connect(pg_db, connect_timeout=5):
         pass
+
+
+def test_a_swap_that_completed_unrecorded_is_told_by_the_copy_it_set_aside_since_it_began(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    """What a host taking over a lost one reads when nothing was cut short: a kept copy set
+    aside since the lost host began restoring says its swap completed; an older one does
+    not."""
+    name = str(dbname_of(pg_db))
+    began = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    pg_cluster.execute(f'CREATE DATABASE "{name}_rolledback_20270115075959"')  # before it
+    assert swapped_in_since(options(pg_db, tmp_path), began) is None
+    pg_cluster.execute(f'CREATE DATABASE "{name}_rolledback_20270115080003"')
+
+    found = swapped_in_since(options(pg_db, tmp_path), began)
+
+    assert found is not None
+    assert (found.outcome, found.live_holds, found.kept, found.applied) == (
+        "completed", "restored", f"{name}_rolledback_20270115080003", False)

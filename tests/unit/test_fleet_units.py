@@ -80,6 +80,11 @@ def test_a_host_taking_over_never_restores_again_it_completes_reverts_or_pages()
     assert state == "failed" and "a second restore is not started" in note
     state, note, _ = lost_verdict(incident(), "b", swap("nothing", applied=False), None)
     assert state == "failed" and "the database's state is not known" in note
+    # Nothing cut short, but a copy set aside since it began: its swap completed unrecorded.
+    state, note, facts = lost_verdict(incident(), "b", swap("completed", applied=False), None)
+    assert state == "restored" and "a was lost after its swap completed" in note
+    assert facts["swap_outcome"] == "completed" and facts["kept"] == "app_rolledback_1"
+    assert completed_for(incident(db_state="restored", facts=facts), "a") is not None
     state, note, _ = lost_verdict(incident(), "b", None, "cannot connect")
     assert state == "failed" and "could not observe the database (cannot connect)" in note
 

@@ -372,6 +372,27 @@ def recover_interrupted_swap(options: RestoreOptions) -> SwapRecovery:
         return _recover(admin, options)
 
 
+def swapped_in_since(options: RestoreOptions, since: float) -> SwapRecovery | None:
+    """A swap of ``options.database`` that completed at or after ``since`` (this host's
+    clock, like the names it gives): the newest kept copy set aside since then, with live in
+    place; None when there is none. What is left to read when nothing was cut short but the
+    process that swapped died before it could say so."""
+    pattern = name_pattern(options.database, ASIDE_INFIX)
+    with admin_session(options) as admin:
+        names = [str(r[0]) for r in admin.execute("SELECT datname FROM pg_database")]
+    if options.database not in names:
+        return None
+    stamp = db_stamp(since)
+    aside = sorted((m.group(1), name) for name in names
+                   if (m := pattern.fullmatch(name)) is not None and m.group(1) >= stamp)
+    if not aside:
+        return None
+    kept = aside[-1][1]
+    return SwapRecovery(database=options.database, state="none", outcome="completed",
+                        found=f"{kept} was set aside since {when(since)}: a swap completed",
+                        live_holds="restored", kept=kept)
+
+
 def inspect_interrupted_swap(options: RestoreOptions) -> SwapRecovery:
     """:func:`recover_interrupted_swap`'s findings and plan, changing nothing and taking no
     lock (for ``status``); ``lock_holder`` is set when a rollback holds the lock now."""
