@@ -176,11 +176,29 @@ def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts
 # -- a host lost during the rollback --------------------------------------------------------
 
 
+IN_PLACE = """
+[[runbook]]
+name = "immediate_in_place"
+description = "immediate_rollback, restoring over the live database"
+steps = [
+    { step = "page", template = "emergency" },
+    { step = "stop_app", force = true },
+    { step = "restore_database", strategy = "in_place" },
+    { step = "validate", checklist = "database" },
+    { step = "rollback_code" },
+    { step = "rollback_config" },
+    { step = "start_app" },
+    { step = "validate", checklist = "application" },
+]
+"""
+
+
 @contextlib.contextmanager
-def leader_lost_at(point: str, pg_db: str, tmp_path: Path) -> Iterator[RunningFleet]:
+def leader_lost_at(point: str, pg_db: str, tmp_path: Path,
+                   **options: Any) -> Iterator[RunningFleet]:
     """A bad deploy whose rollback leader (host0) is SIGKILLed at ``point``; yields once
     another host settled the fleet's database part."""
-    with running_fleet(pg_db, tmp_path, held={0: point}) as fleet:
+    with running_fleet(pg_db, tmp_path, held={0: point}, **options) as fleet:
         leader, *followers = fleet.hosts
         bad_deploy(leader, followers)
         fleet.wait(lambda: f"test hold at {point}" in fleet.daemons[0].output(), 60,
@@ -236,6 +254,31 @@ def test_the_restoring_host_killed_after_its_swap_is_found_restored_and_the_flee
         context = f"{led.summary}\n{fleet.said()}"
         assert led.status == "succeeded", context
         check_rolled_back_once(fleet.hosts, fleet.name, context)
+
+
+def test_the_restoring_host_killed_after_an_in_place_restore_leaves_the_fleet_failed_and_paged(
+        pg_db: str, tmp_path: Path) -> None:
+    """An in-place restore leaves nothing to tell whether it ended: the host that takes over
+    cannot know the database's state, so the fleet's database part is ``failed`` and paged,
+    the followers keep their code, and nothing restores again, not even the lost host when
+    it starts again."""
+    with leader_lost_at("runbook:3:restore_database:after", pg_db, tmp_path,
+                        rules=IN_PLACE, runbook="immediate_in_place") as fleet:
+        incident, followers = fleet.incident(), fleet.hosts[1:]
+        context = f"{incident.describe()}\n{fleet.said()}"
+        assert incident.db_state == "failed" and incident.db_host != "host0", context
+        assert "no swap was found cut short" in incident.note, context
+        [page] = [p for p in fleet.host(incident.db_host).journal.pages()
+                  if p.template == "emergency"]
+        assert page.dedup_key.endswith("database-failed"), page
+        fleet.wait(lambda: all(code_states(pg_db, fleet.name)[f"host{i}"] == "failed"
+                               for i in (1, 2)), 30,
+                   "the followers to record that they did not roll back")
+        assert all(h.journal.runs() == [] and h.health() is not None for h in followers)
+
+        fleet.restart(0)
+        restores = [r for host in fleet.hosts for r in host.journal.restores()]
+        assert len(restores) == 1, (restores, fleet.said())
 
 
 def test_an_incident_whose_opener_died_before_the_database_part_is_led_by_another_host(

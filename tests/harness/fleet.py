@@ -17,10 +17,11 @@ FLEET = "visionforge-fleet"
 
 def fleet_hosts(dsn: str, tmp_path: Path, count: int = 3, *, fleet: str = FLEET,
                 heartbeat: str = "500ms", interval: str = "500ms", mode: str = "auto",
-                extra: str = "", rules: str = "") -> list[Host]:
+                extra: str = "", rules: str = "", runbook: str | None = None) -> list[Host]:
     """``count`` hosts of ``fleet`` on ``dsn`` (seeded once), host ``i`` on 127.0.0.(i+2)
-    with fleet id ``host<i>``, in ``mode``, with ``extra`` config (``[paging]``) and more
-    policy ``rules``; close each with :meth:`Host.close`."""
+    with fleet id ``host<i>``, in ``mode``, with ``extra`` config (``[paging]``), more
+    policy ``rules`` and the failed migration's ``runbook``; close each with
+    :meth:`Host.close`."""
     hosts: list[Host] = []
     try:
         for i in range(count):
@@ -28,8 +29,9 @@ def fleet_hosts(dsn: str, tmp_path: Path, count: int = 3, *, fleet: str = FLEET,
             directory.mkdir()
             hosts.append(rollback_host(
                 dsn, directory, address=f"127.0.0.{i + 2}", seed=i == 0, interval=interval,
-                mode=mode, rules=rules, extra=f'\n[fleet]\nname = "{fleet}"\nid = "host{i}"\n'
-                                 f'heartbeat = "{heartbeat}"\n{extra}'))
+                mode=mode, rules=rules, runbook=runbook,
+                extra=f'\n[fleet]\nname = "{fleet}"\nid = "host{i}"\nheartbeat = "{heartbeat}"\n'
+                      f'{extra}'))
     except BaseException:
         for host in hosts:
             host.close()

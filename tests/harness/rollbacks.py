@@ -77,13 +77,14 @@ class Host:
 def rollback_host(dsn: str, tmp_path: Path, *, action: str = "immediate_rollback",
                   start_delay: float = 0, interval: str = "1s", address: str = "127.0.0.1",
                   seed: bool = True, extra: str = "", mode: str = "auto",
-                  rules: str = "") -> Host:
+                  rules: str = "", runbook: str | None = None) -> Host:
     """The example app seeded in ``dsn`` and running (v1); a daemon config whose rule rolls
     a failed migration back with ``action``. ``start_delay``: seconds the app's start
     command waits first; ``address``: the loopback address the app and the daemon listen on
     (several hosts on one machine); ``seed``: false when another host seeded ``dsn``;
     ``extra``: more of the config (``[fleet]``); ``mode``: the daemon's; ``rules``: more of
-    the policy. Close it with :meth:`Host.close`."""
+    the policy (rules, runbooks); ``runbook``: the one the failed migration's rule runs (else
+    the action's bundled one). Close it with :meth:`Host.close`."""
     if seed:
         seed_visionforge(dsn)
     pidfile = tmp_path / "app.pid"
@@ -99,7 +100,8 @@ def rollback_host(dsn: str, tmp_path: Path, *, action: str = "immediate_rollback
     start = (["sh", "-c", f'sleep {start_delay}; exec "$0" "$@"', *app_argv] if start_delay
              else app_argv)
     policy = tmp_path / "policy.toml"
-    policy.write_text(POLICY.format(action=action) + rules)
+    named = f'runbook = "{runbook}"\n' if runbook else ""  # the last table is that rule
+    policy.write_text(POLICY.format(action=action) + named + rules)
     (tmp_path / "backups").mkdir()
     config = config_file(
         tmp_path,
