@@ -1113,17 +1113,19 @@ class Journal:
     def add_page(self, app: str, *, t: float, incident: int | None, run: int | None,
                  level: int, template: str, summary: str, details: Mapping[str, Any],
                  dedup_key: str, event: PageEvent = "trigger", recipient: str = "",
-                 channels: Sequence[str] | None = None) -> Page:
+                 channels: Sequence[str] | None = None, next_at: float | None = None) -> Page:
         """Put a page in the outbox once per ``dedup_key``; the page already there when it
-        exists. The running daemon renders and delivers it."""
+        exists. The running daemon renders and delivers it, from ``next_at`` when given (a
+        process sending it itself keeps the daemon from sending it too)."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO pages (t, app, incident, run, level, template, summary,"
-                " details, dedup_key, event, recipient, channels)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " details, dedup_key, event, recipient, channels, next_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (t, app, incident, run, level, template, summary,
                  json.dumps(details, sort_keys=True, default=str), dedup_key, event,
-                 recipient, None if channels is None else json.dumps(list(channels))))
+                 recipient, None if channels is None else json.dumps(list(channels)),
+                 next_at))
         row = self._db.execute("SELECT * FROM pages WHERE dedup_key = ?",
                                (dedup_key,)).fetchone()
         return _page(row)

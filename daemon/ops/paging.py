@@ -102,6 +102,12 @@ async def send_test_page(config: Config, only: str | None, by: str) -> ChannelRe
     return ChannelReport(attempts, "test page")
 
 
+SENDING_CLAIM = 300.0
+"""Seconds the running daemon leaves a contact page to the ``page --to`` that journaled it
+(which sends it at once): without it the daemon's outbox could send it too. The command
+records the outcome; if it dies first, the daemon sends the page when the claim ends."""
+
+
 @dataclass(frozen=True, slots=True)
 class ContactPaged:
     page: Page
@@ -136,6 +142,7 @@ async def page_contact(config: Config, journal: Journal, name: str, incident: in
         config.app_name, t=now, incident=incident, run=None, level=0, template="contact",
         summary=line, details={"contact": name, "by": by, "message": message},
         dedup_key=f"{config.app_name}/incident-{incident}/contact-{name}/{now:.6f}",
-        recipient=contact.who, channels=[f"{CONTACT_PREFIX}{name}"])
+        recipient=contact.who, channels=[f"{CONTACT_PREFIX}{name}"],
+        next_at=now + SENDING_CLAIM)
     outbox = Outbox(journal, config.app_name, config.paging, NoPageObserver())
     return ContactPaged(await outbox.send_one(page))

@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from daemon.durable import HOLD_ENV, RELEASE_ENV
 from daemon.journal import Journal
 from tests.harness.alertmanager_server import AlertmanagerServer, running_alertmanager_with
 from tests.harness.api import POLICY, alert, new_token, webhook, write_config
-from tests.harness.cli import rollbackd
+from tests.harness.cli import ROLLBACKD, rollbackd
 from tests.harness.config import config_file
 from tests.harness.paging import StandIn, closed_port_url, smtp_server, stand_in
 from tests.harness.processes import Proc, daemon_url, start_daemon
@@ -27,7 +28,6 @@ from tests.harness.servers import wait_for
 
 pytestmark = pytest.mark.e2e
 
-HOLD_ENV = "ROLLBACKD_TEST_HOLD"
 
 SHORT_CHAIN = """
 [[escalation]]
@@ -262,6 +262,36 @@ def test_page_test_reports_each_configured_channel(tmp_path: Path) -> None:
         only = rollbackd("page", "test", "--channel", "webhook", config=config)
         assert only.returncode == 0 and "webhook" in only.stdout
         assert "pagerduty" not in only.stdout
+
+
+def test_a_contact_paged_from_the_command_line_is_sent_once_not_also_by_the_daemon(
+        tmp_path: Path, hosts: list[Host]) -> None:
+    """`page --to` journals the page and sends it itself: held between the two, it leaves the
+    running daemon's outbox (which flushes every cycle) nothing due to send."""
+    with stand_in() as vendor:
+        host = Host(tmp_path, '[paging]\n[paging.contacts.vendor]\nchannel = "webhook"\n'
+                              f'url = "{vendor.url}/support"\nwho = "database vendor support"\n')
+        hosts.append(host)
+        host.start()
+        host.alert_fires()
+        wait_for(lambda: host.journal.incident(1) is not None, 20, what="incident 1 to open")
+        point, release = "page:contact:before_send", tmp_path / "release"
+        paging = Proc([*ROLLBACKD, "--config", str(host.config), "page", "--to", "vendor",
+                       "--incident", "1"],
+                      env={**os.environ, HOLD_ENV: point, RELEASE_ENV: str(release)})
+        try:
+            wait_for(lambda: f"test hold at {point}" in paging.output(), 30,
+                     what=f"page --to to hold at {point} ({paging.output()})")
+            time.sleep(2)  # four of the daemon's cycles, each flushing its outbox
+            assert vendor.bodies() == [], host.output()
+            release.touch()
+            assert paging.popen.wait(30) == 0, paging.output()
+        finally:
+            paging.close()
+        [body] = vendor.bodies()
+        assert body["kind"] == "contact", body
+        time.sleep(1)  # and the daemon does not send it afterwards either
+        assert len(vendor.bodies()) == 1, vendor.bodies()
 
 
 def test_ack_and_paging_a_named_contact_answer_an_open_incident(
