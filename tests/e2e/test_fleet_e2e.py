@@ -209,26 +209,31 @@ def leader_lost_at(point: str, pg_db: str, tmp_path: Path,
         yield fleet
 
 
+def the_followers_then_the_lost_leader_roll_back(fleet: RunningFleet, context: str) -> None:
+    """After another host settled the database as restored: every follower rolls back, and
+    the lost leader, started again, carries its run on after the swap completed for it; one
+    restore in all."""
+    followers = fleet.hosts[1:]
+    fleet.wait(lambda: all(ended_runs(h) for h in followers), 60, "the followers to roll back")
+    for host in followers:
+        [run] = host.journal.runs()
+        assert run.status == "succeeded", (run.summary, context)
+    led = fleet.restart(0)
+    context = f"{led.summary}\n{fleet.said()}"
+    assert led.status == "succeeded", context
+    check_rolled_back_once(fleet.hosts, fleet.name, context)
+
+
 def test_the_restoring_host_killed_mid_swap_is_taken_over_and_the_fleet_ends_rolled_back(
         pg_db: str, tmp_path: Path) -> None:
     with leader_lost_at("swap:after_first_rename", pg_db, tmp_path) as fleet:
         # Another host took the lock over and completed the swap; the others follow.
-        incident, followers = fleet.incident(), fleet.hosts[1:]
+        incident = fleet.incident()
         context = f"{incident.describe()}\n{fleet.said()}"
         assert incident.db_state == "restored" and incident.db_host != "host0", context
         assert incident.facts["lost"] == "host0", context
         assert incident.facts["swap_outcome"] == "completed", context
-        fleet.wait(lambda: all(ended_runs(h) for h in followers), 60,
-                   "the followers to roll back")
-        for host in followers:
-            [run] = host.journal.runs()
-            assert run.status == "succeeded", (run.summary, context)
-
-        # The lost host comes back: its run carries on after the swap completed for it.
-        led = fleet.restart(0)
-        context = f"{led.summary}\n{fleet.said()}"
-        assert led.status == "succeeded", context
-        check_rolled_back_once(fleet.hosts, fleet.name, context)
+        the_followers_then_the_lost_leader_roll_back(fleet, context)
 
 
 def test_the_restoring_host_killed_after_its_swap_is_found_restored_and_the_fleet_follows(
@@ -238,22 +243,13 @@ def test_the_restoring_host_killed_after_its_swap_is_found_restored_and_the_flee
     the database restored (never restores again), every host follows, and the lost host's
     run carries on when it starts again."""
     with leader_lost_at("runbook:3:restore_database:after", pg_db, tmp_path) as fleet:
-        incident, followers = fleet.incident(), fleet.hosts[1:]
+        incident = fleet.incident()
         context = f"{incident.describe()}\n{fleet.said()}"
         assert incident.db_state == "restored" and incident.db_host != "host0", context
         assert "host0 was lost after its swap completed" in incident.note, context
         assert str(incident.facts["kept"]).startswith(f"{dbname_of(pg_db)}_rolledback_"), \
             context
-        fleet.wait(lambda: all(ended_runs(h) for h in followers), 60,
-                   "the followers to roll back")
-        for host in followers:
-            [run] = host.journal.runs()
-            assert run.status == "succeeded", (run.summary, context)
-
-        led = fleet.restart(0)
-        context = f"{led.summary}\n{fleet.said()}"
-        assert led.status == "succeeded", context
-        check_rolled_back_once(fleet.hosts, fleet.name, context)
+        the_followers_then_the_lost_leader_roll_back(fleet, context)
 
 
 def test_the_restoring_host_killed_after_an_in_place_restore_leaves_the_fleet_failed_and_paged(
