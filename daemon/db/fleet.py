@@ -129,6 +129,16 @@ LEFT JOIN {SCHEMA}.fleet_incidents i ON i.fleet = %(fleet)s AND i.resolved_at IS
 """
 
 
+_FOLLOW = f"""
+INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host, following, code_state)
+VALUES (%(fleet)s, %(host)s, %(incident)s, 'pending')
+ON CONFLICT (fleet, host) DO UPDATE SET following = excluded.following, code_state = 'pending',
+    updated_at = now(), heartbeat_at = now()
+WHERE h.following IS DISTINCT FROM excluded.following
+"""
+"""This host follows an incident, its part still to do (unless it follows it already)."""
+
+
 class FleetError(Exception):
     """The fleet's state cannot be read or written; ``str()`` is one line naming why."""
 
@@ -303,12 +313,8 @@ class FleetDb:
                                      "while joining it; try again")
             found = _incident(row)
             assert found is not None
-            conn.execute(
-                f"INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host, following, code_state) "
-                "VALUES (%s, %s, %s, 'pending') ON CONFLICT (fleet, host) DO UPDATE SET "
-                "following = excluded.following, code_state = 'pending', updated_at = now(), "
-                "heartbeat_at = now() WHERE h.following IS DISTINCT FROM excluded.following",
-                (self.fleet, self.host, found.id))
+            conn.execute(_FOLLOW, {"fleet": self.fleet, "host": self.host,
+                                   "incident": found.id})
             if opened:
                 conn.execute(
                     f"UPDATE {SCHEMA}.fleet_hosts SET following = %s, code_state = 'pending', "
@@ -320,12 +326,8 @@ class FleetDb:
         """Join ``incident_id`` (a host that comes up during it); False when it already
         follows it."""
         with self._session() as conn:
-            cur = conn.execute(
-                f"INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host, following, code_state) "
-                "VALUES (%s, %s, %s, 'pending') ON CONFLICT (fleet, host) DO UPDATE SET "
-                "following = excluded.following, code_state = 'pending', updated_at = now() "
-                "WHERE h.following IS DISTINCT FROM excluded.following",
-                (self.fleet, self.host, incident_id))
+            cur = conn.execute(_FOLLOW, {"fleet": self.fleet, "host": self.host,
+                                         "incident": incident_id})
             return cur.rowcount > 0
 
     def ack(self, incident_id: int, by: str) -> bool:
