@@ -123,7 +123,9 @@ WITH beat AS (
     RETURNING h.following, h.code_state
 )
 SELECT {_INCIDENT_COLUMNS}, (SELECT following FROM beat), (SELECT code_state FROM beat),
-       {_LOCK_HELD}
+       {_LOCK_HELD},
+       ARRAY(SELECT host FROM {SCHEMA}.fleet_hosts WHERE fleet = %(fleet)s
+             AND heartbeat_at > now() - make_interval(secs => %(alive)s))
 FROM (SELECT 1) AS one
 LEFT JOIN {SCHEMA}.fleet_incidents i ON i.fleet = %(fleet)s AND i.resolved_at IS NULL
 """
@@ -206,6 +208,8 @@ class FleetView:
     following: int | None
     code_state: CodeState | None
     lock_held: bool
+    alive: frozenset[str] = frozenset()
+    """The hosts whose heartbeat was recent before this look (within ``alive_within``)."""
 
     @property
     def mine_pending(self) -> bool:
@@ -263,15 +267,16 @@ class FleetDb:
                 conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s "
                              "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
-    def look(self) -> FleetView:
+    def look(self, alive_within: float = 15.0) -> FleetView:
         """The cycle's one query: this host's heartbeat, the fleet's open incident, what this
-        host follows, and whether the fleet's lock is held."""
+        host follows, whether the fleet's lock is held, and which hosts beat within
+        ``alive_within`` seconds."""
         with self._session() as conn:
             row = conn.execute(_LOOK, {"fleet": self.fleet, "host": self.host,
-                                       "key": self.key}).fetchone()
+                                       "key": self.key, "alive": alive_within}).fetchone()
         assert row is not None
         own = row[_INCIDENT_WIDTH:]
-        return FleetView(_incident(row), own[0], own[1], bool(own[2]))
+        return FleetView(_incident(row), own[0], own[1], bool(own[2]), frozenset(own[3]))
 
     def incident(self, incident_id: int) -> FleetIncident | None:
         with self._session() as conn:

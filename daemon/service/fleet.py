@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon.config import Config
@@ -190,13 +190,12 @@ class Fleet:
         """The fleet incident unfinished runs found at start-up belong to."""
         self._joining: dict[int, Awaiting] = {}
         """Local incidents awaiting a decision, not yet joined to the fleet's incident."""
-        self._undecided: dict[int, int] = {}
-        """Local incident -> the fleet incident awaiting a decision it joined, until decided."""
+        self._undecided: set[int] = set()
+        """Local incidents joined to a fleet incident awaiting a decision, until decided (the
+        fleet incident is in ``_incidents``)."""
         self._shared: dict[int, str] = {}
         """Local incidents joined to a fleet incident awaiting a decision -> the host that
         pages for the fleet: its opener, then the host that leads the decided rollback."""
-        self._alive: set[str] = set()
-        """The hosts whose heartbeat was fresh at the last look (while decisions are shared)."""
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -227,7 +226,8 @@ class Fleet:
                 return "hold", "joining the fleet incident it belongs to"
             return "send", ""
         opener = self._shared.get(page.incident)
-        if opener is None or opener == self.host or opener not in self._alive:
+        alive = frozenset() if self.view is None else self.view.alive
+        if opener is None or opener == self.host or opener not in alive:
             return "send", ""
         return "leave", opener
 
@@ -257,13 +257,13 @@ class Fleet:
                             launch: Callable[[RunRequest], tuple[bool, str]],
                             policy: Policy) -> None:
         try:
-            await self._join_awaiting()
             view = await asyncio.to_thread(self._look)
+            self.view = view  # before joining: which hosts are alive to page for the fleet
+            await self._join_awaiting()
         except FleetError as exc:
             self._report_problem(str(exc))
             return
         self._report_problem(None)
-        self.view = view
         try:
             if await self._carry_decisions(view, policy):
                 return  # the approvals start this host's runs through the loop
@@ -278,37 +278,26 @@ class Fleet:
 
     async def _join_awaiting(self) -> None:
         """Open or join the fleet incident of each rollback awaiting a decision here."""
-        joined: list[tuple[int, FleetIncident, bool]] = []
         for number, waiting in list(self._joining.items()):
-            joined.append((number, *await asyncio.to_thread(
+            incident, opened = await asyncio.to_thread(
                 self._open, waiting.scenario, waiting.action, waiting.runbook,
-                self._restore_point(), awaiting=True)))
-        if not joined:
-            return
-        await self._refresh_alive()  # before its pages are let go: who pages for the fleet
-        for number, incident, opened in joined:
+                self._restore_point(), awaiting=True)
             del self._joining[number]
             self._incidents[number] = incident.id
             self._shared[number] = incident.opened_by
-            self._undecided[number] = incident.id
+            self._undecided.add(number)
             self.log.warning("the rollback awaiting a decision is the fleet's" if opened else
                              "joined the fleet incident", incident=number,
                              fleet_incident=incident.describe())
-
-    async def _refresh_alive(self) -> None:
-        hosts = await asyncio.to_thread(self.db.hosts)
-        alive = self.heartbeat * ALIVE_HEARTBEATS
-        self._alive = {host for host, _, _, age in hosts if age < alive}
 
     async def _carry_decisions(self, view: FleetView, policy: Policy) -> bool:
         """A decision a person took on any host, carried to this host's own incidents: a
         closing one here ends the fleet incident; one taken elsewhere is recorded here (an
         approval of the fleet's rollback, or the same closing). True when this host approved
         a rollback (the loop starts it at its next cycle)."""
-        if self._shared:
-            await self._refresh_alive()
         approved = False
-        for number, fleet_id in list(self._undecided.items()):
+        for number in sorted(self._undecided):
+            fleet_id = self._incidents[number]
             local = self.journal.incident(number)
             incident = (view.incident if view.incident is not None
                         and view.incident.id == fleet_id
@@ -317,13 +306,13 @@ class Fleet:
                 if (incident is not None and incident.db_state == "awaiting"
                         and not await self._dismiss(incident, local.reason if local else "")):
                     continue  # the lock is busy: the next look tries again
-                del self._undecided[number]
+                self._undecided.discard(number)
                 continue
             if incident is None or incident.db_state == "awaiting":
                 if incident is not None:
                     await self._share_ack(number, incident)
                 continue
-            del self._undecided[number]
+            self._undecided.discard(number)
             self._pages_from(number, incident.db_host or incident.opened_by)
             approved |= self._record(number, incident, policy)
         return approved
@@ -392,7 +381,7 @@ class Fleet:
         if not self._schema:
             self.db.ensure_schema()
             self._schema = True
-        return self.db.look()
+        return self.db.look(self.heartbeat * ALIVE_HEARTBEATS)
 
     def _report_problem(self, problem: str | None) -> None:
         if problem is not None and problem != self._problem:
@@ -413,7 +402,7 @@ class Fleet:
             if await asyncio.to_thread(self.db.follow, incident.id):
                 self.log.warning("joined the fleet incident", incident=incident.id,
                                  fleet_incident=incident.describe())
-            view = FleetView(incident, incident.id, "pending", view.lock_held)
+            view = replace(view, following=incident.id, code_state="pending")
         if incident.db_state == "restoring" and not view.lock_held:
             await self._take_over(incident)
             return
@@ -535,7 +524,7 @@ class Fleet:
         (the database part failed elsewhere). RunRefusedError when the fleet cannot be read
         (a rollback that might restore the database a second time does not run)."""
         if request.incident is not None:
-            self._undecided.pop(request.incident, None)  # this run carries its decision
+            self._undecided.discard(request.incident)  # this run carries its decision
         follower = self._followers.pop(id(request), None)
         if follower is not None:
             return await self._follow(request, follower[1], executor)
