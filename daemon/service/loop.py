@@ -30,7 +30,7 @@ from daemon.logs import get_logger
 from daemon.ops.recovery import recover_interrupted_restores
 from daemon.paging.acks import acks_from_silences
 from daemon.paging.outbox import Outbox
-from daemon.paging.pager import Pager
+from daemon.paging.pager import Pager, asks_for_decision
 from daemon.paging.templates import require_templates
 from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunRefusedError
@@ -63,10 +63,6 @@ DATA_SAFETY_EVERY = 30.0
 
 SILENCES_EVERY = 2.0
 """Seconds between looks at Alertmanager for silences that acknowledge the open incident."""
-
-WAITS_FOR_A_PERSON = ("approve", "dry-run")
-"""The modes whose rollbacks wait for a person's decision (``rollbackd decide``): in a fleet,
-one decision for every host."""
 
 STOP_GRACE = 5.0
 RECOVERY_TIMEOUT = 60.0
@@ -460,7 +456,8 @@ class Daemon:
         incident = self.engine.incident
         summary = None if incident is None else self.journal.incident(incident[0])
         if (self.fleet is None or summary is None or summary.state != "open"
-                or summary.mode not in WAITS_FOR_A_PERSON or summary.action not in ROLLBACKS):
+                or summary.action not in ROLLBACKS
+                or not asks_for_decision(summary.action, summary.mode)):
             return
         runbook = self._runbook_for(summary.scenario, summary.action, None)
         if runbook is not None:
@@ -566,7 +563,8 @@ class Daemon:
                 executed, why = self._launch(RunRequest(
                     runbook, decision.incident, decision.scenario, decision.action,
                     decision.reason, "rollbackd", decision.timeline_s))
-        if self.fleet is not None and runbook is not None and decision.mode in WAITS_FOR_A_PERSON:
+        if (self.fleet is not None and runbook is not None
+                and asks_for_decision(decision.action, decision.mode)):
             why += (f" (on {self.fleet.host}, a host of fleet {self.fleet.name}: decided on one "
                     "host, it is decided for every host)")
             self.fleet.awaits_decision(decision.incident, decision.scenario, decision.action,
