@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -344,6 +344,15 @@ class FleetDb:
                 "updated_at = now() WHERE id = %s AND acked_at IS NULL",
                 (f"{by} on {self.host}", incident_id))
             return cur.rowcount > 0
+
+    def part(self, incident_id: int) -> CodeState | None:
+        """This host's part in ``incident_id`` as it is now; None when it does not follow it."""
+        with self._session() as conn:
+            row = conn.execute(
+                f"SELECT code_state FROM {SCHEMA}.fleet_hosts "
+                "WHERE fleet = %s AND host = %s AND following = %s",
+                (self.fleet, self.host, incident_id)).fetchone()
+        return None if row is None else cast(CodeState, row[0])
 
     def set_code_state(self, incident_id: int, state: CodeState) -> None:
         with self._session() as conn:

@@ -42,7 +42,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon.config import Config
-from daemon.db.fleet import FINAL, DbState, FleetDb, FleetError, FleetIncident, FleetLock, FleetView
+from daemon.db.fleet import (
+    FINAL,
+    CodeState,
+    DbState,
+    FleetDb,
+    FleetError,
+    FleetIncident,
+    FleetLock,
+    FleetView,
+)
 from daemon.db.restore import RestoreError, RestoreOptions, SwapRecovery
 from daemon.db.restore.swap import recover_interrupted_swap, swapped_in_since
 from daemon.journal import Journal, JournalError, Page, RunStep
@@ -78,6 +87,10 @@ JOIN_GRACE = 10.0
 """Seconds (beyond ALIVE_HEARTBEATS heartbeats) a page of a rollback awaiting a decision is
 held back while this host joins the fleet incident it belongs to; then it goes out under this
 host's own identity: better paged twice than not at all."""
+
+DID_PART: frozenset[CodeState] = frozenset({"done", "failed"})
+"""This host's part of a fleet incident is over: each host does its part once (a failed one
+paged; a person takes it from there)."""
 
 @dataclass(frozen=True, slots=True)
 class Awaiting:
@@ -426,6 +439,10 @@ class Fleet:
                            "configuration are not rolled back (the host that tried paged)",
                            fleet_incident=incident.describe())
             return
+        # The look may be older than the end of this host's own run (it ended meanwhile):
+        # only its part as it is now, with no run going, starts one.
+        if await asyncio.to_thread(self.db.part, incident.id) != "pending" or busy():
+            return
         request = self._follower_request(incident, None, runbooks)
         if request is None:  # its runbook is not this host's
             await asyncio.to_thread(self.db.set_code_state, incident.id, "failed")
@@ -543,6 +560,14 @@ class Fleet:
                                   f"may restore the shared database runs: {exc}") from None
         if request.incident is not None:
             self._incidents[request.incident] = incident.id
+        if not opened and await asyncio.to_thread(self.db.part, incident.id) in DID_PART:
+            # A rule here fired on what the fleet's rollback already answered (the app
+            # errors while it restarts): a second run would only stop the app again.
+            self.log.warning("this host already did its part of the fleet incident: the "
+                             "rollback decided here is not run again",
+                             incident=request.incident, scenario=request.scenario,
+                             fleet_incident=incident.describe())
+            return None
         # Awaiting a decision: the host where a person decided it leads.
         mine = opened or incident.db_state == "awaiting" or (
             incident.db_state == "pending" and incident.opened_by == self.host)

@@ -56,6 +56,13 @@ def ended_runs(host: Host) -> list[Run]:
     return [r for r in host.journal.runs() if r.status != "running"]
 
 
+def the_run(host: Host, context: str) -> Run:
+    """The host's one run: a second would be a second rollback of the same incident."""
+    runs = host.journal.runs()
+    assert len(runs) == 1, ([r.summary for r in runs], context)
+    return runs[0]
+
+
 def outputs(daemons: list[Proc]) -> str:
     """Each daemon's lines about the fleet, its warnings and errors, and its last lines."""
     said = []
@@ -103,8 +110,7 @@ class RunningFleet:
         self.daemons[index] = start_daemon(self.hosts[index].config)
         host = self.hosts[index]
         self.wait(lambda: ended_runs(host), 60, f"host{index}'s run to be recovered")
-        [run] = host.journal.runs()
-        return run
+        return the_run(host, self.said())
 
 
 @contextlib.contextmanager
@@ -156,10 +162,10 @@ def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts
         bad_deploy(leader, followers)
         fleet.wait(lambda: every_host_rolled_back(fleet), 60, "every host to roll back")
         context = fleet.said()
-        [led] = leader.journal.runs()
+        led = the_run(leader, context)
         assert (led.runbook, led.status) == (RUNBOOK, "succeeded"), (led, context)
         for host in followers:
-            [run] = host.journal.runs()
+            run = the_run(host, context)
             assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
                 (run.summary, context)
             kinds = [s.kind for s in host.journal.steps(run.id)]
@@ -216,7 +222,7 @@ def the_followers_then_the_lost_leader_roll_back(fleet: RunningFleet, context: s
     followers = fleet.hosts[1:]
     fleet.wait(lambda: all(ended_runs(h) for h in followers), 60, "the followers to roll back")
     for host in followers:
-        [run] = host.journal.runs()
+        run = the_run(host, context)
         assert run.status == "succeeded", (run.summary, context)
     led = fleet.restart(0)
     context = f"{led.summary}\n{fleet.said()}"
@@ -394,11 +400,11 @@ def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_eve
         assert decided.returncode == 0, decided.stdout + decided.stderr
         fleet.wait(lambda: every_host_rolled_back(fleet), 90, "every host to roll back")
         context = fleet.said()
-        [led] = decider.journal.runs()
+        led = the_run(decider, context)
         assert (led.runbook, led.status, led.incident) == (RUNBOOK, "succeeded", number), \
             (led, context)
         for host in (h for h in fleet.hosts if h is not decider):
-            [run] = host.journal.runs()
+            run = the_run(host, context)
             assert (run.runbook, run.status) == (f"{RUNBOOK}@fleet", "succeeded"), \
                 (run.summary, context)
             assert run.incident is not None, run  # its own incident, approved for the fleet
