@@ -116,6 +116,12 @@ _LOCK_HELD = """EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' A
     AND l.classid = (%(key)s >> 32)::oid AND l.objid = (%(key)s & 4294967295)::oid
     AND l.objsubid = 1)"""
 
+_HOSTS = f"""(SELECT coalesce(json_agg(json_build_object(
+        'host', host, 'following', following, 'part', code_state,
+        'beat_ago', extract(epoch FROM now() - heartbeat_at)) ORDER BY host), '[]'::json)
+    FROM {SCHEMA}.fleet_hosts WHERE fleet = %(fleet)s)"""
+"""Every host of the fleet as it stood before the statement: its part, its heartbeat's age."""
+
 _LOOK = f"""
 WITH beat AS (
     INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host) VALUES (%(fleet)s, %(host)s)
@@ -123,12 +129,19 @@ WITH beat AS (
     RETURNING h.following, h.code_state
 )
 SELECT {_INCIDENT_COLUMNS}, (SELECT following FROM beat), (SELECT code_state FROM beat),
-       {_LOCK_HELD},
-       ARRAY(SELECT host FROM {SCHEMA}.fleet_hosts WHERE fleet = %(fleet)s
-             AND heartbeat_at > now() - make_interval(secs => %(alive)s))
+       {_LOCK_HELD}, {_HOSTS}
 FROM (SELECT 1) AS one
 LEFT JOIN {SCHEMA}.fleet_incidents i ON i.fleet = %(fleet)s AND i.resolved_at IS NULL
 """
+
+_GLANCE = f"""
+SELECT {_INCIDENT_COLUMNS}, own.following, own.code_state, {_LOCK_HELD}, {_HOSTS}
+FROM (SELECT 1) AS one
+LEFT JOIN {SCHEMA}.fleet_incidents i ON i.fleet = %(fleet)s AND i.resolved_at IS NULL
+LEFT JOIN {SCHEMA}.fleet_hosts own ON own.fleet = %(fleet)s AND own.host = %(host)s
+"""
+"""The look without the heartbeat: what ``rollbackd status`` reads (the command is not the
+host's daemon, so it must not make a stopped one look alive)."""
 
 
 _FOLLOW = f"""
@@ -143,6 +156,11 @@ WHERE h.following IS DISTINCT FROM excluded.following
 
 class FleetError(Exception):
     """The fleet's state cannot be read or written; ``str()`` is one line naming why."""
+
+
+ALIVE_HEARTBEATS = 3
+"""A host whose heartbeat is older than this many heartbeats is gone (for resolving, for
+paging in its place, and in the fleet's status)."""
 
 
 def fleet_key(fleet: str) -> int:
@@ -200,22 +218,93 @@ class FleetIncident:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetHost:
+    """One host of the fleet as a look saw it."""
+
+    host: str
+    following: int | None
+    part: CodeState | None
+    """Its part in the incident it follows."""
+    beat_ago: float
+    """Seconds since its last heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
 class FleetView:
     """One look at the fleet (:meth:`FleetDb.look`): its open incident, what this host
-    follows, and whether some session holds the fleet's lock."""
+    follows, whether some session holds the fleet's lock, and every host."""
 
     incident: FleetIncident | None
     following: int | None
     code_state: CodeState | None
     lock_held: bool
-    alive: frozenset[str] = frozenset()
-    """The hosts whose heartbeat was recent before this look (within ``alive_within``)."""
+    hosts: tuple[FleetHost, ...] = ()
+    alive_within: float = 15.0
+
+    @property
+    def alive(self) -> frozenset[str]:
+        """The hosts whose heartbeat was recent before this look (within ``alive_within``)."""
+        return frozenset(h.host for h in self.hosts if h.beat_ago <= self.alive_within)
 
     @property
     def mine_pending(self) -> bool:
         """This host follows the open incident and has not done its part."""
         return (self.incident is not None and self.following == self.incident.id
                 and self.code_state == "pending")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """The fleet as ``host`` last saw it, in words and JSON (``rollbackd status``, the API,
+    the live page and the status line); ``problem`` when it could not be read."""
+
+    name: str
+    host: str
+    view: FleetView | None
+    problem: str | None = None
+
+    def _hosts(self) -> str:
+        view = self.view
+        assert view is not None
+        words = []
+        for h in view.hosts:
+            quiet = "" if h.host in view.alive else f", silent {h.beat_ago:.0f}s"
+            following = view.incident is not None and h.following == view.incident.id
+            part = f"part {h.part}" if following and h.part else "no part"
+            words.append(f"{h.host} ({part}{quiet})")
+        return ", ".join(words) or "none yet"
+
+    def words(self) -> str | None:
+        """For the status line: the open incident or the problem; None when all is quiet."""
+        if self.problem is not None:
+            return f"fleet {self.name} CANNOT BE READ: {self.problem}"
+        if self.view is None or self.view.incident is None:
+            return None
+        incident = self.view.incident
+        by = f" by {incident.db_host}" if incident.db_host else ""
+        return (f"fleet incident {incident.id} ({incident.action}): database "
+                f"{incident.db_state}{by}; {self._hosts()}")
+
+    def describe(self) -> list[str]:
+        head = f"fleet      {self.name} (this host: {self.host})"
+        if self.problem is not None:
+            return [f"{head}: CANNOT BE READ: {self.problem}"]
+        if self.view is None:
+            return [f"{head}: not looked at yet"]
+        incident = self.view.incident
+        lines = [f"{head}: {'no incident open' if incident is None else incident.describe()}"]
+        return [*lines, f"hosts      {self._hosts()}"]
+
+    def as_json(self) -> dict[str, Any]:
+        view = self.view
+        return {
+            "name": self.name, "host": self.host, "problem": self.problem,
+            "incident": None if view is None or view.incident is None
+            else view.incident.as_json(),
+            "hosts": [] if view is None else [
+                {"host": h.host, "following": h.following, "part": h.part,
+                 "beat_ago": h.beat_ago, "alive": h.host in view.alive} for h in view.hosts],
+        }
 
 
 def _incident(row: tuple[Any, ...]) -> FleetIncident | None:
@@ -271,12 +360,21 @@ class FleetDb:
         """The cycle's one query: this host's heartbeat, the fleet's open incident, what this
         host follows, whether the fleet's lock is held, and which hosts beat within
         ``alive_within`` seconds."""
+        return self._view(_LOOK, alive_within)
+
+    def glance(self, alive_within: float = 15.0) -> FleetView:
+        """The same look, read only (no heartbeat): for a command that is not the daemon."""
+        return self._view(_GLANCE, alive_within)
+
+    def _view(self, query: str, alive_within: float) -> FleetView:
         with self._session() as conn:
-            row = conn.execute(_LOOK, {"fleet": self.fleet, "host": self.host,
-                                       "key": self.key, "alive": alive_within}).fetchone()
+            row = conn.execute(query, {"fleet": self.fleet, "host": self.host,
+                                       "key": self.key}).fetchone()
         assert row is not None
         own = row[_INCIDENT_WIDTH:]
-        return FleetView(_incident(row), own[0], own[1], bool(own[2]), frozenset(own[3]))
+        hosts = tuple(FleetHost(str(h["host"]), h["following"], h["part"], float(h["beat_ago"]))
+                      for h in own[3])
+        return FleetView(_incident(row), own[0], own[1], bool(own[2]), hosts, alive_within)
 
     def incident(self, incident_id: int) -> FleetIncident | None:
         with self._session() as conn:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.fmt import when
@@ -21,6 +21,10 @@ from daemon.ops.recovery import inspect_interrupted_restores
 from policies.engine import Decision
 from policies.policy import ROLLBACKS, Policy
 from policies.runbooks import BUILTIN, Runbook, RunbookError, resolve, table_names, with_tables
+from probes.pg import with_dbname
+
+if TYPE_CHECKING:
+    from daemon.db.fleet import FleetStatus
 
 
 class DecisionError(Exception):
@@ -289,6 +293,8 @@ class Status:
     """The app's latest restore (by hand or by the executor)."""
     interrupted: tuple[str, ...] = ()
     """What a killed restore left behind (an interrupted swap or in-place restore)."""
+    fleet: FleetStatus | None = None
+    """In fleet mode: the fleet's open incident and its hosts."""
 
     def as_json(self) -> dict[str, Any]:
         deploy, drill = self.deploy, self.drill
@@ -304,6 +310,7 @@ class Status:
                 "duration": drill.duration},
             "restore": None if self.restore is None else self.restore.as_json(),
             "interrupted": list(self.interrupted),
+            "fleet": None if self.fleet is None else self.fleet.as_json(),
         }
 
     def describe(self) -> list[str]:
@@ -330,7 +337,7 @@ class Status:
         if self.restore is not None:
             lines.append(f"restore    {restore_line(self.restore)}")
         lines += [f"INTERRUPTED {line}" for line in self.interrupted]
-        return lines
+        return lines + ([] if self.fleet is None else self.fleet.describe())
 
 
 def restore_line(restore: Restore) -> str:
@@ -347,9 +354,11 @@ def restore_line(restore: Restore) -> str:
     return line
 
 
-def gather_status(config: Config, journal: Journal, *, inspect: bool = False) -> Status:
-    """``inspect``: also look at the database for what a killed restore left (a connection
-    of up to ``database.connect_timeout``; the CLI does, the API's handler does not)."""
+def gather_status(config: Config, journal: Journal, *, inspect: bool = False,
+                  fleet: FleetStatus | None = None) -> Status:
+    """``inspect``: also look at the database for what a killed restore left, and at the
+    fleet (connections of up to ``database.connect_timeout``; the CLI does, the API's handler
+    does not: it passes the daemon's last look at the ``fleet``)."""
     deploy = journal.latest_deploy(config.app_name)
     incidents = journal.incidents(limit=1)
     open_incident = incidents[0] if incidents and incidents[0].state == "open" else None
@@ -357,9 +366,29 @@ def gather_status(config: Config, journal: Journal, *, inspect: bool = False) ->
     paused = pause_event is not None and pause_event.payload["type"] == "pause"
     restores = journal.restores(app=config.app_name, limit=1)
     interrupted = tuple(inspect_interrupted_restores(config).describe()) if inspect else ()
+    if fleet is None and inspect:
+        fleet = glance_at_fleet(config)
     return Status(app=config.app_name, paused=paused, deploy=deploy, incident=open_incident,
                   drill=journal.latest_drill(), restore=restores[0] if restores else None,
-                  interrupted=interrupted)
+                  interrupted=interrupted, fleet=fleet)
+
+
+def glance_at_fleet(config: Config) -> FleetStatus | None:
+    """The fleet as the maintenance database has it, read without a heartbeat (this command
+    is not the host's daemon); None outside fleet mode."""
+    if config.fleet is None or config.database is None:
+        return None
+    from daemon.db.fleet import ALIVE_HEARTBEATS, FleetDb, FleetError, FleetStatus
+
+    db, fleet = config.database, config.fleet
+    view = problem = None
+    try:
+        view = FleetDb(with_dbname(db.dsn, db.maintenance_db), fleet.name, fleet.id,
+                       connect_timeout=float(db.connect_timeout)).glance(
+                           float(fleet.heartbeat) * ALIVE_HEARTBEATS)
+    except FleetError as exc:
+        problem = str(exc)
+    return FleetStatus(fleet.name, fleet.id, view, problem)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,9 @@ from daemon.logs import get_logger
 from daemon.service.intake import RETRY_AFTER, Intake, IntakeFullError
 from daemon.service.metrics import Metrics
 from policies.policy import Policy
+
+if TYPE_CHECKING:
+    from daemon.db.fleet import FleetStatus
 
 Handler = Callable[[Request], Awaitable[Response]]
 Model = TypeVar("Model", bound=BaseModel)
@@ -42,6 +45,8 @@ class ApiHost(Protocol):
     journal: Journal
     metrics: Metrics
     intake: Intake
+
+    def fleet_status(self) -> FleetStatus | None: ...
 
 
 class ApiError(Exception):
@@ -247,7 +252,8 @@ class Api:
     async def status(self, _: Request) -> Response:
         from daemon.ops.operator import gather_status
 
-        return JSONResponse(gather_status(self.host.config, self.host.journal).as_json())
+        return JSONResponse(gather_status(self.host.config, self.host.journal,
+                                          fleet=self.host.fleet_status()).as_json())
 
     async def incidents(self, _: Request) -> Response:
         return JSONResponse([row.as_json() for row in self.host.journal.incidents()])

@@ -43,6 +43,7 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.db.fleet import (
+    ALIVE_HEARTBEATS,
     FINAL,
     CodeState,
     DbState,
@@ -50,6 +51,7 @@ from daemon.db.fleet import (
     FleetError,
     FleetIncident,
     FleetLock,
+    FleetStatus,
     FleetView,
 )
 from daemon.db.restore import RestoreError, RestoreOptions, SwapRecovery
@@ -74,9 +76,6 @@ from probes.pg import with_dbname
 
 WATCH_EVERY = 0.25
 """Seconds between two looks at the leader's run for the end of its database steps."""
-
-ALIVE_HEARTBEATS = 3
-"""A host whose heartbeat is older than this many heartbeats is gone (for resolving)."""
 
 STALE_PENDING = 30.0
 """Seconds (beyond ALIVE_HEARTBEATS heartbeats, for the hosts' clocks) after which an
@@ -209,6 +208,10 @@ class Fleet:
         self._shared: dict[int, str] = {}
         """Local incidents joined to a fleet incident awaiting a decision -> the host that
         pages for the fleet: its opener, then the host that leads the decided rollback."""
+
+    def status(self) -> FleetStatus:
+        """The fleet as this host's last look saw it (no I/O: the API and live page read it)."""
+        return FleetStatus(self.name, self.host, self.view, self._problem)
 
     # -- pages ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +30,9 @@ from daemon.journal import Drill, Journal, JournalError, Run, RunStep
 from policies.engine import Engine
 from policies.expr import Binary, Call, Context, Expr, Num, Signal, Unary, evaluate, render
 from policies.policy import Policy, Rule
+
+if TYPE_CHECKING:
+    from daemon.db.fleet import FleetStatus
 
 HOUR = 3600.0
 POINTS = 360
@@ -103,6 +106,8 @@ class LiveHost(Protocol):
 
     @property
     def status_line(self) -> str: ...
+
+    def fleet_status(self) -> FleetStatus | None: ...
 
 
 # -- thresholds: the number a rule compares a signal with, where the condition says one -------
@@ -290,7 +295,7 @@ def live_data(host: LiveHost, now: float) -> dict[str, Any]:
     except JournalError as exc:
         problems.append(str(exc))
     headline, level = _headline(host, incident)
-    drill = host.live.drill
+    drill, fleet = host.live.drill, host.fleet_status()
     backups = sorted(host.live.backups, key=lambda b: b.created_at or 0.0, reverse=True)
     return {
         "app": host.config.app_name, "version": __version__, "now": now,
@@ -304,6 +309,7 @@ def live_data(host: LiveHost, now: float) -> dict[str, Any]:
         "drill": None if drill is None else {"t": drill.t, "ok": drill.ok,
                                              "duration": drill.duration,
                                              "backup": drill.backup},
+        "fleet": None if fleet is None else fleet.as_json(),
     }
 
 

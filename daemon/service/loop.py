@@ -55,6 +55,7 @@ from probes.base import one_line
 from probes.runner import ProbeOutcome, probe_id
 
 if TYPE_CHECKING:
+    from daemon.db.fleet import FleetStatus
     from daemon.service.fleet import Fleet
     from daemon.service.recorder import Recorder
 
@@ -206,6 +207,10 @@ class Daemon:
     @property
     def status_line(self) -> str:
         return self._status_line
+
+    def fleet_status(self) -> FleetStatus | None:
+        """The fleet as this host last saw it; None outside fleet mode."""
+        return None if self.fleet is None else self.fleet.status()
 
     def is_alive(self) -> bool:
         # A cycle is bounded by the interval; allow two of them plus slack before calling it stuck.
@@ -383,6 +388,9 @@ class Daemon:
         shown = self._as_decided(values)
         self.live.record(now, shown)
         self._status_line = describe(self.config.app_name, outcomes, shown, self.engine)
+        fleet = None if self.fleet is None else self.fleet.status().words()
+        if fleet is not None:
+            self._status_line += f"; {fleet}"
         current = self.executor.current
         if current is not None and current.run is not None:
             self._status_line += (f"; running {current.request.runbook.name} "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -33,7 +34,7 @@ from tests.harness.fleet import (
     maintenance_dsn,
 )
 from tests.harness.paging import StandIn, stand_in
-from tests.harness.processes import Proc, start_daemon, wait_until_ready
+from tests.harness.processes import Proc, daemon_url, start_daemon, wait_until_ready
 from tests.harness.rollbacks import Host, deploy_invalid_index
 from tests.harness.servers import wait_for
 
@@ -426,10 +427,30 @@ def test_in_approve_mode_the_fleet_is_paged_once_and_one_decision_rolls_back_eve
         assert completion["app"] == fleet.name, completion
 
 
+def every_host_shows_the_fleet_incident(fleet: RunningFleet) -> None:
+    """What an operator looks at on any host: ``rollbackd status``, the live page and the
+    status line name the fleet incident and every host's part in it."""
+    incident = fleet.incident()
+    for i, host in enumerate(fleet.hosts):
+        status = rollbackd("status", config=host.config)
+        assert status.returncode == 0, status.stderr
+        assert f"fleet      {fleet.name} (this host: host{i}): {incident.describe()}" \
+            in status.stdout, status.stdout
+        assert "hosts      host0 (part pending), host1 (part pending), host2 (part pending)" \
+            in status.stdout, status.stdout
+        live = httpx.get(f"{daemon_url(host.config)}/live.json", timeout=5).json()
+        assert live["fleet"]["incident"]["id"] == incident.id, live["fleet"]
+        assert [(h["host"], h["part"], h["alive"]) for h in live["fleet"]["hosts"]] == [
+            (f"host{n}", "pending", True) for n in range(3)], live["fleet"]
+        assert (f"fleet incident {incident.id} (immediate_rollback): database awaiting"
+                in live["status_line"]), live["status_line"]
+
+
 def test_in_approve_mode_an_ack_and_a_dismissal_on_one_host_hold_for_every_host(
         pg_db: str, tmp_path: Path) -> None:
     with awaiting_the_fleets_decision(pg_db, tmp_path) as (fleet, _):
         opener = fleet.host(fleet.incident().opened_by)
+        every_host_shows_the_fleet_incident(fleet)
 
         # Acknowledged on a host that did not page: the one that pages stops escalating.
         other = next(h for h in fleet.hosts if h is not opener)

@@ -230,6 +230,38 @@
     byId("restore-points").tBodies[0].replaceChildren(...rows);
   }
 
+  // -- the fleet (fleet mode only) ------------------------------------------------------------
+
+  function renderFleet(d) {
+    const f = d.fleet;
+    byId("fleet-section").hidden = !f;
+    if (!f) return;
+    byId("fleet-title").textContent = "Fleet " + f.name + " (this host: " + f.host + ")";
+    const summary = byId("fleet-summary");
+    const i = f.incident;
+    if (f.problem) {
+      summary.textContent = "Cannot read the fleet: " + f.problem;
+      summary.className = "bad";
+    } else if (i) {
+      summary.textContent = "Fleet incident " + i.id + ": " + i.scenario + " → " + i.action +
+        ", opened by " + i.opened_by + "; database " + i.db_state +
+        (i.db_host ? " by " + i.db_host : "") + (i.note ? " (" + i.note + ")" : "");
+      summary.className = i.db_state === "failed" ? "bad" : "";
+    } else {
+      summary.textContent = "No fleet incident open.";
+      summary.className = "muted";
+    }
+    const rows = f.hosts.map((h) => {
+      const tr = el("tr");
+      const part = i && h.following === i.id ? h.part : "—";
+      tr.append(el("td", "", h.host), el("td", part === "failed" ? "bad" : "", part),
+                el("td", h.alive ? "" : "bad",
+                   duration(h.beat_ago) + " ago" + (h.alive ? "" : " (silent)")));
+      return tr;
+    });
+    byId("fleet-hosts").tBodies[0].replaceChildren(...rows);
+  }
+
   // -- polling --------------------------------------------------------------------------------
 
   let lastOk = 0;
@@ -243,6 +275,7 @@
       renderIncident(d);
       renderSignals(d);
       renderSafety(d);
+      renderFleet(d);
       lastOk = Date.now();
     } catch (err) {
       byId("state").classList.add("stale");  // keep the level's colour: it was true

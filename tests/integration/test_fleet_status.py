@@ -1,0 +1,57 @@
+"""``rollbackd status`` on a host of a fleet: the fleet's open incident and each host's part,
+read from the maintenance database without beating for the host (the command is not its
+daemon), and a fleet that cannot be read said in one line."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+from daemon.db.fleet import FleetDb
+from tests.harness.cli import rollbackd
+from tests.harness.config import config_file
+from tests.harness.fleet import maintenance_dsn
+
+
+def host_config(tmp_path: Path, dsn: str, fleet: str) -> Path:
+    return config_file(tmp_path, app={"name": "app"}, database={"dsn": dsn},
+                       extra=f'[fleet]\nname = "{fleet}"\nid = "h1"\nheartbeat = "1s"\n')
+
+
+def test_status_names_the_fleet_incident_and_each_hosts_part_without_beating(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"vf-{secrets.token_hex(4)}"
+    h0 = FleetDb(maintenance_dsn(pg_db), fleet, "h0")
+    h0.ensure_schema()
+    h0.look()
+    incident, _ = h0.open_or_join("migration_failed", "immediate_rollback",
+                                  "immediate_rollback", "rp-1")
+    config = host_config(tmp_path, pg_db, fleet)
+
+    shown = rollbackd("status", config=config)
+    as_json = rollbackd("status", "--json", config=config)
+
+    assert shown.returncode == 0, shown.stderr
+    assert (f"fleet      {fleet} (this host: h1): fleet {fleet} incident {incident.id} "
+            "(migration_failed -> immediate_rollback, opened by h0): database pending"
+            in shown.stdout), shown.stdout
+    assert "hosts      h0 (part pending)\n" in shown.stdout, shown.stdout
+    status = json.loads(as_json.stdout)["fleet"]
+    assert status["incident"]["id"] == incident.id and status["problem"] is None, status
+    assert [(h["host"], h["part"], h["alive"]) for h in status["hosts"]] == [
+        ("h0", "pending", True)], status
+    # h1's daemon never looked: the command did not make it a host of the fleet either.
+    assert [host for host, *_ in h0.hosts()] == ["h0"]
+
+
+def test_a_fleet_that_cannot_be_read_is_said_in_one_line(tmp_path: Path) -> None:
+    config = host_config(tmp_path, "host=127.0.0.1 port=9 dbname=app connect_timeout=2",
+                         "vf")
+
+    shown = rollbackd("status", config=config)
+
+    assert shown.returncode == 0, shown.stderr
+    [line] = [line for line in shown.stdout.splitlines() if line.startswith("fleet")]
+    assert line.startswith("fleet      vf (this host: h1): CANNOT BE READ: "), line
+    assert "127.0.0.1" in line or "port 9" in line or "connect" in line, line
