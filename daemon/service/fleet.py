@@ -39,7 +39,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.config import Config
 from daemon.db.fleet import (
@@ -90,6 +90,12 @@ host's own identity: better paged twice than not at all."""
 DID_PART: frozenset[CodeState] = frozenset({"done", "failed"})
 """This host's part of a fleet incident is over: each host does its part once (a failed one
 paged; a person takes it from there)."""
+
+class FleetObserver(Protocol):
+    """What the fleet reports (the daemon's metrics)."""
+
+    def fleet_looked(self, ok: bool, incident_open: bool) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Awaiting:
@@ -186,6 +192,7 @@ class Fleet:
                           connect_timeout=float(db.connect_timeout))
         self.log = get_logger().bind(app=config.app_name, fleet=fleet.name, host=fleet.id)
         self.view: FleetView | None = None
+        self.observer: FleetObserver | None = None
         self._schema = False
         self._looked = -float("inf")
         self._task: asyncio.Task[None] | None = None
@@ -274,12 +281,16 @@ class Fleet:
                             policy: Policy) -> None:
         try:
             view = await asyncio.to_thread(self._look)
-            self.view = view  # before joining: which hosts are alive to page for the fleet
-            await self._join_awaiting()
         except FleetError as exc:
             self._report_problem(str(exc))
             return
+        self.view = view  # before joining: which hosts are alive to page for the fleet
         self._report_problem(None)
+        try:
+            await self._join_awaiting()
+        except FleetError as exc:
+            self.log.error("cannot join the fleet incident; trying again", error=str(exc))
+            return
         try:
             if await self._carry_decisions(view, policy):
                 return  # the approvals start this host's runs through the loop
@@ -400,6 +411,10 @@ class Fleet:
         return self.db.look(self.heartbeat * ALIVE_HEARTBEATS)
 
     def _report_problem(self, problem: str | None) -> None:
+        """After each look: the metrics hear of it, the log of a change."""
+        if self.observer is not None:
+            incident = self.view is not None and self.view.incident is not None
+            self.observer.fleet_looked(problem is None, incident)
         if problem is not None and problem != self._problem:
             self.log.error("cannot look at the fleet", error=problem)
         elif problem is None and self._problem is not None:

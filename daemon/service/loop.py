@@ -184,6 +184,7 @@ class Daemon:
         self.fleet = _fleet(config, journal)
         if self.fleet is not None:
             self.outbox.fleet = self.fleet
+            self.fleet.observer = self.metrics
             self._rejoin_awaiting_decision()
         self._silences_read = -SILENCES_EVERY
         self._pages_counted: set[int] = set()

@@ -197,6 +197,20 @@ class Metrics:
             "rollbackd_page_oldest_undelivered_seconds",
             "Age of the oldest page not yet delivered; 0 when none waits", registry=r,
         )
+        # Fleet mode's looks at the maintenance database; 0 outside a fleet, like every series.
+        self.fleet_looks = Counter(
+            "rollbackd_fleet_looks_total", "Looks at the fleet's tables (one per heartbeat)",
+            registry=r,
+        )
+        self.fleet_look_failures = Counter(
+            "rollbackd_fleet_look_failures_total",
+            "Looks at the fleet's tables that failed: this host cannot take part in a fleet "
+            "rollback (it refuses one that may restore the shared database)", registry=r,
+        )
+        self.fleet_incident_open = Gauge(
+            "rollbackd_fleet_incident_open", "1 while the fleet has an open incident (last look)",
+            registry=r,
+        )
         self._page_channels: set[str] = set()
         self._probes: set[str] = set()
         self._signals: set[str] = set()
@@ -228,6 +242,15 @@ class Metrics:
             for outcome in PAGE_OUTCOMES:
                 self.pages.labels(channel, outcome)
         self._page_channels |= set(channels)
+
+    # -- what the fleet reports (daemon.service.fleet.FleetObserver) ----------------------
+
+    def fleet_looked(self, ok: bool, incident_open: bool) -> None:
+        self.fleet_looks.inc()
+        if not ok:
+            self.fleet_look_failures.inc()
+        else:
+            self.fleet_incident_open.set(1 if incident_open else 0)
 
     # -- what the webhook's writer reports (daemon.service.intake.CommitObserver) ----------
 

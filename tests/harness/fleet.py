@@ -8,8 +8,13 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemon.config import load_config, load_policy
 from daemon.db.fleet import FleetDb, FleetIncident
+from daemon.journal import Journal
+from daemon.service.loop import Daemon
+from daemon.service.sd_notify import Notifier
 from probes.pg import with_dbname
+from tests.harness.config import config_file
 from tests.harness.rollbacks import Host, rollback_host
 
 FLEET = "visionforge-fleet"
@@ -46,6 +51,17 @@ def closing(hosts: list[Host]) -> Iterator[list[Host]]:
     finally:
         for host in hosts:
             host.close()
+
+
+def fleet_daemon(tmp_path: Path, dsn: str, fleet: str, *, heartbeat: str = "200ms") -> Daemon:
+    """Host h1 of ``fleet`` as a ``Daemon`` object (not started: tests drive its fleet);
+    close its journal when done."""
+    path = config_file(tmp_path, daemon={"mode": "auto"}, app={"name": "app"},
+                       database={"dsn": dsn},
+                       extra=f'[fleet]\nname = "{fleet}"\nid = "h1"\nheartbeat = "{heartbeat}"\n')
+    config = load_config(path)
+    return Daemon(path, config, load_policy(config, path),
+                  Journal.in_state_dir(config.daemon.state_dir), notifier=Notifier(None))
 
 
 def maintenance_dsn(dsn: str) -> str:

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config, load_policy
 from daemon.db.fleet import FleetDb, FleetIncident
-from daemon.journal import Journal
 from daemon.runbooks.context import RunRequest
 from daemon.service.fleet import Fleet
 from daemon.service.loop import Daemon
-from daemon.service.sd_notify import Notifier
-from tests.harness.config import config_file
-from tests.harness.fleet import maintenance_dsn
+from tests.harness.fleet import fleet_daemon, maintenance_dsn
 
 RUNBOOK = "immediate_rollback"
 
@@ -26,13 +22,7 @@ RUNBOOK = "immediate_rollback"
 @pytest.fixture
 def host(pg_db: str, tmp_path: Path) -> Iterator[Daemon]:
     """Host h1 of a fleet of its own (a fresh name: the fleet's tables are shared)."""
-    path = config_file(tmp_path, daemon={"mode": "auto"}, app={"name": "app"},
-                       database={"dsn": pg_db},
-                       extra=f'[fleet]\nname = "vf-{secrets.token_hex(4)}"\nid = "h1"\n'
-                             'heartbeat = "200ms"\n')
-    config = load_config(path)
-    daemon = Daemon(path, config, load_policy(config, path),
-                    Journal.in_state_dir(config.daemon.state_dir), notifier=Notifier(None))
+    daemon = fleet_daemon(tmp_path, pg_db, f"vf-{secrets.token_hex(4)}")
     yield daemon
     daemon.journal.close()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from daemon.db.fleet import FleetDb
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
-from tests.harness.fleet import maintenance_dsn
+from tests.harness.fleet import fleet_daemon, maintenance_dsn
 
 
 def host_config(tmp_path: Path, dsn: str, fleet: str) -> Path:
@@ -55,3 +55,47 @@ def test_a_fleet_that_cannot_be_read_is_said_in_one_line(tmp_path: Path) -> None
     [line] = [line for line in shown.stdout.splitlines() if line.startswith("fleet")]
     assert line.startswith("fleet      vf (this host: h1): CANNOT BE READ: "), line
     assert "127.0.0.1" in line or "port 9" in line or "connect" in line, line
+
+
+async def test_the_daemon_counts_its_looks_at_the_fleet_and_says_when_it_cannot_read_it(
+        tmp_path: Path) -> None:
+    host = fleet_daemon(tmp_path, "host=127.0.0.1 port=9 dbname=app", "vf")
+    try:
+        assert host.fleet is not None
+        host.fleet.tick(lambda: False, lambda request: (False, "none"), host.policy)
+        assert host.fleet._task is not None
+        await host.fleet._task
+
+        status = host.fleet_status()
+        assert status is not None and status.problem is not None, status
+        assert str(status.words()).startswith("fleet vf CANNOT BE READ: "), status.words()
+        exposed = host.metrics.registry.get_sample_value
+        assert exposed("rollbackd_fleet_looks_total") == 1
+        assert exposed("rollbackd_fleet_look_failures_total") == 1
+    finally:
+        host.journal.close()
+
+
+async def test_a_look_at_an_open_fleet_incident_sets_the_gauge_and_the_status_line(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"vf-{secrets.token_hex(4)}"
+    host = fleet_daemon(tmp_path, pg_db, fleet)
+    try:
+        assert host.fleet is not None
+        h0 = FleetDb(maintenance_dsn(pg_db), fleet, "h0")
+        h0.ensure_schema()
+        incident, _ = h0.open_or_join("migration_failed", "immediate_rollback",
+                                      "immediate_rollback", None)
+        host.fleet.tick(lambda: True, lambda request: (False, "busy"), host.policy)
+        assert host.fleet._task is not None
+        await host.fleet._task
+
+        exposed = host.metrics.registry.get_sample_value
+        assert exposed("rollbackd_fleet_incident_open") == 1
+        assert exposed("rollbackd_fleet_look_failures_total") == 0
+        status = host.fleet_status()
+        assert status is not None
+        assert status.words() == (f"fleet incident {incident.id} (immediate_rollback): "
+                                  "database pending; h0 (part pending)"), status.words()
+    finally:
+        host.journal.close()
