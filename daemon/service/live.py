@@ -186,8 +186,10 @@ def thresholds(rule: Rule, ctx: Context) -> list[Threshold]:
 # -- the document -----------------------------------------------------------------------------
 
 
-def _headline(host: LiveHost, incident: Mapping[str, Any] | None) -> tuple[str, str]:
-    """The state in words and its level (incident, paused, ok), for the top of the page."""
+def _headline(host: LiveHost, incident: Mapping[str, Any] | None,
+              fleet: FleetStatus | None) -> tuple[str, str]:
+    """The state in words and its level (incident, paused, ok), for the top of the page: a
+    fleet incident this host follows is an incident here too, whoever opened it."""
     engine = host.engine
     if engine.incident is not None and incident is not None and incident["state"] == "open":
         text = (f"Incident {incident['incident']} open: {incident['scenario']} "
@@ -195,6 +197,10 @@ def _headline(host: LiveHost, incident: Mapping[str, Any] | None) -> tuple[str, 
         return text + (" — PAUSED" if engine.paused else ""), "incident"
     if engine.incident is not None:
         return f"Incident {engine.incident[0]} open ({engine.incident[1]})", "incident"
+    shared = None if fleet is None or fleet.view is None else fleet.view.incident
+    if shared is not None:
+        return (f"Fleet incident {shared.id} open: {shared.scenario}, {shared.action} "
+                f"(database {shared.db_state})"), "incident"
     if engine.paused:
         return "Paused: rollbackd watches and decides nothing", "paused"
     if host.status_line.endswith(": starting"):
@@ -294,8 +300,9 @@ def live_data(host: LiveHost, now: float) -> dict[str, Any]:
                       "status": latest.status}
     except JournalError as exc:
         problems.append(str(exc))
-    headline, level = _headline(host, incident)
-    drill, fleet = host.live.drill, host.fleet_status()
+    fleet = host.fleet_status()
+    headline, level = _headline(host, incident, fleet)
+    drill = host.live.drill
     backups = sorted(host.live.backups, key=lambda b: b.created_at or 0.0, reverse=True)
     return {
         "app": host.config.app_name, "version": __version__, "now": now,

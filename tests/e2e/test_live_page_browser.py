@@ -4,6 +4,7 @@ its screenshot is left in the test's output directory."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from daemon.db.fleet import FleetDb
 from tests.harness.api import Rollbackd, alert, webhook
 from tests.harness.browser import headless_chromium, png_size
+from tests.harness.fleet import maintenance_dsn
 from tests.harness.servers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +74,33 @@ def test_the_live_page_renders_then_shows_an_opened_incident_and_is_screenshot(
     print(f"live page screenshot: {screenshot}")
     width, height = png_size(screenshot)
     assert (width, height) >= (800, 600) and screenshot.stat().st_size > 10_000
+
+
+def test_in_a_fleet_the_live_page_shows_the_fleet_incident_and_each_hosts_part(
+        pg_db: str, tmp_path: Path) -> None:
+    fleet = f"vf-{secrets.token_hex(4)}"
+    daemon = Rollbackd(tmp_path, api=f'[database]\ndsn = "{pg_db}"\n'
+                                     f'[fleet]\nname = "{fleet}"\nid = "h1"\nheartbeat = "500ms"\n')
+    try:
+        h0 = FleetDb(maintenance_dsn(pg_db), fleet, "h0")
+        h0.ensure_schema()
+        h0.look()
+        incident, _ = h0.open_or_join("migration_failed", "immediate_rollback",
+                                      "immediate_rollback", None)
+        with headless_chromium(tmp_path / "chromium") as driver:
+            driver.get(daemon.url + "/")
+            wait_for(lambda: text_of(driver, "fleet-summary").startswith(
+                f"Fleet incident {incident.id}: migration_failed → immediate_rollback, opened "
+                "by h0; database pending"), 20, what="the page to show the fleet incident")
+            assert text_of(driver, "fleet-title") == f"Fleet {fleet} (this host: h1)"
+            assert text_of(driver, "headline") == (
+                f"Fleet incident {incident.id} open: migration_failed, immediate_rollback "
+                "(database pending)")
+            wait_for(lambda: "h1 pending" in text_of(driver, "fleet-hosts"), 20,
+                     what="this host to follow the fleet incident")
+            assert "h0 pending" in text_of(driver, "fleet-hosts")
+            assert (f"fleet incident {incident.id} (immediate_rollback): database pending"
+                    in text_of(driver, "status-line"))
+            driver.save_screenshot(str(tmp_path / "live-page-fleet.png"))
+    finally:
+        daemon.close()
