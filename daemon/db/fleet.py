@@ -363,11 +363,17 @@ class FleetDb:
         return self._view(_LOOK, alive_within)
 
     def glance(self, alive_within: float = 15.0) -> FleetView:
-        """The same look, read only (no heartbeat): for a command that is not the daemon."""
-        return self._view(_GLANCE, alive_within)
+        """The same look, read only (no heartbeat): for a command that is not the daemon.
+        FleetError when no host of any fleet has started yet (the schema is missing)."""
+        return self._view(_GLANCE, alive_within, schema_may_be_missing=True)
 
-    def _view(self, query: str, alive_within: float) -> FleetView:
+    def _view(self, query: str, alive_within: float, *,
+              schema_may_be_missing: bool = False) -> FleetView:
         with self._session() as conn:
+            if schema_may_be_missing and conn.execute("SELECT to_regclass(%s)", (
+                    f"{SCHEMA}.fleet_hosts",)).fetchone() == (None,):
+                raise FleetError(f"no host of fleet {self.fleet} has started yet (the {SCHEMA} "
+                                 "schema is not in the maintenance database)")
             row = conn.execute(query, {"fleet": self.fleet, "host": self.host,
                                        "key": self.key}).fetchone()
         assert row is not None

@@ -9,13 +9,14 @@ import secrets
 from pathlib import Path
 
 from daemon.db.fleet import FleetDb
+from probes.pg import dbname_of
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
 from tests.harness.fleet import fleet_daemon, maintenance_dsn
 
 
-def host_config(tmp_path: Path, dsn: str, fleet: str) -> Path:
-    return config_file(tmp_path, app={"name": "app"}, database={"dsn": dsn},
+def host_config(tmp_path: Path, dsn: str, fleet: str, **database: str) -> Path:
+    return config_file(tmp_path, app={"name": "app"}, database={"dsn": dsn, **database},
                        extra=f'[fleet]\nname = "{fleet}"\nid = "h1"\nheartbeat = "1s"\n')
 
 
@@ -55,6 +56,19 @@ def test_a_fleet_that_cannot_be_read_is_said_in_one_line(tmp_path: Path) -> None
     [line] = [line for line in shown.stdout.splitlines() if line.startswith("fleet")]
     assert line.startswith("fleet      vf (this host: h1): CANNOT BE READ: "), line
     assert "127.0.0.1" in line or "port 9" in line or "connect" in line, line
+
+
+def test_before_any_host_of_the_fleet_started_status_says_so(
+        pg_db: str, tmp_path: Path) -> None:
+    # A maintenance database no rollbackd has used: the fleet's schema is not there yet.
+    config = host_config(tmp_path, pg_db, "vf", maintenance_db=str(dbname_of(pg_db)))
+
+    shown = rollbackd("status", config=config)
+
+    assert shown.returncode == 0, shown.stderr
+    assert ("fleet      vf (this host: h1): CANNOT BE READ: no host of fleet vf has started "
+            "yet (the rollbackd schema is not in the maintenance database)") in shown.stdout, \
+        shown.stdout
 
 
 async def test_the_daemon_counts_its_looks_at_the_fleet_and_says_when_it_cannot_read_it(
