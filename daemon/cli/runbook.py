@@ -26,10 +26,13 @@ from daemon.ops.operator import operator_name
 @click.option("--incident", type=int, default=None,
               help="The incident it answers (default: the open one, if any).")
 @click.option("--yes", is_flag=True, help="Execute it (without: only print the plan).")
+@click.option("--without-fleet", is_flag=True,
+              help="In fleet mode, run a runbook that changes the shared database on this "
+                   "host alone (the other hosts do not follow it).")
 @json_option("Print one JSON object: the plan, and the run with --yes.")
 @click.pass_context
 def rollback(ctx: click.Context, config_file: Path | None, runbook: str | None,
-             incident: int | None, yes: bool, as_json: bool) -> None:
+             incident: int | None, yes: bool, without_fleet: bool, as_json: bool) -> None:
     """Roll back by hand: print the plan, and with --yes run it, every step journaled as the
     daemon's runs are (one run at a time: a run of the daemon's refuses this one)."""
     from daemon.ops.rollbacks import execute_rollback, plan_rollback
@@ -54,7 +57,7 @@ def rollback(ctx: click.Context, config_file: Path | None, runbook: str | None,
     # The executor's log lines (steps, pages) go to stderr: stdout is the result.
     configure_logging(config.daemon.log_format, stream=sys.stderr)
     try:
-        result = execute_rollback(config, plan)
+        result = execute_rollback(config, plan, without_fleet=without_fleet)
     except OpsError as exc:
         fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:

@@ -18,8 +18,13 @@ from daemon.ops.common import OpsError, open_journal
 from daemon.runbooks.context import RunRequest, prepare
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
 from policies.policy import Policy
-from policies.runbooks import BUILTIN, Runbook, resolve
+from policies.runbooks import BUILTIN, DATABASE_STEPS, Runbook, resolve
 from policies.units import format_duration
+
+FLEET_BY_HAND = ("this host is in fleet {fleet}: a rollback by hand changes the database the "
+                 "fleet shares, and the other hosts do not follow it (their code stays as it "
+                 "is)")
+"""Why a rollback by hand on a host of a fleet is refused without --without-fleet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,8 @@ class RollbackPlan:
     drill: Drill | None
     """The latest successful restore drill: its duration is the downtime to expect."""
     at: float
+    fleet: str | None = None
+    """The fleet whose shared database its steps change (fleet mode, a database step)."""
 
     @property
     def runbook(self) -> Runbook:
@@ -59,7 +66,7 @@ class RollbackPlan:
             "restore_point": None if rp is None else {
                 "id": rp.id, "created_at": rp.created_at, "code_version": rp.code_version,
                 "migration_version": rp.migration_version, "database": rp.database},
-            "problem": self.problem, "data_window": window,
+            "problem": self.problem, "data_window": window, "fleet": self.fleet,
             "expected_downtime": None if self.drill is None or not self.restores
             else self.drill.duration,
         }
@@ -85,6 +92,8 @@ class RollbackPlan:
                          + (f" ({extra})" if extra else ""))
         if self.problem is not None:
             lines.append(f"warning: {self.problem}")
+        if self.fleet is not None:
+            lines.append(f"warning: {FLEET_BY_HAND.format(fleet=self.fleet)}")
         if self.restores:
             if rp is not None:
                 lines.append(
@@ -127,8 +136,9 @@ def plan_rollback(config: Config, policy: Policy | None, runbook: str | None = N
         raise OpsError(str(exc)) from None
     finally:
         journal.close()
+    shared = config.fleet is not None and any(s.kind in DATABASE_STEPS for s in chosen.steps)
     return RollbackPlan(request, summary, ctx.deploy, ctx.manifest, ctx.manifest_problem,
-                        drill, time.time())
+                        drill, time.time(), config.fleet.name if shared and config.fleet else None)
 
 
 def _incident(journal: Journal, incident: int | None) -> IncidentSummary | None:
@@ -162,9 +172,16 @@ def _runbook(policy: Policy | None, summary: IncidentSummary | None,
     return chosen
 
 
-def execute_rollback(config: Config, plan: RollbackPlan) -> RunResult:
+def execute_rollback(config: Config, plan: RollbackPlan, *,
+                     without_fleet: bool = False) -> RunResult:
     """Run the plan's runbook in this process, through the executor; SIGINT or SIGTERM
-    interrupts it (journaled and paged as interrupted). ``OpsError`` when it cannot begin."""
+    interrupts it (journaled and paged as interrupted). ``OpsError`` when it cannot begin,
+    and for a plan that changes a fleet's shared database unless ``without_fleet``."""
+    if plan.fleet is not None and not without_fleet:
+        raise OpsError(f"not executed: {FLEET_BY_HAND.format(fleet=plan.fleet)}; to roll "
+                       "the fleet back, decide on this host's incident (rollbackd decide N "
+                       "rollback: the daemons roll back every host, the database once), or "
+                       "pass --without-fleet to run it on this host alone")
     return asyncio.run(_execute(config, plan))
 
 

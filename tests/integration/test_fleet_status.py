@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 from daemon.db.fleet import FleetDb
+from daemon.journal import Journal
 from probes.pg import dbname_of
 from tests.harness.cli import rollbackd
 from tests.harness.config import config_file
@@ -113,3 +114,25 @@ async def test_a_look_at_an_open_fleet_incident_sets_the_gauge_and_the_status_li
                                   "database pending; h0 (part pending)"), status.words()
     finally:
         host.journal.close()
+
+
+def test_a_rollback_by_hand_that_restores_the_shared_database_is_refused_on_a_fleet_host(
+        tmp_path: Path) -> None:
+    """The other hosts would not follow it: their code would stay on the release whose
+    schema the restore took away. Without --yes the plan says so; a code-only runbook is
+    not concerned."""
+    config = host_config(tmp_path, "host=127.0.0.1 port=9 dbname=app", "vf")
+
+    plan = rollbackd("rollback", "--runbook", "immediate_rollback", config=config)
+    refused = rollbackd("rollback", "--runbook", "immediate_rollback", "--yes", config=config)
+    code_only = rollbackd("rollback", "--runbook", "code_only", "--json", config=config)
+
+    assert plan.returncode == 0, plan.stderr
+    assert "warning: this host is in fleet vf: a rollback by hand changes the database" \
+        in plan.stdout, plan.stdout
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert "not executed: this host is in fleet vf" in line and "--without-fleet" in line, line
+    assert not (tmp_path / "state").exists() or not Journal.in_state_dir(
+        tmp_path / "state").runs()
+    assert json.loads(code_only.stdout)["plan"]["fleet"] is None, code_only.stdout
