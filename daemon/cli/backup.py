@@ -151,11 +151,14 @@ def _window(path: Path, config: Config, given: str | None) -> float:
 @click.option("--cascade", is_flag=True,
               help="With --tables: also restore tables whose foreign keys reference them.")
 @click.option("--yes", is_flag=True, help="Confirm: the restore replaces live data.")
+@click.option("--without-fleet", is_flag=True,
+              help="In fleet mode, restore the shared database from this host alone (the "
+                   "other hosts do not follow it).")
 @json_option("Print the report as one JSON object.")
 @click.pass_context
 def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
                    strategy: WholeStrategy | None, tables: str | None, cascade: bool,
-                   yes: bool, as_json: bool) -> None:
+                   yes: bool, without_fleet: bool, as_json: bool) -> None:
     """Restore a verified backup; prints the data window undone and where that data is kept."""
     _, config = load_with_database(ctx, config_file)
     selected = _table_list("--tables", tables)
@@ -170,7 +173,8 @@ def backup_restore(ctx: click.Context, config_file: Path | None, backup_id: str,
     try:
         with working(f"restoring backup {backup_id} ({'tables' if selected else chosen})",
                      enabled=not as_json):
-            report = restore(config, backup_id, chosen, selected, cascade)
+            report = restore(config, backup_id, chosen, selected, cascade,
+                             without_fleet=without_fleet)
     except OpsError as exc:
         fail(str(exc), EXIT_FAILED)
     render(report, as_json)

@@ -11,6 +11,13 @@ class OpsError(Exception):
     """An operation that cannot be carried out; ``str()`` is the one line the operator reads."""
 
 
+FLEET_BY_HAND = ("this host is in fleet {fleet}: a rollback by hand changes the database the "
+                 "fleet shares, and the other hosts do not follow it (their code stays as it "
+                 "is)")
+"""Why a rollback or a restore by hand on a host of a fleet is refused without
+--without-fleet."""
+
+
 def open_journal(config: Config) -> Journal:
     try:
         return Journal.in_state_dir(config.daemon.state_dir)

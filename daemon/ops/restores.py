@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from daemon.config import Config
 from daemon.db.restore import RestoreError, RestoreOptions, RestoreReport
 from daemon.db.restore.journaled import WholeStrategy, journaled_restore
-from daemon.ops.common import OpsError, database, open_journal, open_store
+from daemon.ops.common import FLEET_BY_HAND, OpsError, database, open_journal, open_store
 from daemon.ops.operator import operator_name
 from probes.pg import dbname_of
 
@@ -17,7 +17,8 @@ __all__ = ["WholeStrategy", "restore", "restore_warning"]
 
 def restore(config: Config, backup_id: str, strategy: WholeStrategy = "swap",
             tables: Sequence[str] = (), cascade: bool = False, *, by: str | None = None,
-            incident: int | None = None, close_incident: bool = True) -> RestoreReport:
+            incident: int | None = None, close_incident: bool = True,
+            without_fleet: bool = False) -> RestoreReport:
     """Restore ``backup_id``: the rows of ``tables`` when named, else the whole database by
     ``strategy`` (``clone``: ``backup_id`` is a clone's name). ``OpsError`` when refused or
     failed; a report whose validation failed is returned (``report.ok`` is false).
@@ -28,9 +29,14 @@ def restore(config: Config, backup_id: str, strategy: WholeStrategy = "swap",
     uses too. A whole-database restore that completed marks the deploy ``rolled_back``; one
     that was validated closes the incident when ``close_incident`` (a person's restore; the
     executor passes False and resolves after its watch period). ``by``: who, for the record
-    (default: the operator running the command).
+    (default: the operator running the command). On a host of a fleet the restore is refused
+    unless ``without_fleet``: the other hosts would not follow it.
     """
     database(config)
+    if config.fleet is not None and not without_fleet:
+        raise OpsError(f"not restored: {FLEET_BY_HAND.format(fleet=config.fleet.name)}; to "
+                       "roll the fleet back, decide on this host's incident (rollbackd decide "
+                       "N rollback), or pass --without-fleet to restore from this host alone")
     journal = open_journal(config)
     try:
         options = RestoreOptions.from_config(config)

@@ -14,17 +14,12 @@ from daemon.config import Config
 from daemon.db.backups import Manifest
 from daemon.fmt import iso, when
 from daemon.journal import Deploy, Drill, IncidentSummary, Journal, JournalError
-from daemon.ops.common import OpsError, open_journal
+from daemon.ops.common import FLEET_BY_HAND, OpsError, open_journal
 from daemon.runbooks.context import RunRequest, prepare
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
 from policies.policy import Policy
 from policies.runbooks import BUILTIN, DATABASE_STEPS, Runbook, resolve
 from policies.units import format_duration
-
-FLEET_BY_HAND = ("this host is in fleet {fleet}: a rollback by hand changes the database the "
-                 "fleet shares, and the other hosts do not follow it (their code stays as it "
-                 "is)")
-"""Why a rollback by hand on a host of a fleet is refused without --without-fleet."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,3 +136,17 @@ def test_a_rollback_by_hand_that_restores_the_shared_database_is_refused_on_a_fl
     assert not (tmp_path / "state").exists() or not Journal.in_state_dir(
         tmp_path / "state").runs()
     assert json.loads(code_only.stdout)["plan"]["fleet"] is None, code_only.stdout
+
+
+def test_a_restore_by_hand_on_a_fleet_host_is_refused_without_without_fleet(
+        tmp_path: Path) -> None:
+    config = host_config(tmp_path, "host=127.0.0.1 port=9 dbname=app", "vf")
+
+    refused = rollbackd("backup", "restore", "rp-1", "--yes", config=config)
+    alone = rollbackd("backup", "restore", "rp-1", "--yes", "--without-fleet", config=config)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert "not restored: this host is in fleet vf" in line and "--without-fleet" in line, line
+    # Let through, it goes on to the restore itself (which finds no backup rp-1 here).
+    assert alone.returncode == 1 and "fleet" not in alone.stderr, alone.stderr
