@@ -64,6 +64,12 @@ def check(ctx: click.Context, config_file: Path | None) -> None:
     click.echo(f"daemon    listen {d.listen}, every {format_duration(d.interval)}, mode {d.mode}, "
                f"state in {d.state_dir}")
     click.echo(f"policy    {config.policy_path()} ({d.policy}): {len(policy.rules)} rules")
+    if config.fleet is not None and config.database is not None:
+        f = config.fleet
+        click.echo(f"fleet     {f.name} as host {f.id}, a look every "
+                   f"{format_duration(f.heartbeat)}, in database "
+                   f"{config.database.maintenance_db}: the database part of a rollback runs "
+                   "once, from one host; every host rolls back its own code and config")
     rows = _probe_rows(config)
     click.echo(f"probes    {len(rows)}")
     width = max((len(name) for name, _ in rows), default=0)

@@ -150,3 +150,13 @@ def test_a_restore_by_hand_on_a_fleet_host_is_refused_without_without_fleet(
     assert "not restored: this host is in fleet vf" in line and "--without-fleet" in line, line
     # Let through, it goes on to the restore itself (which finds no backup rp-1 here).
     assert alone.returncode == 1 and "fleet" not in alone.stderr, alone.stderr
+
+
+def test_check_says_the_host_is_in_a_fleet_and_where_the_fleet_is_kept(tmp_path: Path) -> None:
+    config = host_config(tmp_path, "host=127.0.0.1 port=9 dbname=app", "vf")
+
+    checked = rollbackd("check", config=config)
+
+    assert checked.returncode == 0, checked.stderr
+    assert ("fleet     vf as host h1, a look every 1s, in database postgres: the database "
+            "part of a rollback runs once, from one host") in checked.stdout, checked.stdout
