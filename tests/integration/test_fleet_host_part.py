@@ -1,6 +1,7 @@
 """Each host does its part of a fleet incident (its code, configuration and app) once: not
 again when a look at the fleet taken before its part ended is acted on after, nor when its
-own engine decides the same rollback after it followed the fleet's."""
+own engine decides the same rollback after it followed the fleet's; and a host that cannot
+read its fleet runs no rollback that may restore the shared database."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from daemon.db.fleet import FleetDb, FleetIncident
 from daemon.runbooks.context import RunRequest
+from daemon.runbooks.executor import RunRefusedError
 from daemon.service.fleet import Fleet
 from daemon.service.loop import Daemon
 from tests.harness.fleet import fleet_daemon, maintenance_dsn
@@ -80,3 +82,24 @@ async def test_a_rollback_decided_here_after_this_host_did_its_part_does_not_run
     assert await fleet.run(decided, host.executor) is None
 
     assert host.journal.runs() == []
+
+
+async def test_a_host_that_cannot_read_its_fleet_refuses_a_rollback_that_may_restore_the_database(
+        tmp_path: Path) -> None:
+    """It cannot tell whether another host restores the shared database already: a second
+    restore is worse than a refusal (which pages)."""
+    host = fleet_daemon(tmp_path, "host=127.0.0.1 port=9 dbname=app connect_timeout=2", "vf")
+    try:
+        assert host.fleet is not None
+        runbook = host.policy.all_runbooks()[RUNBOOK]
+        decided = RunRequest(runbook, None, "migration_failed", "immediate_rollback",
+                             "migration.failed == 1", "rollbackd", 900.0)
+
+        with pytest.raises(RunRefusedError, match="the fleet's state cannot be read, so no "
+                                                  "rollback that may restore the shared "
+                                                  "database runs: "):
+            await host.fleet.run(decided, host.executor)
+
+        assert host.journal.runs() == []
+    finally:
+        host.journal.close()
