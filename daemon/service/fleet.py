@@ -91,6 +91,7 @@ DID_PART: frozenset[CodeState] = frozenset({"done", "failed"})
 """This host's part of a fleet incident is over: each host does its part once (a failed one
 paged; a person takes it from there)."""
 
+
 class FleetObserver(Protocol):
     """What the fleet reports (the daemon's metrics)."""
 
@@ -573,12 +574,13 @@ class Fleet:
             incident, opened = await asyncio.to_thread(
                 self._open, request.scenario, request.action, request.runbook.name,
                 self._restore_point())
+            part = None if opened else await asyncio.to_thread(self.db.part, incident.id)
         except FleetError as exc:
             raise RunRefusedError(f"the fleet's state cannot be read, so no rollback that "
                                   f"may restore the shared database runs: {exc}") from None
         if request.incident is not None:
             self._incidents[request.incident] = incident.id
-        if not opened and await asyncio.to_thread(self.db.part, incident.id) in DID_PART:
+        if part in DID_PART:
             # A rule here fired on what the fleet's rollback already answered (the app
             # errors while it restarts): a second run would only stop the app again.
             self.log.warning("this host already did its part of the fleet incident: the "
