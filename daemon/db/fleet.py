@@ -465,16 +465,6 @@ class FleetDb:
                 "WHERE fleet = %s AND host = %s AND following = %s",
                 (state, self.fleet, self.host, incident_id))
 
-    def hosts(self) -> list[tuple[str, int | None, str | None, float]]:
-        """``(host, following, code_state, seconds since its heartbeat)`` for every host."""
-        with self._session() as conn:
-            rows = conn.execute(
-                f"SELECT host, following, code_state, "
-                "extract(epoch FROM now() - heartbeat_at)::float8 "
-                f"FROM {SCHEMA}.fleet_hosts WHERE fleet = %s ORDER BY host",
-                (self.fleet,)).fetchall()
-        return [(str(h), f, c, float(age)) for h, f, c, age in rows]
-
     def resolve_if_done(self, incident_id: int, alive_within: float) -> bool:
         """Resolve the incident once its database part is over and no host alive (a heartbeat
         within ``alive_within`` seconds) still has its part to do."""

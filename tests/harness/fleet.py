@@ -84,5 +84,4 @@ def fleet_incidents(dsn: str, fleet: str = FLEET) -> list[FleetIncident]:
 
 def code_states(dsn: str, fleet: str = FLEET) -> dict[str, str | None]:
     """Each host of ``fleet``: its code_state."""
-    return {host: state for host, _, state, _ in
-            FleetDb(maintenance_dsn(dsn), fleet, "test").hosts()}
+    return {h.host: h.part for h in FleetDb(maintenance_dsn(dsn), fleet, "test").glance().hosts}

@@ -44,7 +44,7 @@ def test_status_names_the_fleet_incident_and_each_hosts_part_without_beating(
     assert [(h["host"], h["part"], h["alive"]) for h in status["hosts"]] == [
         ("h0", "pending", True)], status
     # h1's daemon never looked: the command did not make it a host of the fleet either.
-    assert [host for host, *_ in h0.hosts()] == ["h0"]
+    assert [h.host for h in h0.glance().hosts] == ["h0"]
 
 
 def test_a_fleet_that_cannot_be_read_is_said_in_one_line(tmp_path: Path) -> None:
