@@ -18,7 +18,7 @@ from tests.harness.fleet import fleet_daemon, maintenance_dsn
 
 def host_config(tmp_path: Path, dsn: str, fleet: str, **database: str) -> Path:
     return config_file(tmp_path, app={"name": "app"}, database={"dsn": dsn, **database},
-                       extra=f'[fleet]\nname = "{fleet}"\nid = "h1"\nheartbeat = "1s"\n')
+                       extra=f'[fleet]\nname = "{fleet}"\nid = "h1"\nheartbeat = "10s"\n')
 
 
 def test_status_names_the_fleet_incident_and_each_hosts_part_without_beating(
@@ -94,7 +94,7 @@ async def test_the_daemon_counts_its_looks_at_the_fleet_and_says_when_it_cannot_
 async def test_a_look_at_an_open_fleet_incident_sets_the_gauge_and_the_status_line(
         pg_db: str, tmp_path: Path) -> None:
     fleet = f"vf-{secrets.token_hex(4)}"
-    host = fleet_daemon(tmp_path, pg_db, fleet)
+    host = fleet_daemon(tmp_path, pg_db, fleet, heartbeat="5s")  # no host goes silent
     try:
         assert host.fleet is not None
         h0 = FleetDb(maintenance_dsn(pg_db), fleet, "h0")
@@ -158,5 +158,5 @@ def test_check_says_the_host_is_in_a_fleet_and_where_the_fleet_is_kept(tmp_path:
     checked = rollbackd("check", config=config)
 
     assert checked.returncode == 0, checked.stderr
-    assert ("fleet     vf as host h1, a look every 1s, in database postgres: the database "
+    assert ("fleet     vf as host h1, a look every 10s, in database postgres: the database "
             "part of a rollback runs once, from one host") in checked.stdout, checked.stdout
