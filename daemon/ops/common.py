@@ -18,6 +18,14 @@ FLEET_BY_HAND = ("this host is in fleet {fleet}: a rollback by hand changes the 
 --without-fleet."""
 
 
+def refused_in_fleet(fleet: str) -> OpsError:
+    """A rollback or a restore by hand that would change ``fleet``'s shared database."""
+    return OpsError(f"not executed: {FLEET_BY_HAND.format(fleet=fleet)}; to roll the fleet "
+                    "back, decide on this host's incident (rollbackd decide N rollback: the "
+                    "daemons roll back every host, the database once), or pass "
+                    "--without-fleet to act from this host alone")
+
+
 def open_journal(config: Config) -> Journal:
     try:
         return Journal.in_state_dir(config.daemon.state_dir)

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from daemon.config import Config
 from daemon.db.restore import RestoreError, RestoreOptions, RestoreReport
 from daemon.db.restore.journaled import WholeStrategy, journaled_restore
-from daemon.ops.common import FLEET_BY_HAND, OpsError, database, open_journal, open_store
+from daemon.ops.common import (
+    OpsError,
+    database,
+    open_journal,
+    open_store,
+    refused_in_fleet,
+)
 from daemon.ops.operator import operator_name
 from probes.pg import dbname_of
 
@@ -34,9 +40,7 @@ def restore(config: Config, backup_id: str, strategy: WholeStrategy = "swap",
     """
     database(config)
     if config.fleet is not None and not without_fleet:
-        raise OpsError(f"not restored: {FLEET_BY_HAND.format(fleet=config.fleet.name)}; to "
-                       "roll the fleet back, decide on this host's incident (rollbackd decide "
-                       "N rollback), or pass --without-fleet to restore from this host alone")
+        raise refused_in_fleet(config.fleet.name)
     journal = open_journal(config)
     try:
         options = RestoreOptions.from_config(config)

@@ -14,7 +14,7 @@ from daemon.config import Config
 from daemon.db.backups import Manifest
 from daemon.fmt import iso, when
 from daemon.journal import Deploy, Drill, IncidentSummary, Journal, JournalError
-from daemon.ops.common import FLEET_BY_HAND, OpsError, open_journal
+from daemon.ops.common import FLEET_BY_HAND, OpsError, open_journal, refused_in_fleet
 from daemon.runbooks.context import RunRequest, prepare
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
 from policies.policy import Policy
@@ -173,10 +173,7 @@ def execute_rollback(config: Config, plan: RollbackPlan, *,
     interrupts it (journaled and paged as interrupted). ``OpsError`` when it cannot begin,
     and for a plan that changes a fleet's shared database unless ``without_fleet``."""
     if plan.fleet is not None and not without_fleet:
-        raise OpsError(f"not executed: {FLEET_BY_HAND.format(fleet=plan.fleet)}; to roll "
-                       "the fleet back, decide on this host's incident (rollbackd decide N "
-                       "rollback: the daemons roll back every host, the database once), or "
-                       "pass --without-fleet to run it on this host alone")
+        raise refused_in_fleet(plan.fleet)
     return asyncio.run(_execute(config, plan))
 
 

@@ -147,7 +147,7 @@ def test_a_restore_by_hand_on_a_fleet_host_is_refused_without_without_fleet(
 
     assert refused.returncode == 1, refused.stdout + refused.stderr
     [line] = refused.stderr.strip().splitlines()
-    assert "not restored: this host is in fleet vf" in line and "--without-fleet" in line, line
+    assert "not executed: this host is in fleet vf" in line and "--without-fleet" in line, line
     # Let through, it goes on to the restore itself (which finds no backup rp-1 here).
     assert alone.returncode == 1 and "fleet" not in alone.stderr, alone.stderr
 
