@@ -761,6 +761,7 @@ class Fleet:
             self._report_problem(str(exc))
             return swap
         self.view = view
+        self._report_problem(None)  # a look like each heartbeat's: counted, and its problem over
         if latest is not None:
             self._recovering = latest.id
             with contextlib.suppress(JournalError):

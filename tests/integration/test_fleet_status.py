@@ -160,3 +160,18 @@ def test_check_says_the_host_is_in_a_fleet_and_where_the_fleet_is_kept(tmp_path:
     assert checked.returncode == 0, checked.stderr
     assert ("fleet     vf as host h1, a look every 10s, in database postgres: the database "
             "part of a rollback runs once, from one host") in checked.stdout, checked.stdout
+
+
+async def test_the_look_at_start_up_is_counted_like_every_other(pg_db: str,
+                                                                tmp_path: Path) -> None:
+    host = fleet_daemon(tmp_path, pg_db, f"vf-{secrets.token_hex(4)}")
+    try:
+        assert host.fleet is not None
+        await host.fleet.before_recovery(host.executor, None)
+
+        exposed = host.metrics.registry.get_sample_value
+        assert exposed("rollbackd_fleet_looks_total") == 1
+        assert exposed("rollbackd_fleet_look_failures_total") == 0
+        assert exposed("rollbackd_fleet_incident_open") == 0
+    finally:
+        host.journal.close()
