@@ -8,9 +8,13 @@ PostgreSQL itself coordinates; no home-made consensus).
   on any host), ``pending`` (nothing done yet), ``restoring`` (a host holds the fleet's lock
   and works on the database), ``restored`` (done, or nothing to restore: every host may roll
   back its code), ``failed`` (not restored; the host that tried paged), ``dismissed`` (a
-  person decided against the rollback: nothing done, the incident is over).
+  person decided against the rollback, or every host's own incident cleared before anyone
+  decided: nothing done, the incident is over).
 * ``rollbackd.fleet_hosts``: each host's heartbeat, the incident it follows and how far its
-  own part went (``code_state``: pending, done, failed).
+  own part went (``code_state``: pending, done, failed). While an incident awaits a decision
+  only the hosts whose own incident awaits it follow it, ``pending`` until that incident
+  clears on its own (``done``: the host left it to the others); once a person decides the
+  rollback every host follows it, its part ``pending``.
 * The database part of a rollback is done under ``pg_try_advisory_lock(fleet_key(fleet))``
   held on a session of its own (:class:`FleetLock`); ``db_state`` changes only on that
   session. A host that dies releases the lock with its session: ``restoring`` with the lock
@@ -149,9 +153,27 @@ INSERT INTO {SCHEMA}.fleet_hosts AS h (fleet, host, following, code_state)
 VALUES (%(fleet)s, %(host)s, %(incident)s, 'pending')
 ON CONFLICT (fleet, host) DO UPDATE SET following = excluded.following, code_state = 'pending',
     updated_at = now(), heartbeat_at = now()
-WHERE h.following IS DISTINCT FROM excluded.following
+WHERE h.following IS DISTINCT FROM excluded.following OR %(again)s
 """
-"""This host follows an incident, its part still to do (unless it follows it already)."""
+"""This host follows an incident, its part still to do (unless it follows it already, or
+``again``: an incident of its own awaits the decision again after it left it)."""
+
+_EVERY_HOST_FOLLOWS = f"""
+UPDATE {SCHEMA}.fleet_hosts SET following = %(incident)s, code_state = 'pending',
+    updated_at = now()
+WHERE fleet = %(fleet)s AND host <> %(host)s
+"""
+"""Every other host of the fleet follows the incident, its part to do: its rollback is
+decided, and each host's code must match the database."""
+
+_AWAITING_ON = f"""
+SELECT coalesce(array_agg(host ORDER BY host), '{{}}') FROM {SCHEMA}.fleet_hosts
+WHERE fleet = %(fleet)s AND following = %(incident)s AND code_state = 'pending'
+    AND heartbeat_at > now() - make_interval(secs => %(alive)s)
+"""
+"""The hosts alive whose own incident still awaits the fleet incident's decision."""
+
+CLEARED = "every host's own incident cleared before anyone decided: nothing was done"
 
 
 class FleetError(Exception):
@@ -246,6 +268,24 @@ class FleetView:
         """The hosts whose heartbeat was recent before this look (within ``alive_within``)."""
         return frozenset(h.host for h in self.hosts if h.beat_ago <= self.alive_within)
 
+    def awaiting_on(self, within: float) -> frozenset[str]:
+        """The hosts whose own incident awaits the open incident's decision (it awaits one),
+        with a heartbeat within ``within`` seconds before this look."""
+        incident = self.incident
+        if incident is None or incident.db_state != "awaiting":
+            return frozenset()
+        return frozenset(h.host for h in self.hosts if h.following == incident.id
+                         and h.part == "pending" and h.beat_ago <= within)
+
+    @property
+    def cleared(self) -> frozenset[str]:
+        """The hosts that left the open incident's decision (their own incident cleared)."""
+        incident = self.incident
+        if incident is None or incident.db_state != "awaiting":
+            return frozenset()
+        return frozenset(h.host for h in self.hosts
+                         if h.following == incident.id and h.part == "done")
+
     @property
     def mine_pending(self) -> bool:
         """This host follows the open incident and has not done its part."""
@@ -263,15 +303,25 @@ class FleetStatus:
     view: FleetView | None
     problem: str | None = None
 
+    @staticmethod
+    def _doing(view: FleetView, h: FleetHost) -> str:
+        """A host's part in the open incident, in words (while it awaits a decision: whether
+        the host's own incident awaits it, or cleared)."""
+        awaiting = view.incident is not None and view.incident.db_state == "awaiting"
+        following = view.incident is not None and h.following == view.incident.id
+        if not following or not h.part:
+            return "no incident" if awaiting else "no part"
+        if awaiting:
+            return "awaiting" if h.part == "pending" else "cleared"
+        return f"part {h.part}"
+
     def _hosts(self) -> str:
         view = self.view
         assert view is not None
         words = []
         for h in view.hosts:
             quiet = "" if h.host in view.alive else f", silent {h.beat_ago:.0f}s"
-            following = view.incident is not None and h.following == view.incident.id
-            part = f"part {h.part}" if following and h.part else "no part"
-            words.append(f"{h.host} ({part}{quiet})")
+            words.append(f"{h.host} ({self._doing(view, h)}{quiet})")
         return ", ".join(words) or "none yet"
 
     def words(self) -> str | None:
@@ -303,7 +353,8 @@ class FleetStatus:
             else view.incident.as_json(),
             "hosts": [] if view is None else [
                 {"host": h.host, "following": h.following, "part": h.part,
-                 "beat_ago": h.beat_ago, "alive": h.host in view.alive} for h in view.hosts],
+                 "doing": self._doing(view, h), "beat_ago": h.beat_ago,
+                 "alive": h.host in view.alive} for h in view.hosts],
         }
 
 
@@ -400,9 +451,10 @@ class FleetDb:
                      restore_point: str | None, *, awaiting: bool = False
                      ) -> tuple[FleetIncident, bool]:
         """Open the fleet's incident (``awaiting``: a rollback that waits for a person's
-        decision), or join the one open; ``(incident, opened)``. One transaction: opening it
-        makes every host of the fleet follow it at once, so none misses an incident that ends
-        before its next look."""
+        decision), or join the one open; ``(incident, opened)``. One transaction: opening a
+        rollback makes every host of the fleet follow it at once, so none misses an incident
+        that ends before its next look (one awaiting a decision is followed by the hosts
+        that join it, until it is decided)."""
         state: DbState = "awaiting" if awaiting else "pending"
         with self._session() as conn, conn.transaction():
             row = conn.execute(
@@ -422,13 +474,10 @@ class FleetDb:
                                      "while joining it; try again")
             found = _incident(row)
             assert found is not None
-            conn.execute(_FOLLOW, {"fleet": self.fleet, "host": self.host,
-                                   "incident": found.id})
-            if opened:
-                conn.execute(
-                    f"UPDATE {SCHEMA}.fleet_hosts SET following = %s, code_state = 'pending', "
-                    "updated_at = now() WHERE fleet = %s AND host <> %s",
-                    (found.id, self.fleet, self.host))
+            ids = {"fleet": self.fleet, "host": self.host, "incident": found.id}
+            conn.execute(_FOLLOW, {**ids, "again": found.db_state == "awaiting"})
+            if opened and not awaiting:
+                conn.execute(_EVERY_HOST_FOLLOWS, ids)
             return found, opened
 
     def follow(self, incident_id: int) -> bool:
@@ -436,7 +485,7 @@ class FleetDb:
         follows it."""
         with self._session() as conn:
             cur = conn.execute(_FOLLOW, {"fleet": self.fleet, "host": self.host,
-                                         "incident": incident_id})
+                                         "incident": incident_id, "again": False})
             return cur.rowcount > 0
 
     def ack(self, incident_id: int, by: str) -> bool:
@@ -524,9 +573,49 @@ class FleetLock:
 
     def decided(self, incident_id: int, action: str, runbook: str) -> None:
         """A person decided the ``awaiting`` incident's rollback on this host: the action and
-        runbook chosen are the ones every host follows."""
-        self._update(incident_id, "SET action = %s, runbook = %s, updated_at = now() "
-                     "WHERE i.id = %s AND i.db_state = 'awaiting'", (action, runbook, incident_id))
+        runbook chosen are the ones every host follows, each with its part to do (a host whose
+        own incident cleared meanwhile too: its code must match the restored database)."""
+        try:
+            with self.conn.transaction():
+                cur = self.conn.execute(
+                    f"UPDATE {SCHEMA}.fleet_incidents i SET action = %s, runbook = %s, "
+                    "updated_at = now() WHERE i.id = %s AND i.db_state = 'awaiting'",
+                    (action, runbook, incident_id))
+                if cur.rowcount:
+                    ids = {"fleet": self.db.fleet, "host": self.db.host, "incident": incident_id}
+                    self.conn.execute(_FOLLOW, {**ids, "again": True})
+                    self.conn.execute(_EVERY_HOST_FOLLOWS, ids)
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot record the decision on fleet incident {incident_id}: "
+                             f"{one_line(exc)}") from None
+
+    def leave(self, incident_id: int, alive_within: float) -> bool:
+        """This host's own incident cleared before anyone decided the ``awaiting`` incident's
+        rollback: it leaves it to the hosts still seeing the problem (its part ``done``). When
+        no host alive (a heartbeat within ``alive_within`` seconds) still awaits it, nobody
+        needs the decision any more: it is ``dismissed`` and resolved; True then."""
+        ids = {"fleet": self.db.fleet, "host": self.db.host, "incident": incident_id,
+               "alive": alive_within}
+        try:
+            with self.conn.transaction():
+                self.conn.execute(
+                    f"UPDATE {SCHEMA}.fleet_hosts SET code_state = 'done', updated_at = now() "
+                    "WHERE fleet = %(fleet)s AND host = %(host)s AND following = %(incident)s "
+                    f"AND EXISTS (SELECT 1 FROM {SCHEMA}.fleet_incidents "
+                    "WHERE id = %(incident)s AND db_state = 'awaiting')", ids)
+                row = self.conn.execute(_AWAITING_ON, ids).fetchone()
+                if row is not None and row[0]:
+                    return False
+                cur = self.conn.execute(
+                    f"UPDATE {SCHEMA}.fleet_incidents i SET db_state = 'dismissed', "
+                    "db_host = %(host)s, note = %(note)s, facts = %(facts)s, "
+                    "resolved_at = now(), updated_at = now() "
+                    "WHERE i.id = %(incident)s AND i.db_state = 'awaiting'",
+                    {**ids, "note": CLEARED, "facts": Jsonb({"cleared": True})})
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot leave fleet incident {incident_id}: "
+                             f"{one_line(exc)}") from None
+        return cur.rowcount > 0
 
     def dismiss(self, incident_id: int, note: str) -> bool:
         """A person closed the ``awaiting`` incident on this host (dismiss, fix forward):

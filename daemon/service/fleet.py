@@ -24,12 +24,17 @@ database (DESIGN section 7), on top of :mod:`daemon.db.fleet`.
   but a failure.
 * Approve and dry-run modes: a rollback that waits for a person is one fleet incident
   (``awaiting``), which each host's incident joins. The host that opened it pages for the
-  fleet (the others leave their pages to it while its heartbeat is fresh:
-  :meth:`Fleet.sending`). A person decides on any host: a rollback leads the database part
-  from that host, and every other host approves its own incident for the fleet and follows;
-  a dismissal or fix-forward ends the fleet incident, and every other host closes its own
-  the same way. An acknowledgement on any host is recorded on the fleet incident and
-  journaled by every other host: escalation stops everywhere.
+  fleet (the others leave their pages to it while its heartbeat is fresh and its own
+  incident awaits: :meth:`Fleet.sending`). A person decides on any host: a rollback leads
+  the database part from that host, and every other host approves its own incident for the
+  fleet and follows (every host of the fleet, its incident open or not: its code must match
+  the restored database); a dismissal or fix-forward ends the fleet incident, and every
+  other host closes its own the same way. An acknowledgement on any host is recorded on the
+  fleet incident and journaled by every other host: escalation stops everywhere.
+* A host's incident that clears on its own before anyone decides is not a decision: the
+  host leaves the fleet incident to the hosts still awaiting it (its page, the fleet's,
+  stays up while one does) and the last one to leave ends it, nothing done. A host that
+  was silent meanwhile and still awaits asks the fleet anew.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from daemon.db.fleet import (
 )
 from daemon.db.restore import RestoreError, RestoreOptions, SwapRecovery
 from daemon.db.restore.swap import recover_interrupted_swap, swapped_in_since
-from daemon.journal import Journal, JournalError, Page, RunStep
+from daemon.journal import IncidentSummary, Journal, JournalError, Page, RunStep
 from daemon.locks import LockError
 from daemon.logs import get_logger
 from daemon.ops.operator import DecisionError, record_decision
@@ -189,6 +194,8 @@ class Fleet:
         self.name = fleet.name
         self.host = fleet.id
         self.heartbeat = float(fleet.heartbeat)
+        self.gone_after = self.heartbeat * ALIVE_HEARTBEATS + STALE_PENDING
+        """Seconds of silence after which a host's incident no longer holds a decision open."""
         self.db = FleetDb(with_dbname(db.dsn, db.maintenance_db), fleet.name, fleet.id,
                           connect_timeout=float(db.connect_timeout))
         self.log = get_logger().bind(app=config.app_name, fleet=fleet.name, host=fleet.id)
@@ -241,7 +248,11 @@ class Fleet:
         run's own pages (its runbook's page steps, its failure) are this host's to send, and
         acknowledgements and resolutions follow this host's own triggers (the outbox sends
         them only where those went)."""
-        if page.incident is None or page.run is not None or page.event != "trigger":
+        if page.incident is None or page.run is not None:
+            return "send", ""
+        if page.event == "resolve" and self._awaited_elsewhere(page.incident):
+            return "hold", "another host still awaits the fleet's decision"
+        if page.event != "trigger":
             return "send", ""
         joining = self._joining.get(page.incident)
         if joining is not None:
@@ -249,11 +260,18 @@ class Fleet:
             if waited < self.heartbeat * ALIVE_HEARTBEATS + JOIN_GRACE:
                 return "hold", "joining the fleet incident it belongs to"
             return "send", ""
-        opener = self._shared.get(page.incident)
-        alive = frozenset() if self.view is None else self.view.alive
-        if opener is None or opener == self.host or opener not in alive:
+        opener, view = self._shared.get(page.incident), self.view
+        if (opener is None or opener == self.host or view is None or opener not in view.alive
+                or opener in view.cleared):
             return "send", ""
         return "leave", opener
+
+    def _awaited_elsewhere(self, number: int) -> bool:
+        """Another host's own incident still awaits the decision of the fleet incident this
+        host's incident ``number`` joined: its page (the fleet's) stays up for that host."""
+        view, fleet_id = self.view, self._incidents.get(number)
+        return (view is not None and view.incident is not None and view.incident.id == fleet_id
+                and bool(view.awaiting_on(self.gone_after) - {self.host}))
 
     def awaits_decision(self, incident: int, scenario: str, action: str, runbook: str) -> None:
         """This host's engine decided a rollback that waits for a person (approve or dry-run
@@ -320,9 +338,10 @@ class Fleet:
 
     async def _carry_decisions(self, view: FleetView, policy: Policy) -> bool:
         """A decision a person took on any host, carried to this host's own incidents: a
-        closing one here ends the fleet incident; one taken elsewhere is recorded here (an
-        approval of the fleet's rollback, or the same closing). True when this host approved
-        a rollback (the loop starts it at its next cycle)."""
+        closing one here ends the fleet incident (an incident here that cleared on its own
+        only leaves it); one taken elsewhere is recorded here (an approval of the fleet's
+        rollback, or the same closing). True when this host approved a rollback (the loop
+        starts it at its next cycle)."""
         approved = False
         for number in sorted(self._undecided):
             fleet_id = self._incidents[number]
@@ -331,19 +350,40 @@ class Fleet:
                         and view.incident.id == fleet_id
                         else await asyncio.to_thread(self.db.incident, fleet_id))
             if local is None or local.state != "open":
-                if (incident is not None and incident.db_state == "awaiting"
-                        and not await self._dismiss(incident, local.reason if local else "")):
-                    continue  # the lock is busy: the next look tries again
-                self._undecided.discard(number)
+                if (incident is None or incident.db_state != "awaiting"
+                        or await self._ended_here(number, local, incident)):
+                    self._undecided.discard(number)
                 continue
             if incident is None or incident.db_state == "awaiting":
                 if incident is not None:
                     await self._share_ack(number, incident)
                 continue
             self._undecided.discard(number)
+            if incident.facts.get("cleared") is True:
+                # Ended while this host was silent, every other host's incident cleared: not
+                # a person's decision, so this host's own still awaits one (a fleet's anew).
+                self._incidents.pop(number, None)
+                self._shared.pop(number, None)
+                self.awaits_decision(number, local.scenario, local.action, incident.runbook)
+                continue
             self._pages_from(number, incident.db_host or incident.opened_by)
             approved |= self._record(number, incident, policy)
         return approved
+
+    async def _ended_here(self, number: int, local: IncidentSummary | None,
+                          incident: FleetIncident) -> bool:
+        """This host's incident ``number`` ended before the fleet's decision: a person closed
+        it (the decision, against the rollback, for every host), or it cleared on its own
+        (the decision is left to the hosts still awaiting it). False when the fleet's lock is
+        busy: the next look tries again."""
+        if local is not None and self.journal.events_of_type("close", incident=number):
+            return await self._dismiss(incident, local.reason)
+        if not await self._leave(incident):
+            return False
+        self.log.warning("this host's incident cleared on its own: the fleet's decision is "
+                         "left to the hosts still awaiting it", incident=number,
+                         fleet_incident=incident.id)
+        return True
 
     def _pages_from(self, number: int | None, host: str) -> None:
         """``host`` pages for the fleet about this host's incident ``number`` from now on (the
@@ -368,18 +408,38 @@ class Fleet:
                              by=incident.acked_by, fleet_incident=incident.id)
 
     async def _dismiss(self, incident: FleetIncident, why: str) -> bool:
+        """A person closed this host's incident: the fleet's decision is taken, against the
+        rollback. False when the fleet's lock is busy."""
+        note = f"closed on {self.host}" + (f": {why}" if why else "")
+        dismissed = await self._under_lock(f"incident {incident.id} closed",
+                                           lambda lock: lock.dismiss(incident.id, note))
+        if dismissed:
+            self.log.warning("the fleet's rollback was decided against here: the fleet "
+                             "incident is over", fleet_incident=incident.id, note=note)
+        return dismissed is not None
+
+    async def _leave(self, incident: FleetIncident) -> bool:
+        """This host's incident cleared on its own before anyone decided: the decision is
+        left to the hosts still seeing the problem, and ends with the last of them. False
+        when the fleet's lock is busy."""
+        ended = await self._under_lock(f"incident {incident.id} cleared on {self.host}",
+                                       lambda lock: lock.leave(incident.id, self.gone_after))
+        if ended:
+            self.log.warning("no host's own incident awaits the fleet's decision any more: the "
+                             "fleet incident is over, nothing was done",
+                             fleet_incident=incident.id)
+        return ended is not None
+
+    async def _under_lock(self, what: str, act: Callable[[FleetLock], bool]) -> bool | None:
+        """``act`` under the fleet's lock; None when another session holds it."""
         try:
-            lock = await asyncio.to_thread(self.db.lock, f"incident {incident.id} closed")
+            lock = await asyncio.to_thread(self.db.lock, what)
         except LockError:
-            return False
+            return None
         try:
-            note = f"closed on {self.host}" + (f": {why}" if why else "")
-            if await asyncio.to_thread(lock.dismiss, incident.id, note):
-                self.log.warning("the fleet's rollback was decided against here: the fleet "
-                                 "incident is over", fleet_incident=incident.id, note=note)
+            return await asyncio.to_thread(act, lock)
         finally:
             await asyncio.to_thread(lock.release)
-        return True
 
     def _record(self, number: int, incident: FleetIncident, policy: Policy) -> bool:
         """Record on this host's incident the decision taken for the fleet elsewhere."""
@@ -428,6 +488,12 @@ class Fleet:
         if incident.db_state in FINAL:
             await asyncio.to_thread(self.db.resolve_if_done, incident.id,
                                     self.heartbeat * ALIVE_HEARTBEATS)
+        if incident.db_state == "awaiting":
+            # Followed by the hosts whose own incident awaits the decision (until a person
+            # decides, when every host does); ended once none of them still does.
+            if not view.awaiting_on(self.gone_after):
+                await self._leave(incident)
+            return
         if busy():
             return  # this host's own run (leader or follower) takes care of it
         if view.following != incident.id:

@@ -438,8 +438,8 @@ def every_host_shows_the_fleet_incident(fleet: RunningFleet) -> None:
         assert f"fleet      {fleet.name} (this host: host{i}): {incident.describe()}" \
             in status.stdout, status.stdout
         # (A host whose look is late on a busy machine is also said to be silent.)
-        assert re.search(r"hosts      host0 \(part pending[^)]*\), host1 \(part pending[^)]*\), "
-                         r"host2 \(part pending[^)]*\)", status.stdout), status.stdout
+        assert re.search(r"hosts      host0 \(awaiting[^)]*\), host1 \(awaiting[^)]*\), "
+                         r"host2 \(awaiting[^)]*\)", status.stdout), status.stdout
         url = f"{daemon_url(host.config)}/live.json"
         live = httpx.get(url, timeout=5).json()
         assert live["fleet"]["incident"]["id"] == incident.id, live["fleet"]

@@ -96,9 +96,9 @@ def test_in_a_fleet_the_live_page_shows_the_fleet_incident_and_each_hosts_part(
             assert text_of(driver, "headline") == (
                 f"Fleet incident {incident.id} open: migration_failed, immediate_rollback "
                 "(database pending)")
-            wait_for(lambda: "h1 pending" in text_of(driver, "fleet-hosts"), 20,
+            wait_for(lambda: "h1 part pending" in text_of(driver, "fleet-hosts"), 20,
                      what="this host to follow the fleet incident")
-            assert "h0 pending" in text_of(driver, "fleet-hosts")
+            assert "h0 part pending" in text_of(driver, "fleet-hosts")
             # The status line is the cycle's: it says what the look before the cycle saw.
             wait_for(lambda: f"fleet incident {incident.id} (immediate_rollback): database "
                      "pending" in text_of(driver, "status-line"), 20,

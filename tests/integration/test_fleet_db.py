@@ -196,6 +196,80 @@ def test_a_rollback_awaiting_a_decision_is_one_incident_that_any_host_may_decide
         "planned_rollback", "restoring")
 
 
+def parts(db: FleetDb, incident: FleetIncident) -> dict[str, str | None]:
+    """Each host following ``incident``: its part."""
+    return {h.host: h.part for h in db.look().hosts if h.following == incident.id}
+
+
+def leave(db: FleetDb, incident: FleetIncident, alive_within: float = 60) -> bool:
+    lock = db.lock("cleared")
+    try:
+        return lock.leave(incident.id, alive_within)
+    finally:
+        lock.release()
+
+
+def test_a_host_whose_incident_cleared_leaves_the_decision_to_the_hosts_still_awaiting_it(
+        pg_db: str) -> None:
+    a, b, calm = host(pg_db, "a"), host(pg_db, "b"), host(pg_db, "calm")
+    a.ensure_schema()
+    calm.look()  # a host of the fleet whose engine never saw the problem
+    waiting, _ = a.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                awaiting=True)
+    b.open_or_join("s", "immediate_rollback", "immediate_rollback", None, awaiting=True)
+    assert parts(a, waiting) == {"a": "pending", "b": "pending"}  # not calm: nothing awaits
+
+    # a's rules cleared: b still sees the problem, so the incident still awaits a person.
+    assert not leave(a, waiting)
+    still = a.incident(waiting.id)
+    assert still is not None and still.open and still.db_state == "awaiting", still
+    assert parts(a, waiting) == {"a": "done", "b": "pending"}
+
+    # a's rules fire again: its new incident awaits the same decision.
+    a.open_or_join("s", "immediate_rollback", "immediate_rollback", None, awaiting=True)
+    assert parts(a, waiting) == {"a": "pending", "b": "pending"}
+
+    # Then both clear: the last one to leave ends it; nobody decided anything.
+    assert not leave(a, waiting)
+    assert leave(b, waiting)
+    ended = a.incident(waiting.id)
+    assert ended is not None and ended.db_state == "dismissed" and not ended.open, ended
+    assert ended.facts == {"cleared": True} and "nothing was done" in ended.note, ended
+
+
+def test_a_silent_host_does_not_hold_open_a_decision_nobody_else_awaits(pg_db: str) -> None:
+    a, gone = host(pg_db, "a"), host(pg_db, "gone")
+    a.ensure_schema()
+    waiting, _ = gone.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                   awaiting=True)
+    a.open_or_join("s", "immediate_rollback", "immediate_rollback", None, awaiting=True)
+    with psycopg.connect(pg_db) as conn:  # "gone" stopped beating long ago
+        conn.execute("UPDATE rollbackd.fleet_hosts SET heartbeat_at = now() - interval '1h' "
+                     "WHERE host = 'gone'")
+    assert leave(a, waiting)
+
+
+def test_a_decided_rollback_is_followed_by_every_host_the_ones_that_left_it_too(
+        pg_db: str) -> None:
+    """The database is restored for all of them: each host's code must match it."""
+    a, b, calm = host(pg_db, "a"), host(pg_db, "b"), host(pg_db, "calm")
+    a.ensure_schema()
+    calm.look()
+    waiting, _ = a.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
+                                awaiting=True)
+    b.open_or_join("s", "immediate_rollback", "immediate_rollback", None, awaiting=True)
+    assert not leave(a, waiting)
+    lock = b.lock("decided")
+    try:
+        lock.decided(waiting.id, "immediate_rollback", "immediate_rollback")
+        lock.set_db_state(waiting.id, "restoring")
+    finally:
+        lock.release()
+    assert parts(a, waiting) == {"a": "pending", "b": "pending", "calm": "pending"}
+    assert not leave(a, waiting)  # decided: a clearing no longer takes a host out of it
+    assert parts(a, waiting) == {"a": "pending", "b": "pending", "calm": "pending"}
+
+
 def test_a_dismissed_rollback_ends_the_fleet_incident_at_once(pg_db: str) -> None:
     a = host(pg_db, "a")
     a.ensure_schema()

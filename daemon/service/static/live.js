@@ -253,8 +253,7 @@
     }
     const rows = f.hosts.map((h) => {
       const tr = el("tr");
-      const part = i && h.following === i.id ? h.part : "—";
-      tr.append(el("td", "", h.host), el("td", part === "failed" ? "bad" : "", part),
+      tr.append(el("td", "", h.host), el("td", h.part === "failed" ? "bad" : "", h.doing),
                 el("td", h.alive ? "" : "bad",
                    duration(h.beat_ago) + " ago" + (h.alive ? "" : " (silent)")));
       return tr;
