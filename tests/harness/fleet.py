@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+
 from daemon.config import load_config, load_policy
 from daemon.db.fleet import FleetDb, FleetIncident
 from daemon.journal import Journal
@@ -85,3 +87,25 @@ def fleet_incidents(dsn: str, fleet: str = FLEET) -> list[FleetIncident]:
 def code_states(dsn: str, fleet: str = FLEET) -> dict[str, str | None]:
     """Each host of ``fleet``: its code_state."""
     return {h.host: h.part for h in FleetDb(maintenance_dsn(dsn), fleet, "test").glance().hosts}
+
+
+def parts(db: FleetDb, incident: FleetIncident) -> dict[str, str | None]:
+    """Each host following ``incident``, as ``db``'s host looks: its part."""
+    return {h.host: h.part for h in db.look().hosts if h.following == incident.id}
+
+
+def leave(db: FleetDb, incident: FleetIncident, alive_within: float = 60) -> bool:
+    """``db``'s host leaves the decision ``incident`` awaits (its own incident cleared)."""
+    lock = db.lock("cleared")
+    try:
+        return lock.leave(incident.id, alive_within)
+    finally:
+        lock.release()
+
+
+def silent(dsn: str, host: str) -> None:
+    """``host`` stopped beating an hour ago (its daemon is down); ``dsn``: where the fleet's
+    tables are."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE rollbackd.fleet_hosts SET heartbeat_at = now() - interval '1h' "
+                     "WHERE host = %s", (host,))

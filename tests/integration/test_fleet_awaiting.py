@@ -10,7 +10,6 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from daemon.db.fleet import CLEARED, FleetDb, FleetIncident
@@ -19,7 +18,7 @@ from daemon.runbooks.context import RunRequest
 from daemon.service.fleet import Fleet
 from daemon.service.loop import Daemon
 from policies.engine import Decision
-from tests.harness.fleet import fleet_daemon, maintenance_dsn
+from tests.harness.fleet import fleet_daemon, leave, maintenance_dsn, parts, silent
 
 RUNBOOK = "immediate_rollback"
 SCENARIO = "data_validation_failed"
@@ -83,22 +82,10 @@ async def awaiting(host: Daemon, pg_db: str, *, opener: str) -> tuple[FleetDb, F
     return other, incident
 
 
-def parts(db: FleetDb, incident: FleetIncident) -> dict[str, str | None]:
-    return {h.host: h.part for h in db.look().hosts if h.following == incident.id}
-
-
 def current(db: FleetDb, incident: FleetIncident) -> FleetIncident:
     found = db.incident(incident.id)
     assert found is not None
     return found
-
-
-def leave(db: FleetDb, incident: FleetIncident) -> bool:
-    lock = db.lock("cleared")
-    try:
-        return lock.leave(incident.id, 90)
-    finally:
-        lock.release()
 
 
 def page(host: Daemon, event: str, level: int = 1) -> Page:
@@ -168,18 +155,11 @@ async def test_a_host_still_awaiting_pages_once_the_host_that_paged_has_left(
     assert fleet.sending(page(host, "trigger", level=2)) == ("send", "")
 
 
-def silent(pg_db: str, host: str) -> None:
-    """``host`` stopped beating an hour ago (its daemon is down)."""
-    with psycopg.connect(maintenance_dsn(pg_db)) as conn:
-        conn.execute("UPDATE rollbackd.fleet_hosts SET heartbeat_at = now() - interval '1h' "
-                     "WHERE host = %s", (host,))
-
-
 async def test_a_decision_awaited_only_by_a_host_gone_silent_ends_at_the_next_look(
         host: Daemon, pg_db: str) -> None:
     other = other_host(host, pg_db)
     incident, _ = other.open_or_join(SCENARIO, RUNBOOK, RUNBOOK, None, awaiting=True)
-    silent(pg_db, "h0")
+    silent(maintenance_dsn(pg_db), "h0")
 
     await look(host)  # h1 has no incident of its own
 
@@ -192,7 +172,7 @@ async def test_a_host_back_after_the_fleet_ended_a_decision_it_still_awaits_asks
     """Ended because every other host's incident cleared while this one was silent: nobody
     decided, so this host's incident (still firing) is not closed as if a person had."""
     other, incident = await awaiting(host, pg_db, opener="h0")
-    silent(pg_db, "h1")
+    silent(maintenance_dsn(pg_db), "h1")
     assert leave(other, incident)
 
     await look(host)  # h1 is back: its incident still awaits a decision

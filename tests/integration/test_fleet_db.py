@@ -11,6 +11,7 @@ import pytest
 
 from daemon.db.fleet import SCHEMA_VERSION, FleetDb, FleetError, FleetIncident
 from daemon.locks import LockError
+from tests.harness.fleet import leave, parts, silent
 
 
 def host(dsn: str, name: str, fleet: str = "vf") -> FleetDb:
@@ -145,9 +146,7 @@ def test_an_incident_resolves_once_its_database_is_over_and_no_live_host_is_pend
     lock.set_db_state(incident.id, "restored")
     lock.release()
     a.set_code_state(incident.id, "done")
-    with psycopg.connect(pg_db) as conn:  # "gone" stopped beating long ago
-        conn.execute("UPDATE rollbackd.fleet_hosts SET heartbeat_at = now() - interval '1h' "
-                     "WHERE host = 'gone'")
+    silent(pg_db, "gone")
     assert not a.resolve_if_done(incident.id, 60)  # b is alive and has not done its part
     b.set_code_state(incident.id, "failed")
     assert a.resolve_if_done(incident.id, 60)
@@ -196,19 +195,6 @@ def test_a_rollback_awaiting_a_decision_is_one_incident_that_any_host_may_decide
         "planned_rollback", "restoring")
 
 
-def parts(db: FleetDb, incident: FleetIncident) -> dict[str, str | None]:
-    """Each host following ``incident``: its part."""
-    return {h.host: h.part for h in db.look().hosts if h.following == incident.id}
-
-
-def leave(db: FleetDb, incident: FleetIncident, alive_within: float = 60) -> bool:
-    lock = db.lock("cleared")
-    try:
-        return lock.leave(incident.id, alive_within)
-    finally:
-        lock.release()
-
-
 def test_a_host_whose_incident_cleared_leaves_the_decision_to_the_hosts_still_awaiting_it(
         pg_db: str) -> None:
     a, b, calm = host(pg_db, "a"), host(pg_db, "b"), host(pg_db, "calm")
@@ -243,9 +229,7 @@ def test_a_silent_host_does_not_hold_open_a_decision_nobody_else_awaits(pg_db: s
     waiting, _ = gone.open_or_join("s", "immediate_rollback", "immediate_rollback", None,
                                    awaiting=True)
     a.open_or_join("s", "immediate_rollback", "immediate_rollback", None, awaiting=True)
-    with psycopg.connect(pg_db) as conn:  # "gone" stopped beating long ago
-        conn.execute("UPDATE rollbackd.fleet_hosts SET heartbeat_at = now() - interval '1h' "
-                     "WHERE host = 'gone'")
+    silent(pg_db, "gone")
     assert leave(a, waiting)
 
 
