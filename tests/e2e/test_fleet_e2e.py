@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import signal
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ import httpx
 import psycopg
 import pytest
 
-from daemon.db.fleet import FleetDb, FleetIncident
+from daemon.db.fleet import CLEARED, FleetDb, FleetIncident
 from daemon.durable import HOLD_ENV
 from daemon.journal import Run
 from probes.pg import dbname_of
+from tests.harness.alertmanager_server import AlertmanagerServer, running_alertmanager_with
 from tests.harness.cli import rollbackd
 from tests.harness.data import scalar
 from tests.harness.fleet import (
@@ -478,3 +480,82 @@ def test_in_approve_mode_an_ack_and_a_dismissal_on_one_host_hold_for_every_host(
         assert incident.db_state == "dismissed" and incident.resolved_at is not None, context
         assert "known noise" in incident.note, context
         assert all(h.journal.runs() == [] and h.journal.restores() == [] for h in fleet.hosts)
+
+
+UNHEALTHY = """
+[[rule]]
+scenario = "app_unhealthy"
+when = "http.health.error_ratio > 0.5"
+clear_for = "2s"
+severity = "critical"
+action = "planned_rollback"
+timeline = "30m"
+"""
+"""What only some hosts see: their own app failing its health check."""
+
+
+def health(host: Host, state: str) -> None:
+    """Make the host's app fail its health check (``fail``) or pass it again (``ok``)."""
+    httpx.post(f"{host.app_url}/admin/faults", json={"health": state},
+               timeout=5).raise_for_status()
+
+
+def fleet_alerts(am: AlertmanagerServer, fleet: str) -> list[dict[str, Any]]:
+    """The fleet's alerts Alertmanager holds active."""
+    answer = httpx.get(f"{am.url}/api/v2/alerts", params={
+        "filter": [f'app="{fleet}"'], "active": "true", "silenced": "true"}, timeout=5,
+        trust_env=False)
+    answer.raise_for_status()
+    alerts: list[dict[str, Any]] = answer.json()
+    return alerts
+
+
+def test_in_approve_mode_a_host_whose_app_recovers_leaves_the_decision_to_the_hosts_still_failing(
+        pg_db: str, tmp_path: Path) -> None:
+    """The recovered host's incident resolves on its own, which is nobody's decision: the
+    fleet incident stays open for the host whose app still fails, its alert stays up in
+    Alertmanager, and it ends (nothing done) once that app recovers too."""
+    with stand_in() as hook, running_alertmanager_with({
+            "route": {"receiver": "hook", "group_wait": "0s", "group_interval": "1s"},
+            "receivers": [{"name": "hook", "webhook_configs": [{"url": hook.url}]}]}) as am, \
+            running_fleet(pg_db, tmp_path, mode="approve", rules=UNHEALTHY,
+                          extra=f'[paging]\n[paging.alertmanager]\nurls = ["{am.url}"]\n'
+                                'resend = "2s"\n') as fleet:
+        for host in fleet.hosts:  # v2 deployed everywhere: a rollback has a release to undo
+            began = rollbackd("deploy", "begin", "--version", "v2", config=host.config)
+            assert began.returncode == 0, began.stderr
+        failing = fleet.hosts[:2]
+        for host in failing:
+            health(host, "fail")
+        # host2's app is fine: it has no incident, so it does not follow the decision.
+        awaiting = {"host0": "pending", "host1": "pending", "host2": None}
+        fleet.wait(lambda: all(open_incident(h) for h in failing) and fleet_alerts(am, fleet.name)
+                   and code_states(fleet.hosts[0].dsn, fleet.name) == awaiting,
+                   60, "both failing hosts to await the fleet's decision, and its alert")
+        incident = fleet.incident()
+        assert incident.db_state == "awaiting", f"{incident.describe()}\n{fleet.said()}"
+        opener = fleet.host(incident.opened_by)
+        [other] = [h for h in failing if h is not opener]
+
+        # The host that paged recovers: it leaves the decision to the other, and keeps the
+        # fleet's alert up for it.
+        health(opener, "ok")
+        fleet.wait(lambda: open_incident(opener) is None
+                   and code_states(opener.dsn, fleet.name)[incident.opened_by] == "done",
+                   30, "the recovered host's incident to resolve and leave the fleet's")
+        time.sleep(5)  # two of Alertmanager's resend periods: a negative check can only wait
+        context = f"{fleet.incident().describe()}\n{fleet.said()}"
+        assert fleet.incident().db_state == "awaiting" and open_incident(other), context
+        assert fleet_alerts(am, fleet.name), context
+        [held] = [p for p in opener.journal.pages() if p.event == "resolve"]
+        assert held.status == "pending", (held, context)
+
+        # The other recovers too: nobody's incident awaits, the fleet incident ends.
+        health(other, "ok")
+        fleet.wait(lambda: not fleet.incident().open and fleet_alerts(am, fleet.name) == [],
+                   30, "the fleet incident to end and its alert to resolve")
+        ended = fleet.incident()
+        context = f"{ended.describe()}\n{fleet.said()}"
+        assert (ended.db_state, ended.note) == ("dismissed", CLEARED), context
+        assert not any(h.journal.events_of_type("close") for h in fleet.hosts), context
+        assert all(h.journal.runs() == [] for h in fleet.hosts), context
