@@ -34,9 +34,11 @@ from typing import Any, Literal, cast
 import psycopg
 from psycopg.types.json import Jsonb
 
+from daemon.config import DatabaseSettings, FleetSettings
 from daemon.db.admin import connect
 from daemon.locks import LockError, advisory_lock
 from probes.base import one_line
+from probes.pg import with_dbname
 
 SCHEMA = "rollbackd"
 SCHEMA_VERSION = 2
@@ -374,13 +376,24 @@ class FleetDb:
     lock timeouts); :meth:`lock` holds a session of its own."""
 
     def __init__(self, dsn: str, fleet: str, host: str, *, connect_timeout: float = 5.0,
-                 statement_timeout: float = 10.0) -> None:
+                 statement_timeout: float = 10.0, alive_within: float = 15.0) -> None:
         self.dsn = dsn
         self.fleet = fleet
         self.host = host
         self.key = fleet_key(fleet)
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        self.alive_within = alive_within
+        """Seconds since its last heartbeat within which a host counts as alive (for
+        resolving, for paging in its place, and in the fleet's status)."""
+
+    @classmethod
+    def of(cls, database: DatabaseSettings, fleet: FleetSettings) -> FleetDb:
+        """The fleet's tables as a host configured so sees them: in the maintenance database,
+        a host alive within ALIVE_HEARTBEATS of its heartbeats."""
+        return cls(with_dbname(database.dsn, database.maintenance_db), fleet.name, fleet.id,
+                   connect_timeout=float(database.connect_timeout),
+                   alive_within=float(fleet.heartbeat) * ALIVE_HEARTBEATS)
 
     def _session(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
         return connect(self.dsn, connect_timeout=self.connect_timeout,
@@ -407,19 +420,17 @@ class FleetDb:
                 conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s "
                              "WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
-    def look(self, alive_within: float = 15.0) -> FleetView:
+    def look(self) -> FleetView:
         """The cycle's one query: this host's heartbeat, the fleet's open incident, what this
-        host follows, whether the fleet's lock is held, and which hosts beat within
-        ``alive_within`` seconds."""
-        return self._view(_LOOK, alive_within)
+        host follows, whether the fleet's lock is held, and every host."""
+        return self._view(_LOOK)
 
-    def glance(self, alive_within: float = 15.0) -> FleetView:
+    def glance(self) -> FleetView:
         """The same look, read only (no heartbeat): for a command that is not the daemon.
         FleetError when no host of any fleet has started yet (the schema is missing)."""
-        return self._view(_GLANCE, alive_within, schema_may_be_missing=True)
+        return self._view(_GLANCE, schema_may_be_missing=True)
 
-    def _view(self, query: str, alive_within: float, *,
-              schema_may_be_missing: bool = False) -> FleetView:
+    def _view(self, query: str, *, schema_may_be_missing: bool = False) -> FleetView:
         with self._session() as conn:
             if schema_may_be_missing and conn.execute("SELECT to_regclass(%s)", (
                     f"{SCHEMA}.fleet_hosts",)).fetchone() == (None,):
@@ -431,7 +442,7 @@ class FleetDb:
         own = row[_INCIDENT_WIDTH:]
         hosts = tuple(FleetHost(str(h["host"]), h["following"], h["part"], float(h["beat_ago"]))
                       for h in own[3])
-        return FleetView(_incident(row), own[0], own[1], bool(own[2]), hosts, alive_within)
+        return FleetView(_incident(row), own[0], own[1], bool(own[2]), hosts, self.alive_within)
 
     def incident(self, incident_id: int) -> FleetIncident | None:
         with self._session() as conn:
@@ -514,9 +525,9 @@ class FleetDb:
                 "WHERE fleet = %s AND host = %s AND following = %s",
                 (state, self.fleet, self.host, incident_id))
 
-    def resolve_if_done(self, incident_id: int, alive_within: float) -> bool:
-        """Resolve the incident once its database part is over and no host alive (a heartbeat
-        within ``alive_within`` seconds) still has its part to do."""
+    def resolve_if_done(self, incident_id: int) -> bool:
+        """Resolve the incident once its database part is over and no host alive still has its
+        part to do."""
         with self._session() as conn:
             cur = conn.execute(
                 f"UPDATE {SCHEMA}.fleet_incidents i SET resolved_at = now(), updated_at = now() "
@@ -525,7 +536,7 @@ class FleetDb:
                 f"  SELECT 1 FROM {SCHEMA}.fleet_hosts h WHERE h.fleet = i.fleet "
                 "  AND h.following = i.id AND h.code_state = 'pending' "
                 "  AND h.heartbeat_at > now() - make_interval(secs => %(alive)s))",
-                {"id": incident_id, "alive": alive_within})
+                {"id": incident_id, "alive": self.alive_within})
             return cur.rowcount > 0
 
     def lock(self, what: str) -> FleetLock:

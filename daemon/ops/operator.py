@@ -21,7 +21,6 @@ from daemon.ops.recovery import inspect_interrupted_restores
 from policies.engine import Decision
 from policies.policy import ROLLBACKS, Policy
 from policies.runbooks import BUILTIN, Runbook, RunbookError, resolve, table_names, with_tables
-from probes.pg import with_dbname
 
 if TYPE_CHECKING:
     from daemon.db.fleet import FleetStatus
@@ -378,14 +377,12 @@ def glance_at_fleet(config: Config) -> FleetStatus | None:
     is not the host's daemon); None outside fleet mode."""
     if config.fleet is None or config.database is None:
         return None
-    from daemon.db.fleet import ALIVE_HEARTBEATS, FleetDb, FleetError, FleetStatus
+    from daemon.db.fleet import FleetDb, FleetError, FleetStatus
 
-    db, fleet = config.database, config.fleet
+    fleet = config.fleet
     view = problem = None
     try:
-        view = FleetDb(with_dbname(db.dsn, db.maintenance_db), fleet.name, fleet.id,
-                       connect_timeout=float(db.connect_timeout)).glance(
-                           float(fleet.heartbeat) * ALIVE_HEARTBEATS)
+        view = FleetDb.of(config.database, fleet).glance()
     except FleetError as exc:
         problem = str(exc)
     return FleetStatus(fleet.name, fleet.id, view, problem)

@@ -48,7 +48,6 @@ from typing import Any, Protocol
 
 from daemon.config import Config
 from daemon.db.fleet import (
-    ALIVE_HEARTBEATS,
     FINAL,
     CodeState,
     DbState,
@@ -77,7 +76,6 @@ from policies.runbooks import (
     fleet_follower,
     with_fleet_followers,
 )
-from probes.pg import with_dbname
 
 WATCH_EVERY = 0.25
 """Seconds between two looks at the leader's run for the end of its database steps."""
@@ -194,10 +192,10 @@ class Fleet:
         self.name = fleet.name
         self.host = fleet.id
         self.heartbeat = float(fleet.heartbeat)
-        self.gone_after = self.heartbeat * ALIVE_HEARTBEATS + STALE_PENDING
-        """Seconds of silence after which a host's incident no longer holds a decision open."""
-        self.db = FleetDb(with_dbname(db.dsn, db.maintenance_db), fleet.name, fleet.id,
-                          connect_timeout=float(db.connect_timeout))
+        self.db = FleetDb.of(db, fleet)
+        self.gone_after = self.db.alive_within + STALE_PENDING
+        """Seconds of silence after which a host is gone: its incident no longer holds a
+        decision open, and an incident it opened without beginning it is another's to do."""
         self.log = get_logger().bind(app=config.app_name, fleet=fleet.name, host=fleet.id)
         self.view: FleetView | None = None
         self.observer: FleetObserver | None = None
@@ -257,7 +255,7 @@ class Fleet:
         joining = self._joining.get(page.incident)
         if joining is not None:
             waited = time.monotonic() - joining.since
-            if waited < self.heartbeat * ALIVE_HEARTBEATS + JOIN_GRACE:
+            if waited < self.db.alive_within + JOIN_GRACE:
                 return "hold", "joining the fleet incident it belongs to"
             return "send", ""
         opener, view = self._shared.get(page.incident), self.view
@@ -466,10 +464,14 @@ class Fleet:
         return True
 
     def _look(self) -> FleetView:
+        return self._tables().look()
+
+    def _tables(self) -> FleetDb:
+        """The fleet's tables, their schema made sure of at the first use."""
         if not self._schema:
             self.db.ensure_schema()
             self._schema = True
-        return self.db.look(self.heartbeat * ALIVE_HEARTBEATS)
+        return self.db
 
     def _report_problem(self, problem: str | None) -> None:
         """After each look: the metrics hear of it, the log of a change."""
@@ -486,8 +488,7 @@ class Fleet:
                    launch: Callable[[RunRequest], tuple[bool, str]],
                    runbooks: Mapping[str, Runbook]) -> None:
         if incident.db_state in FINAL:
-            await asyncio.to_thread(self.db.resolve_if_done, incident.id,
-                                    self.heartbeat * ALIVE_HEARTBEATS)
+            await asyncio.to_thread(self.db.resolve_if_done, incident.id)
         if incident.db_state == "awaiting":
             # Followed by the hosts whose own incident awaits the decision (until a person
             # decides, when every host does); ended once none of them still does.
@@ -542,8 +543,7 @@ class Fleet:
                              why=why)
 
     def _stale(self, incident: FleetIncident) -> bool:
-        return time.time() - incident.updated_at > (self.heartbeat * ALIVE_HEARTBEATS
-                                                    + STALE_PENDING)
+        return time.time() - incident.updated_at > self.gone_after
 
     def _follower_request(self, incident: FleetIncident, base: RunRequest | None,
                           runbooks: Mapping[str, Runbook]) -> RunRequest | None:
@@ -686,11 +686,8 @@ class Fleet:
 
     def _open(self, scenario: str, action: str, runbook: str, restore_point: str | None,
               awaiting: bool = False) -> tuple[FleetIncident, bool]:
-        if not self._schema:
-            self.db.ensure_schema()
-            self._schema = True
-        return self.db.open_or_join(scenario, action, runbook, restore_point,
-                                    awaiting=awaiting)
+        return self._tables().open_or_join(scenario, action, runbook, restore_point,
+                                           awaiting=awaiting)
 
     def _restore_point(self) -> str | None:
         """The restore point of this host's latest deploy (recorded with the incident)."""
@@ -805,8 +802,7 @@ class Fleet:
         try:
             await asyncio.to_thread(self.db.set_code_state, incident_id,
                                     "done" if ok else "failed")
-            await asyncio.to_thread(self.db.resolve_if_done, incident_id,
-                                    self.heartbeat * ALIVE_HEARTBEATS)
+            await asyncio.to_thread(self.db.resolve_if_done, incident_id)
         except FleetError as exc:
             self.log.error("cannot record this host's part in the fleet incident",
                            fleet_incident=incident_id, error=str(exc))

@@ -141,15 +141,15 @@ def test_an_incident_resolves_once_its_database_is_over_and_no_live_host_is_pend
     for h in (a, b, gone):
         h.look()
     incident, _ = a.open_or_join("s", "immediate_rollback", "immediate_rollback", None)
-    assert not a.resolve_if_done(incident.id, 60)  # the database part is not over
+    assert not a.resolve_if_done(incident.id)  # the database part is not over
     lock = a.lock("incident")
     lock.set_db_state(incident.id, "restored")
     lock.release()
     a.set_code_state(incident.id, "done")
     silent(pg_db, "gone")
-    assert not a.resolve_if_done(incident.id, 60)  # b is alive and has not done its part
+    assert not a.resolve_if_done(incident.id)  # b is alive and has not done its part
     b.set_code_state(incident.id, "failed")
-    assert a.resolve_if_done(incident.id, 60)
+    assert a.resolve_if_done(incident.id)
     assert a.look().incident is None
     latest = a.latest()
     assert latest is not None and latest.id == incident.id and latest.resolved_at is not None
