@@ -142,6 +142,11 @@ SCENARIOS: Mapping[str, Scenario] = {s.name: s for s in (
 )}
 
 
+FLEET_SCENARIO = "fleet"
+"""Three app hosts on one database (examples/demofleet.py): one restore, every host rolled
+back."""
+
+
 # -- what the demo started ---------------------------------------------------------------------
 
 
@@ -839,12 +844,20 @@ def run_demo(scenario: str = "bad-migration", *, keep: bool = False,
              live: bool | None = None, record: Path | None = None) -> int:
     """The demo, from a fresh machine to its checks; its exit status."""
     chosen = SCENARIOS.get(scenario)
-    if chosen is None:
-        print(f"demo: unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})",
+    if chosen is None and scenario != FLEET_SCENARIO:
+        print(f"demo: unknown scenario {scenario!r} (one of "
+              f"{', '.join([*SCENARIOS, FLEET_SCENARIO])})", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if chosen is None and record is not None:
+        print(f"demo: --record records one rollbackd: not with --scenario {FLEET_SCENARIO}",
               file=sys.stderr)
         return EXIT_CANNOT_RUN
     previous = signal.signal(signal.SIGTERM, _sigterm_interrupts)
     try:
+        if chosen is None:
+            from examples.demofleet import FleetDemo
+
+            return FleetDemo(keep=keep, timeout=timeout, out=out, live=live).run()
         return Demo(chosen, keep=keep, timeout=timeout, out=out, live=live,
                     record=record).run().code
     finally:
@@ -854,7 +867,8 @@ def run_demo(scenario: str = "bad-migration", *, keep: bool = False,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.demo",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--scenario", choices=list(SCENARIOS), default="bad-migration")
+    parser.add_argument("--scenario", choices=[*SCENARIOS, FLEET_SCENARIO],
+                        default="bad-migration")
     parser.add_argument("--keep", action="store_true",
                         help="leave everything running and print how to reach it")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,

@@ -18,7 +18,7 @@ import click
 from daemon.cli.common import EXIT_USAGE, fail
 from daemon.cli.deploy import duration_param
 
-SCENARIOS = ("bad-migration", "error-spike", "slow-release", "data-corruption")
+SCENARIOS = ("bad-migration", "error-spike", "slow-release", "data-corruption", "fleet")
 """As examples/demo.py defines them (a unit test keeps the two in step)."""
 
 NEEDS_CHECKOUT = ("the demo needs a checkout of rollbackd (its examples/ directory is not "
@@ -68,8 +68,11 @@ def demo(scenario: str, keep: bool, timeout: float, record: Path | None) -> None
     incident report. Everything it started is stopped at the end (unless --keep) and on
     Ctrl-C.
 
+    --scenario fleet runs three app hosts on the one database, each with its own rollbackd in
+    one [fleet]: the database is restored once and every host rolls back.
+
     With --record FILE, `rollbackd simulate --policy FILE.policy.toml --replay FILE` takes
-    the decisions FILE.decisions.jsonl lists.
+    the decisions FILE.decisions.jsonl lists (one host: not with --scenario fleet).
     """
     module = load_demo()
     if module is None:

@@ -49,6 +49,12 @@ def assert_all_gone(out: str) -> None:
 DEFAULT_SCENARIO = "bad-migration"
 CTRL_C = "ctrl-c"
 """The default demo, interrupted with SIGINT once it prints that live traffic runs."""
+FLEET = "fleet"
+FLEET_CTRL_C = "fleet-ctrl-c"
+"""The fleet demo, interrupted with SIGINT once its three hosts run."""
+INTERRUPTED = {CTRL_C: (DEFAULT_SCENARIO, "live traffic:"),
+               FLEET_CTRL_C: (FLEET, "each look at the fleet every")}
+"""Each interrupted run: its scenario and the line of output it is interrupted at."""
 
 
 class DemoRun:
@@ -107,6 +113,8 @@ SCENARIO_OF = {
     "test_a_slower_release_is_evaluated_by_a_person_and_nothing_is_rolled_back": "slow-release",
     "test_ctrl_c_stops_everything_the_demo_started": CTRL_C,
     "test_simulate_on_a_live_demo_recording_takes_the_daemons_decisions": "error-spike",
+    "test_the_fleet_demo_restores_the_database_once_and_rolls_back_every_host": FLEET,
+    "test_ctrl_c_stops_everything_the_fleet_demo_started": FLEET_CTRL_C,
 }
 RECORDED = "error-spike"
 """The run made with ``--record`` (its checks are the same with it)."""
@@ -129,8 +137,7 @@ def demos(request: pytest.FixtureRequest) -> Iterator[dict[str, DemoRun]]:
             if scenario in ALONE:
                 continue
             record = Path(recordings.name) / f"{scenario}.jsonl" if scenario == RECORDED else None
-            started[scenario] = (DemoRun(DEFAULT_SCENARIO, interrupt_at="live traffic:")
-                                 if scenario == CTRL_C else DemoRun(scenario, record=record))
+            started[scenario] = demo_run(scenario, record)
         yield started
     finally:
         for run in started.values():
@@ -138,18 +145,31 @@ def demos(request: pytest.FixtureRequest) -> Iterator[dict[str, DemoRun]]:
         recordings.cleanup()
 
 
-ALONE = {"slow-release"}
-"""Runs after the others have ended: its rule compares latency with the baseline measured
-while it starts, which the others' start-up (three clusters, apps and daemons at once) would
-inflate on a small machine until the slower release no longer looks slower."""
+def demo_run(name: str, record: Path | None = None) -> DemoRun:
+    if name in INTERRUPTED:
+        scenario, at = INTERRUPTED[name]
+        return DemoRun(scenario, interrupt_at=at)
+    return DemoRun(name, record=record)
+
+
+ALONE = {"slow-release", FLEET, FLEET_CTRL_C}
+"""Run after the others have ended: slow-release's rule compares latency with the baseline
+measured while it starts, which the others' start-up (three clusters, apps and daemons at
+once) would inflate on a small machine until the slower release no longer looks slower; and
+the fleet demo is three hosts on its own."""
+
+
+def started(demos: dict[str, DemoRun], name: str) -> DemoRun:
+    """The run ``name``: one of ALONE is started once every other run has ended."""
+    if name not in demos:
+        for other in demos.values():
+            other.result()
+        demos[name] = demo_run(name)
+    return demos[name]
 
 
 def run_demo(demos: dict[str, DemoRun], scenario: str) -> str:
-    if scenario not in demos:
-        for other in demos.values():
-            other.result()
-        demos[scenario] = DemoRun(scenario)
-    returncode, out, err = demos[scenario].result()
+    returncode, out, err = started(demos, scenario).result()
     assert returncode == 0, out + err
     assert "NOT MET" not in out
     assert out.rstrip().endswith("demo: stopped everything it started")
@@ -221,3 +241,31 @@ def test_simulate_on_a_live_demo_recording_takes_the_daemons_decisions(
     replayed = [json.loads(line) for line in simulate.stdout.splitlines()]
     assert [d["kind"] for d in taken][:1] == ["open"], taken
     assert differences(taken, replayed) == [], simulate.stdout
+
+
+def test_the_fleet_demo_restores_the_database_once_and_rolls_back_every_host(
+        demos: dict[str, DemoRun]) -> None:
+    out = run_demo(demos, FLEET)
+    assert "host0: v2's second migration failed" in out, out
+    assert re.search(r"fleet incident 1 \(migration_failed -> immediate_rollback, opened by "
+                     r"host0\): resolved, database restored by host0; parts: host0 done, "
+                     r"host1 done, host2 done", out), out
+    for host in ("host1", "host2"):
+        assert re.search(rf"{host}: run 1 immediate_rollback@fleet succeeded", out), out
+    for check in ("one fleet incident", "database restored once", "v1's schema",
+                  "every host serves v1", "every host's code rolled back",
+                  "every host's config rolled back", "every host did its part, once"):
+        assert f"demo: verified {check}: " in out, f"{check} not verified:\n{out}"
+    assert "demo: all 7 checks verified" in out
+    assert len(started_things(out)[1]) == 6, out  # three apps and three rollbackds, all gone
+
+
+def test_ctrl_c_stops_everything_the_fleet_demo_started(demos: dict[str, DemoRun]) -> None:
+    returncode, out, _ = started(demos, FLEET_CTRL_C).result()  # stderr is in out
+
+    assert returncode == 130, out
+    assert "each look at the fleet every" in out  # interrupted there, not before
+    assert "interrupted: stopping everything the demo started" in out
+    assert out.rstrip().endswith("demo: stopped everything it started")
+    assert_all_gone(out)
+    assert len(started_things(out)[1]) == 6, out

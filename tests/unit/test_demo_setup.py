@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from daemon.cli import cli
 from daemon.config import AppSettings, CommandControl, ProcessControl, SymlinkCode, parse_config
 from daemon.service.probeset import build_probes
-from examples.demo import SCENARIOS
+from examples.demo import FLEET_SCENARIO, SCENARIOS
 from examples.demofollow import parse_signals
 from examples.demosite import (
     RELEASES,
@@ -101,7 +101,7 @@ def test_the_demos_watch_period_is_short_when_rollbackd_has_one() -> None:
 
 
 def test_the_verb_offers_the_scenarios_the_demo_has() -> None:
-    assert set(demo_verb.SCENARIOS) == set(SCENARIOS)
+    assert set(demo_verb.SCENARIOS) == {*SCENARIOS, FLEET_SCENARIO}
     assert demo_verb.checkout_root() is not None  # the tests run from a checkout
 
 

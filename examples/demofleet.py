@@ -1,0 +1,428 @@
+"""``rollbackd demo --scenario fleet``: three app hosts on one PostgreSQL, each with its own
+rollbackd in one ``[fleet]``, and a bad release rolled back once for the database and on every
+host.
+
+It starts a throwaway PostgreSQL with VisionForge v1's schema and data, then three hosts on
+this machine (``host0``..``host2``: each its own site of releases, its app on a port of its
+own, its ``rollbackd run`` in ``auto`` mode). It ships v2 as a fleet ships it: hosts 1 and 2
+switch code and config without migrating, then host0 runs v2's migrations, whose second one
+fails after the first rewrote every user. It follows the fleet's shared state (the
+``rollbackd`` schema in the maintenance database) while host0's rollbackd opens the fleet
+incident, restores the database once under the fleet's lock, and every host rolls back its
+own code and configuration and restarts its app. It ends by checking, from the outside, that
+the database was restored once and holds v1's schema, that every host serves v1 with v1's
+code and config, and that the fleet incident resolved with every host's part done.
+
+Exit status as ``examples/demo.py``'s. Every process it started is stopped by its pid at the
+end, unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import secrets
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+import psycopg
+
+from daemon.db.fleet import FleetDb, FleetError, FleetIncident
+from daemon.journal import Journal
+from examples.apprun import Proc, migrate, seed
+from examples.demo import (
+    EXIT_CANNOT_RUN,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNMET,
+    ROLLBACKD,
+    CannotRunError,
+    Stack,
+    _signals_deferred,
+    rollbackd_command,
+)
+from examples.demochecks import Check
+from examples.demosite import (
+    DATABASE,
+    RELEASES,
+    V1_MIGRATIONS,
+    Site,
+    build_site,
+    demo_policy,
+    rollbackd_config,
+    toml_str,
+)
+from examples.demoview import View
+from examples.pgcluster import PgCluster, PgUnavailableError, free_port
+
+HOSTS = 3
+FLEET = "visionforge-demo"
+HEARTBEAT = "1s"
+POLL = 0.25
+READY_TIMEOUT = 30.0
+V2_MIGRATIONS = (RELEASES / "v2-partial",)
+"""v2's first migration adds a display name to every user; its second fails."""
+
+
+@dataclass
+class DemoHost:
+    """One app host of the demo's fleet: its site, its app and its rollbackd."""
+
+    name: str
+    root: Path
+    site: Site
+    app_url: str
+    api: str
+    config: Path
+    v1_config_sha: str
+    daemon: Proc
+    stack: Stack
+
+    def health(self) -> dict[str, object] | None:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            answer = httpx.get(f"{self.app_url}/health", timeout=1, trust_env=False)
+            if answer.status_code == 200:
+                body: dict[str, object] = answer.json()
+                return body
+        return None
+
+    def version(self) -> object:
+        health = self.health()
+        return None if health is None else health.get("version")
+
+    def serving_v1(self) -> bool:
+        return self.version() == "v1" and self.ready()
+
+    def log_tail(self) -> str:
+        return _tail(self.root / "rollbackd.log")
+
+    def ready(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.api}/readyz", timeout=1,
+                             trust_env=False).status_code == 200
+        return False
+
+
+class FleetDemoFailedError(Exception):
+    """A step of the story that did not happen."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.detail = detail
+
+
+class FleetDemo:
+    def __init__(self, *, keep: bool = False, timeout: float = 90.0,
+                 out: TextIO | None = None, live: bool | None = None) -> None:
+        self.keep = keep
+        self.timeout = timeout
+        self.view = View(out, live=live)
+        self.workdir = Path(tempfile.mkdtemp(prefix="rollbackd-demo-"))
+        self.base = Stack(self.workdir)
+        """The cluster (stopped last)."""
+        self.hosts: list[DemoHost] = []
+        self.checks: list[Check] = []
+        self.dsn = ""
+        self.deadline = math.inf
+        self._seen: tuple[object, ...] = ()
+
+    # -- running it --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        code, unmet = EXIT_UNMET, None
+        try:
+            with self.view:
+                try:
+                    self.view.event(f"scenario fleet: {HOSTS} app hosts on one database; "
+                                    "host0's v2 migration fails: the database is restored "
+                                    "once, every host rolls back", "head")
+                    self.setup()
+                    self.ship()
+                    self.follow()
+                    self.verify()
+                    code = EXIT_OK if all(c.ok for c in self.checks) else EXIT_UNMET
+                except FleetDemoFailedError as exc:
+                    unmet = exc.step
+                    self.view.event(f"NOT MET {exc.step}: {exc.detail}", "fail")
+                    self._tails()
+                except CannotRunError as exc:
+                    code = EXIT_CANNOT_RUN
+                    self.view.event(f"cannot run the demo here: {exc}", "fail")
+                except KeyboardInterrupt:
+                    code = EXIT_INTERRUPTED
+                    self.view.event("interrupted: stopping everything the demo started", "fail")
+                except Exception as exc:  # a fault of the demo itself: still clean up
+                    unmet = "the demo runs to its end"
+                    self.view.event(f"NOT MET the demo runs to its end: {type(exc).__name__}: "
+                                    f"{exc}", "fail")
+                    self.view.line("".join(traceback.format_exception(exc)).rstrip())
+            for check in self.checks:
+                self.view.line(check.line())
+            if code == EXIT_OK:
+                self.view.line(f"demo: all {len(self.checks)} checks verified")
+            else:
+                unmet = unmet or next((c.name for c in self.checks if not c.ok), None)
+                if unmet is not None:
+                    self.view.line(f"demo: NOT MET: {unmet}")
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        finally:
+            keep = self.keep and code not in (EXIT_INTERRUPTED, EXIT_CANNOT_RUN)
+            if keep:
+                self._print_keep()
+            else:
+                with _signals_deferred():
+                    for host in reversed(self.hosts):
+                        host.stack.stop_all(remove=False)
+                    self.base.stop_all()
+                self.view.line("demo: stopped everything it started")
+        return code
+
+    def _left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def wait(self, step: str, done: Callable[[], object], within: float,
+             otherwise: Callable[[], str] | None = None) -> None:
+        end = time.monotonic() + max(0.0, min(within, self._left()))
+        while not done():
+            for host in self.hosts:
+                if not host.daemon.running():
+                    raise FleetDemoFailedError("every rollbackd keeps running",
+                                               f"{host.name}'s exited with status "
+                                               f"{host.daemon.popen.returncode}")
+            if time.monotonic() >= end:
+                raise FleetDemoFailedError(step, otherwise() if otherwise else
+                                           f"not seen within {within:.0f}s")
+            time.sleep(POLL)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        view = self.view
+        try:
+            cluster = self.base.cluster = PgCluster(prefix="rollbackd-demo-pg-")
+        except PgUnavailableError as exc:
+            raise CannotRunError(str(exc)) from None
+        cluster.start()
+        view.event(f"PostgreSQL {cluster.execute('SHOW server_version')[0][0]}: a throwaway "
+                   f"server on 127.0.0.1:{cluster.port} ({cluster.dir})")
+        self.dsn = cluster.create_database(DATABASE)
+        for step, result in (("migrate v1", migrate(self.dsn, V1_MIGRATIONS)),
+                             ("seed", seed(self.dsn, 20, 60))):
+            if result.returncode != 0:
+                raise FleetDemoFailedError(step, result.stderr.strip() or result.stdout.strip())
+        view.event(f"database {DATABASE}: VisionForge v1's schema, 20 users, 60 images; "
+                   "shared by every host")
+        policy = self.workdir / "policy.toml"
+        policy.write_text(demo_policy(watch_for="10s"))
+        token_file = self.workdir / "api.token"
+        token_file.write_text(secrets.token_hex(32) + "\n")
+        token_file.chmod(0o600)
+        self.deadline = time.monotonic() + READY_TIMEOUT * 2
+        for i in range(HOSTS):
+            root = self.workdir / f"host{i}"
+            root.mkdir()
+            port = free_port()
+            site = build_site(root / "site", dsn=self.dsn, port=port,
+                              releases={"v1": [V1_MIGRATIONS],
+                                        "v2": [V1_MIGRATIONS, *V2_MIGRATIONS]})
+            stack = Stack(root, site=site)
+            stack.procs.append(Proc(site.app_argv(), log=site.app_log, new_session=True))
+            listen = f"127.0.0.1:{free_port()}"
+            config = root / "rollbackd.toml"
+            config.write_text(rollbackd_config(
+                root, site, dsn=self.dsn, app_url=f"http://127.0.0.1:{port}", listen=listen,
+                token_file=token_file, policy=policy)
+                + f"\n[fleet]\nname = {toml_str(FLEET)}\nid = \"host{i}\"\n"
+                  f"heartbeat = \"{HEARTBEAT}\"\n")
+            daemon = Proc([*ROLLBACKD, "run", "--config", str(config)],
+                          log=root / "rollbackd.log", new_session=True)
+            stack.procs.append(daemon)
+            self.hosts.append(DemoHost(f"host{i}", root, site, f"http://127.0.0.1:{port}",
+                                       f"http://{listen}", config, _sha(site.env_file),
+                                       daemon, stack))
+        for host in self.hosts:
+            self.wait(f"{host.name}: v1 serving and rollbackd ready", host.serving_v1,
+                      READY_TIMEOUT, host.log_tail)
+            view.event(f"{host.name}: VisionForge v1 serving at {host.app_url}; rollbackd API "
+                       f"at {host.api} (site {host.site.root})")
+        self.wait("every host beats in the fleet", lambda: len(self._look()[1]) == HOSTS,
+                  READY_TIMEOUT, lambda: f"hosts seen: {self._look()[1]}")
+        view.event(f"fleet {FLEET}: {', '.join(h.name for h in self.hosts)} each look at the "
+                   f"fleet every {HEARTBEAT} (the rollbackd schema of the maintenance "
+                   "database)")
+
+    # -- the deploy --------------------------------------------------------------------------
+
+    def ship(self) -> None:
+        view = self.view
+        self.deadline = time.monotonic() + self.timeout
+        for host in [*self.hosts[1:], self.hosts[0]]:
+            migrates = host is self.hosts[0]
+            argv = host.site.deploy_argv("v2", {"VF_FEATURE_FLAGS": "display-names"})
+            if not migrates:
+                argv.append("--no-migrate")
+            view.event(f"{host.name}: rollbackd deploy run --version v2 -- deploy.py "
+                       f"--release v2{'' if migrates else ' --no-migrate'}", "head")
+            deploy = Proc([*ROLLBACKD, "deploy", "run", "--config", str(host.config),
+                           "--version", "v2", "--", *argv], log=host.root / "deploy.log",
+                          new_session=True)
+            try:
+                deploy.popen.wait(timeout=max(1.0, self._left()))
+            finally:
+                deploy.close()
+            code = deploy.popen.returncode
+            if migrates and code == 0:
+                raise FleetDemoFailedError("v2's migration fails", "rollbackd deploy run "
+                                           "exited 0")
+            if not migrates and code != 0:
+                raise FleetDemoFailedError(f"{host.name}: v2 deployed", f"exit {code}: "
+                                           f"{_tail(host.root / 'deploy.log')}")
+            view.event(f"{host.name}: " + ("v2's second migration failed after its first "
+                                           "rewrote every user (migration.failed = 1)"
+                                           if migrates else "v2 serving (restore point taken, "
+                                           "code and config switched, no migration)"),
+                       "bad" if migrates else "")
+
+    # -- following the fleet -----------------------------------------------------------------
+
+    def _fleet(self) -> FleetDb:
+        return FleetDb(self.base.cluster.dsn("postgres") if self.base.cluster else "", FLEET,
+                       "demo", connect_timeout=3.0, alive_within=5.0)
+
+    def _look(self) -> tuple[FleetIncident | None, dict[str, str | None]]:
+        """The fleet's newest incident and each alive host's part in it (empty when the
+        fleet's tables cannot be read yet)."""
+        try:
+            db = self._fleet()
+            view, latest = db.glance(), db.latest()
+        except FleetError:
+            return None, {}
+        parts: dict[str, str | None] = {
+            h.host: (h.part if latest is not None and h.following == latest.id else None)
+            for h in view.hosts if h.host in view.alive}
+        return latest, parts
+
+    def follow(self) -> None:
+        def over() -> bool:
+            incident, parts = self._look()
+            self._tell(incident, parts)
+            return (incident is not None and not incident.open
+                    and all(h.version() == "v1" for h in self.hosts))
+
+        self.wait("the fleet rolled back and its incident resolved", over, self.timeout,
+                  lambda: f"{self._look()}; versions "
+                          f"{[h.version() for h in self.hosts]}")
+
+    def _tell(self, incident: FleetIncident | None, parts: dict[str, str | None]) -> None:
+        """Say what changed in the fleet since the last look."""
+        if incident is None:
+            return
+        seen = (incident.id, incident.db_state, incident.db_host, incident.open,
+                tuple(sorted(parts.items())))
+        if seen == self._seen:
+            return
+        self._seen = seen
+        kind = "bad" if incident.db_state == "failed" else (
+            "ok" if incident.db_state == "restored" else "step")
+        hosts = ", ".join(f"{h} {p or '-'}" for h, p in sorted(parts.items()))
+        by = f" by {incident.db_host}" if incident.db_host else ""
+        state = f"database {incident.db_state}{by}"
+        self.view.event(f"fleet incident {incident.id} ({incident.scenario} -> "
+                        f"{incident.action}, opened by {incident.opened_by}): "
+                        f"{'resolved, ' if not incident.open else ''}{state}; parts: {hosts}",
+                        kind)
+
+    # -- the checks --------------------------------------------------------------------------
+
+    def verify(self) -> None:
+        incident, parts = self._look()
+        restores, runs = [], {}
+        for host in self.hosts:
+            journal = Journal.in_state_dir(host.root / "state")
+            try:
+                restores += [(host.name, r.status) for r in journal.restores()]
+                runs[host.name] = journal.runs()
+            finally:
+                journal.close()
+        for name, ran in runs.items():
+            for run in reversed(ran):
+                took = "" if run.ended_at is None else f" in {run.ended_at - run.started_at:.1f}s"
+                self.view.event(f"{name}: run {run.id} {run.runbook} {run.status}{took}: "
+                                f"{', '.join(run.plan)}", "ok" if run.status == "succeeded"
+                                else "bad")
+        with psycopg.connect(self.dsn, connect_timeout=5) as conn:
+            migrations = conn.execute("SELECT count(*) FROM knex_migrations").fetchone()
+            display = conn.execute("SELECT count(*) FROM information_schema.columns WHERE "
+                                   "table_name = 'users' AND column_name = 'display_name'"
+                                   ).fetchone()
+        v1_count = len(list(V1_MIGRATIONS.glob("*.sql")))
+        self.checks += [
+            Check("one fleet incident", incident is not None
+                  and incident.scenario == "migration_failed" and not incident.open,
+                  "none" if incident is None else incident.describe()),
+            Check("database restored once", incident is not None
+                  and incident.db_state == "restored" and [s for _, s in restores]
+                  == ["restored"], f"restores journaled: {restores or 'none'}"),
+            Check("v1's schema", migrations == (v1_count,) and display == (0,),
+                  f"{migrations[0] if migrations else '?'} migrations applied (v1 has "
+                  f"{v1_count}); users.display_name "
+                  f"{'gone' if display == (0,) else 'still there'}"),
+            Check("every host serves v1", all(h.version() == "v1" for h in self.hosts),
+                  ", ".join(f"{h.name} {h.version()}" for h in self.hosts)),
+            Check("every host's code rolled back",
+                  all(h.site.current_release() == "v1" for h in self.hosts),
+                  ", ".join(f"{h.name} current -> {h.site.current_release()}"
+                            for h in self.hosts)),
+            Check("every host's config rolled back",
+                  all(_sha(h.site.env_file) == h.v1_config_sha for h in self.hosts),
+                  ", ".join(f"{h.name} "
+                            f"{'v1' if _sha(h.site.env_file) == h.v1_config_sha else 'v2'}"
+                            for h in self.hosts)),
+            Check("every host did its part, once", sorted(parts.items()) == [
+                (h.name, "done") for h in self.hosts] and all(
+                    [r.status for r in ran] == ["succeeded"] for ran in runs.values()),
+                  "; ".join(f"{name}: part {parts.get(name)}, runs "
+                            f"{[f'{r.runbook} {r.status}' for r in ran]}"
+                            for name, ran in runs.items())),
+        ]
+
+    # -- what is left --------------------------------------------------------------------------
+
+    def _tails(self) -> None:
+        for host in self.hosts:
+            self.view.line(f"--- {host.name}'s rollbackd (last lines):")
+            self.view.line(host.log_tail())
+
+    def _print_keep(self) -> None:
+        cluster = self.base.cluster
+        self.view.line("demo: --keep: everything is still running")
+        pids = []
+        for host in self.hosts:
+            self.view.line(f"  {host.name}       {host.app_url}/health; "
+                           f"{rollbackd_command()} --config {host.config} status")
+            pids += [str(p) for p in (host.daemon.pid if host.daemon.running() else None,
+                                      host.stack.app_pid()) if p]
+        if cluster is not None:
+            self.view.line(f"  database    psql '{cluster.dsn(DATABASE)}'")
+            self.view.line(f"  stop it     kill {' '.join(pids)}; {' '.join(cluster.prefix)} "
+                           f"{cluster.pg_ctl} -D {cluster.data} stop; "
+                           f"rm -rf {self.workdir} {cluster.dir}")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return f"({path} cannot be read)"
