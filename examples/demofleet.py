@@ -20,7 +20,6 @@ end, unless ``--keep``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import secrets
 import tempfile
@@ -44,7 +43,9 @@ from examples.demo import (
     EXIT_UNMET,
     ROLLBACKD,
     CannotRunError,
+    DemoFailedError,
     Stack,
+    _sha,
     _signals_deferred,
     rollbackd_command,
 )
@@ -110,15 +111,6 @@ class DemoHost:
         return False
 
 
-class FleetDemoFailedError(Exception):
-    """A step of the story that did not happen."""
-
-    def __init__(self, step: str, detail: str) -> None:
-        super().__init__(f"{step}: {detail}")
-        self.step = step
-        self.detail = detail
-
-
 class FleetDemo:
     def __init__(self, *, keep: bool = False, timeout: float = 90.0,
                  out: TextIO | None = None, live: bool | None = None) -> None:
@@ -149,7 +141,7 @@ class FleetDemo:
                     self.follow()
                     self.verify()
                     code = EXIT_OK if all(c.ok for c in self.checks) else EXIT_UNMET
-                except FleetDemoFailedError as exc:
+                except DemoFailedError as exc:
                     unmet = exc.step
                     self.view.event(f"NOT MET {exc.step}: {exc.detail}", "fail")
                     self._tails()
@@ -195,11 +187,11 @@ class FleetDemo:
         while not done():
             for host in self.hosts:
                 if not host.daemon.running():
-                    raise FleetDemoFailedError("every rollbackd keeps running",
+                    raise DemoFailedError("every rollbackd keeps running",
                                                f"{host.name}'s exited with status "
                                                f"{host.daemon.popen.returncode}")
             if time.monotonic() >= end:
-                raise FleetDemoFailedError(step, otherwise() if otherwise else
+                raise DemoFailedError(step, otherwise() if otherwise else
                                            f"not seen within {within:.0f}s")
             time.sleep(POLL)
 
@@ -218,7 +210,7 @@ class FleetDemo:
         for step, result in (("migrate v1", migrate(self.dsn, V1_MIGRATIONS)),
                              ("seed", seed(self.dsn, 20, 60))):
             if result.returncode != 0:
-                raise FleetDemoFailedError(step, result.stderr.strip() or result.stdout.strip())
+                raise DemoFailedError(step, result.stderr.strip() or result.stdout.strip())
         view.event(f"database {DATABASE}: VisionForge v1's schema, 20 users, 60 images; "
                    "shared by every host")
         policy = self.workdir / "policy.toml"
@@ -281,10 +273,10 @@ class FleetDemo:
                 deploy.close()
             code = deploy.popen.returncode
             if migrates and code == 0:
-                raise FleetDemoFailedError("v2's migration fails", "rollbackd deploy run "
+                raise DemoFailedError("v2's migration fails", "rollbackd deploy run "
                                            "exited 0")
             if not migrates and code != 0:
-                raise FleetDemoFailedError(f"{host.name}: v2 deployed", f"exit {code}: "
+                raise DemoFailedError(f"{host.name}: v2 deployed", f"exit {code}: "
                                            f"{_tail(host.root / 'deploy.log')}")
             view.event(f"{host.name}: " + ("v2's second migration failed after its first "
                                            "rewrote every user (migration.failed = 1)"
@@ -416,10 +408,6 @@ class FleetDemo:
             self.view.line(f"  stop it     kill {' '.join(pids)}; {' '.join(cluster.prefix)} "
                            f"{cluster.pg_ctl} -D {cluster.data} stop; "
                            f"rm -rf {self.workdir} {cluster.dir}")
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _tail(path: Path, lines: int = 12) -> str:
