@@ -302,28 +302,8 @@ class Demo:
 
     def _tell(self, outcome: Outcome) -> None:
         try:
-            self.view.event(f"scenario {self.scenario.name}: {self.scenario.title}", "head")
-            self.setup()
-            self.ship()
-            self.follow()
-            self.verify()
-            self.report()
-            outcome.code = EXIT_OK if all(c.ok for c in self.checks) else EXIT_UNMET
-        except DemoFailedError as exc:
-            outcome.unmet = exc.step
-            self.view.event(f"NOT MET {exc.step}: {exc.detail}", "fail")
-            self._daemon_tail()
-        except CannotRunError as exc:
-            outcome.code = EXIT_CANNOT_RUN
-            self.view.event(f"cannot run the demo here: {exc}", "fail")
-        except KeyboardInterrupt:
-            outcome.code = EXIT_INTERRUPTED
-            self.view.event("interrupted: stopping everything the demo started", "fail")
-        except Exception as exc:  # a fault of the demo itself: still clean up, and say what
-            outcome.unmet = "the demo runs to its end"
-            self.view.event(f"NOT MET the demo runs to its end: {type(exc).__name__}: {exc}",
-                            "fail")
-            self.view.line("".join(traceback.format_exception(exc)).rstrip())
+            outcome.code, outcome.unmet = tell(self.view, self._story, self.checks,
+                                               self._daemon_tail)
         finally:
             self.phases = self._phases()
             if self.follower is not None:
@@ -333,16 +313,16 @@ class Demo:
                 self.follower.close()
         outcome.checks, outcome.phases = self.checks, self.phases
 
+    def _story(self) -> None:
+        self.view.event(f"scenario {self.scenario.name}: {self.scenario.title}", "head")
+        self.setup()
+        self.ship()
+        self.follow()
+        self.verify()
+        self.report()
+
     def _conclude(self, outcome: Outcome) -> None:
-        for check in self.checks:
-            self.view.line(check.line())
-        if outcome.code == EXIT_OK:
-            self.view.line(f"demo: all {len(self.checks)} checks verified")
-            return
-        if outcome.unmet is None and outcome.code == EXIT_UNMET:
-            outcome.unmet = next((c.name for c in self.checks if not c.ok), "unknown")
-        if outcome.unmet is not None:
-            self.view.line(f"demo: NOT MET: {outcome.unmet}")
+        outcome.unmet = conclude(self.view, self.checks, outcome.code, outcome.unmet)
 
     def _left(self) -> float:
         return self.deadline - time.monotonic()
@@ -816,6 +796,44 @@ class Demo:
             f"stop; rm -rf {stack.workdir} {stack.cluster.dir}",
         ):
             self.view.line(line)
+
+
+def tell(view: View, story: Callable[[], None], checks: Sequence[Check],
+         tails: Callable[[], None]) -> tuple[int, str | None]:
+    """Tell ``story`` to its end or to the step it did not get past: the exit status (its
+    ``checks`` decide, once it ends) and the step not met (None when none is known);
+    ``tails`` shows what the daemons said last when a step is not met."""
+    try:
+        story()
+        return (EXIT_OK if all(c.ok for c in checks) else EXIT_UNMET), None
+    except DemoFailedError as exc:
+        view.event(f"NOT MET {exc.step}: {exc.detail}", "fail")
+        tails()
+        return EXIT_UNMET, exc.step
+    except CannotRunError as exc:
+        view.event(f"cannot run the demo here: {exc}", "fail")
+        return EXIT_CANNOT_RUN, None
+    except KeyboardInterrupt:
+        view.event("interrupted: stopping everything the demo started", "fail")
+        return EXIT_INTERRUPTED, None
+    except Exception as exc:  # a fault of the demo itself: still clean up, and say what
+        view.event(f"NOT MET the demo runs to its end: {type(exc).__name__}: {exc}", "fail")
+        view.line("".join(traceback.format_exception(exc)).rstrip())
+        return EXIT_UNMET, "the demo runs to its end"
+
+
+def conclude(view: View, checks: Sequence[Check], code: int, unmet: str | None) -> str | None:
+    """Print each check and the verdict; the step or check not met (None when all were)."""
+    for check in checks:
+        view.line(check.line())
+    if code == EXIT_OK:
+        view.line(f"demo: all {len(checks)} checks verified")
+        return None
+    if unmet is None and code == EXIT_UNMET:
+        unmet = next((c.name for c in checks if not c.ok), "unknown")
+    if unmet is not None:
+        view.line(f"demo: NOT MET: {unmet}")
+    return unmet
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ import math
 import secrets
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ from examples.apprun import Proc, migrate, seed
 from examples.demo import (
     EXIT_CANNOT_RUN,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_UNMET,
     ROLLBACKD,
     CannotRunError,
@@ -47,7 +45,9 @@ from examples.demo import (
     Stack,
     _sha,
     _signals_deferred,
+    conclude,
     rollbackd_command,
+    tell,
 )
 from examples.demochecks import Check
 from examples.demosite import (
@@ -129,46 +129,15 @@ class FleetDemo:
     # -- running it --------------------------------------------------------------------------
 
     def run(self) -> int:
-        code, unmet = EXIT_UNMET, None
+        code = EXIT_UNMET
         try:
             with self.view:
-                try:
-                    self.view.event(f"scenario fleet: {HOSTS} app hosts on one database; "
-                                    "host0's v2 migration fails: the database is restored "
-                                    "once, every host rolls back", "head")
-                    self.setup()
-                    self.ship()
-                    self.follow()
-                    self.verify()
-                    code = EXIT_OK if all(c.ok for c in self.checks) else EXIT_UNMET
-                except DemoFailedError as exc:
-                    unmet = exc.step
-                    self.view.event(f"NOT MET {exc.step}: {exc.detail}", "fail")
-                    self._tails()
-                except CannotRunError as exc:
-                    code = EXIT_CANNOT_RUN
-                    self.view.event(f"cannot run the demo here: {exc}", "fail")
-                except KeyboardInterrupt:
-                    code = EXIT_INTERRUPTED
-                    self.view.event("interrupted: stopping everything the demo started", "fail")
-                except Exception as exc:  # a fault of the demo itself: still clean up
-                    unmet = "the demo runs to its end"
-                    self.view.event(f"NOT MET the demo runs to its end: {type(exc).__name__}: "
-                                    f"{exc}", "fail")
-                    self.view.line("".join(traceback.format_exception(exc)).rstrip())
-            for check in self.checks:
-                self.view.line(check.line())
-            if code == EXIT_OK:
-                self.view.line(f"demo: all {len(self.checks)} checks verified")
-            else:
-                unmet = unmet or next((c.name for c in self.checks if not c.ok), None)
-                if unmet is not None:
-                    self.view.line(f"demo: NOT MET: {unmet}")
-        except KeyboardInterrupt:
+                code, unmet = tell(self.view, self._story, self.checks, self._tails)
+            conclude(self.view, self.checks, code, unmet)
+        except KeyboardInterrupt:  # while concluding: stop everything all the same
             code = EXIT_INTERRUPTED
         finally:
-            keep = self.keep and code not in (EXIT_INTERRUPTED, EXIT_CANNOT_RUN)
-            if keep:
+            if self.keep and code not in (EXIT_INTERRUPTED, EXIT_CANNOT_RUN):
                 self._print_keep()
             else:
                 with _signals_deferred():
@@ -177,6 +146,15 @@ class FleetDemo:
                     self.base.stop_all()
                 self.view.line("demo: stopped everything it started")
         return code
+
+    def _story(self) -> None:
+        self.view.event(f"scenario fleet: {HOSTS} app hosts on one database; host0's v2 "
+                        "migration fails: the database is restored once, every host rolls "
+                        "back", "head")
+        self.setup()
+        self.ship()
+        self.follow()
+        self.verify()
 
     def _left(self) -> float:
         return self.deadline - time.monotonic()
