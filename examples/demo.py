@@ -197,14 +197,31 @@ class Stack:
             return None
         return pid if _alive(pid) and str(self.site.root) in _cmdline(pid) else None
 
+    def site_pids(self) -> list[int]:
+        """Every process running from the demo's site: the app whoever started it, and a
+        deploy.py cut short (which may have started an app it never recorded in the pidfile).
+        The site is a fresh temporary directory, so its path in a command line names a
+        process the demo started, directly or not."""
+        if self.site is None:
+            return []
+        root, pids = str(self.site.root), []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid() \
+                    and root in _cmdline(int(entry.name)) and _alive(int(entry.name)):
+                pids.append(int(entry.name))
+        return pids
+
     def stop_all(self, *, remove: bool = True) -> None:
         if self.traffic is not None:
             self.traffic.stop()
         for proc in reversed(self.procs):  # the daemon first, so that it restarts nothing
             proc.close()
-        pid = self.app_pid()
-        if pid is not None:
-            stop_pid(pid)
+        for _ in range(3):  # a deploy.py stopped mid-restart may have started one more app
+            pids = self.site_pids()
+            for pid in pids:
+                stop_pid(pid)
+            if not pids:
+                break
         if self.cluster is not None:
             self.cluster.destroy()
         if remove:
