@@ -545,7 +545,8 @@ class Journal:
     * A write is one transaction: all of it or none (a batch of events, a restore's end with
       its deploy and its incident's close), and never left open after a failure.
     * Events and decisions are appended, never changed; a deploy only goes from ``running``
-      to ``succeeded`` or ``failed``, and to ``rolled_back`` only with the restore that did it.
+      to ``succeeded`` or ``failed``, and to ``rolled_back`` only with the restore that did it
+      (on a host of a fleet, another host's: :meth:`deploy_rolled_back`).
     * Every failure of the file is a :class:`JournalError` whose text starts with its path
       (:class:`StateDirError` when the state directory cannot be a directory); a request it
       refuses (ending a deploy that already ended) is a JournalError saying why.
@@ -786,6 +787,19 @@ class Journal:
                        (status, t, deploy_id))
             self._insert_event(db, t, {"type": "deploy", "phase": "end", "status": status,
                                        "version": row["version"], "deploy": deploy_id})
+        deploy = self.deploy(deploy_id)
+        assert deploy is not None
+        return deploy
+
+    def deploy_rolled_back(self, deploy_id: int, t: float) -> Deploy:
+        """A deploy of a host of a fleet that its follower run rolled back: its code and config
+        on this host, its database by the restore another host made for the whole fleet (which
+        that host's journal records). ``rolled_back`` as :meth:`finish_restore` sets it."""
+        with self._transaction() as db:
+            cur = db.execute("UPDATE deploys SET status = 'rolled_back',"
+                             " ended_at = coalesce(ended_at, ?) WHERE id = ?", (t, deploy_id))
+            if cur.rowcount == 0:
+                raise JournalError(f"{self.path}: no deploy {deploy_id}")
         deploy = self.deploy(deploy_id)
         assert deploy is not None
         return deploy

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from daemon.config import Config
 from daemon.db.fleet import (
     FINAL,
+    NO_DATABASE_STEP,
     CodeState,
     DbState,
     FleetDb,
@@ -704,7 +705,7 @@ class Fleet:
             state: DbState = ("restoring" if any(s.kind in DATABASE_STEPS
                                                  for s in request.runbook.steps)
                               else "restored")
-            note = "" if state == "restoring" else "the runbook has no database step"
+            note = "" if state == "restoring" else NO_DATABASE_STEP
             # When, by this host's clock (the one its swap names its copies with): a host
             # taking over can tell a swap that completed since from older ones.
             await asyncio.to_thread(lock.set_db_state, incident.id, state, note,
@@ -728,7 +729,7 @@ class Fleet:
         finally:
             await asyncio.to_thread(lock.release)
         self._runs[result.run.id] = incident.id
-        await self._done(incident.id, result.ok)
+        await self._done(incident.id, result.ok, result.run.deploy)
         return result
 
     def _note_run(self, executor: Executor, request: RunRequest, incident_id: int) -> None:
@@ -793,19 +794,30 @@ class Fleet:
         await asyncio.sleep(0)
         self._note_run(executor, request, incident_id)
         result = await task
-        await self._done(incident_id, result.ok)
+        await self._done(incident_id, result.ok, result.run.deploy)
         log.warning("followed the fleet incident", run=result.run.id,
                     status=result.run.status, state=result.state)
         return result
 
-    async def _done(self, incident_id: int, ok: bool) -> None:
+    async def _done(self, incident_id: int, ok: bool, deploy: int | None = None) -> None:
+        """This host's part is over (``ok``: its run succeeded, for ``deploy``)."""
         try:
             await asyncio.to_thread(self.db.set_code_state, incident_id,
                                     "done" if ok else "failed")
             await asyncio.to_thread(self.db.resolve_if_done, incident_id)
+            incident = await asyncio.to_thread(self.db.incident, incident_id)
         except FleetError as exc:
             self.log.error("cannot record this host's part in the fleet incident",
                            fleet_incident=incident_id, error=str(exc))
+            return
+        if ok and deploy is not None and incident is not None and incident.database_restored:
+            # Its code and config are back, its database too (restored once, maybe from
+            # another host): the deploy has nothing left to roll back.
+            try:
+                self.journal.deploy_rolled_back(deploy, time.time())
+            except JournalError as exc:
+                self.log.error("cannot record that the deploy was rolled back", deploy=deploy,
+                               error=str(exc))
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -855,4 +867,5 @@ class Fleet:
     async def after_recovery(self, results: Sequence[RunResult]) -> None:
         """A recovered run of this host is its part in the incident it followed."""
         if results and self._recovering is not None:
-            await self._done(self._recovering, all(r.ok for r in results))
+            await self._done(self._recovering, all(r.ok for r in results),
+                             results[-1].run.deploy)

@@ -176,6 +176,12 @@ def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts
             assert "restore_database" not in kinds and "page" not in kinds, kinds
             assert host.journal.restores() == [] and host.journal.pages() == []
         check_rolled_back_once(fleet.hosts, fleet.name, context)
+        # Each host's deploy of v2 is rolled back: its own code and config, the fleet's
+        # database (what `rollbackd status` says, and nothing left to roll back to).
+        for i, host in enumerate(fleet.hosts):
+            deploy = host.journal.latest_deploy("visionforge")
+            assert deploy is not None and (deploy.version, deploy.status) == (
+                "v2", "rolled_back"), (f"host{i}", deploy, context)
         # Every app was stopped and started again by its own host's rollbackd.
         assert all(h.app_pid() not in (None, pid) for h, pid in zip(fleet.hosts, first_pids,
                                                                     strict=True))

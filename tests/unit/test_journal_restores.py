@@ -119,6 +119,18 @@ def test_a_deploy_is_never_ended_as_rolled_back(journal: Journal) -> None:
         journal.end_deploy(3, "rolled_back", 500.0)
 
 
+def test_a_fleet_hosts_deploy_rolled_back_by_another_hosts_restore_is_rolled_back_here(
+        journal: Journal) -> None:
+    """Its code and config by its follower run, its database by the fleet's one restore."""
+    rolled = journal.deploy_rolled_back(3, 500.0)
+    assert (rolled.status, rolled.ended_at) == ("rolled_back", 500.0)
+    assert deploy_status(journal, 2) == "succeeded"
+    with pytest.raises(JournalError, match="no deploy 9"):
+        journal.deploy_rolled_back(9, 500.0)
+    with pytest.raises(JournalError, match="already ended"):
+        journal.end_deploy(3, "succeeded", 600.0)  # a deploy run's end after the rollback
+
+
 def test_a_whole_restore_by_hand_tells_the_engine_the_deploy_was_rolled_back(
         journal: Journal, tmp_path: Path) -> None:
     from policies.engine import Engine
