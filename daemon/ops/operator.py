@@ -292,6 +292,9 @@ class Status:
     """The app's latest restore (by hand or by the executor)."""
     interrupted: tuple[str, ...] = ()
     """What a killed restore left behind (an interrupted swap or in-place restore)."""
+    run: Run | None = None
+    """The app's latest runbook run (on a host of a fleet, maybe its part in the fleet's
+    rollback, with no incident of its own)."""
     fleet: FleetStatus | None = None
     """In fleet mode: the fleet's open incident and its hosts."""
 
@@ -309,6 +312,7 @@ class Status:
                 "duration": drill.duration},
             "restore": None if self.restore is None else self.restore.as_json(),
             "interrupted": list(self.interrupted),
+            "run": None if self.run is None else self.run.as_json(),
             "fleet": None if self.fleet is None else self.fleet.as_json(),
         }
 
@@ -335,8 +339,17 @@ class Status:
                          f"{when(drill.t)} ({drill.duration:.1f}s)")
         if self.restore is not None:
             lines.append(f"restore    {restore_line(self.restore)}")
+        if self.run is not None:
+            lines.append(f"run        {run_line(self.run)}")
         lines += [f"INTERRUPTED {line}" for line in self.interrupted]
         return lines + ([] if self.fleet is None else self.fleet.describe())
+
+
+def run_line(run: Run) -> str:
+    """``run 3 immediate_rollback@fleet succeeded at ... (migration_failed, by rollbackd)``"""
+    ended = "" if run.ended_at is None else f" at {when(run.ended_at)}"
+    about = f"incident {run.incident}" if run.incident is not None else run.scenario
+    return f"{run.id} {run.runbook} {run.status}{ended} ({about}, by {run.requested_by})"
 
 
 def restore_line(restore: Restore) -> str:
@@ -367,9 +380,10 @@ def gather_status(config: Config, journal: Journal, *, inspect: bool = False,
     interrupted = tuple(inspect_interrupted_restores(config).describe()) if inspect else ()
     if fleet is None and inspect:
         fleet = glance_at_fleet(config)
+    runs = journal.runs(limit=1)
     return Status(app=config.app_name, paused=paused, deploy=deploy, incident=open_incident,
                   drill=journal.latest_drill(), restore=restores[0] if restores else None,
-                  interrupted=interrupted, fleet=fleet)
+                  interrupted=interrupted, run=runs[0] if runs else None, fleet=fleet)
 
 
 def glance_at_fleet(config: Config) -> FleetStatus | None:

@@ -182,6 +182,12 @@ def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts
             deploy = host.journal.latest_deploy("visionforge")
             assert deploy is not None and (deploy.version, deploy.status) == (
                 "v2", "rolled_back"), (f"host{i}", deploy, context)
+        # What an operator on a follower reads: why its app restarted, with no incident there.
+        status = rollbackd("status", config=followers[0].config)
+        assert status.returncode == 0, status.stderr
+        assert "deploy     v2 (rolled_back)" in status.stdout, status.stdout
+        assert re.search(rf"run        1 {RUNBOOK}@fleet succeeded at .* \(migration_failed, by "
+                         r"rollbackd\)", status.stdout), status.stdout
         # Every app was stopped and started again by its own host's rollbackd.
         assert all(h.app_pid() not in (None, pid) for h, pid in zip(fleet.hosts, first_pids,
                                                                     strict=True))
