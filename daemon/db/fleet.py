@@ -176,8 +176,6 @@ WHERE fleet = %(fleet)s AND following = %(incident)s AND code_state = 'pending'
 """The hosts alive whose own incident still awaits the fleet incident's decision."""
 
 CLEARED = "every host's own incident cleared before anyone decided: nothing was done"
-NO_DATABASE_STEP = "the runbook has no database step"
-"""The note of an incident ``restored`` at once: nothing was restored."""
 
 
 class FleetError(Exception):
@@ -229,9 +227,12 @@ class FleetIncident:
         return self.resolved_at is None
 
     @property
-    def database_restored(self) -> bool:
-        """Its database part put the database back (not a runbook without a database step)."""
-        return self.db_state == "restored" and self.note != NO_DATABASE_STEP
+    def database_rolled_back(self) -> bool:
+        """Its database part put the whole database back to before the deploy: a restore of
+        the whole database, or a swap the host that took over completed (not some tables, and
+        not a runbook without a database step)."""
+        return self.db_state == "restored" and (self.facts.get("whole_database") is True
+                                                or self.facts.get("swap_outcome") == "completed")
 
     def describe(self) -> str:
         by = f" by {self.db_host}" if self.db_host else ""

@@ -49,7 +49,6 @@ from typing import Any, Protocol
 from daemon.config import Config
 from daemon.db.fleet import (
     FINAL,
-    NO_DATABASE_STEP,
     CodeState,
     DbState,
     FleetDb,
@@ -705,7 +704,7 @@ class Fleet:
             state: DbState = ("restoring" if any(s.kind in DATABASE_STEPS
                                                  for s in request.runbook.steps)
                               else "restored")
-            note = "" if state == "restoring" else NO_DATABASE_STEP
+            note = "" if state == "restoring" else "the runbook has no database step"
             # When, by this host's clock (the one its swap names its copies with): a host
             # taking over can tell a swap that completed since from older ones.
             await asyncio.to_thread(lock.set_db_state, incident.id, state, note,
@@ -764,8 +763,11 @@ class Fleet:
                     verdict = database_part(plan, self.journal.steps(run_id))
         state: DbState = "restored" if verdict == "done" else "failed"
         note = "" if state == "restored" else f"{self.host}'s database steps did not succeed"
+        # A whole database put back (not some tables): every host's deploy is rolled back.
+        whole = "restore_database" in plan and not request.runbook.tables
         try:
-            settled = await asyncio.to_thread(lock.set_db_state, incident.id, state, note)
+            settled = await asyncio.to_thread(lock.set_db_state, incident.id, state, note,
+                                              {"whole_database": whole})
             log.warning("fleet database part over", fleet_incident=settled.describe())
         except FleetError as exc:
             log.error("cannot record the fleet's database state", error=str(exc))
@@ -810,7 +812,8 @@ class Fleet:
             self.log.error("cannot record this host's part in the fleet incident",
                            fleet_incident=incident_id, error=str(exc))
             return
-        if ok and deploy is not None and incident is not None and incident.database_restored:
+        if (ok and deploy is not None and incident is not None
+                and incident.database_rolled_back):
             # Its code and config are back, its database too (restored once, maybe from
             # another host): the deploy has nothing left to roll back.
             try:

@@ -89,6 +89,19 @@ def test_a_host_taking_over_never_restores_again_it_completes_reverts_or_pages()
     assert state == "failed" and "could not observe the database (cannot connect)" in note
 
 
+def test_only_the_whole_database_put_back_rolls_every_hosts_deploy_back() -> None:
+    """A follower's deploy reads rolled_back after a whole restore, or a swap completed by the
+    host that took over; not after some tables, nothing restored, or a failure."""
+    assert incident(db_state="restored", facts={"whole_database": True}).database_rolled_back
+    _, _, completed = lost_verdict(incident(), "b", swap("completed"), None)
+    assert incident(db_state="restored", facts=completed).database_rolled_back
+    assert not incident(db_state="restored", facts={"whole_database": False}
+                        ).database_rolled_back  # a selective rollback: some tables only
+    assert not incident(db_state="restored", note="the runbook has no database step"
+                        ).database_rolled_back
+    assert not incident(db_state="failed", facts={"whole_database": True}).database_rolled_back
+
+
 def test_the_lost_host_reads_the_swap_completed_for_it_and_no_other_host_does() -> None:
     _, note, facts = lost_verdict(incident(), "b", swap("completed"), None)
     done = incident(db_state="restored", db_host="b", note=note, facts=facts)
