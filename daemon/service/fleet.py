@@ -839,6 +839,7 @@ class Fleet:
             return swap
         self.view = view
         self._report_problem(None)  # a look like each heartbeat's: counted, and its problem over
+        self._rejoin_left(view)
         if latest is not None:
             self._recovering = latest.id
             with contextlib.suppress(JournalError):
@@ -866,6 +867,17 @@ class Fleet:
         finally:
             await asyncio.to_thread(lock.release)
         return swap
+
+    def _rejoin_left(self, view: FleetView) -> None:
+        """After a restart: this host left the decision the fleet's incident still awaits
+        (its own incident cleared), so its latest incident is that one's, and the pages of it
+        are still the fleet's (its resolution is held while another host awaits)."""
+        if view.incident is None or self.host not in view.cleared:
+            return
+        with contextlib.suppress(JournalError):
+            latest = self.journal.incidents(limit=1)
+            if latest and latest[0].state != "open":
+                self._incidents[latest[0].incident] = view.incident.id
 
     async def after_recovery(self, results: Sequence[RunResult]) -> None:
         """A recovered run of this host is its part in the incident it followed."""

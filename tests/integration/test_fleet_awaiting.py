@@ -182,3 +182,25 @@ async def test_a_host_back_after_the_fleet_ended_a_decision_it_still_awaits_asks
     anew = other.look().incident
     assert anew is not None and anew.id != incident.id, anew
     assert (anew.db_state, anew.opened_by) == ("awaiting", "h1"), anew
+
+
+async def test_the_host_paging_for_the_fleet_keeps_its_page_up_across_its_restart(
+        host: Daemon, pg_db: str, tmp_path: Path) -> None:
+    """It no longer remembers which fleet incident its resolved incident joined: what the
+    fleet says of it (it left the decision the others still await) tells it again."""
+    other, incident = await awaiting(host, pg_db, opener="h1")
+    decided(host, 1060.0, "resolve", "every rule of the incident has been clear")
+    await look(host)
+    host.journal.close()
+
+    again = fleet_daemon(tmp_path, pg_db, the_fleet(host).name, heartbeat="30s")
+    try:
+        fleet = the_fleet(again)
+        await fleet.before_recovery(again.executor, None)
+
+        assert fleet.sending(page(again, "resolve"))[0] == "hold"
+        assert leave(other, incident)  # the last host awaiting clears: the page may go
+        await look(again)
+        assert fleet.sending(page(again, "resolve")) == ("send", "")
+    finally:
+        again.journal.close()
