@@ -11,7 +11,9 @@ database (DESIGN section 7), on top of :mod:`daemon.db.fleet`.
   step, no page) and records its ``code_state``. The followers do not stop their app while
   the database is restored: a follower runs only once the database part is over, so a fleet
   whose database turns out unchanged never goes down as a whole; what they write meanwhile
-  lands in the kept copy, which the data window reports.
+  lands in the kept copy, which the data window reports. Once its part succeeded after the
+  whole database was put back, a host's own deploy reads ``rolled_back``, as the leader's
+  does from its restore.
 * ``restoring`` with the lock free: the host doing it died (its session ended). The next host
   whose look sees it takes the lock and observes the database by the recovery rules: a swap
   cut short is completed (``restored``: every host follows) or reverted (``failed``: nothing
