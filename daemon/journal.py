@@ -205,6 +205,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "events found by type (the pager reads an incident's acks every cycle)", (
         "CREATE INDEX events_type ON events (type, id)",
     )),
+    Migration(7, "a run's part in its fleet's incident (status and reports name it)", (
+        "ALTER TABLE runs ADD COLUMN fleet TEXT",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -258,6 +261,9 @@ class Run:
     plan: tuple[str, ...]
     """The steps' kinds, in order, as planned."""
     summary: str | None
+    fleet: str | None = None
+    """On a host of a fleet, the fleet incident the run was this host's part of, as it stood
+    when the part ended (:meth:`Journal.note_run_fleet`)."""
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "app": self.app, "incident": self.incident,
@@ -265,7 +271,7 @@ class Run:
                 "by": self.requested_by, "started_at": self.started_at,
                 "deadline": self.deadline, "ended_at": self.ended_at, "status": self.status,
                 "deploy": self.deploy, "restore_point": self.restore_point,
-                "plan": list(self.plan), "summary": self.summary}
+                "plan": list(self.plan), "summary": self.summary, "fleet": self.fleet}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1087,6 +1093,16 @@ class Journal:
         assert run is not None
         return run
 
+    def note_run_fleet(self, run_id: int, fleet: str) -> Run:
+        """Record the fleet incident ``run_id`` was this host's part of (its description)."""
+        with self._transaction() as db:
+            cur = db.execute("UPDATE runs SET fleet = ? WHERE id = ?", (fleet, run_id))
+            if cur.rowcount == 0:
+                raise JournalError(f"{self.path}: no run {run_id}")
+        run = self.run(run_id)
+        assert run is not None
+        return run
+
     def begin_step(self, run_id: int, idx: int, kind: str, attempt: int, t: float) -> int:
         with self._transaction() as db:
             cur = db.execute(
@@ -1374,7 +1390,7 @@ def _run(row: sqlite3.Row) -> Run:
         ended_at=None if row["ended_at"] is None else float(row["ended_at"]),
         status=_one_of("run status", row["status"], get_args(RunStatus)),
         deploy=row["deploy"], restore_point=row["restore_point"],
-        plan=tuple(json.loads(row["plan"])), summary=row["summary"])
+        plan=tuple(json.loads(row["plan"])), summary=row["summary"], fleet=row["fleet"])
 
 
 def _run_step(row: sqlite3.Row) -> RunStep:

@@ -346,10 +346,12 @@ class Status:
 
 
 def run_line(run: Run) -> str:
-    """``run 3 immediate_rollback@fleet succeeded at ... (migration_failed, by rollbackd)``"""
+    """``3 immediate_rollback@fleet succeeded at ... (migration_failed, by rollbackd); part
+    of fleet vf incident 1 (...)``"""
     ended = "" if run.ended_at is None else f" at {when(run.ended_at)}"
     about = f"incident {run.incident}" if run.incident is not None else run.scenario
-    return f"{run.id} {run.runbook} {run.status}{ended} ({about}, by {run.requested_by})"
+    fleet = f"; part of {run.fleet}" if run.fleet else ""
+    return f"{run.id} {run.runbook} {run.status}{ended} ({about}, by {run.requested_by}){fleet}"
 
 
 def restore_line(restore: Restore) -> str:

@@ -128,7 +128,10 @@ class IncidentFacts:
         """A digest of every row the report is made from (and of its format)."""
         rows = {"format": REPORT_FORMAT,
                 "decisions": [d.as_json() for d in self.decisions],
-                "runs": [r.as_json() for r in self.runs],
+                # A run's fleet only when it has one: the reports written before runs named
+                # their fleet stay current.
+                "runs": [{k: v for k, v in r.as_json().items() if k != "fleet" or v is not None}
+                         for r in self.runs],
                 "steps": {str(k): [s.as_json() for s in v] for k, v in self.steps.items()},
                 "pages": [p.as_json() for p in self.pages],
                 "restores": [r.as_json() for r in self.restores],
@@ -227,7 +230,7 @@ def _summary(facts: IncidentFacts, now: float) -> dict[str, Any]:
     resolved_at = s.updated_at if s.state == "resolved" else None
     deploy = facts.deploy
     runs = [f"run {r.id} {r.runbook}: {r.status}" + (f" ({r.summary})" if r.summary else "")
-            for r in facts.runs]
+            + (f"; part of {r.fleet}" if r.fleet else "") for r in facts.runs]
     if not facts.runs:
         outcome = f"{s.action} decided ({s.mode}); no runbook ran"
     else:

@@ -62,7 +62,7 @@ from daemon.db.fleet import (
 )
 from daemon.db.restore import RestoreError, RestoreOptions, SwapRecovery
 from daemon.db.restore.swap import recover_interrupted_swap, swapped_in_since
-from daemon.journal import IncidentSummary, Journal, JournalError, Page, RunStep
+from daemon.journal import IncidentSummary, Journal, JournalError, Page, Run, RunStep
 from daemon.locks import LockError
 from daemon.logs import get_logger
 from daemon.ops.operator import DecisionError, record_decision
@@ -730,7 +730,7 @@ class Fleet:
         finally:
             await asyncio.to_thread(lock.release)
         self._runs[result.run.id] = incident.id
-        await self._done(incident.id, result.ok, result.run.deploy)
+        await self._done(incident.id, result.ok, result.run)
         return result
 
     def _note_run(self, executor: Executor, request: RunRequest, incident_id: int) -> None:
@@ -798,13 +798,13 @@ class Fleet:
         await asyncio.sleep(0)
         self._note_run(executor, request, incident_id)
         result = await task
-        await self._done(incident_id, result.ok, result.run.deploy)
+        await self._done(incident_id, result.ok, result.run)
         log.warning("followed the fleet incident", run=result.run.id,
                     status=result.run.status, state=result.state)
         return result
 
-    async def _done(self, incident_id: int, ok: bool, deploy: int | None = None) -> None:
-        """This host's part is over (``ok``: its run succeeded, for ``deploy``)."""
+    async def _done(self, incident_id: int, ok: bool, run: Run | None = None) -> None:
+        """This host's part is over (``ok``: its ``run`` succeeded)."""
         try:
             await asyncio.to_thread(self.db.set_code_state, incident_id,
                                     "done" if ok else "failed")
@@ -814,15 +814,17 @@ class Fleet:
             self.log.error("cannot record this host's part in the fleet incident",
                            fleet_incident=incident_id, error=str(exc))
             return
-        if (ok and deploy is not None and incident is not None
-                and incident.database_rolled_back):
-            # Its code and config are back, its database too (restored once, maybe from
-            # another host): the deploy has nothing left to roll back.
-            try:
-                self.journal.deploy_rolled_back(deploy, time.time())
-            except JournalError as exc:
-                self.log.error("cannot record that the deploy was rolled back", deploy=deploy,
-                               error=str(exc))
+        if run is None or incident is None:
+            return
+        try:
+            self.journal.note_run_fleet(run.id, incident.describe())
+            if ok and run.deploy is not None and incident.database_rolled_back:
+                # Its code and config are back, its database too (restored once, maybe from
+                # another host): the deploy has nothing left to roll back.
+                self.journal.deploy_rolled_back(run.deploy, time.time())
+        except JournalError as exc:
+            self.log.error("cannot record this host's part in the journal", run=run.id,
+                           error=str(exc))
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -884,5 +886,4 @@ class Fleet:
     async def after_recovery(self, results: Sequence[RunResult]) -> None:
         """A recovered run of this host is its part in the incident it followed."""
         if results and self._recovering is not None:
-            await self._done(self._recovering, all(r.ok for r in results),
-                             results[-1].run.deploy)
+            await self._done(self._recovering, all(r.ok for r in results), results[-1].run)

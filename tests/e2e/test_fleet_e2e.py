@@ -187,7 +187,12 @@ def test_a_bad_deploy_is_rolled_back_once_in_the_database_and_on_all_three_hosts
         assert status.returncode == 0, status.stderr
         assert "deploy     v2 (rolled_back)" in status.stdout, status.stdout
         assert re.search(rf"run        1 {RUNBOOK}@fleet succeeded at .* \(migration_failed, by "
-                         r"rollbackd\)", status.stdout), status.stdout
+                         rf"rollbackd\); part of fleet {fleet.name} incident 1 ", status.stdout), \
+            status.stdout
+        # The leader's incident report says its run was the fleet's.
+        report = rollbackd("incidents", "report", str(led.incident), config=leader.config)
+        assert report.returncode == 0, report.stderr
+        assert f"part of fleet {fleet.name} incident 1 " in report.stdout, report.stdout
         # Every app was stopped and started again by its own host's rollbackd.
         assert all(h.app_pid() not in (None, pid) for h, pid in zip(fleet.hosts, first_pids,
                                                                     strict=True))

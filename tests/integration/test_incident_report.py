@@ -206,3 +206,21 @@ def test_a_table_restores_kept_copies_are_compared_in_the_report(
     assert [(t["table"], t["kept_as"], t["missing"], t["examples"]) for t in window["tables"]] \
         == [("public.users", copies[0], 1, ["40"]), ("public.memberships", copies[1], 0, [])]
     assert window["location"] == f"tables {', '.join(copies)} (in database {live})"
+
+
+def test_a_run_that_was_the_fleets_is_named_so_in_the_report_made_again_for_it(
+        incident: tuple[Config, Journal, str]) -> None:
+    config, journal, _ = incident
+    facts = gather_facts(journal, 1)
+    assert facts is not None
+    assert current_report(config, facts).written
+    [run] = facts.runs
+
+    journal.note_run_fleet(run.id, "fleet vf incident 7 (migration_failed -> "
+                                   "immediate_rollback, opened by a): database restored by a")
+
+    noted = gather_facts(journal, 1)
+    assert noted is not None and noted.fingerprint != facts.fingerprint
+    again = current_report(config, noted)
+    assert again.written
+    assert "part of fleet vf incident 7" in again.paths.markdown.read_text()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.journal import Journal
+import pytest
+
+from daemon.journal import Journal, JournalError
 
 
 def test_a_run_keeps_its_plan_and_each_step_begun_and_ended(tmp_path: Path) -> None:
@@ -62,3 +64,17 @@ def test_a_run_tells_the_engine_it_began_and_how_it_ended(tmp_path: Path) -> Non
 
     for event in events:
         parse_event(event)
+
+
+def test_a_run_that_was_a_hosts_part_of_a_fleet_incident_names_it(tmp_path: Path) -> None:
+    journal = Journal.in_state_dir(tmp_path)
+    run = journal.begin_run("visionforge", incident=None, runbook="immediate_rollback@fleet",
+                            action="immediate_rollback", scenario="migration_failed",
+                            by="rollbackd", t=100.0, deadline=1000.0, deploy=None,
+                            restore_point=None, plan=["stop_app"])
+    assert run.fleet is None
+    noted = journal.note_run_fleet(run.id, "fleet vf incident 1 (...): database restored by a")
+    assert noted.fleet == "fleet vf incident 1 (...): database restored by a"
+    assert journal.runs()[0].as_json()["fleet"] == noted.fleet
+    with pytest.raises(JournalError, match="no run 9"):
+        journal.note_run_fleet(9, "fleet vf incident 1")
