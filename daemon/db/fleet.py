@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -168,12 +170,20 @@ WHERE fleet = %(fleet)s AND host <> %(host)s
 """Every other host of the fleet follows the incident, its part to do: its rollback is
 decided, and each host's code must match the database."""
 
-_AWAITING_ON = f"""
-SELECT coalesce(array_agg(host ORDER BY host), '{{}}') FROM {SCHEMA}.fleet_hosts
-WHERE fleet = %(fleet)s AND following = %(incident)s AND code_state = 'pending'
-    AND heartbeat_at > now() - make_interval(secs => %(alive)s)
+_PENDING_ALIVE = f"""
+SELECT 1 FROM {SCHEMA}.fleet_hosts h WHERE h.fleet = %(fleet)s AND h.following = %(incident)s
+    AND h.code_state = 'pending' AND h.heartbeat_at > now() - make_interval(secs => %(alive)s)
 """
-"""The hosts alive whose own incident still awaits the fleet incident's decision."""
+"""A host alive (a heartbeat within ``alive`` seconds) still has its part of the incident
+pending: its code to roll back, or (while the incident awaits a decision) its own incident
+awaiting it."""
+
+_DISMISS = f"""
+UPDATE {SCHEMA}.fleet_incidents i SET db_state = 'dismissed', db_host = %(host)s,
+    note = %(note)s, facts = i.facts || %(facts)s, resolved_at = now(), updated_at = now()
+WHERE i.id = %(incident)s AND i.db_state = 'awaiting'
+"""
+"""An incident awaiting a decision ends with nothing done (resolved at once)."""
 
 CLEARED = "every host's own incident cleared before anyone decided: nothing was done"
 
@@ -281,20 +291,21 @@ class FleetView:
     def awaiting_on(self, within: float) -> frozenset[str]:
         """The hosts whose own incident awaits the open incident's decision (it awaits one),
         with a heartbeat within ``within`` seconds before this look."""
-        incident = self.incident
-        if incident is None or incident.db_state != "awaiting":
-            return frozenset()
-        return frozenset(h.host for h in self.hosts if h.following == incident.id
-                         and h.part == "pending" and h.beat_ago <= within)
+        return self._in_decision("pending", within)
 
     @property
     def cleared(self) -> frozenset[str]:
         """The hosts that left the open incident's decision (their own incident cleared)."""
+        return self._in_decision("done", math.inf)
+
+    def _in_decision(self, part: CodeState, within: float) -> frozenset[str]:
+        """The hosts following the open incident while it awaits a decision, their part
+        ``part``, with a heartbeat within ``within`` seconds."""
         incident = self.incident
         if incident is None or incident.db_state != "awaiting":
             return frozenset()
-        return frozenset(h.host for h in self.hosts
-                         if h.following == incident.id and h.part == "done")
+        return frozenset(h.host for h in self.hosts if h.following == incident.id
+                         and h.part == part and h.beat_ago <= within)
 
     @property
     def mine_pending(self) -> bool:
@@ -539,12 +550,9 @@ class FleetDb:
         with self._session() as conn:
             cur = conn.execute(
                 f"UPDATE {SCHEMA}.fleet_incidents i SET resolved_at = now(), updated_at = now() "
-                "WHERE i.id = %(id)s AND i.resolved_at IS NULL "
-                "AND i.db_state IN ('restored', 'failed') AND NOT EXISTS ("
-                f"  SELECT 1 FROM {SCHEMA}.fleet_hosts h WHERE h.fleet = i.fleet "
-                "  AND h.following = i.id AND h.code_state = 'pending' "
-                "  AND h.heartbeat_at > now() - make_interval(secs => %(alive)s))",
-                {"id": incident_id, "alive": self.alive_within})
+                "WHERE i.id = %(incident)s AND i.resolved_at IS NULL "
+                f"AND i.db_state IN ('restored', 'failed') AND NOT EXISTS ({_PENDING_ALIVE})",
+                {"fleet": self.fleet, "incident": incident_id, "alive": self.alive_within})
             return cur.rowcount > 0
 
     def lock(self, what: str) -> FleetLock:
@@ -565,27 +573,33 @@ class FleetLock:
             db.dsn, f"fleet {db.fleet}: {what}", connect_timeout=db.connect_timeout,
             key=db.key, name=f"fleet {db.fleet}'s database lock"))
 
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """One transaction on the lock's session; FleetError saying it cannot ``what`` when
+        PostgreSQL refuses it."""
+        try:
+            with self.conn.transaction():
+                yield
+        except psycopg.Error as exc:
+            raise FleetError(f"cannot {what}: {one_line(exc)}") from None
+
     def set_db_state(self, incident_id: int, state: DbState, note: str = "",
                      facts: dict[str, Any] | None = None) -> FleetIncident:
         """Move the incident's database state (forward only); FleetError when it cannot."""
-        try:
-            with self.conn.transaction():
-                row = self.conn.execute(
-                    f"SELECT db_state FROM {SCHEMA}.fleet_incidents WHERE id = %s FOR UPDATE",
-                    (incident_id,)).fetchone()
-                if row is None:
-                    raise FleetError(f"fleet incident {incident_id} does not exist")
-                if not can_move(str(row[0]), state):
-                    raise FleetError(f"fleet incident {incident_id}: its database state is "
-                                     f"{row[0]}, it cannot become {state}")
-                updated = self.conn.execute(
-                    f"UPDATE {SCHEMA}.fleet_incidents i SET db_state = %s, db_host = %s, "
-                    "note = %s, facts = %s, updated_at = now() WHERE i.id = %s "
-                    f"RETURNING {_INCIDENT_COLUMNS}",
-                    (state, self.db.host, note, Jsonb(facts or {}), incident_id)).fetchone()
-        except psycopg.Error as exc:
-            raise FleetError(f"cannot set fleet incident {incident_id}'s database state: "
-                             f"{one_line(exc)}") from None
+        with self._writing(f"set fleet incident {incident_id}'s database state"):
+            row = self.conn.execute(
+                f"SELECT db_state FROM {SCHEMA}.fleet_incidents WHERE id = %s FOR UPDATE",
+                (incident_id,)).fetchone()
+            if row is None:
+                raise FleetError(f"fleet incident {incident_id} does not exist")
+            if not can_move(str(row[0]), state):
+                raise FleetError(f"fleet incident {incident_id}: its database state is "
+                                 f"{row[0]}, it cannot become {state}")
+            updated = self.conn.execute(
+                f"UPDATE {SCHEMA}.fleet_incidents i SET db_state = %s, db_host = %s, "
+                "note = %s, facts = %s, updated_at = now() WHERE i.id = %s "
+                f"RETURNING {_INCIDENT_COLUMNS}",
+                (state, self.db.host, note, Jsonb(facts or {}), incident_id)).fetchone()
         found = None if updated is None else _incident(updated)
         assert found is not None
         return found
@@ -594,19 +608,15 @@ class FleetLock:
         """A person decided the ``awaiting`` incident's rollback on this host: the action and
         runbook chosen are the ones every host follows, each with its part to do (a host whose
         own incident cleared meanwhile too: its code must match the restored database)."""
-        try:
-            with self.conn.transaction():
-                cur = self.conn.execute(
-                    f"UPDATE {SCHEMA}.fleet_incidents i SET action = %s, runbook = %s, "
-                    "updated_at = now() WHERE i.id = %s AND i.db_state = 'awaiting'",
-                    (action, runbook, incident_id))
-                if cur.rowcount:
-                    ids = {"fleet": self.db.fleet, "host": self.db.host, "incident": incident_id}
-                    self.conn.execute(_FOLLOW, {**ids, "again": True})
-                    self.conn.execute(_EVERY_HOST_FOLLOWS, ids)
-        except psycopg.Error as exc:
-            raise FleetError(f"cannot record the decision on fleet incident {incident_id}: "
-                             f"{one_line(exc)}") from None
+        with self._writing(f"record the decision on fleet incident {incident_id}"):
+            cur = self.conn.execute(
+                f"UPDATE {SCHEMA}.fleet_incidents i SET action = %s, runbook = %s, "
+                "updated_at = now() WHERE i.id = %s AND i.db_state = 'awaiting'",
+                (action, runbook, incident_id))
+            if cur.rowcount:
+                ids = {"fleet": self.db.fleet, "host": self.db.host, "incident": incident_id}
+                self.conn.execute(_FOLLOW, {**ids, "again": True})
+                self.conn.execute(_EVERY_HOST_FOLLOWS, ids)
 
     def leave(self, incident_id: int, alive_within: float) -> bool:
         """This host's own incident cleared before anyone decided the ``awaiting`` incident's
@@ -615,42 +625,25 @@ class FleetLock:
         needs the decision any more: it is ``dismissed`` and resolved; True then."""
         ids = {"fleet": self.db.fleet, "host": self.db.host, "incident": incident_id,
                "alive": alive_within}
-        try:
-            with self.conn.transaction():
-                self.conn.execute(
-                    f"UPDATE {SCHEMA}.fleet_hosts SET code_state = 'done', updated_at = now() "
-                    "WHERE fleet = %(fleet)s AND host = %(host)s AND following = %(incident)s "
-                    f"AND EXISTS (SELECT 1 FROM {SCHEMA}.fleet_incidents "
-                    "WHERE id = %(incident)s AND db_state = 'awaiting')", ids)
-                row = self.conn.execute(_AWAITING_ON, ids).fetchone()
-                if row is not None and row[0]:
-                    return False
-                cur = self.conn.execute(
-                    f"UPDATE {SCHEMA}.fleet_incidents i SET db_state = 'dismissed', "
-                    "db_host = %(host)s, note = %(note)s, facts = %(facts)s, "
-                    "resolved_at = now(), updated_at = now() "
-                    "WHERE i.id = %(incident)s AND i.db_state = 'awaiting'",
-                    {**ids, "note": CLEARED, "facts": Jsonb({"cleared": True})})
-        except psycopg.Error as exc:
-            raise FleetError(f"cannot leave fleet incident {incident_id}: "
-                             f"{one_line(exc)}") from None
+        with self._writing(f"leave fleet incident {incident_id}"):
+            self.conn.execute(
+                f"UPDATE {SCHEMA}.fleet_hosts SET code_state = 'done', updated_at = now() "
+                "WHERE fleet = %(fleet)s AND host = %(host)s AND following = %(incident)s "
+                f"AND EXISTS (SELECT 1 FROM {SCHEMA}.fleet_incidents "
+                "WHERE id = %(incident)s AND db_state = 'awaiting')", ids)
+            row = self.conn.execute(f"SELECT EXISTS ({_PENDING_ALIVE})", ids).fetchone()
+            if row is not None and row[0]:
+                return False
+            cur = self.conn.execute(_DISMISS, {**ids, "note": CLEARED,
+                                               "facts": Jsonb({"cleared": True})})
         return cur.rowcount > 0
 
     def dismiss(self, incident_id: int, note: str) -> bool:
         """A person closed the ``awaiting`` incident on this host (dismiss, fix forward):
         ``dismissed`` and resolved at once; False when it no longer awaited a decision."""
-        return self._update(
-            incident_id, "SET db_state = 'dismissed', db_host = %s, note = %s, "
-            "resolved_at = now(), updated_at = now() WHERE i.id = %s AND i.db_state = 'awaiting'",
-            (self.db.host, note, incident_id))
-
-    def _update(self, incident_id: int, clause: str, params: tuple[Any, ...]) -> bool:
-        try:
-            with self.conn.transaction():
-                cur = self.conn.execute(f"UPDATE {SCHEMA}.fleet_incidents i {clause}", params)
-        except psycopg.Error as exc:
-            raise FleetError(f"cannot update fleet incident {incident_id}: "
-                             f"{one_line(exc)}") from None
+        with self._writing(f"update fleet incident {incident_id}"):
+            cur = self.conn.execute(_DISMISS, {"host": self.db.host, "note": note,
+                                               "incident": incident_id, "facts": Jsonb({})})
         return cur.rowcount > 0
 
     def release(self) -> None:
