@@ -213,6 +213,11 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
+_ROLL_BACK_DEPLOY = ("UPDATE deploys SET status = 'rolled_back', ended_at = coalesce(ended_at, ?)"
+                     " WHERE id = ?")
+"""A deploy whose database was put back to before it (by this host's restore, or on a host
+of a fleet by the fleet's): ``(t, deploy id)``."""
+
 
 def _statements(script: str) -> list[str]:
     """The statements of a script without triggers or string literals holding ``;``."""
@@ -802,8 +807,7 @@ class Journal:
         on this host, its database by the restore another host made for the whole fleet (which
         that host's journal records). ``rolled_back`` as :meth:`finish_restore` sets it."""
         with self._transaction() as db:
-            cur = db.execute("UPDATE deploys SET status = 'rolled_back',"
-                             " ended_at = coalesce(ended_at, ?) WHERE id = ?", (t, deploy_id))
+            cur = db.execute(_ROLL_BACK_DEPLOY, (t, deploy_id))
             if cur.rowcount == 0:
                 raise JournalError(f"{self.path}: no deploy {deploy_id}")
         deploy = self.deploy(deploy_id)
@@ -1009,9 +1013,7 @@ class Journal:
                 raise JournalError(f"{self.path}: no restore {restore_id}")
             restore = _restore(row)
             if restore.rolls_back_deploy and restore.deploy is not None:
-                db.execute("UPDATE deploys SET status = 'rolled_back',"
-                           " ended_at = coalesce(ended_at, ?) WHERE id = ?",
-                           (outcome.finished_at, restore.deploy))
+                db.execute(_ROLL_BACK_DEPLOY, (outcome.finished_at, restore.deploy))
             if close_incident and restore.rolls_back_deploy:
                 # A restore by hand is a rollback the engine must know of: it ends a journaled
                 # migration failure's hold and leaves that deploy nothing to roll back to (the
