@@ -370,20 +370,7 @@ class Demo:
 
     def setup(self) -> None:
         stack, view = self.stack, self.view
-        try:
-            stack.cluster = PgCluster(prefix="rollbackd-demo-pg-")
-        except PgUnavailableError as exc:
-            raise CannotRunError(str(exc)) from None
-        stack.cluster.start()
-        version = stack.cluster.execute("SHOW server_version")[0][0]
-        view.event(f"PostgreSQL {version}: a throwaway server on 127.0.0.1:"
-                   f"{stack.cluster.port} ({stack.cluster.dir})")
-        self.dsn = stack.cluster.create_database(DATABASE)
-        for step, result in (("migrate v1", migrate(self.dsn, V1_MIGRATIONS)),
-                             ("seed", seed(self.dsn, 20, 60))):
-            if result.returncode != 0:
-                raise DemoFailedError(step, result.stderr.strip() or result.stdout.strip())
-        view.event(f"database {DATABASE}: VisionForge v1's schema, 20 users, 60 images")
+        self.dsn = start_database(view, stack)
         app_port = free_port()
         self.app_url = f"http://127.0.0.1:{app_port}"
         site = stack.site = build_site(
@@ -415,10 +402,8 @@ class Demo:
     def _start_rollbackd(self) -> None:
         stack, view = self.stack, self.view
         assert stack.site is not None
-        token = secrets.token_hex(32)
         token_file = stack.workdir / "api.token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
+        token = write_token(token_file)
         policy = stack.workdir / "policy.toml"
         policy.write_text(demo_policy(watch_for=WATCH_FOR if knows_watch_for() else None))
         listen = f"127.0.0.1:{free_port()}"
@@ -813,6 +798,35 @@ class Demo:
             f"stop; rm -rf {stack.workdir} {stack.cluster.dir}",
         ):
             self.view.line(line)
+
+
+def start_database(view: View, stack: Stack) -> str:
+    """A throwaway PostgreSQL (``stack.cluster``) with VisionForge v1's schema and data; its
+    DSN. CannotRunError without PostgreSQL's server binaries; DemoFailedError when v1 cannot
+    be set up."""
+    try:
+        stack.cluster = PgCluster(prefix="rollbackd-demo-pg-")
+    except PgUnavailableError as exc:
+        raise CannotRunError(str(exc)) from None
+    stack.cluster.start()
+    version = stack.cluster.execute("SHOW server_version")[0][0]
+    view.event(f"PostgreSQL {version}: a throwaway server on 127.0.0.1:"
+               f"{stack.cluster.port} ({stack.cluster.dir})")
+    dsn = stack.cluster.create_database(DATABASE)
+    for step, result in (("migrate v1", migrate(dsn, V1_MIGRATIONS)),
+                         ("seed", seed(dsn, 20, 60))):
+        if result.returncode != 0:
+            raise DemoFailedError(step, result.stderr.strip() or result.stdout.strip())
+    view.event(f"database {DATABASE}: VisionForge v1's schema, 20 users, 60 images")
+    return dsn
+
+
+def write_token(path: Path) -> str:
+    """A fresh API token written to ``path``, readable by its owner only."""
+    token = secrets.token_hex(32)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
 
 
 def tell(view: View, story: Callable[[], None], checks: Sequence[Check],

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,20 +33,21 @@ import psycopg
 
 from daemon.db.fleet import FleetDb, FleetError, FleetIncident
 from daemon.journal import Journal
-from examples.apprun import Proc, migrate, seed
+from examples.apprun import Proc
 from examples.demo import (
     EXIT_CANNOT_RUN,
     EXIT_INTERRUPTED,
     EXIT_UNMET,
     ROLLBACKD,
-    CannotRunError,
     DemoFailedError,
     Stack,
     _sha,
     _signals_deferred,
     conclude,
     rollbackd_command,
+    start_database,
     tell,
+    write_token,
 )
 from examples.demochecks import Check
 from examples.demosite import (
@@ -61,7 +61,7 @@ from examples.demosite import (
     toml_str,
 )
 from examples.demoview import View
-from examples.pgcluster import PgCluster, PgUnavailableError, free_port
+from examples.pgcluster import free_port
 
 HOSTS = 3
 FLEET = "visionforge-demo"
@@ -166,36 +166,22 @@ class FleetDemo:
             for host in self.hosts:
                 if not host.daemon.running():
                     raise DemoFailedError("every rollbackd keeps running",
-                                               f"{host.name}'s exited with status "
-                                               f"{host.daemon.popen.returncode}")
+                                          f"{host.name}'s exited with status "
+                                          f"{host.daemon.popen.returncode}")
             if time.monotonic() >= end:
                 raise DemoFailedError(step, otherwise() if otherwise else
-                                           f"not seen within {within:.0f}s")
+                                      f"not seen within {within:.0f}s")
             time.sleep(POLL)
 
     # -- set-up ------------------------------------------------------------------------------
 
     def setup(self) -> None:
         view = self.view
-        try:
-            cluster = self.base.cluster = PgCluster(prefix="rollbackd-demo-pg-")
-        except PgUnavailableError as exc:
-            raise CannotRunError(str(exc)) from None
-        cluster.start()
-        view.event(f"PostgreSQL {cluster.execute('SHOW server_version')[0][0]}: a throwaway "
-                   f"server on 127.0.0.1:{cluster.port} ({cluster.dir})")
-        self.dsn = cluster.create_database(DATABASE)
-        for step, result in (("migrate v1", migrate(self.dsn, V1_MIGRATIONS)),
-                             ("seed", seed(self.dsn, 20, 60))):
-            if result.returncode != 0:
-                raise DemoFailedError(step, result.stderr.strip() or result.stdout.strip())
-        view.event(f"database {DATABASE}: VisionForge v1's schema, 20 users, 60 images; "
-                   "shared by every host")
+        self.dsn = start_database(view, self.base)
         policy = self.workdir / "policy.toml"
         policy.write_text(demo_policy(watch_for="10s"))
         token_file = self.workdir / "api.token"
-        token_file.write_text(secrets.token_hex(32) + "\n")
-        token_file.chmod(0o600)
+        write_token(token_file)
         self.deadline = time.monotonic() + READY_TIMEOUT * 2
         for i in range(HOSTS):
             root = self.workdir / f"host{i}"
@@ -252,10 +238,10 @@ class FleetDemo:
             code = deploy.popen.returncode
             if migrates and code == 0:
                 raise DemoFailedError("v2's migration fails", "rollbackd deploy run "
-                                           "exited 0")
+                                      "exited 0")
             if not migrates and code != 0:
                 raise DemoFailedError(f"{host.name}: v2 deployed", f"exit {code}: "
-                                           f"{_tail(host.root / 'deploy.log')}")
+                                      f"{_tail(host.root / 'deploy.log')}")
             view.event(f"{host.name}: " + ("v2's second migration failed after its first "
                                            "rewrote every user (migration.failed = 1)"
                                            if migrates else "v2 serving (restore point taken, "
