@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator
+from typing import Any
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -104,15 +102,16 @@ def _duration(value: Any) -> float:
     return check_duration(_number(value, "a duration", '"5s" or a number of seconds'))
 
 
-def _size(value: Any) -> Any:
+def _size(value: Any) -> int:
     size = (parse_size(value) if isinstance(value, str)
             else _number(value, "a size", '"5GB" or a number of bytes'))
     if not math.isfinite(size) or size > MAX_SIZE:
         raise ValueError("size is larger than the 1EiB a setting may be")
     if size < 0:
         raise ValueError("size must not be negative")
-    # An integral float (5e9) is returned as a number of bytes; pydantic refuses a fraction.
-    return size
+    if size != int(size):
+        raise ValueError("a size is a whole number of bytes")
+    return int(size)
 
 
 def format_duration(seconds: float) -> str:
@@ -132,9 +131,31 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
-"""A duration in seconds, from 0 to 30 days, written in config as a number or a string like
-``5s``."""
+def format_size(size: int) -> str:
+    """The shortest exact spelling of a size in binary units (``1KiB``, ``64MiB``)."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
 
-Size = Annotated[int, BeforeValidator(_size)]
-"""A size in bytes, from 0 to 1 EiB, written in config as a number or a string like ``5GB``."""
+
+class Duration(float):
+    """A duration in seconds, from 0 to 30 days, written in settings as a number or a string
+    like ``5s``; a field narrows its range with ``schema.Within``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> Duration:
+        return cls(_duration(value))
+
+
+class Size(int):
+    """A size in bytes, from 0 to 1 EiB, written in settings as a number or a string like
+    ``5GB``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> Size:
+        return cls(_size(value))
