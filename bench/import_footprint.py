@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio (and ssl: libssl, libcrypto)", ("asyncio",)),
-    ("pydantic (and its model machinery)", ("pydantic", "pydantic.main")),
+    ("msgspec (and policies.schema)", ("msgspec", "policies.schema")),
     ("psycopg (psycopg_binary: its own libpq)", ("psycopg",)),
     ("structlog", ("structlog",)),
     ("httpx, httpcore, anyio", ("httpx", "httpcore")),

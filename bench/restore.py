@@ -48,6 +48,8 @@ from daemon.db.restore import RestoreOptions, create_clone, restore_from_clone, 
 from daemon.db.tools import find_tool, libpq_env, server_major
 from daemon.fmt import format_size
 from daemon.proc import run_process
+from policies.schema import convert
+from policies.units import Duration, Size
 from tests.harness.paths import APP_DIR
 from tests.harness.processes import migrate
 from tests.harness.servers import PgCluster
@@ -97,8 +99,8 @@ def bench(cluster: PgCluster, work: Path, scale: int, clients: int, rounds: int)
     cluster.execute("SELECT pg_reload_conf()")
     dsn = cluster.create_database(DATABASE)
     rows = [build(cluster, dsn, scale)]
-    store = BackupStore(BackupSettings(dir=work / "backups", min_free=0, jobs=JOBS,
-                                       timeout=LONG), connect_timeout=5)
+    store = BackupStore(BackupSettings(dir=work / "backups", min_free=Size(0), jobs=JOBS,
+                                       timeout=Duration(LONG)), connect_timeout=5)
     started = time.monotonic()
     manifest = store.create(dsn, "restore_point")
     verification = store.verify(manifest.id)
@@ -209,12 +211,12 @@ def clone_rows(cluster: PgCluster, options: RestoreOptions) -> list[Row]:
 
 
 def drill_row(work: Path, dsn: str, cluster: PgCluster) -> Row:
-    config = Config.model_validate({
+    config = convert({
         "daemon": {"state_dir": str(work / "state")},
         "database": {"dsn": dsn, "expected_tables": APP_TABLES},
         "backups": {"dir": str(work / "backups"), "min_free": 0, "jobs": JOBS,
                     "restore_timeout": LONG},
-    })
+    }, Config)
     report = run_drill(config)
     assert report.ok, report.describe()
     assert report.restore_seconds is not None and report.validate_seconds is not None

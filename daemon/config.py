@@ -5,24 +5,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
+import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import (
-    AfterValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 
 from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
+from policies.schema import Model, SchemaError, Within, convert, replace
 from policies.units import Duration, Size
-from probes.base import StrictModel, read_secret_file, redact_url
+from probes.base import BaseUrl, Unit, http_url_problem, read_secret_file
 from probes.settings import (
     CustomMigrations,
     HttpProbeSettings,
@@ -43,21 +35,24 @@ class ConfigError(Exception):
     """A configuration that cannot be used; ``str()`` is the one line an operator reads."""
 
 
-class DaemonSettings(StrictModel):
+Strings = Annotated[list[str], msgspec.Meta(min_length=1)]
+"""An argv: at least the program."""
+
+UpTo5m = Annotated[Duration, Within(gt=0, le=300)]
+
+
+class DaemonSettings(Model):
     state_dir: Path = Path("/var/lib/rollbackd")
-    interval: Duration = Field(default=5.0, ge=0.2, le=3600, description="0.2s to 1h")
+    interval: Annotated[Duration, Within(ge=0.2, le=3600)] = Duration(5.0)
     listen: str = "127.0.0.1:9797"
     policy: str = "builtin:visionforge"
     mode: Literal["auto", "approve", "dry-run"] = "auto"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
+    def check(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT, got {value!r}")
-        return value
+            raise ValueError(f"`listen`: expected HOST:PORT, got {self.listen!r}")
 
     @property
     def listen_host(self) -> str:
@@ -68,48 +63,42 @@ class DaemonSettings(StrictModel):
         return int(self.listen.rpartition(":")[2])
 
 
-class SystemdControl(StrictModel):
-    adapter: Literal["systemd"]
-    unit: str = Field(pattern=r"^[A-Za-z0-9@_.:\\-]+\.service$")
+# The app's control and code adapters: tables told apart by their ``adapter`` key.
+class SystemdControl(Model, tag_field="adapter", tag="systemd"):
+    unit: Unit
 
 
-class CommandControl(StrictModel):
-    adapter: Literal["command"]
-    start: list[str] = Field(min_length=1)
-    stop: list[str] = Field(min_length=1)
+class CommandControl(Model, tag_field="adapter", tag="command"):
+    start: Strings
+    stop: Strings
     cwd: Path | None = None
 
 
-class ProcessControl(StrictModel):
-    adapter: Literal["process"]
+class ProcessControl(Model, tag_field="adapter", tag="process"):
     pidfile: Path
-    start: list[str] = Field(min_length=1)
-    stop_timeout: Duration = Field(default=30.0, description="0 to 30d")
+    start: Strings
+    stop_timeout: Duration = Duration(30.0)
 
 
-class GitCode(StrictModel):
-    adapter: Literal["git"]
+class GitCode(Model, tag_field="adapter", tag="git"):
     dir: Path
     install: list[str] | None = None
 
 
-class SymlinkCode(StrictModel):
-    adapter: Literal["symlink"]
+class SymlinkCode(Model, tag_field="adapter", tag="symlink"):
     current: Path
     releases: Path
 
 
-Control = Annotated[
-    SystemdControl | CommandControl | ProcessControl, Field(discriminator="adapter")
-]
-Code = Annotated[GitCode | SymlinkCode, Field(discriminator="adapter")]
+Control = SystemdControl | CommandControl | ProcessControl
+Code = GitCode | SymlinkCode
 
 
-class AppSettings(StrictModel):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+class AppSettings(Model):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
     control: Control | None = None
     code: Code | None = None
-    config_files: list[Path] = Field(default_factory=list)
+    config_files: list[Path] = msgspec.field(default_factory=list)
 
 
 # libpq's messages quote the text at the fault, which may be the password: each is told in
@@ -132,56 +121,48 @@ def _dsn_fault(libpq_message: str) -> str:
     return "libpq cannot parse it (the text is not repeated: it may hold a password)"
 
 
-class DatabaseSettings(StrictModel):
-    dsn: str = Field(min_length=1)
+Positive = Annotated[Duration, Within(gt=0)]
 
-    @field_validator("dsn")
-    @classmethod
-    def _libpq_conninfo(cls, value: str) -> str:
-        try:
-            conninfo_to_dict(value)
-        except psycopg.Error as exc:
-            raise ValueError(f"not a libpq connection string: {_dsn_fault(str(exc))}") from None
-        return value
+
+class DatabaseSettings(Model):
+    dsn: Annotated[str, msgspec.Meta(min_length=1)]
     maintenance_db: str = "postgres"
     migrations: MigrationPreset | CustomMigrations | None = None
-    expected_tables: list[str] = Field(default_factory=list)
-    checks: list[SqlCheck] = Field(default_factory=list)
-    key_tables: list[str] = Field(
-        default_factory=list,
-        description="tables whose row counts must not fall below the restore point's")
-    connect_timeout: Duration = Field(default=5.0, ge=2.0, description="2s to 30d")
+    expected_tables: list[str] = msgspec.field(default_factory=list)
+    checks: list[SqlCheck] = msgspec.field(default_factory=list)
+    # Tables whose row counts must not fall below the restore point's.
+    key_tables: list[str] = msgspec.field(default_factory=list)
+    connect_timeout: Annotated[Duration, Within(ge=2.0)] = Duration(5.0)
+
+    def check(self) -> None:
+        try:
+            conninfo_to_dict(self.dsn)
+        except psycopg.Error as exc:
+            raise ValueError(
+                f"`dsn`: not a libpq connection string: {_dsn_fault(str(exc))}") from None
 
 
-class BackupSettings(StrictModel):
+class BackupSettings(Model):
     dir: Path = Path("/var/backups/rollbackd")
     format: Literal["custom", "directory"] = "custom"
-    jobs: int = Field(default=2, ge=1, le=64, strict=True, description="1 to 64")
-    min_free: Size = Field(default=5 * 1000**3, description="0 to 1EiB")
-    keep: int = Field(default=10, ge=1, le=10_000, strict=True, description="1 to 10,000")
-    timeout: Duration = Field(default=3600.0, gt=0,
-                              description="bound on one backup or verify; up to 30d")
-    lock_wait_timeout: Duration = Field(
-        default=30.0, gt=0,
-        description="pg_dump --lock-wait-timeout: waits for table locks; up to 30d")
-    restore_timeout: Duration = Field(
-        default=3600.0, gt=0,
-        description="bound on one pg_restore (or psql) run of a restore; up to 30d")
-    terminate_timeout: Duration = Field(
-        default=15.0, gt=0,
-        description="bound on terminating the live database's sessions before a swap; up to 30d")
+    jobs: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    min_free: Size = Size(5 * 1000**3)
+    keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    timeout: Positive = Duration(3600.0)  # one backup or verify
+    lock_wait_timeout: Positive = Duration(30.0)  # pg_dump --lock-wait-timeout
+    restore_timeout: Positive = Duration(3600.0)  # one pg_restore (or psql) run of a restore
+    terminate_timeout: Positive = Duration(15.0)  # ending the live database's sessions (swap)
 
 
-class ProbesSettings(StrictModel):
-    http: list[HttpProbeSettings] = Field(default_factory=list)
-    postgres: PostgresProbeSettings = PostgresProbeSettings()
-    migrations: MigrationsProbeSettings = MigrationsProbeSettings()
+class ProbesSettings(Model):
+    http: list[HttpProbeSettings] = msgspec.field(default_factory=list)
+    postgres: PostgresProbeSettings = msgspec.field(default_factory=PostgresProbeSettings)
+    migrations: MigrationsProbeSettings = msgspec.field(default_factory=MigrationsProbeSettings)
     process: ProcessProbeSettings | None = None
     system: SystemProbeSettings | None = None
-    prometheus: list[PrometheusProbeSettings] = Field(default_factory=list)
+    prometheus: list[PrometheusProbeSettings] = msgspec.field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> ProbesSettings:
+    def check(self) -> None:
         for kind, items in (("http", self.http), ("prometheus", self.prometheus)):
             names = [p.name for p in items]
             dupes = sorted({n for n in names if names.count(n) > 1})
@@ -191,7 +172,6 @@ class ProbesSettings(StrictModel):
         dupes = sorted({s for s in signals if signals.count(s) > 1})
         if dupes:
             raise ValueError(f"two probes.prometheus entries feed the signal {dupes[0]!r}")
-        return self
 
 
 MIN_TOKEN_LENGTH = 16
@@ -216,24 +196,22 @@ def read_token(path: Path) -> str:
     return token
 
 
-def _readable_token_file(path: Path) -> Path:
-    read_token(path)
-    return path
+class ApiSettings(Model):
+    # Files holding one bearer token each; none means the API is disabled.
+    token_files: list[Path] = msgspec.field(default_factory=list)
+    max_body: Annotated[Size, Within(ge=1024, le=64 * 1024**2)] = Size(1024**2)
+    _tokens: ClassVar[tuple[str, ...]] = ()
 
-
-class ApiSettings(StrictModel):
-    token_files: list[Annotated[Path, AfterValidator(_readable_token_file)]] = Field(
-        default_factory=list,
-        description="files holding one bearer token each; none means the API is disabled")
-    max_body: Size = Field(default=1024**2, ge=1024, le=64 * 1024**2, description="1KiB to 64MiB")
-    _tokens: tuple[str, ...] = PrivateAttr(default=())
-
-    @model_validator(mode="after")
-    def _load_tokens(self) -> ApiSettings:
+    def check(self) -> None:
         # Read when the config is (re)loaded, so a rotation takes effect on SIGHUP and a
         # broken file is rejected with the rest of the config.
-        self._tokens = tuple(read_token(path) for path in self.token_files)
-        return self
+        tokens = []
+        for index, path in enumerate(self.token_files):
+            try:
+                tokens.append(read_token(path))
+            except ValueError as exc:
+                raise ValueError(f"`token_files[{index}]`: {exc}") from None
+        self.hold("_tokens", tuple(tokens))
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -250,28 +228,6 @@ MAX_SECRET_FILE = 4096
 """A routing key, a webhook URL, a password: a bigger file is not one of them."""
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
-
-
-def _http_url_problem(value: str) -> str | None:
-    """Why ``value`` is not an http(s) URL with a host, in words that never repeat it."""
-    scheme, sep, rest = value.partition("://")
-    if not sep or scheme.lower() not in {"http", "https"}:
-        return "is not an http(s) URL"
-    host = rest.split("/", 1)[0].rpartition("@")[2]
-    if not host or any(ch.isspace() for ch in value):
-        return "is not an http(s) URL with a host"
-    return None
-
-
-def _http_url(value: str) -> str:
-    problem = _http_url_problem(value)
-    if problem:
-        # A secret URL comes from a file, so this one may be quoted, but not its password.
-        raise ValueError(f"{redact_url(value)!r} {problem}")
-    return value.rstrip("/")
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 def _one_word_secret(path: Path, what: str) -> str:
@@ -291,7 +247,7 @@ def read_routing_key(path: Path) -> str:
 def read_webhook_url(path: Path) -> str:
     """A Slack incoming-webhook URL: the URL is the credential, so no error repeats it."""
     url = _one_word_secret(path, "webhook URL file")
-    problem = _http_url_problem(url)
+    problem = http_url_problem(url)
     if problem:
         raise ValueError(f"webhook URL file {path}: its content {problem}")
     return url
@@ -305,99 +261,87 @@ def read_password(path: Path) -> str:
     return text
 
 
-class AlertmanagerPaging(StrictModel):
-    urls: list[HttpUrl] = Field(min_length=1, description="each member of an HA pair")
-    timeout: Duration = Field(default=5.0, gt=0, le=300, description="up to 5m")
-    resend: Duration = Field(default=60.0, ge=1, le=86400,
-                             description="how often an open page is re-posted; 1s to 1d")
+class AlertmanagerPaging(Model):
+    urls: Annotated[list[BaseUrl], msgspec.Meta(min_length=1)]  # each member of an HA pair
+    timeout: UpTo5m = Duration(5.0)
+    # How often an open page is re-posted.
+    resend: Annotated[Duration, Within(ge=1, le=86400)] = Duration(60.0)
 
-    @field_validator("urls")
-    @classmethod
-    def _unique(cls, urls: list[str]) -> list[str]:
-        dupes = sorted({u for u in urls if urls.count(u) > 1})
+    def check(self) -> None:
+        dupes = sorted({u for u in self.urls if self.urls.count(u) > 1})
         if dupes:
-            raise ValueError(f"{dupes[0]!r} is listed twice")
-        return urls
+            raise ValueError(f"`urls`: {dupes[0]!r} is listed twice")
 
 
-class PagerDutyPaging(StrictModel):
+class PagerDutyPaging(Model):
     routing_key_file: Path
-    url: HttpUrl = PAGERDUTY_EVENTS_URL
-    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
-    _routing_key: str = PrivateAttr(default="")
+    url: BaseUrl = BaseUrl(PAGERDUTY_EVENTS_URL)
+    timeout: UpTo5m = Duration(10.0)
+    _routing_key: ClassVar[str] = ""
 
-    @model_validator(mode="after")
-    def _load_key(self) -> PagerDutyPaging:
+    def check(self) -> None:
         # Read with the config, so a rotation takes effect on SIGHUP and a broken file is
         # rejected at load rather than at 3 a.m. when the page is due.
-        self._routing_key = read_routing_key(self.routing_key_file)
-        return self
+        self.hold("_routing_key", read_routing_key(self.routing_key_file))
 
     @property
     def routing_key(self) -> str:
         return self._routing_key
 
 
-class SlackPaging(StrictModel):
+class SlackPaging(Model):
     webhook_url_file: Path
-    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
-    _webhook_url: str = PrivateAttr(default="")
+    timeout: UpTo5m = Duration(10.0)
+    _webhook_url: ClassVar[str] = ""
 
-    @model_validator(mode="after")
-    def _load_url(self) -> SlackPaging:
-        self._webhook_url = read_webhook_url(self.webhook_url_file)
-        return self
+    def check(self) -> None:
+        self.hold("_webhook_url", read_webhook_url(self.webhook_url_file))
 
     @property
     def webhook_url(self) -> str:
         return self._webhook_url
 
 
-EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")]
+EmailAddress = Annotated[str, msgspec.Meta(pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")]
+EmailAddresses = Annotated[list[EmailAddress], msgspec.Meta(min_length=1)]
 
 
-class EmailPaging(StrictModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    host: str = Field(min_length=1, pattern=r"^[^\s/]+$")
-    port: int = Field(default=587, ge=1, le=65535, strict=True, description="1 to 65535")
-    from_: EmailAddress = Field(alias="from")
-    to: list[EmailAddress] = Field(min_length=1)
-    username: str | None = Field(default=None, min_length=1)
+class EmailPaging(Model, kw_only=True):
+    host: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[^\s/]+$")]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 587
+    from_: EmailAddress = msgspec.field(name="from")
+    to: EmailAddresses
+    username: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     password_file: Path | None = None
     starttls: bool = True
-    ca_file: Path | None = Field(
-        default=None, description="CA bundle to verify the server's certificate with, "
-                                  "instead of the system's (a private relay)")
-    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
-    _password: str = PrivateAttr(default="")
+    # A CA bundle to verify the server's certificate with, instead of the system's (a
+    # private relay).
+    ca_file: Path | None = None
+    timeout: UpTo5m = Duration(10.0)
+    _password: ClassVar[str] = ""
 
-    @model_validator(mode="after")
-    def _load_password(self) -> EmailPaging:
+    def check(self) -> None:
         if self.username is not None and self.password_file is None:
             raise ValueError("username needs password_file")
         if self.password_file is not None and self.username is None:
             raise ValueError("password_file needs username")
         if self.password_file is not None:
-            self._password = read_password(self.password_file)
-        return self
+            self.hold("_password", read_password(self.password_file))
 
     @property
     def password(self) -> str:
         return self._password
 
 
-class WebhookPaging(StrictModel):
-    url: HttpUrl
-    token_file: Path | None = Field(default=None, description="a bearer token")
-    timeout: Duration = Field(default=10.0, gt=0, le=300, description="up to 5m")
-    _token: str = PrivateAttr(default="")
+class WebhookPaging(Model):
+    url: BaseUrl
+    token_file: Path | None = None  # a bearer token
+    timeout: UpTo5m = Duration(10.0)
+    _token: ClassVar[str] = ""
 
-    @model_validator(mode="after")
-    def _load_token(self) -> WebhookPaging:
+    def check(self) -> None:
         if self.token_file is not None:
-            self._token = _one_word_secret(self.token_file, "token file")
-        return self
+            self.hold("_token", _one_word_secret(self.token_file, "token file"))
 
     @property
     def token(self) -> str:
@@ -413,23 +357,22 @@ _CONTACT_KEYS = {"email": {"to"}, "pagerduty": {"routing_key_file"},
                  "slack": {"webhook_url_file"}, "webhook": {"url", "token_file"}}
 
 
-class ContactSettings(StrictModel):
+class ContactSettings(Model):
     """A named external contact (database vendor, hosting provider, security team) that a
     person pages with ``rollbackd page --to NAME``. Servers, URLs and timeouts not given here
     are those of the channel's own ``[paging.CHANNEL]`` section."""
 
     channel: Literal["email", "webhook", "pagerduty", "slack"]
-    who: str = Field(min_length=1, max_length=200, description="the recipient in words")
-    to: list[EmailAddress] | None = Field(default=None, min_length=1)
+    who: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]  # the recipient in words
+    to: EmailAddresses | None = None
     routing_key_file: Path | None = None
     webhook_url_file: Path | None = None
-    url: HttpUrl | None = None
+    url: BaseUrl | None = None
     token_file: Path | None = None
-    _secret: str = PrivateAttr(default="")
-    _token: str = PrivateAttr(default="")
+    _secret: ClassVar[str] = ""
+    _token: ClassVar[str] = ""
 
-    @model_validator(mode="after")
-    def _fits_channel(self) -> ContactSettings:
+    def check(self) -> None:
         needed = _CONTACT_NEEDS[self.channel]
         if getattr(self, needed) is None:
             raise ValueError(f"a contact on channel {self.channel} needs {needed}")
@@ -439,12 +382,11 @@ class ContactSettings(StrictModel):
         if stray:
             raise ValueError(f"{stray[0]} does not apply to channel {self.channel}")
         if self.routing_key_file is not None:
-            self._secret = read_routing_key(self.routing_key_file)
+            self.hold("_secret", read_routing_key(self.routing_key_file))
         if self.webhook_url_file is not None:
-            self._secret = read_webhook_url(self.webhook_url_file)
+            self.hold("_secret", read_webhook_url(self.webhook_url_file))
         if self.token_file is not None:
-            self._token = _one_word_secret(self.token_file, "token file")
-        return self
+            self.hold("_token", _one_word_secret(self.token_file, "token file"))
 
     @property
     def routing_key(self) -> str:
@@ -459,54 +401,41 @@ class ContactSettings(StrictModel):
         return self._token
 
 
-class PagingSettings(StrictModel):
-    attempts: int = Field(default=3, ge=1, le=10, strict=True, description="1 to 10")
-    max_retry_wait: Duration = Field(default=30.0, gt=0, le=3600,
-                                     description="cap on one wait, Retry-After included; up to 1h")
+class PagingSettings(Model):
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    # The cap on one wait, Retry-After included.
+    max_retry_wait: Annotated[Duration, Within(gt=0, le=3600)] = Duration(30.0)
     templates_dir: Path | None = None
-    status_every: Duration = Field(default=900.0, ge=60, le=86400, description="1m to 1d")
+    status_every: Annotated[Duration, Within(ge=60, le=86400)] = Duration(900.0)
     alertmanager: AlertmanagerPaging | None = None
     pagerduty: PagerDutyPaging | None = None
     slack: SlackPaging | None = None
     email: EmailPaging | None = None
     webhook: WebhookPaging | None = None
-    contacts: dict[str, ContactSettings] = Field(default_factory=dict)
-    # Last, so that its check sees the channels validated before it.
-    order: list[PagingChannelName] = Field(
-        default_factory=list,
-        description="fallback order; by default every configured channel, Alertmanager first")
+    contacts: dict[str, ContactSettings] = msgspec.field(default_factory=dict)
+    # The fallback order, as given (``order``, which see).
+    given_order: list[PagingChannelName] | None = msgspec.field(default=None, name="order")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_order(cls, data: object) -> object:
-        if isinstance(data, dict) and "order" not in data:
-            return {**data, "order": [name for name in PAGING_CHANNELS
-                                      if data.get(name) is not None]}
-        return data
-
-    @field_validator("contacts")
-    @classmethod
-    def _contact_servers(cls, contacts: dict[str, ContactSettings],
-                         info: ValidationInfo) -> dict[str, ContactSettings]:
-        for name, contact in contacts.items():
+    def check(self) -> None:
+        for name, contact in self.contacts.items():
             if not _CONTACT_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a contact name (lowercase letters, digits, "
-                                 "- and _, at most 40)")
-            if contact.channel == "email" and info.data.get("email") is None:
-                raise ValueError(f"{name}: channel email needs [paging.email] "
+                raise ValueError(f"`contacts`: {name!r} is not a contact name (lowercase "
+                                 "letters, digits, - and _, at most 40)")
+            if contact.channel == "email" and self.email is None:
+                raise ValueError(f"`contacts`: {name}: channel email needs [paging.email] "
                                  "(the SMTP server to send through)")
-        return contacts
-
-    @field_validator("order")
-    @classmethod
-    def _order_is_configured(cls, order: list[str], info: ValidationInfo) -> list[str]:
+        order = self.given_order or []
         dupes = sorted({n for n in order if order.count(n) > 1})
         if dupes:
-            raise ValueError(f"{dupes[0]} is listed twice")
+            raise ValueError(f"`order`: {dupes[0]} is listed twice")
         for name in order:
-            if info.data.get(name) is None:
-                raise ValueError(f"{name} is not configured (add [paging.{name}])")
-        return order
+            if getattr(self, name) is None:
+                raise ValueError(f"`order`: {name} is not configured (add [paging.{name}])")
+
+    @property
+    def order(self) -> list[str]:
+        """The fallback order: as given, or every configured channel, Alertmanager first."""
+        return list(self.given_order) if self.given_order is not None else self.configured()
 
     def configured(self) -> list[str]:
         """The channels that have a section, in the default order."""
@@ -519,35 +448,34 @@ def _hostname() -> str:
     return socket.gethostname() or "host"
 
 
-class FleetSettings(StrictModel):
+class FleetSettings(Model):
     """``[fleet]``: several app hosts on one database (DESIGN section 7). The hosts of one
     fleet share a small ``rollbackd`` schema in the maintenance database: the first to decide
     a rollback restores the database once, under the fleet's advisory lock; every host rolls
     back its own code and configuration."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
-                      description="the fleet: letters, digits, _ . - (at most 63)")
-    id: str = Field(default_factory=_hostname, min_length=1, max_length=128,
-                    pattern=r"^[^\x00-\x1f]+$",
-                    description="this host in the fleet (default: the hostname)")
-    heartbeat: Duration = Field(default=5.0, ge=0.2, le=300, description="0.2s to 5m")
+    # The fleet: letters, digits, _ . - (at most 63).
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    # This host in the fleet (default: the hostname).
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128,
+                                    pattern=r"^[^\x00-\x1f]+$")] = msgspec.field(
+        default_factory=_hostname)
+    heartbeat: Annotated[Duration, Within(ge=0.2, le=300)] = Duration(5.0)
 
 
-class Config(StrictModel):
-    daemon: DaemonSettings = DaemonSettings()
+class Config(Model):
+    daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     app: AppSettings | None = None
     database: DatabaseSettings | None = None
-    backups: BackupSettings = BackupSettings()
-    probes: ProbesSettings = ProbesSettings()
-    api: ApiSettings = ApiSettings()
-    paging: PagingSettings = PagingSettings()
+    backups: BackupSettings = msgspec.field(default_factory=BackupSettings)
+    probes: ProbesSettings = msgspec.field(default_factory=ProbesSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    paging: PagingSettings = msgspec.field(default_factory=PagingSettings)
     fleet: FleetSettings | None = None
 
-    @model_validator(mode="after")
-    def _fleet_needs_database(self) -> Config:
+    def check(self) -> None:
         if self.fleet is not None and self.database is None:
             raise ValueError("[fleet] needs [database]: the fleet coordinates through it")
-        return self
 
     @property
     def app_name(self) -> str:
@@ -570,49 +498,15 @@ def resolve_path(given: str | Path | None) -> Path:
     return Path(env) if env else DEFAULT_PATH
 
 
-_UNION_TAGS = {"systemd", "command", "process", "git", "symlink"}
-
-
-def _real_keys(loc: tuple[int | str, ...]) -> list[int | str]:
-    """Drop what pydantic adds to a location for unions (member names, discriminator tags)."""
-    keys: list[int | str] = []
-    for part in loc:
-        if isinstance(part, str) and ("[" in part or part[:1].isupper()):
-            continue
-        if part in _UNION_TAGS and keys and keys[-1] in {"control", "code"}:
-            continue
-        keys.append(part)
-    return keys
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in _real_keys(loc):
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
-    return text or "(top level)"
-
-
-def _describe(path: Path, error: ValidationError) -> str:
-    errors = error.errors()
-    # With unions, the deepest location is the member the user meant to write.
-    first = max(errors, key=lambda e: len(_real_keys(tuple(e["loc"]))))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    return f"{path}: {_key_path(tuple(first['loc']))}: {message}"
-
-
 def parse_config(text: str, path: Path) -> Config:
     try:
         data = load_toml(text)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
+        return convert(data, Config)
+    except SchemaError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _anchored(config: Config, path: Path) -> Config:
@@ -627,13 +521,13 @@ def _anchored(config: Config, path: Path) -> Config:
         updates["policy"] = str(base / daemon.policy)
     changes: dict[str, object] = {}
     if updates:
-        changes["daemon"] = daemon.model_copy(update=updates)
+        changes["daemon"] = replace(daemon, **updates)
     if not config.backups.dir.is_absolute():
-        changes["backups"] = config.backups.model_copy(update={"dir": base / config.backups.dir})
+        changes["backups"] = replace(config.backups, dir=base / config.backups.dir)
     templates = config.paging.templates_dir
     if templates is not None and not templates.is_absolute():
-        changes["paging"] = config.paging.model_copy(update={"templates_dir": base / templates})
-    return config.model_copy(update=changes) if changes else config
+        changes["paging"] = replace(config.paging, templates_dir=base / templates)
+    return replace(config, **changes) if changes else config
 
 
 def load_config(path: Path) -> Config:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+import msgspec
 
 CONFIG_DIR = "config"
 CHUNK = 1 << 20
@@ -84,10 +84,9 @@ def replace_atomically(path: Path, content: bytes, *, mode: int = 0o600,
     fsync_dir(path.parent)
 
 
-class ConfigFile(BaseModel):
-    """One config file as it was at snapshot time."""
-
-    model_config = ConfigDict(frozen=True)
+class ConfigFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One config file as it was at snapshot time, as a restore point's manifest records it:
+    a record read back, not settings, so keys a newer rollbackd adds are ignored."""
 
     path: str
     """The absolute path the file lives at (where a rollback writes it back)."""

@@ -249,7 +249,7 @@ def executor_available() -> bool:
 def knows_watch_for() -> bool:
     from policies.policy import GuardSettings
 
-    return "watch_for" in GuardSettings.model_fields
+    return "watch_for" in GuardSettings.__struct_fields__
 
 
 @dataclass

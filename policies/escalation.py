@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
 
+from policies.schema import Model, SchemaError, Within, convert
 from policies.units import Duration
 
 OnTimeout = Literal["page", "fix_forward", "dismiss"]
@@ -58,14 +59,14 @@ DEFAULT_LEVELS = (
 )
 
 
-class _LevelFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    who: str = Field(min_length=1, max_length=100, pattern=r"^[^\r\n]+$")
-    after: Duration = Field(ge=0, description="0 to 30d")
-    repeat: Duration = Field(default=DEFAULT_REPEAT, ge=1, description="1s to 30d")
-    channels: list[Literal["alertmanager", "pagerduty", "slack", "email", "webhook"]] = Field(
-        default_factory=list)
+class _LevelFile(Model):
+    who: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\r\n]+$")]
+    after: Duration
+    """0 to 30d."""
+    repeat: Annotated[Duration, Within(ge=1)] = Duration(DEFAULT_REPEAT)
+    """1s to 30d."""
+    channels: list[Literal["alertmanager", "pagerduty", "slack", "email", "webhook"]] = (
+        msgspec.field(default_factory=list))
 
 
 def parse_levels(tables: Sequence[Any], path: str) -> tuple[Level, ...]:
@@ -78,14 +79,10 @@ def parse_levels(tables: Sequence[Any], path: str) -> tuple[Level, ...]:
     for index, raw in enumerate(tables):
         where = f"{path}: escalation L{index + 1}"
         try:
-            spec = _LevelFile.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "level"
-            message = ("unknown key" if first["type"] == "extra_forbidden"
-                       else "required key is missing" if first["type"] == "missing"
-                       else first["msg"].removeprefix("Value error, "))
-            raise EscalationError(f"{where}: {key}: {message}") from None
+            spec = convert(raw, _LevelFile)
+        except SchemaError as exc:
+            key = ".".join(str(k) for k in exc.keys if not isinstance(k, int)) or "level"
+            raise EscalationError(f"{where}: {key}: {exc.message}") from None
         if levels and spec.after <= levels[-1].after:
             raise EscalationError(f"{where}: after: must be later than L{index}'s "
                                   f"({levels[-1].after:g}s)")

@@ -7,12 +7,13 @@ the rule and, for conditions, the column.
 from __future__ import annotations
 
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
 
 from policies import catalogue
 from policies.escalation import (
@@ -27,6 +28,7 @@ from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
 from policies.runbooks import Runbook, RunbookError, parse_runbooks
 from policies.runbooks import resolve as resolve_runbook
 from policies.samples import SIGNAL_NAME
+from policies.schema import Model, SchemaError, Within, convert
 from policies.units import Duration, check_duration, parse_duration
 
 BUILTIN_DIR = Path(__file__).resolve().parent
@@ -53,63 +55,70 @@ class PolicyError(Exception):
     """A policy that cannot be used; ``str()`` is one line naming file, rule and column."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class BaselineSettings(Model):
+    window: Annotated[Duration, Within(gt=0)] = Duration(1800.0)
+    """History the median is taken over; up to 30d."""
+    gap: Duration = Duration(600.0)
+    """With no deploy, the window ends this long ago; 0 to 30d."""
+    min_points: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10
+    """Fewer points make the baseline unknown; 1 to 100,000."""
 
 
-class BaselineSettings(_Strict):
-    window: Duration = Field(default=1800.0, gt=0,
-                             description="history the median is taken over; up to 30d")
-    gap: Duration = Field(default=600.0, ge=0,
-                          description="with no deploy, the window ends this long ago; 0 to 30d")
-    min_points: int = Field(default=10, ge=1, le=100_000, strict=True,
-                            description="fewer points make the baseline unknown; 1 to 100,000")
+class GuardSettings(Model):
+    rollback_window: Annotated[Duration, Within(gt=0)] = Duration(6 * 3600.0)
+    """A rollback needs a deploy at most this long ago; up to 30d."""
+    max_auto_rollbacks: Annotated[int, msgspec.Meta(ge=0, le=100)] = 1
+    """Automatic rollbacks per cooldown; 0 to 100."""
+    cooldown: Annotated[Duration, Within(gt=0)] = Duration(3600.0)
+    """Up to 30d."""
+    blind_after: Annotated[Duration, Within(gt=0)] = Duration(120.0)
+    """A needed signal unknown longer pages; up to 30d."""
+    watch_for: Annotated[Duration, Within(gt=0)] = Duration(3600.0)
+    """After a rollback runbook succeeds, its incident is watched this long: a rule firing
+    again pages, a clean watch resolves it; up to 30d."""
 
 
-class GuardSettings(_Strict):
-    rollback_window: Duration = Field(
-        default=6 * 3600.0, gt=0,
-        description="a rollback needs a deploy at most this long ago; up to 30d")
-    max_auto_rollbacks: int = Field(default=1, ge=0, le=100, strict=True,
-                                    description="automatic rollbacks per cooldown; 0 to 100")
-    cooldown: Duration = Field(default=3600.0, gt=0, description="up to 30d")
-    blind_after: Duration = Field(
-        default=120.0, gt=0, description="a needed signal unknown longer pages; up to 30d")
-    watch_for: Duration = Field(
-        default=3600.0, gt=0,
-        description="after a rollback runbook succeeds, its incident is watched this long: a "
-                    "rule firing again pages, a clean watch resolves it; up to 30d")
-
-
-class _RuleFile(_Strict):
-    scenario: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)
-    when: str = Field(min_length=1)
-    for_: Duration = Field(default=0.0, ge=0, alias="for", description="0 to 30d")
-    clear_for: Duration = Field(default=300.0, ge=0, description="0 to 30d")
+class _RuleFile(Model):
+    scenario: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)]
+    when: Annotated[str, msgspec.Meta(min_length=1)]
     severity: Severity
     action: Action
-    timeline: str = Field(description='a duration up to 30d, or "next release"')
+    timeline: str
+    """A duration up to 30d, or "next release"."""
+    for_: Duration = msgspec.field(default=Duration(0.0), name="for")
+    """0 to 30d."""
+    clear_for: Duration = Duration(300.0)
+    """0 to 30d."""
     runbook: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
     on_timeout: OnTimeout = "page"
 
-    @field_validator("timeline")
-    @classmethod
-    def _timeline(cls, value: str) -> str:
-        if value != NEXT_RELEASE:
-            check_duration(parse_duration(value))
-        return value
+    def check(self) -> None:
+        if self.timeline != NEXT_RELEASE:
+            try:
+                check_duration(parse_duration(self.timeline))
+            except ValueError as exc:
+                raise ValueError(f"`timeline`: {exc}") from None
 
 
-class _PolicyFile(_Strict):
-    baseline: BaselineSettings = BaselineSettings()
-    guards: GuardSettings = GuardSettings()
-    modes: dict[Action, Mode] = Field(default_factory=dict)
+class _PolicyFile(Model):
+    rule: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
+    baseline: BaselineSettings = msgspec.field(default_factory=BaselineSettings)
+    guards: GuardSettings = msgspec.field(default_factory=GuardSettings)
+    # Its keys are checked in check(): an error in a dictionary's key is one convert cannot
+    # place, and the message would not name the key.
+    modes: dict[str, Mode] = msgspec.field(default_factory=dict)
     # Extra signal names a rule may use, e.g. those of Prometheus query probes.
-    signals: list[str] = Field(default_factory=list)
-    rule: list[dict[str, Any]] = Field(min_length=1)
-    runbook: list[dict[str, Any]] = Field(default_factory=list)
-    escalation: list[dict[str, Any]] = Field(default_factory=list)
+    signals: list[str] = msgspec.field(default_factory=list)
+    runbook: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    escalation: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+    def check(self) -> None:
+        actions = typing.get_args(Action)
+        for action in self.modes:
+            if action not in actions:
+                raise ValueError(f"`modes`: {action!r} is not an action (expected one of "
+                                 f"{', '.join(map(repr, actions))})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,25 +199,21 @@ def resolve_ref(ref: str) -> Path:
     return Path(ref)
 
 
-def _where(loc: Iterable[int | str]) -> str:
-    return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top level)"
+def _where(keys: Iterable[int | str]) -> str:
+    return ".".join(str(k) for k in keys if not isinstance(k, int)) or "(top level)"
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-    if err["type"] == "missing":
-        message = "required key is missing"
-    return f"{_where(err['loc'])}: {message.removeprefix('Value error, ')}"
+def _error(exc: SchemaError) -> str:
+    return f"{_where(exc.keys)}: {exc.message}"
 
 
 def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str]) -> Rule:
     name = data.get("scenario")
     label = f"rule {name!r}" if isinstance(name, str) else f"rule #{index + 1}"
     try:
-        spec = _RuleFile.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(f"{path}: {label}: {_first_error(exc)}") from None
+        spec = convert(data, _RuleFile)
+    except SchemaError as exc:
+        raise PolicyError(f"{path}: {label}: {_error(exc)}") from None
     try:
         condition = parse_condition(spec.when, lambda s: catalogue.is_known(s, extra))
     except ExprError as exc:
@@ -246,9 +251,9 @@ def parse_policy(text: str, path: str, extra_signals: Iterable[str] = ()) -> Pol
     except ValueError as exc:
         raise PolicyError(f"{path}: {exc}") from None
     try:
-        spec = _PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(f"{path}: {_first_error(exc)}") from None
+        spec = convert(data, _PolicyFile)
+    except SchemaError as exc:
+        raise PolicyError(f"{path}: {_error(exc)}") from None
     bad = [s for s in spec.signals if not SIGNAL_NAME.fullmatch(s)]
     if bad:
         raise PolicyError(f"{path}: signals: {bad[0]!r} is not a dotted lowercase signal name")

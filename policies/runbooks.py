@@ -15,10 +15,11 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
 
+from policies.schema import Model, SchemaError, Within, convert, replace
 from policies.units import Duration, format_duration
 
 StepKind = Literal[
@@ -37,8 +38,8 @@ class RunbookError(ValueError):
     """A runbook that cannot be used; ``str()`` names the runbook and the step."""
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Args(Model):
+    pass
 
 
 class NoArgs(_Args):
@@ -56,7 +57,16 @@ class PageArgs(_Args):
 class StopArgs(_Args):
     force: bool = False
     """True: kill at once (an immediate rollback); False: SIGTERM, wait ``grace``, then kill."""
-    grace: Duration = Field(default=30.0, ge=0, le=3600)
+    grace: Duration | None = None
+    """Up to 1h; None: the process adapter's ``stop_timeout``."""
+
+    def check(self) -> None:
+        # Within does not look inside an optional field.
+        if self.grace is not None and (problem := _GRACE.problem(self.grace, format_duration)):
+            raise ValueError(f"`grace`: {problem}")
+
+
+_GRACE = Within(le=3600)
 
 
 class RestoreArgs(_Args):
@@ -70,7 +80,7 @@ class RestoreArgs(_Args):
 
 
 class CommandArgs(_Args):
-    command: tuple[str, ...] = Field(min_length=1)
+    command: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
     """An argv list, never a shell string."""
 
 
@@ -118,8 +128,8 @@ class Step:
 
     def describe(self) -> str:
         """``restore_database (strategy=auto) timeout 1h, not idempotent``."""
-        given = self.args.model_dump(exclude_defaults=False)
-        args = ", ".join(f"{k}={_show(v)}" for k, v in given.items())
+        given = msgspec.structs.asdict(self.args)
+        args = ", ".join(f"{k}={_show(v)}" for k, v in given.items() if v is not None)
         retry = f", {self.retries} retries" if self.retries else ""
         kind = "" if self.idempotent else ", not idempotent"
         return (f"{self.kind}{f' ({args})' if args else ''} timeout "
@@ -166,13 +176,10 @@ def step(kind: StepKind, *, timeout: float | None = None, retries: int | None = 
         raise RunbookError(f"unknown step {kind!r} (known: {', '.join(_ARGS)})")
     default_timeout, default_retries, idempotent = _DEFAULTS[kind]
     try:
-        parsed = _ARGS[kind].model_validate(args)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "arguments"
-        message = ("unknown argument" if first["type"] == "extra_forbidden"
-                   else "required argument is missing" if first["type"] == "missing"
-                   else first["msg"])
+        parsed = convert(args, _ARGS[kind])
+    except SchemaError as exc:
+        where = ".".join(str(k) for k in exc.keys) or "arguments"
+        message = _ARGUMENT_WORDS.get(exc.message, exc.message)
         raise RunbookError(f"{where}: {message}") from None
     chosen_retries = default_retries if retries is None else retries
     if not 0 <= chosen_retries <= MAX_RETRIES:
@@ -181,6 +188,10 @@ def step(kind: StepKind, *, timeout: float | None = None, retries: int | None = 
         raise RunbookError(f"retries: {kind} is not idempotent and is never retried")
     return Step(kind, parsed, default_timeout if timeout is None else timeout, chosen_retries,
                 idempotent)
+
+
+_ARGUMENT_WORDS = {"unknown key": "unknown argument",
+                   "required key is missing": "required argument is missing"}
 
 
 def _builtin(name: str, description: str, *steps: Step) -> Runbook:
@@ -251,12 +262,10 @@ ACTION_RUNBOOK: Mapping[str, str] = {
 }
 
 
-class _RunbookFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)
+class _RunbookFile(Model):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)]
+    steps: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
     description: str = ""
-    steps: list[dict[str, Any]] = Field(min_length=1)
 
 
 def parse_runbooks(tables: Sequence[Any], path: str) -> dict[str, Runbook]:
@@ -268,14 +277,10 @@ def parse_runbooks(tables: Sequence[Any], path: str) -> dict[str, Runbook]:
         label = raw.get("name", f"#{index + 1}") if isinstance(raw, dict) else f"#{index + 1}"
         where = f"{path}: runbook {label}"
         try:
-            table = _RunbookFile.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"]) or "runbook"
-            message = ("unknown key" if first["type"] == "extra_forbidden"
-                       else "required key is missing" if first["type"] == "missing"
-                       else first["msg"])
-            raise RunbookError(f"{where}: {key}: {message}") from None
+            table = convert(raw, _RunbookFile)
+        except SchemaError as exc:
+            key = ".".join(str(k) for k in exc.keys) or "runbook"
+            raise RunbookError(f"{where}: {key}: {exc.message}") from None
         if table.name in found or table.name in BUILTIN:
             raise RunbookError(f"{where}: name: a runbook {table.name} is already defined"
                                + (" (bundled)" if table.name in BUILTIN else ""))
@@ -300,14 +305,15 @@ def _parse_step(raw: Mapping[str, Any], where: str) -> Step:
         raise RunbookError(f"{where} ({kind}): {exc}") from None
 
 
-def _duration(value: Any) -> float:
-    class _T(BaseModel):
-        timeout: Duration = Field(gt=0, le=24 * 3600)
+class _Timeout(Model):
+    timeout: Annotated[Duration, Within(gt=0, le=24 * 3600)]
 
+
+def _duration(value: Any) -> float:
     try:
-        return float(_T(timeout=value).timeout)
-    except ValidationError as exc:
-        raise RunbookError(f"timeout: {exc.errors()[0]['msg']}") from None
+        return float(convert({"timeout": value}, _Timeout).timeout)
+    except SchemaError as exc:
+        raise RunbookError(f"timeout: {exc.message}") from None
 
 
 def resolve(action: str, named: str | None, defined: Mapping[str, Runbook]) -> Runbook | None:
@@ -349,7 +355,7 @@ def with_tables(runbook: Runbook, tables: Sequence[str]) -> Runbook:
     selective_rollback rolls back code and configuration only) gets one, checked by the
     database checklist, right after the app is stopped. The name says the tables: a run
     recovered after a crash must not be continued with the runbook's own steps."""
-    steps = [dataclasses.replace(s, args=s.args.model_copy(update={"tables": tuple(tables)}))
+    steps = [dataclasses.replace(s, args=replace(s.args, tables=tuple(tables)))
              if isinstance(s.args, RestoreArgs) else s for s in runbook.steps]
     if not runbook.restores_database:
         stops = [i for i, s in enumerate(steps) if s.kind == "stop_app"]

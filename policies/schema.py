@@ -11,7 +11,7 @@ What it does not know is kept here, once:
 - a duration's or a size's bounds are :class:`Within` in the field's ``Annotated``, checked
   with the unit in the message;
 - checks across fields go in :meth:`Model.check`; values a model derives when it is read
-  (a secret read from a file) go in ``__dict__`` by :meth:`Model.keep`, so that they are
+  (a secret read from a file) go in ``__dict__`` by :meth:`Model.hold`, so that they are
   neither read from the input nor written out.
 
 :func:`convert` turns msgspec's error into a :class:`SchemaError` whose ``keys`` locate the
@@ -85,6 +85,8 @@ def parser(kind: type[T], parse: Callable[[Any], T]) -> None:
 
 
 def _path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
     if not isinstance(value, str):
         raise ValueError(f"expected a path (a string), not {_kind(value)}")
     if not value or "\0" in value:
@@ -99,7 +101,8 @@ parser(Size, Size.parse)
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
-    parse = _PARSERS.get(kind)
+    # A generic type (re.Pattern[str]) comes with its arguments.
+    parse = _PARSERS.get(kind) or _PARSERS.get(typing.get_origin(kind))  # type: ignore[arg-type]
     if parse is None:
         raise NotImplementedError(f"no parser for {kind!r}")
     return parse(value)
@@ -117,38 +120,55 @@ def _enc_hook(value: Any) -> Any:
     raise NotImplementedError(f"cannot write {type(value).__name__}")
 
 
-class Model(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, dict=True):
+if typing.TYPE_CHECKING:
+    # mypy takes a struct's options from its own class statement, not from its bases: frozen
+    # here would make every subclass "a non-frozen dataclass inheriting from a frozen one".
+    # kw_only, as in dataclasses, holds for the fields of the class that says it: a model
+    # whose required fields follow fields with defaults (its own or a base's) says
+    # kw_only=True itself.
+    _Struct = msgspec.Struct
+else:
+    class _Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
+                  dict=True):
+        pass
+
+
+class Model(_Struct):
     """A strict, frozen settings model: unknown keys are errors, so a misspelt key is not
     silently a default. Subclasses check across fields in :meth:`check`."""
 
     def __post_init__(self) -> None:
-        for name, within, show in _bounds(type(self)):
-            if (problem := within.problem(getattr(self, name), show)) is not None:
-                raise ValueError(f"`{name}`: {problem}")
+        for name, key, within, show in _bounds(type(self)):
+            value = getattr(self, name)
+            if value is not None and (problem := within.problem(value, show)) is not None:
+                raise ValueError(f"`{key}`: {problem}")
         self.check()
 
     def check(self) -> None:
         """Raise ValueError when fields disagree; ``"`key`: ..."`` names one key."""
 
-    def keep(self, name: str, value: object) -> None:
+    def hold(self, name: str, value: object) -> None:
         """Keep ``value`` derived on reading under ``name`` (declared ``ClassVar`` on the
         class for its type): not a key of the input, never written out."""
         self.__dict__[name] = value
 
 
 @cache
-def _bounds(kind: type[Model]) -> tuple[tuple[str, Within, Callable[[float], str]], ...]:
+def _bounds(kind: type[Model]) -> tuple[tuple[str, str, Within, Callable[[float], str]], ...]:
+    """Each field's bounds: its name, its key in the input, the bounds and how to show them."""
     hints = typing.get_type_hints(kind, include_extras=True)
     found = []
-    for name in kind.__struct_fields__:
-        hint = hints[name]
-        if typing.get_origin(hint) is not typing.Annotated:
-            continue
-        base, *extras = typing.get_args(hint)
-        for extra in extras:
-            if isinstance(extra, Within):
-                show = format_duration if base is Duration else _show_size
-                found.append((name, extra, show))
+    for field in msgspec.structs.fields(kind):
+        members = typing.get_args(hints[field.name]) if typing.get_origin(
+            hints[field.name]) in (typing.Union, types.UnionType) else (hints[field.name],)
+        for hint in members:  # an optional field's bounds are on its non-None member
+            if typing.get_origin(hint) is not typing.Annotated:
+                continue
+            base, *extras = typing.get_args(hint)
+            for extra in extras:
+                if isinstance(extra, Within):
+                    show = format_duration if base is Duration else _show_size
+                    found.append((field.name, field.encode_name, extra, show))
     return tuple(found)
 
 
@@ -171,6 +191,8 @@ def decode_json(raw: bytes, kind: type[T]) -> T:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     return convert(data, kind)
 
 
@@ -210,6 +232,9 @@ def _schema_error(text: str, data: Any, kind: type) -> SchemaError:
     if found := _KEYED.fullmatch(message):
         return SchemaError((*keys, found[1]), found[2])
     if found := _EXPECTED.fullmatch(message):
+        pattern = _pattern(_type_at(kind, keys))
+        if pattern is not None:  # msgspec's message doubles each backslash in it
+            return SchemaError(keys, f"must match the pattern {pattern}")
         return SchemaError(keys, _expected(found[1], found[2], found[3]))
     if message.startswith("Invalid enum value") or message.startswith("Invalid value"):
         choices = _choices(_type_at(kind, keys)) or _tags(_type_at(kind, keys[:-1]))
@@ -218,7 +243,7 @@ def _schema_error(text: str, data: Any, kind: type) -> SchemaError:
 
 
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-          "object": "a table", "array": "a list", "null": "nothing", "object | null": "a table"}
+          "object": "a table", "array": "a list", "null": "nothing"}
 
 
 def _kind(value: Any) -> str:
@@ -227,13 +252,24 @@ def _kind(value: Any) -> str:
     return _KINDS.get(name, name)
 
 
-def _expected(want: str, bounds: str, got: str | None) -> str:
-    told = _KINDS.get(want, want)
-    bounds = bounds.strip()
-    if bounds:
-        words = bounds.replace(">=", "at least").replace("<=", "at most")
-        words = words.replace(">", "more than").replace("<", "less than")
-        return f"expected {told} {words}".replace("  ", " ")
+_BOUND = re.compile(r"^(?P<length>of length )?(?P<op>>=|<=|>|<) (?P<limit>\S+)$")
+_BOUND_WORDS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
+_UNITS = {"str": "characters", "array": "items", "object": "keys"}
+
+
+def _expected(want: str, rest: str, got: str | None) -> str:
+    """msgspec's "Expected `int` >= 1" (or "`array` of length >= 1", "`str` matching regex
+    '...'", "`int`, got `str`") in the words of the other messages."""
+    rest = rest.strip()
+    if match := _BOUND.fullmatch(rest):
+        words = f"{_BOUND_WORDS[match['op']]} {match['limit']}"
+        if match["length"]:
+            unit = _UNITS.get(want, "items")
+            return f"must have {words} {unit[:-1] if match['limit'] == '1' else unit}"
+        return f"must be {words}"
+    # An optional key is left out rather than given as null: "or nothing" would not help.
+    kinds = [one for one in want.split(" | ") if one != "null"] or ["null"]
+    told = " or ".join(_KINDS.get(one, one) for one in kinds)
     return f"expected {told}, not {_KINDS.get(got, got)}" if got else f"expected {told}"
 
 
@@ -285,7 +321,8 @@ def _type_at(kind: Any, keys: tuple[Key, ...]) -> Any:
         nxt = None
         for member in _members(kind):
             origin = typing.get_origin(member)
-            if isinstance(member, type) and issubclass(member, msgspec.Struct) and isinstance(key, str):
+            struct = isinstance(member, type) and issubclass(member, msgspec.Struct)
+            if struct and isinstance(key, str):
                 hints = typing.get_type_hints(member, include_extras=True)
                 names = {f.encode_name: f.name for f in msgspec.structs.fields(member)}
                 if key in names:
@@ -314,10 +351,26 @@ def _tags(kind: Any) -> str:
     tags = [member.__struct_config__.tag for member in _members(kind)
             if isinstance(member, type) and issubclass(member, msgspec.Struct)
             and member.__struct_config__.tag is not None]
-    return ", ".join(repr(tag) for tag in tags)
+    return _either(tags)
+
+
+def _either(values: list[Any]) -> str:
+    """``'a', 'b' or 'c'``."""
+    shown = [repr(value) for value in values]
+    return " or ".join(filter(None, [", ".join(shown[:-1]), *shown[-1:]]))
+
+
+def _pattern(kind: Any) -> str | None:
+    """The pattern a string at ``kind`` must match, when it has one."""
+    if typing.get_origin(kind) is not typing.Annotated:
+        return None
+    for extra in typing.get_args(kind)[1:]:
+        if isinstance(extra, msgspec.Meta) and extra.pattern is not None:
+            return extra.pattern
+    return None
 
 
 def _choices(kind: Any) -> str:
     values = [v for member in _members(kind) if typing.get_origin(member) is typing.Literal
               for v in typing.get_args(member)]
-    return ", ".join(repr(v) for v in values)
+    return _either(values)

@@ -10,30 +10,69 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 from policies.samples import Reading
+from policies.schema import Model, Within, parser
 from policies.units import Duration
 
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$")]
+"""A probe's or a check's name: lower case, digits and ``_``, beginning with a letter."""
 
-class StrictModel(BaseModel):
-    """A settings model that rejects unknown keys, so a misspelt key is an error, not a default.
+Timeout = Annotated[Duration, Within(gt=0)]
 
-    Its validation errors quote no input: settings hold secrets (header values, passwords in
-    a DSN), and an error is printed and logged.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+Unit = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9@_.:\\-]+\.service$")]
+"""A systemd service unit's name."""
 
 
-class ProbeSettings(StrictModel):
+class ProbeSettings(Model):
     """Settings every probe has: a name unique within its kind, and a timeout per measurement."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
-    timeout: Duration = Field(default=3.0, gt=0)
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+    timeout: Timeout = Duration(3.0)
+
+
+def http_url_problem(value: str) -> str | None:
+    """Why ``value`` is not an http(s) URL with a host, in words that never repeat it."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in {"http", "https"}:
+        return "is not an http(s) URL"
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if not host or any(ch.isspace() for ch in value):
+        return "is not an http(s) URL with a host"
+    return None
+
+
+class HttpUrl(str):
+    """An http(s) URL with a host, as written."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> HttpUrl:
+        if not isinstance(value, str):
+            raise ValueError("expected a URL (a string)")
+        if (problem := http_url_problem(value)) is not None:
+            # A secret URL comes from a file, so this one may be quoted, but not its password.
+            raise ValueError(f"{redact_url(value)!r} {problem}")
+        return cls(value)
+
+
+class BaseUrl(HttpUrl):
+    """An http(s) URL that paths are appended to: without its trailing ``/``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> BaseUrl:
+        return cls(HttpUrl.parse(value).rstrip("/"))
+
+
+parser(HttpUrl, HttpUrl.parse)
+parser(BaseUrl, BaseUrl.parse)
 
 
 @dataclass(frozen=True, slots=True)

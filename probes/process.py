@@ -163,7 +163,7 @@ class ProcessProbe:
     def __init__(self, settings: ProcessProbeSettings) -> None:
         self.settings = settings
         self.name = settings.name
-        self.timeout = settings.timeout
+        self.timeout = float(settings.timeout)
         self._previous: Snapshot | None = None
         self._last_seen: Identity | None = None
         self._changes = 0

@@ -79,7 +79,7 @@ class PrometheusProbe:
     def __init__(self, settings: PrometheusProbeSettings) -> None:
         self.settings = settings
         self.name = settings.name
-        self.timeout = settings.timeout
+        self.timeout = float(settings.timeout)
         self.endpoint = str(settings.url).rstrip("/") + "/api/v1/query"
         self._client = httpx.AsyncClient(
             timeout=settings.timeout, trust_env=False, follow_redirects=False,

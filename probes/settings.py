@@ -7,21 +7,14 @@ its settings alone; ``daemon.config`` composes them into the whole file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import (
-    Field,
-    HttpUrl,
-    PlainValidator,
-    PrivateAttr,
-    SecretStr,
-    model_validator,
-)
+import msgspec
 
+from policies.schema import Model, parser
 from policies.units import Duration
-from probes.base import ProbeSettings, StrictModel, read_secret_file
+from probes.base import HttpUrl, Name, ProbeSettings, Timeout, Unit, read_secret_file
 
 MigrationPreset = Literal[
     "knex",
@@ -51,12 +44,27 @@ HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 COMPUTED_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
-@dataclass(frozen=True, slots=True)
 class StatusRange:
-    """HTTP status codes from ``low`` to ``high``, both included (``2xx`` is 200 to 299)."""
+    """HTTP status codes from ``low`` to ``high``, both included (``2xx`` is 200 to 299).
 
-    low: int
-    high: int
+    A plain class, not a dataclass: msgspec would read a dataclass from a table, and a
+    status range is written as a string."""
+
+    __slots__ = ("high", "low")
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low = low
+        self.high = high
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, StatusRange)
+                and (self.low, self.high) == (other.low, other.high))
+
+    def __hash__(self) -> int:
+        return hash((self.low, self.high))
+
+    def __repr__(self) -> str:
+        return f"StatusRange(low={self.low}, high={self.high})"
 
     def __contains__(self, status: object) -> bool:
         return isinstance(status, int) and self.low <= status <= self.high
@@ -96,17 +104,17 @@ def compile_regex(value: object) -> re.Pattern[str]:
         raise ValueError(f"not a valid regular expression: {exc}") from None
 
 
-ExpectedStatus = Annotated[StatusRange, PlainValidator(parse_status)]
-BodyRegex = Annotated[re.Pattern[str], PlainValidator(compile_regex)]
+parser(StatusRange, parse_status)
+parser(re.Pattern, compile_regex)
 
 
-class HeaderFile(StrictModel):
+class HeaderFile(Model):
     """A header value kept in a file (a bearer token, a session cookie): ``prefix`` and the
     file's content, without its final line break. Read when the configuration is loaded, so
     a rotated file takes effect on reload (SIGHUP), and a missing one is a config error."""
 
-    file: Path = Field(description="absolute path; at most 16 KiB, one line")
-    prefix: str = Field(default="", description='put before the content, e.g. "Bearer "')
+    file: Path  # absolute; at most 16 KiB, one line
+    prefix: str = ""  # put before the content, e.g. "Bearer "
 
 
 def read_header_file(path: Path) -> str:
@@ -138,7 +146,7 @@ def header_name_problem(name: str) -> str | None:
     return None
 
 
-class HttpProbeSettings(ProbeSettings):
+class HttpProbeSettings(ProbeSettings, kw_only=True):
     """``[[probes.http]]``: requests to one URL, each checked against what the app should answer.
 
     A request is an error when it fails (refused, reset, timed out), or its status is not an
@@ -148,45 +156,36 @@ class HttpProbeSettings(ProbeSettings):
 
     url: HttpUrl
     method: HttpMethod = "GET"
-    timeout: Duration = Field(default=2.0, gt=0)
-    window: Duration = Field(default=60.0, gt=0, description="sliding window of ratios, quantiles")
-    requests: int = Field(default=1, ge=1, le=20, strict=True,
-                          description="requests per tick; 1 to 20")
-    headers: dict[str, SecretStr | HeaderFile] = Field(
-        default_factory=dict,
-        description="request headers: a value, or { file = PATH, prefix = TEXT } to read it "
-                    "from a file; values never appear in logs or errors")
-    body: str | None = Field(default=None, description="request body, sent as given")
-    follow_redirects: bool = Field(
-        default=False,
-        description="off by default: a 3xx answer is then judged itself, and is an error "
-                    "unless expect_status lists it (a redirect to a login page is not the app "
-                    "answering); on: the page the redirects (at most 3) land on is judged")
-    expect_status: list[ExpectedStatus] | None = Field(
-        default=None,
-        description='codes, classes or ranges ("200", "2xx", "200-204"); any other status is '
-                    "an error. Unset: any status below 500 but a 3xx (a 4xx is the app "
-                    "answering)")
-    fail_if_body_matches: list[BodyRegex] = Field(
-        default_factory=list,
-        description="regular expressions (Python); the request is an error if one matches "
-                    "the body (its first MiB)")
-    fail_if_body_not_matches: list[BodyRegex] = Field(
-        default_factory=list,
-        description="regular expressions (Python); the request is an error unless every one "
-                    "matches the body (its first MiB)")
-    _header_values: dict[str, str] = PrivateAttr(default_factory=dict)
+    timeout: Timeout = Duration(2.0)
+    window: Timeout = Duration(60.0)  # the sliding window of ratios and quantiles
+    requests: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1  # per tick
+    # A value, or { file = PATH, prefix = TEXT } to read it from a file; values never appear
+    # in logs or errors (see __repr__).
+    headers: dict[str, str | HeaderFile] = msgspec.field(default_factory=dict)
+    body: str | None = None  # sent as given
+    # Off: a 3xx answer is judged itself, and is an error unless expect_status lists it (a
+    # redirect to a login page is not the app answering); on: the page the redirects (at
+    # most 3) land on is judged.
+    follow_redirects: bool = False
+    # Codes, classes or ranges ("200", "2xx", "200-204"); any other status is an error.
+    # Unset: any status below 500 but a 3xx (a 4xx is the app answering).
+    expect_status: list[StatusRange] | None = None
+    # Python regular expressions, matched against the body's first MiB: the request is an
+    # error if one matches, or unless every one matches.
+    fail_if_body_matches: list[re.Pattern[str]] = msgspec.field(default_factory=list)
+    fail_if_body_not_matches: list[re.Pattern[str]] = msgspec.field(default_factory=list)
+    _header_values: ClassVar[dict[str, str]] = {}
 
-    @model_validator(mode="after")
-    def _head_has_no_body(self) -> HttpProbeSettings:
+    def __repr__(self) -> str:
+        # Header values are secrets (tokens, cookies); the names are not.
+        return f"HttpProbeSettings(name={self.name!r}, url={self.url!r}, " \
+               f"headers={sorted(self.headers)!r})"
+
+    def check(self) -> None:
         if self.method == "HEAD" and (self.body is not None or self.fail_if_body_matches
                                       or self.fail_if_body_not_matches):
             raise ValueError("a HEAD request has no body: drop body and fail_if_body_* or "
                              "use GET")
-        return self
-
-    @model_validator(mode="after")
-    def _load_headers(self) -> HttpProbeSettings:
         seen: dict[str, str] = {}
         values: dict[str, str] = {}
         for name, given in self.headers.items():
@@ -195,8 +194,7 @@ class HttpProbeSettings(ProbeSettings):
                                  "twice")
             seen[name.lower()] = name
             values[name] = _header_value(name, given)
-        self._header_values = values
-        return self
+        self.hold("_header_values", values)
 
     def header_values(self) -> dict[str, str]:
         """The headers to send, file contents included: secrets, never to be logged."""
@@ -209,14 +207,14 @@ class HttpProbeSettings(ProbeSettings):
         return any(status in expected for expected in self.expect_status)
 
 
-def _header_value(name: str, given: SecretStr | HeaderFile) -> str:
+def _header_value(name: str, given: str | HeaderFile) -> str:
     """The value to send for header ``name``; a ValueError naming the header (not quoting the
     value) when it cannot be sent."""
     where = f"headers.{name}"
     if (problem := header_name_problem(name)) is not None:
         raise ValueError(f"{where}: {problem}")
-    if isinstance(given, SecretStr):
-        value = given.get_secret_value()
+    if isinstance(given, str):
+        value = given
     else:
         try:
             value = given.prefix + read_header_file(given.file)
@@ -227,76 +225,72 @@ def _header_value(name: str, given: SecretStr | HeaderFile) -> str:
     return value
 
 
-class SqlCheck(StrictModel):
+class SqlCheck(Model):
     """A data validation: the query returns the offending rows; any row means the check fails.
 
     So does a query that no longer fits the schema (SQLSTATE class 42, e.g. a column a deploy
     renamed), except permission denied; a timeout or a lost connection leaves it unknown.
     """
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    sql: str = Field(min_length=1)
+    name: Name
+    sql: Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class CustomMigrations(StrictModel):
+class CustomMigrations(Model):
     """Queries for a migration tool without a preset; each returns one number (or no row = 0)."""
 
     failed: str | None = None
     in_progress: str | None = None
     version: str | None = None
 
-    @model_validator(mode="after")
-    def _one_query(self) -> CustomMigrations:
+    def check(self) -> None:
         if not (self.failed or self.in_progress or self.version):
             raise ValueError("give at least one of failed, in_progress, version")
-        return self
 
 
-class PostgresProbeSettings(StrictModel):
+class PostgresProbeSettings(Model):
     """``[probes.postgres]``: health and validators of ``[database]``; on when a database is set."""
 
     enabled: bool = True
-    timeout: Duration = Field(default=3.0, gt=0)
-    statement_timeout: Duration = Field(default=2.0, gt=0)
-    lock_timeout: Duration = Field(default=1.0, gt=0)
-    blocked_after: Duration = Field(default=30.0, gt=0, description="lock waits longer are blocked")
+    timeout: Timeout = Duration(3.0)
+    statement_timeout: Timeout = Duration(2.0)
+    lock_timeout: Timeout = Duration(1.0)
+    blocked_after: Timeout = Duration(30.0)  # lock waits longer are blocked
 
 
-class MigrationsProbeSettings(StrictModel):
+class MigrationsProbeSettings(Model):
     """``[probes.migrations]``: the migration tool's state; on when a tool is configured."""
 
     enabled: bool = True
-    timeout: Duration = Field(default=3.0, gt=0)
+    timeout: Timeout = Duration(3.0)
 
 
-class ProcessProbeSettings(StrictModel):
+class ProcessProbeSettings(Model):
     """``[probes.process]``: the app's main process, found by exactly one of the three ways."""
 
-    name: str = Field(default="app", pattern=r"^[a-z][a-z0-9_]*$")
-    timeout: Duration = Field(default=2.0, gt=0)
-    unit: str | None = Field(default=None, pattern=r"^[A-Za-z0-9@_.:\\-]+\.service$")
+    name: Name = "app"
+    timeout: Timeout = Duration(2.0)
+    unit: Unit | None = None
     pidfile: Path | None = None
-    cmdline: list[str] | None = Field(default=None, min_length=1)
+    cmdline: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one_finder(self) -> ProcessProbeSettings:
+    def check(self) -> None:
         given = [k for k in ("unit", "pidfile", "cmdline") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of unit, pidfile, cmdline")
-        return self
 
 
-class SystemProbeSettings(StrictModel):
+class SystemProbeSettings(Model):
     """``[probes.system]``: free space of the given paths and available memory."""
 
-    paths: list[Path] = Field(default_factory=lambda: [Path("/")])
-    timeout: Duration = Field(default=2.0, gt=0)
+    paths: list[Path] = msgspec.field(default_factory=lambda: [Path("/")])
+    timeout: Timeout = Duration(2.0)
 
 
-class PrometheusProbeSettings(ProbeSettings):
+class PrometheusProbeSettings(ProbeSettings, kw_only=True):
     """``[[probes.prometheus]]``: an instant PromQL query mapped to one named signal."""
 
     url: HttpUrl
-    query: str = Field(min_length=1)
-    signal: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
-    timeout: Duration = Field(default=3.0, gt=0)
+    query: Annotated[str, msgspec.Meta(min_length=1)]
+    signal: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")]
+    timeout: Timeout = Duration(3.0)

@@ -74,7 +74,7 @@ class SystemProbe:
     def __init__(self, settings: SystemProbeSettings) -> None:
         self.settings = settings
         self.name = "system"
-        self.timeout = settings.timeout
+        self.timeout = float(settings.timeout)
         self._problems: dict[str, str] = {}
 
     def signals(self) -> list[str]:

@@ -204,8 +204,7 @@ class CommandController(AppController):
         if finder is None:
             return None
         if finder.unit is not None:
-            return SystemdController(SystemdControl(adapter="systemd",
-                                                    unit=finder.unit)).is_running()
+            return SystemdController(SystemdControl(unit=finder.unit)).is_running()
         if finder.pidfile is not None:
             try:
                 return _pidfile_process(finder.pidfile) is not None

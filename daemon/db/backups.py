@@ -54,9 +54,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.config import BackupSettings
 from daemon.db.admin import connect
@@ -81,6 +81,7 @@ from daemon.durable import (
 )
 from daemon.fmt import excerpt, format_size, iso, stamp
 from daemon.proc import run_process
+from policies.schema import decode_json, to_builtins
 from probes.pg import (
     milliseconds,
 )
@@ -110,22 +111,20 @@ class BackupError(Exception):
     """A backup that cannot be taken, found, verified or removed; ``str()`` is for an operator."""
 
 
-class _Model(BaseModel):
-    # Manifests outlive this code: ignore fields a newer rollbackd added.
-    model_config = ConfigDict(frozen=True, extra="ignore")
+class _Record(msgspec.Struct, frozen=True, kw_only=True):
+    """What rollbackd writes and reads back, not settings: manifests outlive this code, so
+    keys a newer rollbackd added are ignored where a settings model refuses them."""
 
 
-class FileEntry(_Model):
+class FileEntry(_Record, frozen=True, kw_only=True):
     path: str
     """Relative to the backup directory, ``/``-separated."""
     sha256: str
     size: int
 
 
-class TableCount(_Model):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-    schema_: str = Field(alias="schema")
+class TableCount(_Record, frozen=True, kw_only=True):
+    schema_: str = msgspec.field(name="schema")
     name: str
     rows: int
     """Rows in the backup's snapshot: exactly what the dump holds."""
@@ -135,7 +134,7 @@ class TableCount(_Model):
         return f"{self.schema_}.{self.name}"
 
 
-class Manifest(_Model):
+class Manifest(_Record, frozen=True, kw_only=True):
     format_version: int = FORMAT_VERSION
     id: str
     kind: Kind
@@ -162,7 +161,7 @@ class Manifest(_Model):
     selected_tables: list[str] | None = None
     """For ``tables`` backups: the tables asked for; None means the whole database."""
     files: list[FileEntry]
-    config: list[ConfigFile] = Field(default_factory=list)
+    config: list[ConfigFile] = msgspec.field(default_factory=list)
     size: int
     tables: list[TableCount]
 
@@ -172,11 +171,11 @@ class Manifest(_Model):
 
     def dump(self) -> dict[str, Any]:
         """The manifest as JSON data (what ``manifest.json`` holds)."""
-        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        data: dict[str, Any] = to_builtins(self)
         return data
 
 
-class Verification(_Model):
+class Verification(_Record, frozen=True, kw_only=True):
     id: str
     ok: bool
     reason: str | None = None
@@ -185,6 +184,11 @@ class Verification(_Model):
     duration: float
     files: int = 0
     toc_entries: int = 0
+
+    def dump(self) -> dict[str, Any]:
+        """The verification as JSON data (what ``verified.json`` holds)."""
+        data: dict[str, Any] = to_builtins(self)
+        return data
 
 
 BackupState = Literal["verified", "unverified", "failed", "incomplete"]
@@ -312,10 +316,10 @@ class BackupStore:
         """The latest stored verification of ``backup_id``, if any."""
         path = self.path(backup_id) / VERIFIED
         try:
-            return Verification.model_validate_json(path.read_bytes())
+            return decode_json(path.read_bytes(), Verification)
         except FileNotFoundError:
             return None
-        except (OSError, ValidationError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             # Written atomically, so never torn by a crash: damaged since. Not to be trusted.
             reason = exc.strerror if isinstance(exc, OSError) else "not a verification record"
             return Verification(id=backup_id, ok=False, checked_at=0.0, duration=0.0,
@@ -357,10 +361,9 @@ class BackupStore:
         except OSError as exc:
             raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
-            return Manifest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise BackupError(f"{path} is not a valid manifest: "
-                              f"{exc.errors()[0]['msg']}") from None
+            return decode_json(raw, Manifest)
+        except ValueError as exc:
+            raise BackupError(f"{path} is not a valid manifest: {exc}") from None
 
     # -- space -----------------------------------------------------------------------------
 
@@ -455,14 +458,13 @@ class BackupStore:
                                       f"{_os_error(exc, directory.parent)}") from None
                 raise
         try:
-            manifest = manifest.model_copy(update={
-                "deploy": deploy, "version": version, "code_version": code_version,
-                "duration": round(time.time() - started, 3),
-            })
+            manifest = msgspec.structs.replace(
+                manifest, deploy=deploy, version=version, code_version=code_version,
+                duration=round(time.time() - started, 3))
             verification = self._verification(directory, report, manifest) if verify else None
             hold_point("backup:before_metadata")
             if verification is not None:
-                write_json_atomic(directory / VERIFIED, verification.model_dump(mode="json"))
+                write_json_atomic(directory / VERIFIED, verification.dump())
             write_json_atomic(directory / MANIFEST, manifest.dump())
         except BaseException as exc:
             shutil.rmtree(directory, ignore_errors=True)
@@ -556,7 +558,7 @@ class BackupStore:
 
         The manifest is rewritten atomically; the files and their checksums do not change.
         """
-        manifest = self.get(backup_id).model_copy(update={"deploy": deploy})
+        manifest = msgspec.structs.replace(self.get(backup_id), deploy=deploy)
         write_json_atomic(self.path(backup_id) / MANIFEST, manifest.dump())
         return manifest
 
@@ -578,7 +580,7 @@ class BackupStore:
         result = self._verification(directory, progress or _no_progress, None)
         earlier = self.verification(backup_id)
         try:
-            write_json_atomic(directory / VERIFIED, result.model_dump(mode="json"))
+            write_json_atomic(directory / VERIFIED, result.dump())
         except BackupError as exc:
             outcome = "sound" if result.ok else f"NOT sound ({result.reason})"
             if earlier is not None and earlier.ok == result.ok:
@@ -770,7 +772,7 @@ def _count_rows(conn: psycopg.Connection[Any], selected: list[TableRef] | None,
             sql.Identifier(table.schema), sql.Identifier(table.name))
         row = conn.execute(query).fetchone()
         assert row is not None
-        counts.append(TableCount(schema=table.schema, name=table.name, rows=int(row[0])))
+        counts.append(TableCount(schema_=table.schema, name=table.name, rows=int(row[0])))
     report("count rows", float(len(tables)), float(len(tables)))
     return counts
 

@@ -111,8 +111,7 @@ class VerifiedBackup:
     result: Verification
 
     def as_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.result.model_dump(mode="json")
-        return data
+        return self.result.dump()
 
     def describe(self) -> list[str]:
         r = self.result

@@ -16,6 +16,8 @@ from daemon.fmt import when
 from daemon.journal import Deploy, Journal, JournalError, Page, Run, StepOutcome
 from daemon.logs import get_logger
 from policies.runbooks import Runbook
+from policies.schema import replace
+from policies.units import Duration
 
 if TYPE_CHECKING:
     from daemon.app.control import AppController
@@ -256,7 +258,7 @@ def build_controller(config: Config, *, grace: float | None = None) -> AppContro
         raise StepError("no [app].control configured: rollbackd cannot stop or start the app")
     control = app.control
     if grace is not None and isinstance(control, ProcessControl):
-        control = control.model_copy(update={"stop_timeout": grace})
+        control = replace(control, stop_timeout=Duration(grace))
     return AppController.build(control, state_dir=config.daemon.state_dir,
                                finder=config.probes.process)
 

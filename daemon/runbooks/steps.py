@@ -219,7 +219,7 @@ async def stop_app(ctx: RunContext, step: Step, index: int) -> StepReport:
     args = step.args
     assert isinstance(args, StopArgs)
     # The step's own grace, when it gives one, replaces the process adapter's stop_timeout.
-    grace = args.grace if "grace" in args.model_fields_set else None
+    grace = args.grace
     controller = (ctx.controller() if grace is None
                   else build_controller(ctx.config, grace=float(grace)))
     result = await blocking(lambda: controller.stop(args.force, step.timeout), step.timeout + 5)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -26,12 +27,13 @@ from daemon.logs import get_logger
 from daemon.service.intake import RETRY_AFTER, Intake, IntakeFullError
 from daemon.service.metrics import Metrics
 from policies.policy import Policy
+from policies.schema import Model, SchemaError, convert, where
 
 if TYPE_CHECKING:
     from daemon.db.fleet import FleetStatus
 
 Handler = Callable[[Request], Awaitable[Response]]
-Model = TypeVar("Model", bound=BaseModel)
+Body = TypeVar("Body", bound=Model)
 
 DISABLED = ("the API is disabled: list bearer token files in api.token_files "
             "(in the [api] section of the config) to enable it")
@@ -66,21 +68,17 @@ class ApiError(Exception):
 # -- request bodies ------------------------------------------------------------------------
 
 
-def _has_alertname(labels: dict[str, str]) -> dict[str, str]:
-    if not labels.get("alertname"):
-        raise ValueError("alertname is missing")
-    return labels
-
-
-class WebhookAlert(BaseModel):
+class WebhookAlert(Model, forbid_unknown_fields=False):
     """One alert of an Alertmanager notification; fields Alertmanager may add are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
-
     status: Literal["firing", "resolved"]
-    labels: Annotated[dict[StrictStr, StrictStr], AfterValidator(_has_alertname)]
-    fingerprint: StrictStr = ""
-    starts_at: StrictStr = Field(default="", alias="startsAt")
+    labels: dict[str, str]
+    fingerprint: str = ""
+    starts_at: str = msgspec.field(default="", name="startsAt")
+
+    def check(self) -> None:
+        if not self.labels.get("alertname"):
+            raise ValueError("`labels`: alertname is missing")
 
     def event(self) -> dict[str, Any]:
         """The journal event the decision engine reads (the replay contract's alert event)."""
@@ -88,68 +86,72 @@ class WebhookAlert(BaseModel):
                 "fingerprint": self.fingerprint, "startsAt": self.starts_at}
 
 
-class AlertmanagerWebhook(BaseModel):
+class AlertmanagerWebhook(Model, forbid_unknown_fields=False):
     """A ``webhook_config`` notification, payload version 4."""
-
-    model_config = ConfigDict(extra="ignore")
 
     version: Literal["4"]
     alerts: list[WebhookAlert]
-    receiver: StrictStr = ""
-    truncated_alerts: int = Field(default=0, alias="truncatedAlerts")
+    receiver: str = ""
+    truncated_alerts: int = msgspec.field(default=0, name="truncatedAlerts")
 
 
-_Line = Annotated[StrictStr, Field(max_length=1000, pattern=r"^[^\r\n]*$")]
-_Who = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\r\n]+$")]
+_Line = Annotated[str, msgspec.Meta(max_length=1000)]
+_Who = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+_RUNBOOK_NAME = re.compile(r"[a-z][a-z0-9_]{0,59}")
 
 
-class _Body(BaseModel):
-    # Our own endpoints: a misspelt key is an error, as in the config file.
-    model_config = ConfigDict(extra="forbid")
+def _single_line(**values: str) -> None:
+    """A reason or a name goes into one line of the journal, a log and a page."""
+    for key, value in values.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"`{key}`: must be a single line")
 
 
-class PauseBody(_Body):
+# Our own endpoints refuse unknown keys (Model's default): a misspelt key is an error, as in
+# the config file.
+class PauseBody(Model):
     reason: _Line = ""
     by: _Who = "api"
 
+    def check(self) -> None:
+        _single_line(reason=self.reason, by=self.by)
 
-class ResumeBody(_Body):
+
+class ResumeBody(Model):
     by: _Who = "api"
 
+    def check(self) -> None:
+        _single_line(by=self.by)
 
-class DecisionBody(_Body):
+
+class DecisionBody(Model, kw_only=True):
     decision: Literal["immediate_rollback", "planned_rollback", "selective_rollback",
                       "fix_forward", "dismiss", "rollback"]
     """dismiss, fix_forward: close the incident; a rollback kind: start its runbook;
     rollback: the incident's own action's."""
     reason: _Line = ""
     by: _Who  # a decision closes an incident: the record names a person, not "api"
-    runbook: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,59}$")] | None = None
-    tables: Annotated[list[Annotated[StrictStr, Field(max_length=200)]],
-                      Field(max_length=100)] = []
+    runbook: str | None = None
+    tables: Annotated[list[Annotated[str, msgspec.Meta(max_length=200)]],
+                      msgspec.Meta(max_length=100)] = msgspec.field(default_factory=list)
     """With selective_rollback: the tables whose data is restored (checked as names)."""
 
+    def check(self) -> None:
+        _single_line(reason=self.reason, by=self.by)
+        if self.runbook is not None and not _RUNBOOK_NAME.fullmatch(self.runbook):
+            raise ValueError("`runbook`: must be a runbook name: a lowercase letter, then up "
+                             "to 59 lowercase letters, digits and _")
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text or "body"
 
-
-def describe_validation(error: ValidationError) -> str:
+def describe_validation(error: SchemaError) -> str:
     """One line naming the first offending field, e.g. ``alerts[0].labels.team: ...``."""
-    first = error.errors()[0]
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    elif first["type"] in ("model_type", "dict_type"):
+    message = error.message
+    # A table is the config file's word; a request's body is JSON.
+    if message.startswith("expected a table"):
         message = "must be a JSON object"
-    elif first["type"] == "string_pattern_mismatch":
-        message = "must be a single line"
-    return f"{_field(tuple(first['loc']))}: {message}"
+    elif message.endswith(", not a table"):
+        message = message.removesuffix("a table") + "a JSON object"
+    return f"{where(error.keys) or 'body'}: {message}"
 
 
 # -- the endpoints -------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class Api:
                            "disconnected") from None
         return bytes(body)
 
-    async def _parse(self, request: Request, model: type[Model]) -> Model:
+    async def _parse(self, request: Request, model: type[Body]) -> Body:
         raw = await self._read_body(request)
         try:
             data = json.loads(raw) if raw.strip() else {}
@@ -226,10 +228,10 @@ class Api:
         except RecursionError:
             raise ApiError(400, "body is nested too deeply", "invalid") from None
         try:
-            return model.model_validate(data)
+            return convert(data, model)
         except RecursionError:
             raise ApiError(400, "body is nested too deeply", "invalid") from None
-        except ValidationError as exc:
+        except SchemaError as exc:
             raise ApiError(400, describe_validation(exc), "invalid") from None
 
     async def alertmanager(self, request: Request) -> Response:
@@ -334,9 +336,12 @@ class Api:
         return _accepted(recorded.as_json())
 
 
-class AckBody(_Body):
+class AckBody(Model):
     by: _Who  # an acknowledgement stops escalation: the record names a person
     comment: _Line = ""
+
+    def check(self) -> None:
+        _single_line(by=self.by, comment=self.comment)
 
 
 class AckEndpoint:

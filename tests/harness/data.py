@@ -13,6 +13,7 @@ from daemon.config import BackupSettings
 from daemon.db.backups import BackupStore, Manifest, find_restore_tool
 from daemon.db.tools import libpq_env
 from daemon.proc import run_process
+from policies.schema import convert
 from tests.harness.paths import APP_DIR
 from tests.harness.processes import migrate
 from tests.harness.servers import PgCluster
@@ -20,8 +21,8 @@ from tests.harness.servers import PgCluster
 
 # A store that never refuses for space: these tests are about what goes into a backup.
 def store_in(directory: Path, **settings: object) -> BackupStore:
-    return BackupStore(BackupSettings.model_validate({"dir": directory, "min_free": 0,
-                                                      **settings}), connect_timeout=2)
+    return BackupStore(convert({"dir": str(directory), "min_free": 0, **settings},
+                               BackupSettings), connect_timeout=2)
 
 
 def run(dsn: str, *statements: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from policies.schema import convert
 from probes.base import Probe
 from probes.http import HttpProbe, aggregate_http
 from probes.migrations import MigrationsProbe
@@ -32,8 +33,8 @@ SOFT_LIMIT = 64
 
 def build(kind: str, target: str) -> Probe:
     if kind == "http":
-        return HttpProbe(HttpProbeSettings.model_validate(
-            {"name": "app", "url": target, "timeout": 2.0}))
+        return HttpProbe(convert(
+            {"name": "app", "url": target, "timeout": 2.0}, HttpProbeSettings))
     if kind == "postgres":
         return PostgresProbe(target, PostgresProbeSettings(), connect_timeout=2)
     if kind == "migrations":

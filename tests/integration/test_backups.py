@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -137,9 +138,9 @@ def test_pg_restore_still_refuses_a_truncated_archive_whose_manifest_was_made_to
     from daemon.durable import sha256_file
 
     digest, size = sha256_file(dump)
-    files = [f.model_copy(update={"sha256": digest, "size": size}) if f.path == "data.dump"
+    files = [msgspec.structs.replace(f, sha256=digest, size=size) if f.path == "data.dump"
              else f for f in manifest.files]
-    forged = manifest.model_copy(update={"files": files})
+    forged = msgspec.structs.replace(manifest, files=files)
     (tmp_path / manifest.id / MANIFEST).write_text(json.dumps(forged.dump()))
 
     result = store.verify(manifest.id)

@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
+from policies.schema import SchemaError, convert
 from probes.http import HttpProbe
 from probes.runner import ProbeOutcome, measure_one
 from probes.settings import HttpProbeSettings
@@ -112,8 +112,8 @@ async def probes() -> AsyncIterator[list[HttpProbe]]:
 
 
 def make(probes: list[HttpProbe], url: str, **given: object) -> HttpProbe:
-    probe = HttpProbe(HttpProbeSettings.model_validate(
-        {"name": "app", "url": url, "timeout": 2.0, **given}))
+    probe = HttpProbe(convert(
+        {"name": "app", "url": url, "timeout": 2.0, **given}, HttpProbeSettings))
     probes.append(probe)
     return probe
 
@@ -241,24 +241,24 @@ def test_a_header_file_is_read_when_the_config_loads_and_its_problems_name_the_h
     tmp_path: Path,
 ) -> None:
     def load(headers: dict[str, object]) -> HttpProbeSettings:
-        return HttpProbeSettings.model_validate(
-            {"name": "app", "url": "http://127.0.0.1:1/", "headers": headers})
+        return convert(
+            {"name": "app", "url": "http://127.0.0.1:1/", "headers": headers}, HttpProbeSettings)
 
     missing = tmp_path / "missing"
-    with pytest.raises(ValidationError, match=r"headers\.Cookie: cannot read .*missing"):
+    with pytest.raises(SchemaError, match=r"headers\.Cookie: cannot read .*missing"):
         load({"Cookie": {"file": str(missing)}})
 
     huge = tmp_path / "huge"
     huge.write_text("x" * 20_000)
-    with pytest.raises(ValidationError, match=r"headers\.Cookie: .* larger than 16 KiB"):
+    with pytest.raises(SchemaError, match=r"headers\.Cookie: .* larger than 16 KiB"):
         load({"Cookie": {"file": str(huge)}})
 
     two_lines = tmp_path / "two-lines"
     two_lines.write_text("first\nsecond\n")
-    with pytest.raises(ValidationError, match=r"headers\.Cookie: .*control character"):
+    with pytest.raises(SchemaError, match=r"headers\.Cookie: .*control character"):
         load({"Cookie": {"file": str(two_lines)}})
 
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    with pytest.raises(ValidationError, match=r"headers\.Cookie: .*empty"):
+    with pytest.raises(SchemaError, match=r"headers\.Cookie: .*empty"):
         load({"Cookie": {"file": str(empty)}})

@@ -14,6 +14,7 @@ from daemon.journal import Journal
 from daemon.paging.acks import acks_from_silences
 from daemon.paging.outbox import NoPageObserver, Outbox
 from policies.engine import Decision
+from policies.schema import convert
 from tests.harness.alertmanager_server import AlertmanagerServer, running_alertmanager_with
 from tests.harness.paging import FleetOf, stand_in
 
@@ -31,8 +32,8 @@ async def test_a_silence_of_the_fleet_incident_s_alert_acknowledges_the_local_in
     journal = Journal(tmp_path / "journal.db")
     journal.add_decision(Decision(1000.0, "open", 3, "slow", "medium", "evaluate", "evaluate",
                                   3600, "auto", "p95 held"))
-    settings = PagingSettings.model_validate(
-        {"alertmanager": {"urls": [alertmanager.url], "timeout": "3s"}})
+    settings = convert(
+        {"alertmanager": {"urls": [alertmanager.url], "timeout": "3s"}}, PagingSettings)
     outbox = Outbox(journal, "shop", settings, NoPageObserver())
 
     outbox.fleet = FleetOf("shop-fleet", {3: 42})

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import psycopg
 
+from policies.schema import convert
 from probes.migrations import MigrationsProbe
 from probes.pg import dbname_of
 from probes.postgres import PostgresProbe
@@ -35,7 +36,7 @@ def run(dsn: str, *statements: str) -> None:
 async def postgres_probe(
     dsn: str, checks: Sequence[Check], **settings: object
 ) -> AsyncIterator[PostgresProbe]:
-    probe = PostgresProbe(dsn, PostgresProbeSettings.model_validate(settings), checks=checks,
+    probe = PostgresProbe(dsn, convert(settings, PostgresProbeSettings), checks=checks,
                           connect_timeout=2)
     try:
         yield probe

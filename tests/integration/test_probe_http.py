@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from policies.schema import convert
 from policies.stats import quantile
 from probes.http import HTTP_AGGREGATE_SIGNALS, HttpProbe, aggregate_http
 from probes.runner import measure_one
@@ -57,7 +58,7 @@ def server() -> Iterator[ControlledServer]:
 
 
 def settings(url: str, name: str = "api", **kw: object) -> HttpProbeSettings:
-    return HttpProbeSettings.model_validate({"name": name, "url": url, "timeout": 1.0, **kw})
+    return convert({"name": name, "url": url, "timeout": 1.0, **kw}, HttpProbeSettings)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from policies.schema import convert
 from probes.http import HttpProbe
 from probes.runner import ProbeOutcome, measure_one
 from probes.settings import HttpProbeSettings, SystemProbeSettings
@@ -39,8 +40,8 @@ def unavailable() -> Iterator[str]:
 
 
 async def http_tick(url: str, requests: int = 1) -> ProbeOutcome:
-    probe = HttpProbe(HttpProbeSettings.model_validate(
-        {"name": "api", "url": url, "timeout": 1.0, "requests": requests}))
+    probe = HttpProbe(convert(
+        {"name": "api", "url": url, "timeout": 1.0, "requests": requests}, HttpProbeSettings))
     try:
         outcome = await measure_one(probe, bound=5.0)
     finally:

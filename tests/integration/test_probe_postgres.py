@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import pytest
 
+from policies.schema import convert
 from probes.base import Probe
 from probes.pg import connect, dbname_of, with_dbname
 from probes.postgres import SIGNALS, PostgresProbe
@@ -24,7 +25,7 @@ async def postgres_probe(
     checks: Sequence[SqlCheck] = (),
     **settings: object,
 ) -> AsyncIterator[PostgresProbe]:
-    probe = PostgresProbe(dsn, PostgresProbeSettings.model_validate(settings),
+    probe = PostgresProbe(dsn, convert(settings, PostgresProbeSettings),
                           expected_tables=expected_tables, checks=checks, connect_timeout=2)
     try:
         yield probe

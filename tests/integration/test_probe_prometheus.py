@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from policies.schema import convert
 from probes.prometheus import PrometheusProbe, PrometheusQueryError
 from probes.runner import measure_one
 from probes.settings import PrometheusProbeSettings
@@ -34,8 +35,9 @@ async def made() -> AsyncIterator[list[PrometheusProbe]]:
 
 def probe_for(made: list[PrometheusProbe], url: str, query: str,
               signal: str = "fleet.up") -> PrometheusProbe:
-    probe = PrometheusProbe(PrometheusProbeSettings.model_validate(
-        {"name": "fleet", "url": url, "query": query, "signal": signal, "timeout": 2.0}))
+    probe = PrometheusProbe(convert(
+        {"name": "fleet", "url": url, "query": query, "signal": signal, "timeout": 2.0},
+        PrometheusProbeSettings))
     made.append(probe)
     return probe
 

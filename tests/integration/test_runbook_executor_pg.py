@@ -25,6 +25,7 @@ from daemon.runbooks.context import RunRequest
 from daemon.runbooks.executor import Executor, RunResult
 from daemon.runbooks.steps import UNCHANGED
 from policies.runbooks import BUILTIN
+from policies.schema import convert
 from probes.pg import dbname_of, with_dbname
 from tests.harness.data import flip_a_byte, run, scalar, seed_visionforge, table_checksums
 from tests.harness.paths import APP_DIR
@@ -99,7 +100,7 @@ def site(pg_db: str, tmp_path: Path) -> Iterator[Site]:
     app, url = start_app(pg_db, port=port, pidfile=pidfile)
     argv = [sys.executable, str(APP_DIR / "app.py"), "--dsn", pg_db, "--host", "127.0.0.1",
             "--port", str(port), "--pidfile", str(pidfile), "--release-version", "v1"]
-    config = Config.model_validate({
+    config = convert({
         "daemon": {"state_dir": str(tmp_path / "state")},
         "app": {"name": "visionforge",
                 "control": {"adapter": "process", "pidfile": str(pidfile), "start": argv,
@@ -111,7 +112,7 @@ def site(pg_db: str, tmp_path: Path) -> Iterator[Site]:
                      "key_tables": ["users", "images", "audit_log"]},
         "backups": {"dir": str(tmp_path / "backups"), "min_free": 0},
         "probes": {"http": [{"name": "health", "url": f"{url}/health"}]},
-    })
+    }, Config)
     journal = Journal.in_state_dir(tmp_path / "state")
     found = Site(pg_db, url, pidfile, code, env_file, config, journal)
     yield found

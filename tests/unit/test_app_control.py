@@ -79,7 +79,7 @@ class Apps:
 
     def controller(self, start: list[str] | None = None,
                    stop_timeout: float = 5.0) -> ProcessController:
-        control = ProcessControl(adapter="process", pidfile=self.pidfile,
+        control = ProcessControl(pidfile=self.pidfile,
                                  start=start or self.graceful_argv(), stop_timeout=stop_timeout)
         built = AppController.build(control, state_dir=self.tmp / "state")
         assert isinstance(built, ProcessController)
@@ -224,7 +224,7 @@ def command_controller(tmp_path: Path, stop: list[str],
                        finder: ProcessProbeSettings | None = None) -> AppController:
     workdir = tmp_path / "app"
     workdir.mkdir(exist_ok=True)
-    control = CommandControl(adapter="command", start=[sys.executable, "-c", "pass"],
+    control = CommandControl(start=[sys.executable, "-c", "pass"],
                              stop=stop, cwd=workdir)
     return AppController.build(control, state_dir=tmp_path / "state", finder=finder)
 
@@ -287,7 +287,7 @@ def test_the_command_adapter_cannot_tell_whether_the_app_runs_without_a_finder(
 
 
 def systemd_controller() -> SystemdController:
-    built = AppController.build(SystemdControl(adapter="systemd", unit=UNIT),
+    built = AppController.build(SystemdControl(unit=UNIT),
                                 state_dir=Path("/nonexistent"))
     assert isinstance(built, SystemdController)
     return built

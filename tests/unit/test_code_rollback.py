@@ -52,7 +52,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def git_code(repo: Path, install: bool = True) -> GitCode:
-    return GitCode(adapter="git", dir=repo,
+    return GitCode(dir=repo,
                    install=[sys.executable, "install.py"] if install else None)
 
 
@@ -150,7 +150,7 @@ def test_rolling_back_to_the_current_commit_reruns_install_only(repo: Path) -> N
 
 
 def test_a_directory_that_is_no_git_repository_is_a_failure(tmp_path: Path) -> None:
-    code = GitCode(adapter="git", dir=tmp_path)
+    code = GitCode(dir=tmp_path)
     assert current_version(code) is None
     result = roll_back_code(code, "0123456", timeout=30)
     assert not result.ok and str(tmp_path) in result.message
@@ -166,7 +166,7 @@ def releases(tmp_path: Path) -> SymlinkCode:
         (root / "releases" / name).mkdir(parents=True)
         (root / "releases" / name / "VERSION").write_text(name)
     (root / "current").symlink_to("releases/v2")
-    return SymlinkCode(adapter="symlink", current=root / "current", releases=root / "releases")
+    return SymlinkCode(current=root / "current", releases=root / "releases")
 
 
 def test_symlink_rollback_switches_current_and_keeps_the_newer_release(

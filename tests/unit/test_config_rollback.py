@@ -7,6 +7,7 @@ import stat
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from daemon.app.config_files import restore_config_files
@@ -161,6 +162,6 @@ def test_a_symlinked_config_file_is_restored_in_the_file_it_points_to(site: Site
 
 
 def test_a_restore_point_without_config_files_is_a_no_op(site: Site) -> None:
-    manifest = site.restore_point().model_copy(update={"config": []})
+    manifest = msgspec.structs.replace(site.restore_point(), config=[])
     result = restore_config_files(site.store.path(manifest.id), manifest.id, manifest.config)
     assert result.ok and "holds no config files" in result.message

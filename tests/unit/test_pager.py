@@ -15,6 +15,7 @@ from daemon.paging.acks import record_ack
 from daemon.paging.pager import Pager
 from policies.engine import Decision
 from policies.policy import Policy, parse_policy
+from policies.schema import convert
 
 HOUR = 3600.0
 
@@ -101,7 +102,7 @@ def test_unanswered_the_chain_is_paged_l2_after_15_minutes_and_l3_after_30(
 
 def holding() -> PagingSettings:
     """Settings with a channel that holds pages open (to acknowledge and resolve)."""
-    return PagingSettings.model_validate({"alertmanager": {"urls": ["http://127.0.0.1:9"]}})
+    return convert({"alertmanager": {"urls": ["http://127.0.0.1:9"]}}, PagingSettings)
 
 
 def test_an_acknowledgement_stops_the_chain_and_tells_the_channels(journal: Journal,

@@ -106,13 +106,13 @@ def test_an_explicit_order_is_kept_and_may_leave_channels_out(files: dict[str, P
     ('[paging]\norder = ["alertmanager", "alertmanager"]\n'
      '[paging.alertmanager]\nurls = ["http://am:9093"]\n',
      "paging.order: alertmanager is listed twice"),
-    ('[paging]\norder = ["sms"]\n', "paging.order[0]: Input should be 'alertmanager', "
+    ('[paging]\norder = ["sms"]\n', "paging.order[0]: expected one of 'alertmanager', "
      "'pagerduty', 'slack', 'email' or 'webhook'"),
-    ("[paging]\nattempts = 11\n", "paging.attempts: Input should be less than or equal to 10"),
-    ('[paging]\nmax_retry_wait = "0s"\n', "paging.max_retry_wait: Input should be greater than 0"),
+    ("[paging]\nattempts = 11\n", "paging.attempts: must be at most 10"),
+    ('[paging]\nmax_retry_wait = "0s"\n', "paging.max_retry_wait: must be more than 0s"),
     ("[paging]\nretries = 3\n", "paging.retries: unknown key"),
     ("[paging.alertmanager]\nurls = []\n",
-     "paging.alertmanager.urls: List should have at least 1 item after validation, not 0"),
+     "paging.alertmanager.urls: must have at least 1 item"),
     ('[paging.alertmanager]\nurls = ["am:9093"]\n',
      "paging.alertmanager.urls[0]: 'am:9093' is not an http(s) URL"),
     ('[paging.alertmanager]\nurls = ["http://am:9093", "http://am:9093"]\n',
@@ -122,7 +122,7 @@ def test_an_explicit_order_is_kept_and_may_leave_channels_out(files: dict[str, P
     ('[paging.email]\nhost = "smtp"\nfrom = "a@example.net"\nto = ["b@example.net"]\n'
      'username = "rollbackd"\n', "paging.email: username needs password_file"),
     ('[paging.email]\nhost = "smtp"\nfrom = "a@example.net"\nto = ["oncall"]\n',
-     "paging.email.to[0]: String should match pattern '^[^@\\s<>,;]+@[^@\\s<>,;]+$'"),
+     "paging.email.to[0]: must match the pattern ^[^@\\s<>,;]+@[^@\\s<>,;]+$"),
     ('[paging.email]\nhost = "smtp"\nto = ["b@example.net"]\n',
      "paging.email.from: required key is missing"),
     ('[paging.contacts.vendor]\nchannel = "email"\nto = ["s@vendor.example"]\nwho = "vendor"\n',
@@ -134,8 +134,8 @@ def test_an_explicit_order_is_kept_and_may_leave_channels_out(files: dict[str, P
      'to = ["s@vendor.example"]\nwho = "vendor"\n',
      "paging.contacts.vendor: to does not apply to channel webhook"),
     ('[paging.contacts.vendor]\nchannel = "sms"\nwho = "vendor"\n',
-     "paging.contacts.vendor.channel: Input should be 'email', 'webhook', 'pagerduty' or "
-     "'slack'"),
+     "paging.contacts.vendor.channel: expected one of 'email', 'webhook', 'pagerduty' "
+     "or 'slack'"),
     ('[paging.contacts."Vendor X"]\nchannel = "webhook"\nurl = "https://v.example"\n'
      'who = "vendor"\n', "paging.contacts: 'Vendor X' is not a contact name (lowercase "
      "letters, digits, - and _, at most 40)"),

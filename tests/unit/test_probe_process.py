@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from policies.schema import convert
 from probes.process import ProcessProbe, ProcessQueryError, parse_systemctl_show
 from probes.runner import measure_one
 from probes.settings import ProcessProbeSettings
@@ -59,7 +60,7 @@ def children() -> Iterator[Children]:
 
 
 def probe_for(**finder: object) -> ProcessProbe:
-    return ProcessProbe(ProcessProbeSettings.model_validate(finder))
+    return ProcessProbe(convert(finder, ProcessProbeSettings))
 
 
 def write_pidfile(path: Path, pid: int) -> None:

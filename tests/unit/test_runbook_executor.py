@@ -22,6 +22,7 @@ from daemon.runbooks.executor import (
 )
 from daemon.runbooks.steps import ADAPTERS, Adapter
 from policies.runbooks import Runbook, Step, step
+from policies.schema import convert
 
 
 class Recorder:
@@ -71,8 +72,8 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def config(tmp_path: Path) -> Config:
-    return Config.model_validate({"daemon": {"state_dir": str(tmp_path / "state")},
-                                  "app": {"name": "visionforge"}})
+    return convert({"daemon": {"state_dir": str(tmp_path / "state")},
+                    "app": {"name": "visionforge"}}, Config)
 
 
 def request(runbook: Runbook, timeline: float | None = 900.0) -> RunRequest:

@@ -18,6 +18,7 @@ from daemon.runbooks.executor import RUN_LOCK_FILE, Executor
 from daemon.runbooks.recovery import REVERTED
 from daemon.runbooks.steps import ADAPTERS, Adapter
 from policies.runbooks import BUILTIN, Step
+from policies.schema import convert
 
 
 def stand_in(outcome: str = "ok", part: str | None = None, phrase: str = "",
@@ -48,8 +49,8 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def executor(tmp_path: Path, journal: Journal, **adapters: Adapter) -> Executor:
-    config = Config.model_validate({"daemon": {"state_dir": str(tmp_path / "state")},
-                                    "app": {"name": "visionforge"}})
+    config = convert({"daemon": {"state_dir": str(tmp_path / "state")},
+                      "app": {"name": "visionforge"}}, Config)
     return Executor(config, journal, backoff=0.01, adapters={**ADAPTERS, **adapters})
 
 

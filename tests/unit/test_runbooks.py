@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from policies.runbooks import BUILTIN, RunbookError, parse_runbooks, resolve
+from policies.runbooks import (
+    BUILTIN,
+    CommandArgs,
+    RunbookError,
+    StopArgs,
+    ValidateArgs,
+    parse_runbooks,
+    resolve,
+)
 
 
 def kinds(name: str) -> list[str]:
@@ -17,15 +25,16 @@ def test_an_immediate_rollback_pages_stops_restores_rolls_back_restarts_and_vali
         "page", "stop_app", "restore_database", "validate", "rollback_code",
         "rollback_config", "start_app", "validate", "notify"]
     stop = BUILTIN["immediate_rollback"].steps[1]
-    assert stop.args.model_dump()["force"] is True
+    assert isinstance(stop.args, StopArgs) and stop.args.force is True
 
 
 def test_a_planned_rollback_assesses_and_keeps_a_safety_copy_before_restoring() -> None:
     steps = kinds("planned_rollback")
     assert steps[:5] == ["assess", "notify", "stop_app", "safety_backup", "restore_database"]
-    assert BUILTIN["planned_rollback"].steps[2].args.model_dump()["force"] is False
-    checklists = [s.args.model_dump()["checklist"] for s in BUILTIN["planned_rollback"].steps
-                  if s.kind == "validate"]
+    stop = BUILTIN["planned_rollback"].steps[2].args
+    assert isinstance(stop, StopArgs) and stop.force is False
+    checklists = [s.args.checklist for s in BUILTIN["planned_rollback"].steps
+                  if isinstance(s.args, ValidateArgs)]
     assert checklists == ["database", "application", "data"]
 
 
@@ -58,7 +67,8 @@ def test_a_policy_runbook_keeps_its_steps_arguments_timeouts_and_retries() -> No
         {"step": "start_app", "retries": 3},
     ]}], "p.toml").values()
     _, down, start = book.steps
-    assert down.args.model_dump()["command"] == ("npm", "run", "migrate:down")
+    assert isinstance(down.args, CommandArgs)
+    assert down.args.command == ("npm", "run", "migrate:down")
     assert down.timeout == 600 and not down.idempotent
     assert start.retries == 3
     assert book.describe()[1].startswith(" 2. run_down_migration (command=[npm run")
@@ -75,6 +85,10 @@ def test_a_policy_runbook_keeps_its_steps_arguments_timeouts_and_retries() -> No
     ([{"step": "notify"}, {"step": "start_app", "timeout": "inf"}],
      "runbook mine: step 2 (start_app): timeout:"),
     ([{"force": True}], "step 1: step: required key is missing"),
+    ([{"step": "stop_app", "force": "yes"}],
+     "step 1 (stop_app): force: expected true or false, not a string"),
+    ([{"step": "stop_app", "grace": "2h"}], "step 1 (stop_app): grace: must be at most 1h"),
+    ([{"step": "start_app", "timeout": "25h"}], "step 1 (start_app): timeout: must be at most 1d"),
 ])
 def test_a_bad_step_is_rejected_naming_file_runbook_and_step(
         steps: list[dict[str, object]], message: str) -> None:
@@ -82,6 +96,16 @@ def test_a_bad_step_is_rejected_naming_file_runbook_and_step(
         parse_runbooks([{"name": "mine", "steps": steps}], "/etc/rollbackd/policy.toml")
     assert str(caught.value).startswith("/etc/rollbackd/policy.toml: ")
     assert message in str(caught.value)
+
+
+def test_a_stop_step_has_a_grace_only_when_the_runbook_gives_one() -> None:
+    [book] = parse_runbooks([{"name": "stops", "steps": [
+        {"step": "stop_app"}, {"step": "stop_app", "grace": "10s"}]}], "p.toml").values()
+    default, given = book.steps
+    assert isinstance(default.args, StopArgs) and default.args.grace is None
+    assert isinstance(given.args, StopArgs) and given.args.grace == 10.0
+    assert book.describe() == [" 1. stop_app (force=false) timeout 2m, 1 retries",
+                               " 2. stop_app (force=false, grace=10s) timeout 2m, 1 retries"]
 
 
 def test_a_runbook_may_not_take_a_bundled_name_or_be_defined_twice() -> None:
