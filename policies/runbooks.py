@@ -57,16 +57,8 @@ class PageArgs(_Args):
 class StopArgs(_Args):
     force: bool = False
     """True: kill at once (an immediate rollback); False: SIGTERM, wait ``grace``, then kill."""
-    grace: Duration | None = None
+    grace: Annotated[Duration, Within(le=3600)] | None = None
     """Up to 1h; None: the process adapter's ``stop_timeout``."""
-
-    def check(self) -> None:
-        # Within does not look inside an optional field.
-        if self.grace is not None and (problem := _GRACE.problem(self.grace, format_duration)):
-            raise ValueError(f"`grace`: {problem}")
-
-
-_GRACE = Within(le=3600)
 
 
 class RestoreArgs(_Args):

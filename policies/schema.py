@@ -208,7 +208,7 @@ def replace(model: M, **changes: Any) -> M:
 
 # -- msgspec's messages, told as ours -------------------------------------------------------
 
-_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>.*)`)?$", re.DOTALL)
+_AT = re.compile(r"^(?P<message>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>.*)`)?$", re.DOTALL)
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`$")
 _MISSING = re.compile(r"^Object missing required field `(.*)`$")
@@ -225,6 +225,11 @@ def _schema_error(text: str, data: Any, kind: type) -> SchemaError:
          for m in _STEP.finditer(path)],
         data, kind,
     )
+    if match["key"]:  # a dictionary's key, which msgspec does not repeat
+        choices = _choices(_dict_key_type(_type_at(kind, keys)))
+        if choices:
+            return SchemaError(keys, f"each key must be one of {choices}")
+        return SchemaError(keys, f"a key: {_key_message(message)}")
     if found := _UNKNOWN.fullmatch(message):
         return SchemaError((*keys, found[1]), "unknown key")
     if found := _MISSING.fullmatch(message):
@@ -240,6 +245,12 @@ def _schema_error(text: str, data: Any, kind: type) -> SchemaError:
         choices = _choices(_type_at(kind, keys)) or _tags(_type_at(kind, keys[:-1]))
         return SchemaError(keys, f"expected one of {choices}" if choices else "invalid value")
     return SchemaError(keys, message)
+
+
+def _key_message(message: str) -> str:
+    if found := _EXPECTED.fullmatch(message):
+        return _expected(found[1], found[2], found[3])
+    return message
 
 
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
@@ -340,9 +351,17 @@ def _type_at(kind: Any, keys: tuple[Key, ...]) -> Any:
 
 
 def _dict_value_type(kind: Any) -> Any:
+    return _dict_arg(kind, 1)
+
+
+def _dict_key_type(kind: Any) -> Any:
+    return _dict_arg(kind, 0)
+
+
+def _dict_arg(kind: Any, index: int) -> Any:
     for member in _members(kind):
         if typing.get_origin(member) in (dict, Mapping):
-            return typing.get_args(member)[1]
+            return typing.get_args(member)[index]
     return None
 
 

@@ -37,6 +37,7 @@ class Daemon(Model):
 
 class Top(Model):
     daemon: Daemon = msgspec.field(default_factory=Daemon)
+    modes: dict[Literal["auto", "approve"], int] = msgspec.field(default_factory=dict)
     code: Git | Symlink | None = None
     probes: list[Daemon] = msgspec.field(default_factory=list)
     hosts: dict[str, Daemon] = msgspec.field(default_factory=dict)
@@ -68,6 +69,8 @@ def error(data: object) -> str:
     ({"probes": [{}, {"zz": 1}]}, "probes[1].zz: unknown key"),
     ({"daemon": 3}, "daemon: expected a table, not an integer"),
     ({"daemon": {"_secret": "injected"}}, "daemon._secret: unknown key"),
+    ({"modes": {"auto": 1, "fast": 2}},
+     "modes: each key must be one of 'auto' or 'approve'"),
 ])
 def test_a_bad_setting_is_named_by_its_key(data: object, told: str) -> None:
     assert error(data) == told
