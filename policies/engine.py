@@ -28,6 +28,7 @@ from policies.policy import (
     Severity,
     blind_rule,
 )
+from policies.runbooks import Runbook
 from policies.units import format_duration
 
 Event = Mapping[str, Any]
@@ -569,7 +570,7 @@ class Engine:
         mode = self.policy.mode_for(rule.action, self.mode)
         if rule.action not in ROLLBACKS:
             return rule.action, mode, why
-        refusal = self._rollback_refusal(t, mode)
+        refusal = self._rollback_refusal(t, mode, self.policy.runbook_for(rule))
         if refusal is not None:
             return "page", mode, f"{refusal}; {why}"
         if incident is not None and incident.auto_rollback and mode == "auto":
@@ -580,7 +581,7 @@ class Engine:
             self._auto_rollbacks.append(t)
         return rule.action, mode, why
 
-    def _rollback_refusal(self, t: float, mode: str) -> str | None:
+    def _rollback_refusal(self, t: float, mode: str, runbook: Runbook | None) -> str | None:
         guards = self.policy.guards
         deploy = self._deploy
         if deploy is None or t - deploy.t > guards.rollback_window:
@@ -590,7 +591,9 @@ class Engine:
             return f"deploy {deploy.version} was already rolled back: nothing to roll back to"
         if not deploy.verified:
             return f"deploy {deploy.version} has no verified restore point"
-        if "db.up" in self._probed and self.value("db.up") != 1:
+        if (runbook is None or runbook.needs_database) and (
+                "db.up" in self._probed and self.value("db.up") != 1):
+            # A runbook that only rolls back code or configuration can run without it.
             state = "unreachable" if self.value("db.up") == 0 else "not measured"
             return f"database {state}: a restore cannot run"
         while self._auto_rollbacks and t - self._auto_rollbacks[0] >= guards.cooldown:

@@ -148,6 +148,12 @@ class Runbook:
         return any(s.kind == "restore_database" for s in self.steps)
 
     @property
+    def needs_database(self) -> bool:
+        """Whether a step of it changes the database or copies it whole (a backup, a restore,
+        a down-migration), none of which can run without it."""
+        return any(s.kind in DATABASE_STEPS for s in self.steps)
+
+    @property
     def tables(self) -> tuple[str, ...]:
         """The tables its restore steps put back (a selective rollback); () when none do, or
         when they restore the whole database."""

@@ -18,7 +18,7 @@ from daemon.ops.common import FLEET_BY_HAND, OpsError, open_journal, refused_in_
 from daemon.runbooks.context import RunRequest, prepare
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
 from policies.policy import Policy
-from policies.runbooks import BUILTIN, DATABASE_STEPS, Runbook, resolve
+from policies.runbooks import BUILTIN, Runbook, resolve
 from policies.units import format_duration
 
 
@@ -131,7 +131,7 @@ def plan_rollback(config: Config, policy: Policy | None, runbook: str | None = N
         raise OpsError(str(exc)) from None
     finally:
         journal.close()
-    shared = config.fleet is not None and any(s.kind in DATABASE_STEPS for s in chosen.steps)
+    shared = config.fleet is not None and chosen.needs_database
     return RollbackPlan(request, summary, ctx.deploy, ctx.manifest, ctx.manifest_problem,
                         drill, time.time(), config.fleet.name if shared and config.fleet else None)
 

@@ -58,6 +58,7 @@ from daemon.journal import (
     RunStep,
 )
 from policies.engine import Decision
+from policies.runbooks import DATABASE_STEPS
 from policies.units import format_duration
 from probes.pg import with_dbname
 
@@ -74,7 +75,6 @@ OUTPUT_LINES = 20
 
 VALIDATION_STEPS = frozenset({"validate", "wait_healthy"})
 EVIDENCE_STEPS = frozenset({"assess", "validate", "wait_healthy"})
-DATABASE_STEPS = frozenset({"safety_backup", "restore_database", "run_down_migration"})
 
 
 class ReportError(Exception):

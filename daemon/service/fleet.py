@@ -703,9 +703,7 @@ class Fleet:
         log = self.log.bind(fleet_incident=incident.id, runbook=request.runbook.name)
         settled = False
         try:
-            state: DbState = ("restoring" if any(s.kind in DATABASE_STEPS
-                                                 for s in request.runbook.steps)
-                              else "restored")
+            state: DbState = "restoring" if request.runbook.needs_database else "restored"
             note = "" if state == "restoring" else "the runbook has no database step"
             # When, by this host's clock (the one its swap names its copies with): a host
             # taking over can tell a swap that completed since from older ones.
