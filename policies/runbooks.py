@@ -284,8 +284,20 @@ def parse_runbooks(tables: Sequence[Any], path: str) -> dict[str, Runbook]:
                                + (" (bundled)" if table.name in BUILTIN else ""))
         steps = tuple(_parse_step(raw_step, f"{where}: step {i}")
                       for i, raw_step in enumerate(table.steps, 1))
+        _kept_first(steps, where)
         found[table.name] = Runbook(table.name, steps, table.description)
     return found
+
+
+def _kept_first(steps: Sequence[Step], where: str) -> None:
+    """Every destructive database step is preceded by a kept copy. A restore keeps the data
+    it replaces itself; a down-migration, which may drop a column, cannot."""
+    kinds = [s.kind for s in steps]
+    for index, kind in enumerate(kinds, 1):
+        if kind == "run_down_migration" and "safety_backup" not in kinds[:index]:
+            raise RunbookError(f"{where}: step {index} (run_down_migration): a down-migration "
+                               "changes the live database and may drop data: put a "
+                               "safety_backup step before it")
 
 
 def _parse_step(raw: Mapping[str, Any], where: str) -> Step:

@@ -62,16 +62,17 @@ def test_each_rollback_action_has_its_bundled_runbook_and_a_rule_may_name_anothe
 def test_a_policy_runbook_keeps_its_steps_arguments_timeouts_and_retries() -> None:
     [book] = parse_runbooks([{"name": "schema_down", "description": "down-migrate", "steps": [
         {"step": "stop_app", "force": True},
+        {"step": "safety_backup"},
         {"step": "run_down_migration", "command": ["npm", "run", "migrate:down"],
          "timeout": "10m"},
         {"step": "start_app", "retries": 3},
     ]}], "p.toml").values()
-    _, down, start = book.steps
+    _, _, down, start = book.steps
     assert isinstance(down.args, CommandArgs)
     assert down.args.command == ("npm", "run", "migrate:down")
     assert down.timeout == 600 and not down.idempotent
     assert start.retries == 3
-    assert book.describe()[1].startswith(" 2. run_down_migration (command=[npm run")
+    assert book.describe()[2].startswith(" 3. run_down_migration (command=[npm run")
 
 
 @pytest.mark.parametrize(("steps", "message"), [
@@ -89,6 +90,12 @@ def test_a_policy_runbook_keeps_its_steps_arguments_timeouts_and_retries() -> No
      "step 1 (stop_app): force: expected true or false, not a string"),
     ([{"step": "stop_app", "grace": "2h"}], "step 1 (stop_app): grace: must be at most 1h"),
     ([{"step": "start_app", "timeout": "25h"}], "step 1 (start_app): timeout: must be at most 1d"),
+    # Every destructive database step is preceded by a kept copy: a restore keeps the data it
+    # replaces itself, a down-migration (which may drop columns) cannot.
+    ([{"step": "stop_app"}, {"step": "run_down_migration", "command": ["migrate", "down"]},
+      {"step": "safety_backup"}],
+     "step 2 (run_down_migration): a down-migration changes the live database and may drop "
+     "data: put a safety_backup step before it"),
 ])
 def test_a_bad_step_is_rejected_naming_file_runbook_and_step(
         steps: list[dict[str, object]], message: str) -> None:
