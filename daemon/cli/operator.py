@@ -112,7 +112,22 @@ def incidents(ctx: click.Context, config_file: Path | None, as_json: bool) -> No
     its report)."""
     if ctx.invoked_subcommand is not None:
         ctx.obj["incidents_config"] = config_file
+        ctx.obj["incidents_json"] = as_json
         return
+    _list_incidents(ctx, config_file, as_json)
+
+
+@incidents.command("list")
+@config_option
+@json_option("A JSON array.")
+@click.pass_context
+def list_incidents(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
+    """List incidents, newest first (the same as ``incidents`` alone)."""
+    _list_incidents(ctx, config_file or ctx.obj.get("incidents_config"),
+                    as_json or ctx.obj.get("incidents_json", False))
+
+
+def _list_incidents(ctx: click.Context, config_file: Path | None, as_json: bool) -> None:
     _, journal = _journal(ctx, config_file)
     render(IncidentList(journal.incidents()), as_json)
 

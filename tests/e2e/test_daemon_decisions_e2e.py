@@ -266,6 +266,8 @@ def test_an_operator_sees_the_incident_and_dismisses_it(
         listed = json.loads(rollbackd_cli(daemon_config, "incidents", "--json").stdout)
         assert [(i["incident"], i["scenario"], i["state"]) for i in listed] == [
             (1, "app_compromised", "open")]
+        for argv in (("incidents", "list", "--json"), ("incidents", "--json", "list")):
+            assert json.loads(rollbackd_cli(daemon_config, *argv).stdout) == listed
 
         decided = rollbackd_cli(daemon_config, "decide", "1", "dismiss", "--reason", "drill")
         assert decided.returncode == 0, decided.stderr
