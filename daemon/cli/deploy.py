@@ -26,7 +26,6 @@ from daemon.ops.common import OpsError
 from daemon.ops.deploys import (
     DeployStart,
     end_deploy,
-    record_migration,
     run_migration,
     start_deploy,
 )
@@ -106,7 +105,7 @@ def deploy_run(ctx: click.Context, config_file: Path | None, version: str, timeo
     exit_code, why = run_migration(list(command), timeout)
     status = "succeeded" if exit_code == 0 else "failed"
     try:
-        record_migration(config, started.deploy, status, exit_code)
+        end_deploy(config, status, started.deploy.id, migration=True, exit_code=exit_code)
     except OpsError as exc:
         fail(f"the migration {status} but could not be journaled: {exc}", EXIT_FAILED)
     d = started.deploy

@@ -107,8 +107,13 @@ def start_deploy(config: Config, version: str, *,
     return DeployStart(deploy, manifest, verification, warnings)
 
 
-def end_deploy(config: Config, status: str, deploy_id: int | None = None) -> DeployEnd:
-    """Close ``deploy_id`` (default: the app's latest running deploy) with ``status``."""
+def end_deploy(config: Config, status: str, deploy_id: int | None = None, *,
+               migration: bool = False, exit_code: int | None = None) -> DeployEnd:
+    """Close ``deploy_id`` (default: the app's latest running deploy) with ``status``.
+
+    With ``migration``, ``status`` is the outcome of the deploy's migration (and
+    ``exit_code`` its command's): journaled first as a migration event, which the engine reads
+    as ``migration.failed``, as `rollbackd deploy run` journals it."""
     journal = open_journal(config)
     try:
         if deploy_id is None:
@@ -116,22 +121,18 @@ def end_deploy(config: Config, status: str, deploy_id: int | None = None) -> Dep
             if not running:
                 raise OpsError(f"no running deploy of {config.app_name} to end")
             deploy_id = running[0].id
-        return DeployEnd(journal.end_deploy(deploy_id, status, time.time()))
-    except JournalError as exc:
-        raise OpsError(str(exc)) from None
-    finally:
-        journal.close()
-
-
-def record_migration(config: Config, deploy: Deploy, status: str,
-                     exit_code: int | None) -> None:
-    """Journal the migration's outcome (the engine's ``migration.failed``), then end the deploy."""
-    journal = open_journal(config)
-    try:
+        deploy = journal.deploy(deploy_id)
+        if deploy is None:
+            raise OpsError(f"no deploy {deploy_id} in the journal")
+        if deploy.status != "running":
+            # Checked before the migration's event: an ended deploy's would start an incident.
+            raise OpsError(f"deploy {deploy_id} already ended ({deploy.status})")
         t = time.time()
-        journal.add_event(t, {"type": "migration", "status": status, "version": deploy.version,
-                              "deploy": deploy.id, "exit_code": exit_code})
-        journal.end_deploy(deploy.id, status, t)
+        if migration:
+            journal.add_event(t, {"type": "migration", "status": status,
+                                  "version": deploy.version, "deploy": deploy_id,
+                                  "exit_code": exit_code})
+        return DeployEnd(journal.end_deploy(deploy_id, status, t))
     except JournalError as exc:
         raise OpsError(str(exc)) from None
     finally:

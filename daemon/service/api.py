@@ -8,6 +8,7 @@ their first request: the daemon goes without it until someone asks.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -143,6 +144,33 @@ class DecisionBody(Model, kw_only=True):
                              "to 59 lowercase letters, digits and _")
 
 
+class DeployBody(Model):
+    """``POST /api/v1/deploys``: a deploy's begin (``version``) or end (``status``)."""
+
+    phase: Literal["begin", "end"]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    status: Literal["succeeded", "failed"] | None = None
+    deploy: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The deploy to end; by default the app's latest running one."""
+    migration: bool = False
+    """``status`` is the deploy's migration's: the engine reads a failed one as
+    ``migration.failed``, as `rollbackd deploy run` journals it."""
+
+    def check(self) -> None:
+        given = {key for key in ("version", "status", "deploy") if getattr(self, key) is not None}
+        if self.migration:
+            given.add("migration")
+        needed, others = (("version", "a deploy's end") if self.phase == "begin"
+                          else ("status", "a deploy's begin"))
+        if needed not in given:
+            raise ValueError(f"`{needed}`: required key is missing")
+        wrong = sorted(given - {"version"} if self.phase == "begin" else given & {"version"})
+        if wrong:
+            raise ValueError(f"`{wrong[0]}`: only {others} has one")
+        if self.version is not None:
+            _single_line(version=self.version)
+
+
 def describe_validation(error: SchemaError) -> str:
     """One line naming the first offending field, e.g. ``alerts[0].labels.team: ...``."""
     message = error.message
@@ -161,6 +189,7 @@ class Api:
     def __init__(self, host: ApiHost) -> None:
         self.host = host
         self.log = get_logger().bind(component="api")
+        self._deploying = asyncio.Lock()  # one restore point at a time
 
     def guarded(self, handler: Handler) -> Handler:
         """Token check first, then the handler; refusals become one-line JSON errors."""
@@ -336,6 +365,42 @@ class Api:
         return _accepted(recorded.as_json())
 
 
+    async def deploys(self, request: Request) -> Response:
+        """A deploy's begin answers once its restore point is taken and verified (as long as
+        `rollbackd deploy begin` takes: the pipeline must not go on before), one at a time;
+        its end at once."""
+        from daemon.ops.common import OpsError
+        from daemon.ops.deploys import end_deploy, start_deploy
+
+        body = await self._parse(request, DeployBody)
+        config = self.host.config
+        if config.database is None:
+            raise ApiError(409, "no [database] in the config: a deploy's restore point is a "
+                                "backup of it")
+        if body.phase == "end":
+            assert body.status is not None  # DeployBody.check
+            try:
+                ended = await run_in_threadpool(lambda: end_deploy(
+                    config, str(body.status), body.deploy, migration=body.migration))
+            except OpsError as exc:
+                raise ApiError(409, str(exc)) from None
+            self.log.info("deploy ended through the API", deploy=ended.deploy.id,
+                          status=ended.deploy.status, migration=body.migration)
+            return JSONResponse(ended.as_json())
+        if self._deploying.locked():
+            raise ApiError(409, "a deploy is being begun already: its restore point is being "
+                                "taken; retry when it answers")
+        async with self._deploying:
+            try:
+                started = await run_in_threadpool(start_deploy, config, str(body.version))
+            except OpsError as exc:
+                raise ApiError(500, str(exc)) from None
+        self.log.info("deploy begun through the API", deploy=started.deploy.id,
+                      version=started.deploy.version, restore_point=started.restore_point.id,
+                      warnings=started.warnings)
+        return JSONResponse({**started.as_json(), "warnings": started.warnings}, 201)
+
+
 class AckBody(Model):
     by: _Who  # an acknowledgement stops escalation: the record names a person
     comment: _Line = ""
@@ -399,6 +464,7 @@ def api_routes(host: ApiHost) -> list[BaseRoute]:
               methods=["POST"]),
         Route("/api/v1/incidents/{incident:int}/ack", guarded(AckEndpoint(api)),
               methods=["POST"]),
+        Route("/api/v1/deploys", guarded(api.deploys), methods=["POST"]),
         Route("/api/v1/pause", guarded(api.pause), methods=["POST"]),
         Route("/api/v1/resume", guarded(api.resume), methods=["POST"]),
     ]

@@ -47,13 +47,13 @@ def write_config(tmp_path: Path, api: str, policy: str = POLICY) -> Path:
 class Rollbackd:
     """A running daemon with one token file, and what a test needs to talk to it."""
 
-    def __init__(self, tmp_path: Path, api: str | None = None) -> None:
+    def __init__(self, tmp_path: Path, api: str | None = None, policy: str = POLICY) -> None:
         self.token = new_token()
         self.token_file = tmp_path / "api.token"
         self.token_file.write_text(self.token + "\n")
         if api is None:
             api = f'[api]\ntoken_files = ["{self.token_file}"]\n'
-        self.config = write_config(tmp_path, api)
+        self.config = write_config(tmp_path, api, policy)
         self.proc: Proc = start_daemon(self.config)
         self.url = daemon_url(self.config)
         self.journal = Journal.in_state_dir(tmp_path / "state")
