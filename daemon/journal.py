@@ -208,6 +208,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "a run's part in its fleet's incident (status and reports name it)", (
         "ALTER TABLE runs ADD COLUMN fleet TEXT",
     )),
+    Migration(8, "a deploy's clone: its fast restore point, swapped in by renaming", (
+        "ALTER TABLE deploys ADD COLUMN clone TEXT",
+    )),
 )
 """In order; append, never edit one that has shipped."""
 
@@ -378,13 +381,18 @@ class Deploy:
     code_version: str | None
     restore_point: str | None
     restore_point_verified: bool
+    clone: str | None = None
+    """The database cloned from the live one at the deploy (``deploy begin --clone``): a
+    rollback swaps it in by renaming, in seconds, instead of restoring the restore point."""
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "app": self.app, "version": self.version,
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "status": self.status, "code_version": self.code_version,
                 "restore_point": self.restore_point,
-                "restore_point_verified": self.restore_point_verified}
+                "restore_point_verified": self.restore_point_verified,
+                # Only when there is one: incident reports made before clones stay current.
+                **({"clone": self.clone} if self.clone is not None else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,13 +775,14 @@ class Journal:
     # -- deploys ---------------------------------------------------------------------------
 
     def begin_deploy(self, app: str, version: str, t: float, *, code_version: str | None = None,
-                     restore_point: str | None = None, verified: bool = False) -> Deploy:
+                     restore_point: str | None = None, verified: bool = False,
+                     clone: str | None = None) -> Deploy:
         """Record a deploy and the ``deploy begin`` event the decision engine reads."""
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO deploys (app, version, started_at, code_version, restore_point,"
-                " restore_point_verified) VALUES (?, ?, ?, ?, ?, ?)",
-                (app, version, t, code_version, restore_point, int(verified)),
+                " restore_point_verified, clone) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (app, version, t, code_version, restore_point, int(verified), clone),
             )
             deploy_id = int(cur.lastrowid or 0)
             self._insert_event(db, t, {"type": "deploy", "phase": "begin", "version": version,
@@ -968,11 +977,12 @@ class Journal:
                       tables: Sequence[str], by: str, t: float,
                       incident: int | None = None) -> Restore:
         """Journal a restore before it touches the database, linked to its deploy (the one
-        whose restore point is ``source``, else ``app``'s latest) and to ``incident`` (default:
-        the incident open now, if any)."""
+        whose restore point or clone is ``source``, else ``app``'s latest) and to ``incident``
+        (default: the incident open now, if any)."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT id FROM deploys WHERE app = ? ORDER BY restore_point = ? DESC,"
+                "SELECT id FROM deploys WHERE app = ?1"
+                " ORDER BY (restore_point = ?2 OR coalesce(clone = ?2, 0)) DESC,"
                 " started_at DESC, id DESC LIMIT 1", (app, source)).fetchone()
             deploy = None if row is None else int(row["id"])
             if incident is None:
@@ -1339,6 +1349,7 @@ def _deploy(row: sqlite3.Row) -> Deploy:
         status=_deploy_status(row["status"]), code_version=row["code_version"],
         restore_point=row["restore_point"],
         restore_point_verified=bool(row["restore_point_verified"]),
+        clone=row["clone"],
     )
 
 

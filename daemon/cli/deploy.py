@@ -37,10 +37,15 @@ def deploy() -> None:
     """Record deploys, each protected by a verified restore point taken before it."""
 
 
-def _begin(config: Config, version: str, show_progress: bool) -> DeployStart:
+CLONE_HELP = ("Also clone the live database (the app must be stopped; rollbackd's own probe "
+              "sessions are ended for it): the deploy's rollback swaps the clone in by "
+              "renaming, in seconds, instead of restoring the restore point.")
+
+
+def _begin(config: Config, version: str, show_progress: bool, clone: bool) -> DeployStart:
     try:
         with progress_bars(show_progress) as progress:
-            started = start_deploy(config, version, progress=progress)
+            started = start_deploy(config, version, clone=clone, progress=progress)
     except OpsError as exc:
         fail(str(exc), EXIT_FAILED)
     for warning in started.warnings:
@@ -51,13 +56,14 @@ def _begin(config: Config, version: str, show_progress: bool) -> DeployStart:
 @deploy.command("begin")
 @config_option
 @click.option("--version", "version", required=True, help="The version being deployed.")
+@click.option("--clone", is_flag=True, help=CLONE_HELP)
 @json_option()
 @click.pass_context
-def deploy_begin(ctx: click.Context, config_file: Path | None, version: str,
+def deploy_begin(ctx: click.Context, config_file: Path | None, version: str, clone: bool,
                  as_json: bool) -> None:
     """Take and verify a restore point, then record the deploy's start."""
     _, config = load_with_database(ctx, config_file)
-    render(_begin(config, version, not as_json), as_json)
+    render(_begin(config, version, not as_json, clone), as_json)
 
 
 @deploy.command("end")
@@ -89,17 +95,18 @@ def duration_param(ctx: click.Context, param: click.Parameter, value: str) -> fl
 @click.option("--version", "version", required=True, help="The version being deployed.")
 @click.option("--timeout", default="1h", show_default=True, callback=duration_param,
               help="How long the command may run before it is killed.")
+@click.option("--clone", is_flag=True, help=CLONE_HELP)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def deploy_run(ctx: click.Context, config_file: Path | None, version: str, timeout: float,
-               command: tuple[str, ...]) -> None:
+               clone: bool, command: tuple[str, ...]) -> None:
     """Begin a deploy, run a migration (``-- CMD ARGS...``), end the deploy with its status.
 
     The command's output passes straight through; rollbackd's own lines go to stderr. A
     failing command (or one killed at the timeout) is journaled as a failed migration.
     """
     _, config = load_with_database(ctx, config_file)
-    started = _begin(config, version, show_progress=False)
+    started = _begin(config, version, show_progress=False, clone=clone)
     for line in started.describe():
         click.echo(f"rollbackd: {line}", err=True)
     exit_code, why = run_migration(list(command), timeout)

@@ -16,6 +16,7 @@ from daemon.app.snapshot import SnapshotError, code_version
 from daemon.config import Config
 from daemon.db.backups import BackupError, Manifest, Verification
 from daemon.db.backups import Progress as ProgressCallback
+from daemon.db.restore import RestoreError, RestoreOptions, create_clone
 from daemon.fmt import format_size
 from daemon.journal import Deploy, JournalError
 from daemon.ops.common import OpsError, database, open_journal, open_store
@@ -38,7 +39,7 @@ class DeployStart:
             "started_at": self.deploy.started_at, "restore_point": rp.id,
             "verified": self.verification.ok, "database": rp.database, "size": rp.size,
             "tables": len(rp.tables), "rows": rp.rows, "code_version": rp.code_version,
-            "config_files": [c.path for c in rp.config],
+            "config_files": [c.path for c in rp.config], "clone": self.deploy.clone,
         }
 
     def describe(self) -> list[str]:
@@ -51,6 +52,8 @@ class DeployStart:
             extras.append(f"code {rp.code_version}")
         if rp.config:
             extras.append(f"{len(rp.config)} config file(s) kept")
+        if d.clone:
+            extras.append(f"clone {d.clone} (a rollback swaps it in)")
         if extras:
             lines.append(", ".join(extras))
         return lines
@@ -70,12 +73,14 @@ class DeployEnd:
         return [f"deploy {d.id} of {d.app} {d.version} {d.status}"]
 
 
-def start_deploy(config: Config, version: str, *,
+def start_deploy(config: Config, version: str, *, clone: bool = False,
                  progress: ProgressCallback | None = None) -> DeployStart:
     """Take and verify the restore point, then journal the deploy; ``OpsError`` if it cannot.
 
     Nothing is journaled unless the restore point verified: a failed attempt leaves at most an
-    unverified backup directory (kept for inspection, removed by ``prune``).
+    unverified backup directory (kept for inspection, removed by ``prune``). With ``clone``,
+    the live database is also cloned (the app must be stopped), and the deploy's rollback
+    swaps the clone in by renaming instead of restoring; a clone refused refuses the deploy.
     """
     db = database(config)
     store = open_store(config)
@@ -89,10 +94,12 @@ def start_deploy(config: Config, version: str, *,
         if not verification.ok:
             raise OpsError(f"restore point {manifest.id} failed verification: "
                            f"{verification.reason}; no deploy recorded")
+        # Taken after the restore point, so that it holds at least the restore point's data.
+        cloned = create_clone(RestoreOptions.from_config(config)) if clone else None
         deploy = journal.begin_deploy(config.app_name, version, time.time(),
                                       code_version=code, restore_point=manifest.id,
-                                      verified=True)
-    except (BackupError, SnapshotError, ProcError, JournalError) as exc:
+                                      verified=True, clone=cloned)
+    except (BackupError, SnapshotError, ProcError, JournalError, RestoreError) as exc:
         raise OpsError(f"cannot begin the deploy: {exc}") from None
     finally:
         journal.close()

@@ -305,7 +305,8 @@ class Status:
             "deploy": None if deploy is None else {
                 "id": deploy.id, "version": deploy.version, "started_at": deploy.started_at,
                 "status": deploy.status, "restore_point": deploy.restore_point,
-                "restore_point_verified": deploy.restore_point_verified},
+                "restore_point_verified": deploy.restore_point_verified,
+                "clone": deploy.clone},
             "incident": None if self.incident is None else self.incident.as_json(),
             "drill": None if drill is None else {
                 "t": drill.t, "backup": drill.backup, "ok": drill.ok,
@@ -325,7 +326,8 @@ class Status:
             verified = "verified" if deploy.restore_point_verified else "NOT verified"
             lines.append(f"deploy     {deploy.version} ({deploy.status}) at "
                          f"{when(deploy.started_at)}, restore point "
-                         f"{deploy.restore_point or 'none'} ({verified})")
+                         f"{deploy.restore_point or 'none'} ({verified})"
+                         + (f", clone {deploy.clone}" if deploy.clone else ""))
         if incident is None:
             lines.append("incident   none open")
         else:

@@ -28,6 +28,7 @@ from daemon.app.config_files import restore_config_files
 from daemon.db.admin import RestoreError, RestoreOptions
 from daemon.db.backups import BackupError, Manifest
 from daemon.db.migrations import MigrationVersionError, live_version
+from daemon.db.restore.clone import clone_problem
 from daemon.db.restore.journaled import WholeStrategy, journaled_restore
 from daemon.db.restore.schema import run_down_migration, schema_diff
 from daemon.db.validate import CheckResult, failures, summary, validate_data, validate_database
@@ -50,6 +51,7 @@ from policies.runbooks import (
     NotifyArgs,
     PageArgs,
     RestoreArgs,
+    RestoreStrategy,
     Step,
     StopArgs,
     ValidateArgs,
@@ -381,45 +383,39 @@ async def restore_database(ctx: RunContext, step: Step, index: int) -> StepRepor
             ctx.facts["restore_skipped"] = why
             return StepReport("skipped", UNCHANGED, why, {**facts, "reason": why})
         facts["restore_because"] = why
-    strategy: WholeStrategy = "swap"
-    if args.strategy in ("swap", "in_place"):
-        strategy = "swap" if args.strategy == "swap" else "in_place"
-    elif args.strategy == "clone":
-        raise StepError("strategy clone: no clone is recorded for deploy "
-                          f"{None if ctx.deploy is None else ctx.deploy.id} (clones are not "
-                          "linked to deploys yet); use auto or swap")
-    # auto: the deploy's clone when one is known; none is recorded per deploy yet, so a swap.
     try:
         options = RestoreOptions.from_config(ctx.config)
     except RestoreError as exc:
         raise StepError(str(exc)) from None
+    tables = list(args.tables)
+    strategy, source = await _whole_strategy(ctx, args.strategy, options, manifest, facts,
+                                             step.timeout) if not tables else ("swap", manifest.id)
     by = ctx.request.by if ctx.run_id is None else f"{ctx.request.by} (run {ctx.run_id})"
     state_dir, app, store, incident = ctx.state_dir, ctx.app, ctx.store, ctx.incident
-    tables = list(args.tables)
 
     def restore() -> StepReport:
         # The journal's connection belongs to the event loop's thread: this one opens its own.
         journal = Journal.in_state_dir(state_dir)
         try:
-            done = journaled_restore(journal, app, store, options, manifest.id, strategy,
+            done = journaled_restore(journal, app, store, options, source, strategy,
                                      tables, by=by, incident=incident, close_incident=False)
         except RestoreError as exc:
-            return StepReport("failed", f"restore of {manifest.id} failed: {exc}",
+            return StepReport("failed", f"restore of {source} failed: {exc}",
                               details={**facts, "strategy": strategy})
         finally:
             journal.close()
         report = done.report
         details = {**facts, "restore": done.record.id, **report.as_json()}
         if not report.ok:
-            return StepReport("failed", f"restored {manifest.id} ({strategy}), but the database "
+            return StepReport("failed", f"restored {source} ({strategy}), but the database "
                               f"failed validation: {summary(report.validation)}",
                               excerpt("\n".join(report.describe())), details)
-        return StepReport("ok", f"restored {manifest.id} by {report.strategy}; the data since "
+        return StepReport("ok", f"restored {source} by {report.strategy}; the data since "
                           f"{when(report.data_window_start, missing='unknown')} is kept in "
                           f"{report.kept_kind} {report.kept}",
                           excerpt("\n".join(report.describe())), details)
 
-    ctx.left.set("database", f"database restore from {manifest.id} under way")
+    ctx.left.set("database", f"database restore from {source} under way")
     result = await blocking(restore, step.timeout)
     if result.outcome == "ok" or "restore" in result.details:
         ctx.facts["restore"] = {k: result.details.get(k) for k in (
@@ -431,6 +427,33 @@ async def restore_database(ctx: RunContext, step: Step, index: int) -> StepRepor
         ctx.left.set("database", "database not restored (the restore failed; see its "
                      "message for what it left)")
     return result
+
+
+async def _whole_strategy(ctx: RunContext, given: RestoreStrategy, options: RestoreOptions,
+                          manifest: Manifest, facts: dict[str, Any], bound: float,
+                          ) -> tuple[WholeStrategy, str]:
+    """How the whole database is restored, and from what: the deploy's clone (``clone``, and
+    ``auto`` when the deploy has one that is still there: a rename, in seconds), else the
+    restore point (``swap``, ``in_place``, ``auto`` without a usable clone)."""
+    if given in ("swap", "in_place"):
+        return ("swap" if given == "swap" else "in_place"), manifest.id
+    clone = None if ctx.deploy is None else ctx.deploy.clone
+    if clone is None:
+        if given == "clone":
+            deploy = None if ctx.deploy is None else ctx.deploy.id
+            raise StepError(f"strategy clone: deploy {deploy} has no clone (rollbackd deploy "
+                            "begin --clone takes one); use auto or swap")
+        return "swap", manifest.id
+    try:
+        problem = await blocking(lambda: clone_problem(options, clone), bound)
+    except RestoreError as exc:
+        raise StepError(f"cannot look at the deploy's clone {clone}: {exc}") from None
+    if problem is None:
+        return "clone", clone
+    if given == "clone":
+        raise StepError(f"strategy clone: {problem}; use auto or swap")
+    facts["clone_unusable"] = problem  # auto: the restore point instead, said in the report
+    return "swap", manifest.id
 
 
 async def down_migration(ctx: RunContext, step: Step, index: int) -> StepReport:

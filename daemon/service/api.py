@@ -155,16 +155,18 @@ class DeployBody(Model):
     migration: bool = False
     """``status`` is the deploy's migration's: the engine reads a failed one as
     ``migration.failed``, as `rollbackd deploy run` journals it."""
+    clone: bool = False
+    """A begin's: clone the live database too (`rollbackd deploy begin --clone`)."""
 
     def check(self) -> None:
         given = {key for key in ("version", "status", "deploy") if getattr(self, key) is not None}
-        if self.migration:
-            given.add("migration")
+        given |= {key for key in ("migration", "clone") if getattr(self, key)}
         needed, others = (("version", "a deploy's end") if self.phase == "begin"
                           else ("status", "a deploy's begin"))
         if needed not in given:
             raise ValueError(f"`{needed}`: required key is missing")
-        wrong = sorted(given - {"version"} if self.phase == "begin" else given & {"version"})
+        begin_only = {"version", "clone"}
+        wrong = sorted(given - begin_only if self.phase == "begin" else given & begin_only)
         if wrong:
             raise ValueError(f"`{wrong[0]}`: only {others} has one")
         if self.version is not None:
@@ -392,7 +394,8 @@ class Api:
                                 "taken; retry when it answers")
         async with self._deploying:
             try:
-                started = await run_in_threadpool(start_deploy, config, str(body.version))
+                started = await run_in_threadpool(lambda: start_deploy(
+                    config, str(body.version), clone=body.clone))
             except OpsError as exc:
                 raise ApiError(500, str(exc)) from None
         self.log.info("deploy begun through the API", deploy=started.deploy.id,

@@ -71,6 +71,26 @@ def test_a_deploy_begun_through_the_api_has_a_verified_restore_point_and_ends_su
     assert done is not None and done.status == "succeeded"
 
 
+def test_a_deploy_begun_with_a_clone_ends_the_daemons_own_probe_session_for_the_copy(
+        daemon: Rollbackd) -> None:
+    # The daemon probes the database over a kept session: the clone is taken all the same,
+    # and the probe connects again.
+    wait_for(lambda: daemon.metric("rollbackd_signal", signal="db.up") == 1, 20,
+             what="the PostgreSQL probe's first look")
+    begun = daemon.call("POST", "/api/v1/deploys",
+                        json={"phase": "begin", "version": "v2", "clone": True})
+    assert begun.status_code == 201, begun.text
+    clone = begun.json()["clone"]
+    deploy = daemon.journal.deploy(begun.json()["deploy"])
+    assert deploy is not None and deploy.clone == clone and clone is not None
+    status = daemon.cli("status", "--json")
+    assert json.loads(status.stdout)["deploy"]["clone"] == clone
+    assert f"clone {clone}" in daemon.cli("status").stdout
+    wait_for(lambda: daemon.metric("rollbackd_signal", signal="db.up") == 1
+             and daemon.metric("rollbackd_probe_up", probe="postgres") == 1, 20,
+             what="the probe to look again")
+
+
 def test_a_failed_migration_reported_through_the_api_is_journaled_as_the_cli_journals_it(
         daemon: Rollbackd) -> None:
     begun = daemon.call("POST", "/api/v1/deploys", json={"phase": "begin", "version": "v3"})
@@ -104,6 +124,8 @@ def test_a_failed_migration_reported_through_the_api_is_journaled_as_the_cli_jou
     ({"phase": "end", "status": "rolled_back"}, 400, "status: expected one of"),
     ({"phase": "begin", "version": "v2", "status": "succeeded"}, 400,
      "status: only a deploy's end has one"),
+    ({"phase": "end", "status": "succeeded", "clone": True}, 400,
+     "clone: only a deploy's begin has one"),
     ({"phase": "deploy", "version": "v2"}, 400, "phase: expected one of 'begin' or 'end'"),
     ({"phase": "end", "status": "succeeded"}, 409, "no running deploy of visionforge to end"),
     ({"phase": "end", "status": "succeeded", "deploy": 99}, 409, "no deploy 99"),

@@ -11,6 +11,7 @@ import pytest
 from daemon.db.admin import derived_name
 from daemon.db.restore import (
     RestoreError,
+    clone_problem,
     create_clone,
     recover_interrupted_swap,
     restore_from_clone,
@@ -272,6 +273,33 @@ def test_a_clone_is_refused_while_sessions_are_connected_and_swaps_back_in(
     assert report.data_window_start is not None and report.data_window_start <= time.time()
     assert scalar(with_dbname(pg_db, report.kept),
                   "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 1
+
+
+def test_rollbackds_own_probe_sessions_do_not_keep_a_clone_from_being_taken(
+        pg_db: str, tmp_path: Path) -> None:
+    # The daemon's PostgreSQL probe keeps a session on the live database: ended for the copy,
+    # it connects again at its next look. The app's own sessions are never ended.
+    seed_visionforge(pg_db)
+    opts = options(pg_db, tmp_path, key_tables=[])
+    probe = psycopg.connect(pg_db, connect_timeout=5, application_name="rollbackd")
+    clone = create_clone(opts)
+    assert clone_problem(opts, clone) is None
+    with pytest.raises(psycopg.OperationalError):
+        probe.execute("SELECT 1")
+    probe.close()
+    with psycopg.connect(pg_db, connect_timeout=5, application_name="visionforge"), \
+            pytest.raises(RestoreError, match="1 session"):
+        create_clone(opts, f"{clone}_again")
+
+
+def test_a_clone_that_is_gone_or_not_rollbackds_is_said_so_before_a_restore_relies_on_it(
+        pg_cluster: PgCluster, pg_db: str, tmp_path: Path) -> None:
+    seed_visionforge(pg_db)
+    name = dbname_of(pg_db)
+    opts = options(pg_db, tmp_path, key_tables=[])
+    assert "no longer exists" in (clone_problem(opts, f"{name}_clone_gone") or "")
+    pg_cluster.execute(f'CREATE DATABASE "{name}_other"')
+    assert "not a rollbackd clone" in (clone_problem(opts, f"{name}_other") or "")
 
 
 def test_only_a_rollbackd_clone_of_this_database_can_be_swapped_in(

@@ -30,7 +30,7 @@ from probes.pg import dbname_of, with_dbname
 from tests.harness.data import flip_a_byte, run, scalar, seed_visionforge, table_checksums
 from tests.harness.paths import APP_DIR
 from tests.harness.processes import migrate, start_app
-from tests.harness.servers import free_port
+from tests.harness.servers import PgCluster, free_port
 
 RELEASES = APP_DIR / "releases"
 
@@ -72,6 +72,13 @@ class Site:
 
     def deploy(self) -> Manifest:
         return start_deploy(self.config, "v2").restore_point
+
+    def stop_app(self) -> None:
+        """As a deploy that takes a clone does first: nobody may be connected for the copy."""
+        pid = self.app_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(timeout=10)
 
     async def immediate_rollback(self, incident: int = 1) -> RunResult:
         return await self.rollback("immediate_rollback", incident)
@@ -172,6 +179,55 @@ async def test_immediate_rollback_restores_the_restore_point_and_restarts_the_ap
     pages = site.journal.pages(incident=1)
     assert [p.template for p in pages] == ["emergency", "completion"]
     assert "kept in database" in pages[-1].summary
+
+
+async def test_a_deploy_with_a_clone_is_rolled_back_by_swapping_the_clone_in(
+        site: Site) -> None:
+    site.stop_app()
+    started = start_deploy(site.config, "v2", clone=True)
+    clone = started.deploy.clone
+    assert clone is not None and clone.startswith(f"{dbname_of(site.dsn)}_clone_")
+    manifest = started.restore_point
+    before = table_checksums(site.dsn, manifest)
+    assert migrate(site.dsn, APP_DIR / "migrations",
+                   RELEASES / "v2-destructive").returncode == 0
+    run(site.dsn, "INSERT INTO users (email, name) VALUES ('late@example.com', 'Late')")
+
+    result = await site.immediate_rollback()
+
+    assert result.ok, result.describe()
+    [restore_step] = [s for s in result.steps if s.kind == "restore_database"]
+    assert restore_step.outcome == "ok"
+    assert restore_step.message is not None
+    assert restore_step.message.startswith(f"restored {clone} by clone")
+    assert table_checksums(site.dsn, manifest) == before
+    [restore] = site.journal.restores(incident=1)
+    assert (restore.strategy, restore.source, restore.status, restore.deploy) == (
+        "clone", clone, "restored", started.deploy.id)
+    assert restore.kept is not None and "_rolledback_" in restore.kept
+    assert scalar(with_dbname(site.dsn, restore.kept),
+                  "SELECT count(*) FROM users WHERE email = 'late@example.com'") == 1
+    deploy = site.journal.deploy(started.deploy.id)
+    assert deploy is not None and deploy.status == "rolled_back"
+    assert site.answers()
+
+
+async def test_a_deploys_clone_that_is_gone_leaves_the_rollback_to_the_restore_point(
+        site: Site, pg_cluster: PgCluster) -> None:
+    site.stop_app()
+    started = start_deploy(site.config, "v2", clone=True)
+    assert started.deploy.clone is not None
+    pg_cluster.execute(f'DROP DATABASE "{started.deploy.clone}"')  # pruned, say
+    assert migrate(site.dsn, APP_DIR / "migrations",
+                   RELEASES / "v2-destructive").returncode == 0
+
+    result = await site.immediate_rollback()
+
+    assert result.ok, result.describe()
+    [restore_step] = [s for s in result.steps if s.kind == "restore_database"]
+    assert "no longer exists" in restore_step.details["clone_unusable"]
+    [restore] = site.journal.restores(incident=1)
+    assert (restore.strategy, restore.source) == ("swap", started.restore_point.id)
 
 
 async def test_a_failed_restore_stops_the_run_and_pages_the_state_left_behind(

@@ -21,7 +21,7 @@ synchronous with every wait bounded; the daemon calls it through ``asyncio.to_th
 
 from daemon.db.admin import RestoreError, RestoreOptions
 from daemon.db.backups import KEPT_SCHEMA
-from daemon.db.restore.clone import create_clone, restore_from_clone
+from daemon.db.restore.clone import clone_problem, create_clone, restore_from_clone
 from daemon.db.restore.common import RestoreReport, Strategy
 from daemon.db.restore.in_place import (
     InterruptedRestore,
@@ -42,7 +42,7 @@ from daemon.db.restore.tables import restore_tables
 __all__ = [
     "KEPT_SCHEMA", "DownMigration", "InterruptedRestore", "KeptPruned", "RestoreError",
     "RestoreOptions", "RestoreReport", "SchemaDiff", "Strategy", "SwapRecovery",
-    "create_clone", "inspect_interrupted_swap", "interrupted_in_place", "prune_kept",
-    "recover_interrupted_in_place", "recover_interrupted_swap", "restore_from_clone",
+    "clone_problem", "create_clone", "inspect_interrupted_swap", "interrupted_in_place",
+    "prune_kept", "recover_interrupted_in_place", "recover_interrupted_swap", "restore_from_clone",
     "restore_in_place", "restore_swap", "restore_tables", "run_down_migration", "schema_diff",
 ]

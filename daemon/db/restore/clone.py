@@ -31,31 +31,50 @@ from daemon.db.restore.swap import (
     validate_replacement,
 )
 from daemon.fmt import db_stamp
+from probes.pg import APPLICATION_NAME
 
 CLONE_COMMENT = "rollbackd clone of {db} taken at {at}"
+
+
+CLONE_ATTEMPTS = 3
+"""Tries at the copy: a probe of rollbackd's may connect again between its session's end and
+the copy."""
+
+_END_OWN_PROBES = """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE datname = %s AND application_name = %s AND pid <> pg_backend_pid()"""
+
+_OTHER_SESSIONS = """SELECT count(*) FROM pg_stat_activity
+    WHERE datname = %s AND application_name IS DISTINCT FROM %s"""
 
 
 def create_clone(options: RestoreOptions, name: str | None = None) -> str:
     """``CREATE DATABASE <name> TEMPLATE <live>``; the clone's name.
 
     PostgreSQL copies the files only when nobody is connected to the live database, so this is
-    for a deploy that stops the application first; with sessions still connected it is
-    refused (they are not terminated: that would be an outage the deploy did not plan).
+    for a deploy that stops the application first. The sessions of rollbackd's own probes
+    (``application_name = rollbackd``, on this host or another of its fleet) are ended for the
+    copy: they connect again at their next look. Any other session refuses the clone: it is
+    not ended, as that would be an outage the deploy did not plan.
     """
     live = options.database
     taken = time.time()
     clone = name or derived_name(live, "_clone_" + db_stamp(taken))
     with admin_session(options) as admin:
-        try:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(clone), sql.Identifier(live)))
-        except psycopg.errors.ObjectInUse:
-            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                (live,)).fetchone()
-            raise RestoreError(
-                f"cannot clone {live}: {row[0] if row else 'some'} session(s) are connected "
-                "to it; a clone is taken while the application is stopped for the deploy "
-                "(stop it, then clone)") from None
+        for attempt in range(1, CLONE_ATTEMPTS + 1):
+            admin.execute(_END_OWN_PROBES, (live, APPLICATION_NAME))
+            try:
+                admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(clone), sql.Identifier(live)))
+                break
+            except psycopg.errors.ObjectInUse:
+                row = admin.execute(_OTHER_SESSIONS, (live, APPLICATION_NAME)).fetchone()
+                others = row[0] if row else 0
+                if others or attempt == CLONE_ATTEMPTS:
+                    raise RestoreError(
+                        f"cannot clone {live}: {others or 'some'} session(s) are connected "
+                        "to it; a clone is taken while the application is stopped for the "
+                        "deploy (stop it, then clone)") from None
+                time.sleep(0.2 * attempt)  # an ended session takes a moment to leave
         admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(clone), sql.Literal(CLONE_COMMENT.format(db=live, at=taken))))
     return clone
@@ -91,6 +110,19 @@ def restore_from_clone(options: RestoreOptions, clone: str) -> RestoreReport:
             data_window_end=started, kept=aside, kept_kind="database",
             blocked_seconds=round(blocked, 3), validation=validate_live(options, None),
             notes=recovery.notes())
+
+
+def clone_problem(options: RestoreOptions, clone: str) -> str | None:
+    """Why ``clone`` cannot be swapped in for the live database, or None: it is gone (pruned,
+    or swapped in by an earlier restore), or it is not a rollbackd clone of that database."""
+    live = options.database
+    with admin_session(options) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                         (clone,)).fetchone() is None:
+            return f"clone {clone} no longer exists (pruned, or swapped in by an earlier restore)"
+        if _clone_time(_comment(admin, clone), live) is None:
+            return f"{clone} is not a rollbackd clone of {live}"
+    return None
 
 
 def _comment(admin: psycopg.Connection[Any], name: str) -> str:
