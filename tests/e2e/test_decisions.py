@@ -72,7 +72,9 @@ SCENARIOS: dict[str, str] = {
     "data_validation_failed_after_deploy":
         "data validation failures for a minute after a deploy open a planned rollback",
     "rollback_refused_while_database_down":
-        "a rollback is never started while the database is down, it pages instead",
+        "a rollback that restores the database is never started while it is down: it pages",
+    "code_only_rollback_goes_ahead_while_database_down":
+        "a rollback of code alone needs no database: it goes ahead while the database is down",
     "closed_by_a_person":
         "a person closes an incident while its rule still fires; nothing reopens it",
     "dismissed_then_a_failed_migration_same_step":
