@@ -14,7 +14,7 @@ import pytest
 
 from daemon.journal import Journal
 from tests.harness.cli import rollbackd
-from tests.harness.config import config_file
+from tests.harness.config import MIGRATION_FAILED_RULE, config_file
 from tests.harness.processes import (
     Proc,
     daemon_url,
@@ -32,13 +32,7 @@ FAST_POLICY = """\
 [guards]
 blind_after = "30s"
 
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-
+""" + MIGRATION_FAILED_RULE + """
 [[rule]]
 scenario = "app_compromised"
 when = "http.up == 0 or http.error_ratio > 0.25"

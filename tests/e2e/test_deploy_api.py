@@ -12,19 +12,12 @@ import pytest
 from daemon.config import BackupSettings
 from daemon.db.backups import BackupStore
 from tests.harness.api import Rollbackd
+from tests.harness.config import MIGRATION_FAILED_RULE
 from tests.harness.processes import migrate
 from tests.harness.servers import wait_for
 
 pytestmark = pytest.mark.e2e
 
-MIGRATION_POLICY = """\
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-"""
 
 
 @pytest.fixture
@@ -41,7 +34,7 @@ connect_timeout = "2s"
 [backups]
 dir = "{tmp_path / 'backups'}"
 min_free = 0
-""", policy=MIGRATION_POLICY)
+""", policy=MIGRATION_FAILED_RULE)
     yield started
     started.close()
 

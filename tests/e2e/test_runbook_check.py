@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.cli import rollbackd
-from tests.harness.config import config_file
+from tests.harness.config import MIGRATION_FAILED_RULE, config_file
 
 pytestmark = pytest.mark.e2e
 
@@ -22,13 +22,7 @@ action = "selective_rollback"
 timeline = "60m"
 runbook = "orders_only"
 
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-
+""" + MIGRATION_FAILED_RULE + """
 [[runbook]]
 name = "orders_only"
 description = "The orders table's rows from the restore point."

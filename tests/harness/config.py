@@ -9,6 +9,18 @@ from pathlib import Path
 Section = Mapping[str, object]
 
 
+MIGRATION_FAILED_RULE = """\
+[[rule]]
+scenario = "migration_failed"
+when = "migration.failed == 1"
+severity = "critical"
+action = "immediate_rollback"
+timeline = "15m"
+"""
+"""The decision matrix's first row, as a policy's rule: a failed migration is an immediate
+rollback."""
+
+
 def toml_value(value: object) -> str:
     """``value`` as TOML: strings and paths quoted, lists, inline tables, numbers, booleans."""
     if isinstance(value, bool):

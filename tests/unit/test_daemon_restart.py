@@ -13,19 +13,13 @@ from daemon.config import load_config, load_policy
 from daemon.journal import Journal
 from daemon.service.loop import Daemon
 from daemon.service.sd_notify import Notifier
-from tests.harness.config import config_file
+from tests.harness.config import MIGRATION_FAILED_RULE, config_file
 
 POLICY = """\
 [guards]
 blind_after = "10m"
 
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-
+""" + MIGRATION_FAILED_RULE + """
 [[rule]]
 scenario = "app_compromised"
 when = "http.error_ratio > 0.25"

@@ -15,16 +15,9 @@ from daemon.ops.operator import DecisionError, record_decision
 from daemon.service.loop import Daemon
 from daemon.service.sd_notify import Notifier
 from policies.events import EventError, parse_event
-from tests.harness.config import config_file
+from tests.harness.config import MIGRATION_FAILED_RULE, config_file
 
-POLICY = """\
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-
+POLICY = MIGRATION_FAILED_RULE + """
 [[rule]]
 scenario = "performance_degraded"
 when = "http.latency_p95 > 1"

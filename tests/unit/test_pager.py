@@ -16,6 +16,7 @@ from daemon.paging.pager import Pager
 from policies.engine import Decision
 from policies.policy import Policy, parse_policy
 from policies.schema import convert
+from tests.harness.config import MIGRATION_FAILED_RULE
 
 HOUR = 3600.0
 
@@ -27,13 +28,7 @@ severity = "medium"
 action = "evaluate"
 timeline = "60m"
 
-[[rule]]
-scenario = "migration_failed"
-when = "migration.failed == 1"
-severity = "critical"
-action = "immediate_rollback"
-timeline = "15m"
-
+""" + MIGRATION_FAILED_RULE + """
 [[rule]]
 scenario = "slow_and_quiet"
 when = "http.latency_p95 > 5"
