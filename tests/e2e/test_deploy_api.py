@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from daemon.config import BackupSettings
 from daemon.db.backups import BackupStore
 from tests.harness.api import Rollbackd
 from tests.harness.config import MIGRATION_FAILED_RULE
+from tests.harness.data import scalar
 from tests.harness.processes import migrate
 from tests.harness.servers import wait_for
 
@@ -62,6 +65,27 @@ def test_a_deploy_begun_through_the_api_has_a_verified_restore_point_and_ends_su
                             "restore_point": body["restore_point"]}
     done = daemon.journal.deploy(deploy.id)
     assert done is not None and done.status == "succeeded"
+
+
+def test_a_second_begin_while_a_restore_point_is_being_taken_is_refused_and_the_first_ends(
+        daemon: Rollbackd, pg_db: str) -> None:
+    # A table lock held elsewhere keeps pg_dump waiting: the first begin is under way.
+    blocker = psycopg.connect(pg_db, autocommit=False)
+    blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(daemon.call, "POST", "/api/v1/deploys",
+                            json={"phase": "begin", "version": "v2"})
+        wait_for(lambda: scalar(pg_db, "SELECT count(*) FROM pg_stat_activity"
+                                " WHERE wait_event_type = 'Lock'") == 1,
+                 20, what="the restore point waiting for the table lock")
+        second = daemon.call("POST", "/api/v1/deploys", json={"phase": "begin", "version": "v3"})
+        assert second.status_code == 409, second.text
+        assert "being begun already" in second.json()["error"]
+        blocker.rollback()
+        blocker.close()
+        assert first.result().status_code == 201, first.result().text
+    [deploy] = daemon.journal.deploys("visionforge")
+    assert deploy.version == "v2"
 
 
 def test_a_deploy_begun_with_a_clone_ends_the_daemons_own_probe_session_for_the_copy(
