@@ -18,7 +18,7 @@ from daemon.ops.common import FLEET_BY_HAND, OpsError, open_journal, refused_in_
 from daemon.runbooks.context import RunRequest, prepare
 from daemon.runbooks.executor import Executor, RunRefusedError, RunResult
 from policies.policy import Policy
-from policies.runbooks import BUILTIN, Runbook, resolve
+from policies.runbooks import BUILTIN, RestoreArgs, Runbook, resolve
 from policies.units import format_duration
 
 
@@ -47,6 +47,13 @@ class RollbackPlan:
     def restores(self) -> bool:
         return self.runbook.restores_database
 
+    @property
+    def clone(self) -> str | None:
+        """The deploy's clone, when a restore step of the runbook would swap it in."""
+        whole = any(isinstance(s.args, RestoreArgs) and not s.args.tables
+                    and s.args.strategy in ("auto", "clone") for s in self.runbook.steps)
+        return self.deploy.clone if whole and self.deploy is not None else None
+
     def as_json(self) -> dict[str, Any]:
         rp = self.restore_point
         window = None
@@ -62,6 +69,7 @@ class RollbackPlan:
                 "id": rp.id, "created_at": rp.created_at, "code_version": rp.code_version,
                 "migration_version": rp.migration_version, "database": rp.database},
             "problem": self.problem, "data_window": window, "fleet": self.fleet,
+            "clone": self.clone,
             "expected_downtime": None if self.drill is None or not self.restores
             else self.drill.duration,
         }
@@ -89,6 +97,9 @@ class RollbackPlan:
             lines.append(f"warning: {self.problem}")
         if self.fleet is not None:
             lines.append(f"warning: {FLEET_BY_HAND.format(fleet=self.fleet)}")
+        if self.clone is not None:
+            lines.append(f"clone {self.clone}: swapped in by renaming, in seconds (the restore "
+                         "point only if the clone is gone)")
         if self.restores:
             if rp is not None:
                 lines.append(

@@ -198,3 +198,29 @@ def test_a_rollback_by_hand_shows_its_plan_then_runs_with_yes(host: Host) -> Non
     assert scalar(host.dsn, "SELECT count(*) FROM information_schema.columns"
                             " WHERE table_name = 'images' AND column_name = 'title'") == 1
     wait_for(host.answers, 10, what="the app answering again")
+
+
+def test_a_rollback_by_hand_of_a_deploy_with_a_clone_says_so_and_swaps_the_clone_in(
+        host: Host) -> None:
+    host.app.close()  # a clone is taken while the app is stopped for the deploy
+    began = rollbackd("deploy", "begin", "--version", "v2", "--clone", "--json",
+                      config=host.config)
+    assert began.returncode == 0, began.stderr
+    clone = json.loads(began.stdout)["clone"]
+    release = APP_DIR / "releases" / "v2-destructive"
+    assert subprocess.run([sys.executable, str(APP_DIR / "migrate.py"), "--dsn", host.dsn,
+                           "--dir", str(APP_DIR / "migrations"), "--dir", str(release)],
+                          capture_output=True, timeout=60, check=False).returncode == 0
+
+    planned = rollbackd("rollback", "--runbook", "immediate_rollback", config=host.config)
+    assert planned.returncode == 0, planned.stderr
+    assert f"clone {clone}: swapped in by renaming, in seconds" in planned.stdout
+    done = rollbackd("rollback", "--runbook", "immediate_rollback", "--yes", "--json",
+                     config=host.config, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["plan"]["clone"] == clone
+    [restore] = host.journal.restores()
+    assert (restore.strategy, restore.source, restore.status) == ("clone", clone, "restored")
+    assert scalar(host.dsn, "SELECT count(*) FROM information_schema.columns"
+                            " WHERE table_name = 'images' AND column_name = 'title'") == 1
+    wait_for(host.answers, 10, what="the app answering again")
