@@ -313,8 +313,8 @@ def database_unchanged(ctx: RunContext, manifest: Manifest, timeout: float,
                        ) -> tuple[bool, str, dict[str, Any]]:
     """Whether the live database's schema and migration version equal the restore point's
     (a failed migration that PostgreSQL rolled back, DDL being transactional), and it passes
-    the database checklist. Anything that cannot be told counts as changed: the restore then
-    runs, keeping the current data."""
+    the database and data checklists. Anything that cannot be told counts as changed: the
+    restore then runs, keeping the current data."""
     db = ctx.database
     try:
         diff = schema_diff(db.dsn, manifest, ctx.store, timeout=timeout,
@@ -347,8 +347,16 @@ def database_unchanged(ctx: RunContext, manifest: Manifest, timeout: float,
     failed = failures(_check_database(ctx, timeout))
     if failed:
         return False, f"the schema dump is the restore point's, but {summary(failed)}", facts
-    return True, (f"schema and migration version {live} equal the restore point's and the "
-                  "database passes its checks"), facts
+    # Nor does the schema see a data migration that failed after deleting rows: the key
+    # tables must hold at least the restore point's rows, or the restore runs (what is left
+    # is kept aside) instead of the loss going unnoticed.
+    failed = failures(_check_data(ctx, manifest, timeout))
+    if failed:
+        return False, (f"the schema and migration version are the restore point's, but "
+                       f"{summary(failed)}"), facts
+    return True, (f"schema and migration version {live} equal the restore point's, the "
+                  "database passes its checks and the key tables hold the restore point's "
+                  "rows"), facts
 
 
 async def restore_database(ctx: RunContext, step: Step, index: int) -> StepReport:

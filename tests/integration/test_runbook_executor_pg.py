@@ -277,6 +277,25 @@ async def test_a_transactional_failed_migration_is_not_restored(site: Site) -> N
     assert "no data undone" in site.journal.pages(incident=1)[-1].summary
 
 
+async def test_a_failed_data_migration_that_deleted_rows_is_restored_not_called_unchanged(
+        site: Site) -> None:
+    # A non-transactional data migration that failed after deleting rows: the schema and the
+    # migration version are still the restore point's, the rows are not.
+    manifest = site.deploy()
+    before = table_checksums(site.dsn, manifest)
+    run(site.dsn, "DELETE FROM images")
+
+    result = await site.immediate_rollback()
+
+    assert result.ok, result.describe()
+    restore_step = next(s for s in result.steps if s.kind == "restore_database")
+    assert restore_step.outcome == "ok", restore_step.message
+    assert "images" in restore_step.details["restore_because"]
+    assert table_checksums(site.dsn, manifest)["public.images"] == before["public.images"]
+    [restore] = site.journal.restores(incident=1)
+    assert restore.status == "restored" and restore.kept is not None  # what was left, kept
+
+
 async def test_never_a_second_restore_for_one_incident(site: Site) -> None:
     site.deploy()
     assert migrate(site.dsn, APP_DIR / "migrations",
