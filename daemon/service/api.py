@@ -9,11 +9,16 @@ their first request: the daemon goes without it until someone asks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import os
 import re
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 import msgspec
@@ -29,6 +34,7 @@ from daemon.service.intake import RETRY_AFTER, Intake, IntakeFullError
 from daemon.service.metrics import Metrics
 from policies.policy import Policy
 from policies.schema import Model, SchemaError, convert, where
+from policies.units import format_duration
 
 if TYPE_CHECKING:
     from daemon.db.fleet import FleetStatus
@@ -43,11 +49,17 @@ DISABLED = ("the API is disabled: list bearer token files in api.token_files "
 class ApiHost(Protocol):
     """What the API needs from the daemon; read per request, so a reload takes effect."""
 
+    config_path: Path
     config: Config
     policy: Policy
     journal: Journal
     metrics: Metrics
     intake: Intake
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the daemon is asked to stop."""
+        ...
 
     def fleet_status(self) -> FleetStatus | None: ...
 
@@ -372,7 +384,7 @@ class Api:
         `rollbackd deploy begin` takes: the pipeline must not go on before), one at a time;
         its end at once."""
         from daemon.ops.common import OpsError
-        from daemon.ops.deploys import end_deploy, start_deploy
+        from daemon.ops.deploys import end_deploy
 
         body = await self._parse(request, DeployBody)
         config = self.host.config
@@ -393,15 +405,52 @@ class Api:
             raise ApiError(409, "a deploy is being begun already: its restore point is being "
                                 "taken; retry when it answers")
         async with self._deploying:
-            try:
-                started = await run_in_threadpool(lambda: start_deploy(
-                    config, str(body.version), clone=body.clone))
-            except OpsError as exc:
-                raise ApiError(500, str(exc)) from None
-        self.log.info("deploy begun through the API", deploy=started.deploy.id,
-                      version=started.deploy.version, restore_point=started.restore_point.id,
-                      warnings=started.warnings)
-        return JSONResponse({**started.as_json(), "warnings": started.warnings}, 201)
+            started, warnings = await self._begin_deploy(str(body.version), body.clone)
+        self.log.info("deploy begun through the API", deploy=started["deploy"],
+                      version=started["version"], restore_point=started["restore_point"],
+                      warnings=warnings)
+        return JSONResponse({**started, "warnings": warnings}, 201)
+
+    async def _begin_deploy(self, version: str, clone: bool) -> tuple[dict[str, Any], list[str]]:
+        """`rollbackd deploy begin --json` as a child in its own process group: what it says,
+        and its warnings. A child, not a thread: a stop of the daemon ends it, pg_dump
+        included, where a thread would hold the daemon until the backup is done."""
+        argv = [sys.executable, "-m", "daemon", "--config", str(self.host.config_path),
+                "deploy", "begin", "--version", version, "--json",
+                *(["--clone"] if clone else [])]
+        child = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        # A backup and its verification, each bounded by backups.timeout, then the clone.
+        bound = 2 * self.host.config.backups.timeout + 300
+        talk = asyncio.ensure_future(child.communicate())
+        stop = asyncio.ensure_future(self.host.stopping.wait())
+        cut = True
+        try:
+            await asyncio.wait({talk, stop}, timeout=bound,
+                               return_when=asyncio.FIRST_COMPLETED)
+            cut = not talk.done()
+        finally:  # cut short, or cancelled: nothing may outlive the request
+            stop.cancel()
+            if cut:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                await child.wait()
+                talk.cancel()
+        if cut and self.host.stopping.is_set():
+            raise ApiError(503, "rollbackd is stopping: the restore point was not taken and no "
+                                "deploy was recorded; begin again once it runs")
+        if cut:
+            raise ApiError(500, f"rollbackd deploy begin took longer than "
+                                f"{format_duration(bound)}: stopped; no deploy was recorded")
+        out, err = talk.result()
+        lines = [line.removeprefix("rollbackd: ") for line in
+                 err.decode("utf-8", "replace").splitlines() if line.strip()]
+        if child.returncode != 0:
+            raise ApiError(500, lines[-1] if lines else
+                           f"rollbackd deploy begin exited with {child.returncode}")
+        return json.loads(out), [line.removeprefix("warning: ") for line in lines
+                                 if line.startswith("warning: ")]
 
 
 class AckBody(Model):

@@ -209,6 +209,11 @@ class Daemon:
     def status_line(self) -> str:
         return self._status_line
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the daemon is asked to stop (the API answers what would outlast it)."""
+        return self._stop
+
     def fleet_status(self) -> FleetStatus | None:
         """The fleet as this host last saw it; None outside fleet mode."""
         return None if self.fleet is None else self.fleet.status()

@@ -4,6 +4,8 @@ through the daemon, each protected by a verified restore point, as `rollbackd de
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +88,35 @@ def test_a_second_begin_while_a_restore_point_is_being_taken_is_refused_and_the_
         assert first.result().status_code == 201, first.result().text
     [deploy] = daemon.journal.deploys("visionforge")
     assert deploy.version == "v2"
+
+
+def test_sigterm_while_a_deploy_begin_waits_on_its_restore_point_stops_the_daemon_in_time(
+        daemon: Rollbackd, pg_db: str) -> None:
+    blocker = psycopg.connect(pg_db, autocommit=False)
+    blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            begin = pool.submit(daemon.call, "POST", "/api/v1/deploys",
+                                json={"phase": "begin", "version": "v2"})
+            wait_for(lambda: scalar(pg_db, "SELECT count(*) FROM pg_stat_activity"
+                                    " WHERE wait_event_type = 'Lock'") == 1,
+                     20, what="the restore point waiting for the table lock")
+            started = time.monotonic()
+            daemon.proc.signal(signal.SIGTERM)
+            assert daemon.proc.popen.wait(15) == 0
+            assert time.monotonic() - started < 10
+            # Told, not left to guess: the pipeline must not go on as if protected.
+            answer = begin.result()
+            assert answer.status_code == 503, answer.text
+            assert "no deploy was recorded" in answer.json()["error"]
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert daemon.journal.latest_deploy() is None
+    # pg_dump did not outlive the daemon to write a backup nobody waits for.
+    wait_for(lambda: scalar(pg_db, "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE application_name = 'pg_dump'") == 0, 10,
+             what="pg_dump gone")
 
 
 def test_a_deploy_begun_with_a_clone_ends_the_daemons_own_probe_session_for_the_copy(
