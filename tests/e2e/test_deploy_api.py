@@ -7,8 +7,10 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -69,29 +71,10 @@ def test_a_deploy_begun_through_the_api_has_a_verified_restore_point_and_ends_su
     assert done is not None and done.status == "succeeded"
 
 
-def test_a_second_begin_while_a_restore_point_is_being_taken_is_refused_and_the_first_ends(
-        daemon: Rollbackd, pg_db: str) -> None:
-    # A table lock held elsewhere keeps pg_dump waiting: the first begin is under way.
-    blocker = psycopg.connect(pg_db, autocommit=False)
-    blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(daemon.call, "POST", "/api/v1/deploys",
-                            json={"phase": "begin", "version": "v2"})
-        wait_for(lambda: scalar(pg_db, "SELECT count(*) FROM pg_stat_activity"
-                                " WHERE wait_event_type = 'Lock'") == 1,
-                 20, what="the restore point waiting for the table lock")
-        second = daemon.call("POST", "/api/v1/deploys", json={"phase": "begin", "version": "v3"})
-        assert second.status_code == 409, second.text
-        assert "being begun already" in second.json()["error"]
-        blocker.rollback()
-        blocker.close()
-        assert first.result().status_code == 201, first.result().text
-    [deploy] = daemon.journal.deploys("visionforge")
-    assert deploy.version == "v2"
-
-
-def test_sigterm_while_a_deploy_begin_waits_on_its_restore_point_stops_the_daemon_in_time(
-        daemon: Rollbackd, pg_db: str) -> None:
+@contextmanager
+def begin_held_by_a_lock(daemon: Rollbackd, pg_db: str) -> Iterator[tuple[Future[Any], Any]]:
+    """A deploy begin under way: its pg_dump waits on a table lock held here. Yields the
+    request's future and the lock's connection (rolled back by the test to let it go)."""
     blocker = psycopg.connect(pg_db, autocommit=False)
     blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     try:
@@ -101,17 +84,35 @@ def test_sigterm_while_a_deploy_begin_waits_on_its_restore_point_stops_the_daemo
             wait_for(lambda: scalar(pg_db, "SELECT count(*) FROM pg_stat_activity"
                                     " WHERE wait_event_type = 'Lock'") == 1,
                      20, what="the restore point waiting for the table lock")
-            started = time.monotonic()
-            daemon.proc.signal(signal.SIGTERM)
-            assert daemon.proc.popen.wait(15) == 0
-            assert time.monotonic() - started < 10
-            # Told, not left to guess: the pipeline must not go on as if protected.
-            answer = begin.result()
-            assert answer.status_code == 503, answer.text
-            assert "no deploy was recorded" in answer.json()["error"]
+            yield begin, blocker
     finally:
         blocker.rollback()
         blocker.close()
+
+
+def test_a_second_begin_while_a_restore_point_is_being_taken_is_refused_and_the_first_ends(
+        daemon: Rollbackd, pg_db: str) -> None:
+    with begin_held_by_a_lock(daemon, pg_db) as (first, blocker):
+        second = daemon.call("POST", "/api/v1/deploys", json={"phase": "begin", "version": "v3"})
+        assert second.status_code == 409, second.text
+        assert "being begun already" in second.json()["error"]
+        blocker.rollback()
+        assert first.result().status_code == 201, first.result().text
+    [deploy] = daemon.journal.deploys("visionforge")
+    assert deploy.version == "v2"
+
+
+def test_sigterm_while_a_deploy_begin_waits_on_its_restore_point_stops_the_daemon_in_time(
+        daemon: Rollbackd, pg_db: str) -> None:
+    with begin_held_by_a_lock(daemon, pg_db) as (begin, _):
+        started = time.monotonic()
+        daemon.proc.signal(signal.SIGTERM)
+        assert daemon.proc.popen.wait(15) == 0
+        assert time.monotonic() - started < 10
+        # Told, not left to guess: the pipeline must not go on as if protected.
+        answer = begin.result()
+        assert answer.status_code == 503, answer.text
+        assert "no deploy was recorded" in answer.json()["error"]
     assert daemon.journal.latest_deploy() is None
     # pg_dump did not outlive the daemon to write a backup nobody waits for.
     wait_for(lambda: scalar(pg_db, "SELECT count(*) FROM pg_stat_activity"
