@@ -238,7 +238,8 @@ def _schema_error(text: str, data: Any, kind: type) -> SchemaError:
         return SchemaError((*keys, found[1]), found[2])
     if found := _EXPECTED.fullmatch(message):
         pattern = _pattern(_type_at(kind, keys))
-        if pattern is not None:  # msgspec's message doubles each backslash in it
+        if pattern is not None and found[2].strip().startswith("matching regex"):
+            # From the type: msgspec's message doubles each backslash in the pattern.
             return SchemaError(keys, f"must match the pattern {pattern}")
         return SchemaError(keys, _expected(found[1], found[2], found[3]))
     if message.startswith("Invalid enum value") or message.startswith("Invalid value"):

@@ -24,6 +24,7 @@ class Daemon(Model):
     interval: Annotated[Duration, Within(ge=0.2, le=3600)] = Duration(5.0)
     min_free: Annotated[Size, Within(ge=1024)] = Size(4096)
     mode: Literal["auto", "approve"] = "auto"
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z]+\d*$")] = "app"
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     secret_file: Path | None = None
     _secret: ClassVar[str] = ""
@@ -57,6 +58,8 @@ def error(data: object) -> str:
     ({"daemon": {"min_free": "1KB"}}, "daemon.min_free: must be at least 1KiB"),
     ({"daemon": {"min_free": 1.5}}, "daemon.min_free: a size is a whole number of bytes"),
     ({"daemon": {"mode": "fast"}}, "daemon.mode: expected one of 'auto' or 'approve'"),
+    ({"daemon": {"name": "App"}}, "daemon.name: must match the pattern ^[a-z]+\\d*$"),
+    ({"daemon": {"name": 3}}, "daemon.name: expected a string, not an integer"),
     ({"daemon": {"mode": "approve", "interval": "2m"}},
      "daemon.interval: at most 1m in approve mode"),
     ({"daemon": {"labels": {"team": "db", "tier": 3}}},
