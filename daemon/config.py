@@ -12,7 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from policies.policy import Policy, PolicyError, load_toml, parse_policy, resolve_ref
-from policies.schema import Model, SchemaError, Within, convert, replace
+from policies.schema import Model, Positive, SchemaError, Within, convert, replace
 from policies.units import Duration, Size
 from probes.base import BaseUrl, Unit, http_url_problem, read_secret_file
 from probes.settings import (
@@ -119,9 +119,6 @@ def _dsn_fault(libpq_message: str) -> str:
         if phrase in libpq_message:
             return fault
     return "libpq cannot parse it (the text is not repeated: it may hold a password)"
-
-
-Positive = Annotated[Duration, Within(gt=0)]
 
 
 class DatabaseSettings(Model):

@@ -28,7 +28,7 @@ from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
 from policies.runbooks import Runbook, RunbookError, parse_runbooks
 from policies.runbooks import resolve as resolve_runbook
 from policies.samples import SIGNAL_NAME
-from policies.schema import Model, SchemaError, Within, convert
+from policies.schema import Model, Positive, SchemaError, convert
 from policies.units import Duration, check_duration, parse_duration
 
 BUILTIN_DIR = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ class PolicyError(Exception):
 
 
 class BaselineSettings(Model):
-    window: Annotated[Duration, Within(gt=0)] = Duration(1800.0)
+    window: Positive = Duration(1800.0)
     """History the median is taken over; up to 30d."""
     gap: Duration = Duration(600.0)
     """With no deploy, the window ends this long ago; 0 to 30d."""
@@ -65,15 +65,15 @@ class BaselineSettings(Model):
 
 
 class GuardSettings(Model):
-    rollback_window: Annotated[Duration, Within(gt=0)] = Duration(6 * 3600.0)
+    rollback_window: Positive = Duration(6 * 3600.0)
     """A rollback needs a deploy at most this long ago; up to 30d."""
     max_auto_rollbacks: Annotated[int, msgspec.Meta(ge=0, le=100)] = 1
     """Automatic rollbacks per cooldown; 0 to 100."""
-    cooldown: Annotated[Duration, Within(gt=0)] = Duration(3600.0)
+    cooldown: Positive = Duration(3600.0)
     """Up to 30d."""
-    blind_after: Annotated[Duration, Within(gt=0)] = Duration(120.0)
+    blind_after: Positive = Duration(120.0)
     """A needed signal unknown longer pages; up to 30d."""
-    watch_for: Annotated[Duration, Within(gt=0)] = Duration(3600.0)
+    watch_for: Positive = Duration(3600.0)
     """After a rollback runbook succeeds, its incident is watched this long: a rule firing
     again pages, a clean watch resolves it; up to 30d."""
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -74,6 +74,10 @@ class Within:
         if self.le is not None and not value <= self.le:
             return f"must be at most {show(self.le)}"
         return None
+
+
+Positive = Annotated[Duration, Within(gt=0)]
+"""A duration longer than 0 (a timeout, a window, a cooldown)."""
 
 
 _PARSERS: dict[type, Callable[[Any], Any]] = {}

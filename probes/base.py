@@ -16,13 +16,11 @@ import httpx
 import msgspec
 
 from policies.samples import Reading
-from policies.schema import Model, Within, parser
+from policies.schema import Model, Positive, parser
 from policies.units import Duration
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$")]
 """A probe's or a check's name: lower case, digits and ``_``, beginning with a letter."""
-
-Timeout = Annotated[Duration, Within(gt=0)]
 
 Unit = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9@_.:\\-]+\.service$")]
 """A systemd service unit's name."""
@@ -32,7 +30,7 @@ class ProbeSettings(Model):
     """Settings every probe has: a name unique within its kind, and a timeout per measurement."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
-    timeout: Timeout = Duration(3.0)
+    timeout: Positive = Duration(3.0)
 
 
 def http_url_problem(value: str) -> str | None:

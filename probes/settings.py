@@ -12,9 +12,9 @@ from typing import Annotated, ClassVar, Literal, get_args
 
 import msgspec
 
-from policies.schema import Model, parser
+from policies.schema import Model, Positive, parser
 from policies.units import Duration
-from probes.base import HttpUrl, Name, ProbeSettings, Timeout, Unit, read_secret_file
+from probes.base import HttpUrl, Name, ProbeSettings, Unit, read_secret_file
 
 MigrationPreset = Literal[
     "knex",
@@ -156,8 +156,8 @@ class HttpProbeSettings(ProbeSettings, kw_only=True):
 
     url: HttpUrl
     method: HttpMethod = "GET"
-    timeout: Timeout = Duration(2.0)
-    window: Timeout = Duration(60.0)  # the sliding window of ratios and quantiles
+    timeout: Positive = Duration(2.0)
+    window: Positive = Duration(60.0)  # the sliding window of ratios and quantiles
     requests: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1  # per tick
     # A value, or { file = PATH, prefix = TEXT } to read it from a file; values never appear
     # in logs or errors (see __repr__).
@@ -252,24 +252,24 @@ class PostgresProbeSettings(Model):
     """``[probes.postgres]``: health and validators of ``[database]``; on when a database is set."""
 
     enabled: bool = True
-    timeout: Timeout = Duration(3.0)
-    statement_timeout: Timeout = Duration(2.0)
-    lock_timeout: Timeout = Duration(1.0)
-    blocked_after: Timeout = Duration(30.0)  # lock waits longer are blocked
+    timeout: Positive = Duration(3.0)
+    statement_timeout: Positive = Duration(2.0)
+    lock_timeout: Positive = Duration(1.0)
+    blocked_after: Positive = Duration(30.0)  # lock waits longer are blocked
 
 
 class MigrationsProbeSettings(Model):
     """``[probes.migrations]``: the migration tool's state; on when a tool is configured."""
 
     enabled: bool = True
-    timeout: Timeout = Duration(3.0)
+    timeout: Positive = Duration(3.0)
 
 
 class ProcessProbeSettings(Model):
     """``[probes.process]``: the app's main process, found by exactly one of the three ways."""
 
     name: Name = "app"
-    timeout: Timeout = Duration(2.0)
+    timeout: Positive = Duration(2.0)
     unit: Unit | None = None
     pidfile: Path | None = None
     cmdline: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
@@ -284,7 +284,7 @@ class SystemProbeSettings(Model):
     """``[probes.system]``: free space of the given paths and available memory."""
 
     paths: list[Path] = msgspec.field(default_factory=lambda: [Path("/")])
-    timeout: Timeout = Duration(2.0)
+    timeout: Positive = Duration(2.0)
 
 
 class PrometheusProbeSettings(ProbeSettings, kw_only=True):
@@ -293,4 +293,4 @@ class PrometheusProbeSettings(ProbeSettings, kw_only=True):
     url: HttpUrl
     query: Annotated[str, msgspec.Meta(min_length=1)]
     signal: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")]
-    timeout: Timeout = Duration(3.0)
+    timeout: Positive = Duration(3.0)
