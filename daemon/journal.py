@@ -791,9 +791,12 @@ class Journal:
         assert deploy is not None
         return deploy
 
-    def end_deploy(self, deploy_id: int, status: str, t: float) -> Deploy:
+    def end_deploy(self, deploy_id: int, status: str, t: float, *, migration: bool = False,
+                   exit_code: int | None = None) -> Deploy:
         """End a running deploy as ``succeeded`` or ``failed`` (``rolled_back`` is set by
-        :meth:`finish_restore`)."""
+        :meth:`finish_restore`). With ``migration``, ``status`` is its migration's (and
+        ``exit_code`` the command's): a migration event first, which the engine reads as
+        ``migration.failed``, in the same transaction, so an ended deploy gets none."""
         if status not in ("succeeded", "failed"):
             raise JournalError(f"a deploy ends succeeded or failed, not {status!r}")
         with self._transaction() as db:
@@ -803,6 +806,10 @@ class Journal:
                 raise JournalError(f"{self.path}: no deploy {deploy_id}")
             if row["status"] != "running":
                 raise JournalError(f"deploy {deploy_id} already ended ({row['status']})")
+            if migration:
+                self._insert_event(db, t, {"type": "migration", "status": status,
+                                           "version": row["version"], "deploy": deploy_id,
+                                           "exit_code": exit_code})
             db.execute("UPDATE deploys SET status = ?, ended_at = ? WHERE id = ?",
                        (status, t, deploy_id))
             self._insert_event(db, t, {"type": "deploy", "phase": "end", "status": status,

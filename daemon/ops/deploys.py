@@ -128,18 +128,8 @@ def end_deploy(config: Config, status: str, deploy_id: int | None = None, *,
             if not running:
                 raise OpsError(f"no running deploy of {config.app_name} to end")
             deploy_id = running[0].id
-        deploy = journal.deploy(deploy_id)
-        if deploy is None:
-            raise OpsError(f"no deploy {deploy_id} in the journal")
-        if deploy.status != "running":
-            # Checked before the migration's event: an ended deploy's would start an incident.
-            raise OpsError(f"deploy {deploy_id} already ended ({deploy.status})")
-        t = time.time()
-        if migration:
-            journal.add_event(t, {"type": "migration", "status": status,
-                                  "version": deploy.version, "deploy": deploy_id,
-                                  "exit_code": exit_code})
-        return DeployEnd(journal.end_deploy(deploy_id, status, t))
+        return DeployEnd(journal.end_deploy(deploy_id, status, time.time(),
+                                            migration=migration, exit_code=exit_code))
     except JournalError as exc:
         raise OpsError(str(exc)) from None
     finally:
