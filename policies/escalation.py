@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from policies.schema import Model, SchemaError, Within, convert
+from policies.schema import Model, SchemaError, Within, convert, dotted
 from policies.units import Duration
 
 OnTimeout = Literal["page", "fix_forward", "dismiss"]
@@ -81,7 +81,7 @@ def parse_levels(tables: Sequence[Any], path: str) -> tuple[Level, ...]:
         try:
             spec = convert(raw, _LevelFile)
         except SchemaError as exc:
-            key = ".".join(str(k) for k in exc.keys if not isinstance(k, int)) or "level"
+            key = dotted(exc.keys) or "level"
             raise EscalationError(f"{where}: {key}: {exc.message}") from None
         if levels and spec.after <= levels[-1].after:
             raise EscalationError(f"{where}: after: must be later than L{index}'s "

@@ -28,7 +28,7 @@ from policies.runbooks import BUILTIN as BUILTIN_RUNBOOKS
 from policies.runbooks import Runbook, RunbookError, parse_runbooks
 from policies.runbooks import resolve as resolve_runbook
 from policies.samples import SIGNAL_NAME
-from policies.schema import Model, Positive, SchemaError, convert
+from policies.schema import Model, Positive, SchemaError, convert, dotted
 from policies.units import Duration, check_duration, parse_duration
 
 BUILTIN_DIR = Path(__file__).resolve().parent
@@ -199,12 +199,8 @@ def resolve_ref(ref: str) -> Path:
     return Path(ref)
 
 
-def _where(keys: Iterable[int | str]) -> str:
-    return ".".join(str(k) for k in keys if not isinstance(k, int)) or "(top level)"
-
-
 def _error(exc: SchemaError) -> str:
-    return f"{_where(exc.keys)}: {exc.message}"
+    return f"{dotted(exc.keys) or '(top level)'}: {exc.message}"
 
 
 def _rule(data: Mapping[str, Any], index: int, path: str, extra: frozenset[str]) -> Rule:

@@ -57,6 +57,12 @@ def where(keys: tuple[Key, ...]) -> str:
     return text
 
 
+def dotted(keys: tuple[Key, ...]) -> str:
+    """``keys`` without list positions, for a file whose lists are named otherwise (rule
+    #2, escalation L1): ``labels.team``."""
+    return ".".join(str(key) for key in keys if not isinstance(key, int))
+
+
 @dataclass(frozen=True, slots=True)
 class Within:
     """Bounds of a :data:`Duration` or :data:`Size` field (msgspec's ``Meta`` bounds only its
